@@ -1,0 +1,359 @@
+//! `AMIRefresher`: roll the newest active, unexpired AMI out to an EKS cluster's node groups.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::{
+        AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, Notifier, REGION_PATTERN,
+        conditions_schema,
+    },
+    conditions::Condition,
+    duration::Duration,
+    packer_builder::{TimeOuts, default_controller_timer},
+};
+
+/// A node group or Auto Scaling group name.
+pub const GROUP_NAME_PATTERN: &str = r"^[0-9A-Za-z][A-Za-z0-9_.:/-]*$";
+
+/// Desired state of an AMIRefresher: which AMI to roll out to which cluster, and how. The target
+/// is the newest `active`, unexpired AMI, given by id or found through filters (the matches plus
+/// the managed AMIs built from them); it reaches the cluster's node groups in controlled waves,
+/// skipping excluded groups.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "ami.refresh.ops",
+    version = "v1alpha1",
+    kind = "AMIRefresher",
+    plural = "amirefreshers",
+    singular = "amirefresher",
+    shortname = "amr",
+    category = "opsy",
+    namespaced,
+    status = "AMIRefresherStatus",
+    derive = "PartialEq",
+    doc = "AMIRefresher rolls the newest active, unexpired AMI out to an EKS cluster's node groups.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
+    printcolumn(
+        name = "Target AMI",
+        type_ = "string",
+        json_path = ".status.targetImage.id"
+    ),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ami) != has(self.amiFilters)").message("set exactly one of spec.ami (an AMI id) or spec.amiFilters (EC2 filters)").reason(kube::core::Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!(has(self.expiresIn) && has(self.timeOuts) && has(self.timeOuts.expiresIn))").message("spec.expiresIn and spec.timeOuts.expiresIn are the same setting; set only one").reason(kube::core::Reason::FieldValueInvalid))]
+pub struct AMIRefresherSpec {
+    /// AWS region of the cluster, e.g. `us-west-2`.
+    #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
+    pub region: String,
+
+    /// Name of the EKS cluster whose node groups are refreshed.
+    #[schemars(length(min = 1, max = 100), regex(pattern = CLUSTER_NAME_PATTERN))]
+    pub cluster_name: String,
+
+    /// An explicit AMI id to roll out. It must still be `active` and unexpired. Exactly one of
+    /// `ami` and `amiFilters` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = AMI_ID_PATTERN))]
+    pub ami: Option<String>,
+
+    /// EC2 filters for the base AMI. The candidates are the matches plus the managed AMIs built
+    /// from them (tag `base-ami`); the newest eligible one is rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub ami_filters: Option<Vec<AmiFilter>>,
+
+    /// How long after its creation an AMI stays eligible, e.g. `48h`, `30d`. Default `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<Duration>,
+
+    /// Alternative to `expiresIn`, shaped like PackerBuilder's; `controllerTimer` sets how
+    /// often node groups are re-checked (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_outs: Option<RefresherTimeOuts>,
+
+    /// Node groups (managed or self-managed) that are never touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "group_names")]
+    pub exclude: Vec<String>,
+
+    /// How EKS replaces the nodes of managed node groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_config: Option<RefreshConfig>,
+
+    /// How many groups change at once, which go first, and what happens on failure.
+    #[serde(default)]
+    pub rollout: Rollout,
+
+    /// Self-managed Auto Scaling groups of the cluster (tag `kubernetes.io/cluster/<name>`).
+    #[serde(default)]
+    pub self_managed: SelfManaged,
+
+    /// Where to send notifications about rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifier: Option<Notifier>,
+
+    /// Start no new node group updates. Updates already running are followed to the end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+impl AMIRefresherSpec {
+    /// The effective expiry: `expiresIn`, else `timeOuts.expiresIn`, else 30 days.
+    pub fn effective_expires_in(&self) -> Duration {
+        self.expires_in
+            .clone()
+            .or_else(|| self.time_outs.as_ref().and_then(|t| t.expires_in.clone()))
+            .unwrap_or_else(|| TimeOuts::default().expires_in)
+    }
+
+    /// The effective re-check interval: `timeOuts.controllerTimer`, else 5 minutes.
+    pub fn effective_controller_timer(&self) -> Duration {
+        self.time_outs
+            .as_ref()
+            .and_then(|t| t.controller_timer.clone())
+            .unwrap_or_else(default_controller_timer)
+    }
+}
+
+fn group_names(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<String>>();
+    schema.insert("x-kubernetes-list-type".into(), "set".into());
+    schema.insert("maxItems".into(), 200.into());
+    schema.insert(
+        "items".into(),
+        serde_json::json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": GROUP_NAME_PATTERN,
+        }),
+    );
+    schema
+}
+
+/// Expiry and re-check interval of an AMIRefresher.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefresherTimeOuts {
+    /// How long after its creation an AMI stays eligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<Duration>,
+    /// How often node groups are re-checked (and drift corrected), e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_timer: Option<Duration>,
+}
+
+/// How EKS replaces the nodes of a managed node group (`UpdateNodegroupVersion` and the
+/// group's `updateConfig`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.maxUnavailable) && has(self.maxUnavailablePercentage))").message("set at most one of maxUnavailable and maxUnavailablePercentage").reason(kube::core::Reason::FieldValueInvalid))]
+pub struct RefreshConfig {
+    /// Replace nodes even when pod disruption budgets block draining.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Most nodes unavailable at once during the update (1–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_unavailable: Option<i32>,
+    /// Most nodes unavailable at once, as a percentage of the group (1–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_unavailable_percentage: Option<i32>,
+    /// Consider a group done only when its update has finished (default). When false, a group
+    /// counts as done once its update has started, so the next wave starts sooner.
+    #[serde(default = "default_true")]
+    pub wait_for_completion: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Rollout controls.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Most node groups updating at the same time.
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max_in_flight: i32,
+    /// Groups updated first, one wave on their own; the others start only after they succeed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "group_names")]
+    pub canary: Vec<String>,
+    /// Start no further group after one fails (default). The failure is reported in status,
+    /// Events and notifications; fix it, then change the spec or the target AMI to resume.
+    #[serde(default = "default_true")]
+    pub halt_on_failure: bool,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_max_in_flight(),
+            canary: Vec::new(),
+            halt_on_failure: true,
+        }
+    }
+}
+
+fn default_max_in_flight() -> i32 {
+    1
+}
+
+/// Self-managed Auto Scaling groups: a new launch-template version and an instance refresh.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfManaged {
+    /// Refresh the cluster's self-managed Auto Scaling groups too.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Percentage of the group that stays in service during the refresh.
+    #[serde(default = "default_min_healthy")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_healthy_percentage: i32,
+    /// Time a new instance needs before it counts as healthy, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_warmup: Option<Duration>,
+    /// Leave instances that already run the target launch template version alone.
+    #[serde(default = "default_true")]
+    pub skip_matching: bool,
+    /// Roll back automatically when the refresh fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_rollback: bool,
+}
+
+impl Default for SelfManaged {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_healthy_percentage: default_min_healthy(),
+            instance_warmup: None,
+            skip_matching: true,
+            auto_rollback: false,
+        }
+    }
+}
+
+fn default_min_healthy() -> i32 {
+    90
+}
+
+/// Observed state of an AMIRefresher.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AMIRefresherStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `NotificationFailed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The AMI being rolled out, with its creation and expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_image: Option<ImageRef>,
+    /// Summary for `kubectl get`, e.g. `3/5 updated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// One entry per node group of the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "node_groups_schema")]
+    pub node_groups: Vec<NodeGroupStatus>,
+    /// Names in `spec.exclude` or `spec.rollout.canary` that match no group of the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_groups: Vec<String>,
+    /// When node groups were last compared with the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checked: Option<Time>,
+    /// The last transition a notification was sent for, so a restart does not resend it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_notified: Option<String>,
+}
+
+fn node_groups_schema(generator: &mut SchemaGenerator) -> Schema {
+    crate::common::map_list::<NodeGroupStatus>(generator, "name")
+}
+
+/// How a node group is updated.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NodeGroupKind {
+    /// An EKS managed node group (`UpdateNodegroupVersion`).
+    Managed,
+    /// A self-managed Auto Scaling group (instance refresh).
+    SelfManaged,
+}
+
+/// Where a node group stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NodeGroupPhase {
+    /// Listed in `spec.exclude`.
+    Excluded,
+    /// Cannot be updated by this operator (e.g. no launch template); see `message`.
+    Skipped,
+    /// Already runs the target AMI.
+    UpToDate,
+    /// Waiting for its wave.
+    Pending,
+    /// Update started and being followed.
+    Updating,
+    /// Update finished successfully.
+    Updated,
+    /// Update failed; see `message`.
+    Failed,
+}
+
+/// One node group in `status.nodeGroups`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGroupStatus {
+    /// Node group (or Auto Scaling group) name.
+    pub name: String,
+    /// `Managed` or `SelfManaged`.
+    pub kind: NodeGroupKind,
+    /// Where the group stands.
+    pub phase: NodeGroupPhase,
+    /// Launch template id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template_id: Option<String>,
+    /// Launch template version before the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// Launch template version created for the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    /// AMI before the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
+    /// AMI after the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_image: Option<String>,
+    /// EKS update id or instance refresh id.
+    #[serde(default, rename = "updateID", skip_serializing_if = "Option::is_none")]
+    pub update_id: Option<String>,
+    /// Details for humans (why skipped, why failed, progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the update started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// When the update finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+}

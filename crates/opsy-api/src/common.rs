@@ -1,0 +1,94 @@
+//! Types and schema helpers shared by both custom resources.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::KubeSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::conditions::Condition;
+
+/// An AMI id: `ami-` and 8 or 17 lowercase hex digits.
+pub const AMI_ID_PATTERN: &str = "^ami-([0-9a-f]{8}|[0-9a-f]{17})$";
+/// An AWS region such as `us-west-2`, `eu-central-1` or `us-gov-west-1`.
+pub const REGION_PATTERN: &str = "^[a-z]{2}(-[a-z]+)+-[0-9]+$";
+/// An EKS cluster name (1–100 characters, as EKS allows).
+pub const CLUSTER_NAME_PATTERN: &str = "^[0-9A-Za-z][A-Za-z0-9_-]*$";
+
+/// One EC2 `DescribeImages` filter, e.g. `{name: "name", values: ["amazon-eks-node-al2023-*"]}`.
+/// Filters are combined with AND; the values of one filter with OR. The `owner-id` and
+/// `owner-alias` filters are also sent as the request's owners, so AWS searches only those
+/// accounts' images.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AmiFilter {
+    /// EC2 filter name, e.g. `name`, `owner-id`, `architecture`, `tag:Team`. See the EC2
+    /// DescribeImages API reference for the list.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+    /// Values to match; `*` and `?` are wildcards.
+    #[schemars(length(min = 1, max = 200), inner(length(min = 1, max = 255)))]
+    pub values: Vec<String>,
+}
+
+/// An AMI as recorded in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRef {
+    /// The AMI id.
+    pub id: String,
+    /// The AMI name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When the AMI was created (its `create-timestamp` tag, else EC2's `CreationDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Time>,
+    /// When the AMI stops being eligible (created + `expiresIn`). Absent for base AMIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Time>,
+}
+
+/// Where to send notifications about state transitions.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifier {
+    /// Slack: one `chat.postMessage` per channel with a bot token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackNotifier>,
+}
+
+/// Slack notifications through the Web API with a bot token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlackNotifier {
+    /// Slack channel ids (e.g. `C0123456789`); one message is posted to each.
+    #[serde(rename = "channelIDs")]
+    #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 80)))]
+    pub channel_ids: Vec<String>,
+    /// Name of a Secret in the resource's namespace whose key `token` holds the bot token
+    /// (`xoxb-…`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: String,
+}
+
+/// Marks a `Vec<Condition>` as a map-list keyed by `type`, as Kubernetes conventions ask, so
+/// server-side apply merges conditions by type.
+pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+/// Marks a list of structs as a map-list keyed by `key`.
+pub(crate) fn map_list<T: JsonSchema>(generator: &mut SchemaGenerator, key: &str) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<T>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!([key]),
+    );
+    schema
+}

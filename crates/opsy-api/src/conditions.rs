@@ -1,0 +1,98 @@
+//! Condition types shared by both custom resources.
+//!
+//! Conditions follow the Kubernetes convention (`metav1.Condition`): `type`, `status`
+//! (`True`/`False`/`Unknown`), a CamelCase `reason`, a human `message`, `lastTransitionTime`
+//! and the `observedGeneration` they were computed for.
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// The resource reached its goal: an eligible AMI exists (PackerBuilder) or every managed
+/// node group runs the target AMI (AMIRefresher).
+pub const READY: &str = "Ready";
+/// Work is under way: a build Job runs, or node groups are being updated.
+pub const PROGRESSING: &str = "Progressing";
+/// Something needs a person: failed builds, a halted rollout, invalid input, AWS errors.
+pub const DEGRADED: &str = "Degraded";
+/// The last notification could not be delivered (never blocks builds or rollouts).
+pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
+
+/// Condition status `True`.
+pub const TRUE: &str = "True";
+/// Condition status `False`.
+pub const FALSE: &str = "False";
+/// Condition status `Unknown`.
+pub const UNKNOWN: &str = "Unknown";
+
+/// Returns the condition of type `type_`, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Inserts or replaces `new` in `conditions`, keeping `lastTransitionTime` when the status did
+/// not change (as `meta.SetStatusCondition` does). Returns whether anything changed.
+pub fn set(conditions: &mut Vec<Condition>, new: Condition) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        None => {
+            conditions.push(new);
+            true
+        }
+        Some(old) => {
+            let keep_time = old.status == new.status;
+            let changed = old.status != new.status
+                || old.reason != new.reason
+                || old.message != new.message
+                || old.observed_generation != new.observed_generation;
+            if changed {
+                let time = if keep_time {
+                    old.last_transition_time.clone()
+                } else {
+                    new.last_transition_time.clone()
+                };
+                *old = Condition {
+                    last_transition_time: time,
+                    ..new
+                };
+            }
+            changed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+    use super::*;
+
+    fn cond(status: &str, reason: &str, secs: i64) -> Condition {
+        Condition {
+            type_: READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::from_second(secs).unwrap()),
+        }
+    }
+
+    #[test]
+    fn set_keeps_transition_time_unless_status_changes() {
+        let mut conditions = vec![];
+        assert!(set(&mut conditions, cond(FALSE, "Building", 10)));
+        assert!(!set(&mut conditions, cond(FALSE, "Building", 20)));
+        assert_eq!(conditions[0].last_transition_time.0.as_second(), 10);
+
+        assert!(set(&mut conditions, cond(FALSE, "BuildFailed", 30)));
+        assert_eq!(conditions[0].reason, "BuildFailed");
+        assert_eq!(conditions[0].last_transition_time.0.as_second(), 10);
+
+        assert!(set(&mut conditions, cond(TRUE, "AmiActive", 40)));
+        assert_eq!(conditions[0].last_transition_time.0.as_second(), 40);
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(
+            find(&conditions, READY).map(|c| c.status.as_str()),
+            Some(TRUE)
+        );
+        assert!(find(&conditions, DEGRADED).is_none());
+    }
+}

@@ -1,0 +1,48 @@
+//! The CustomResourceDefinitions generated from the types, and their YAML form.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::{AMIRefresher, PackerBuilder};
+
+/// Which CRD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `packerbuilders.ami.refresh.ops`
+    PackerBuilder,
+    /// `amirefreshers.ami.refresh.ops`
+    AMIRefresher,
+}
+
+impl Kind {
+    /// Both kinds.
+    pub const ALL: [Kind; 2] = [Kind::PackerBuilder, Kind::AMIRefresher];
+
+    /// The generated CRD.
+    pub fn crd(self) -> CustomResourceDefinition {
+        match self {
+            Kind::PackerBuilder => PackerBuilder::crd(),
+            Kind::AMIRefresher => AMIRefresher::crd(),
+        }
+    }
+
+    /// File name of the CRD under `deploy/crds/` (`<group>_<plural>.yaml`).
+    pub fn file_name(self) -> String {
+        format!("{}_{}.yaml", crate::GROUP, self.plural())
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::PackerBuilder => "packerbuilders",
+            Kind::AMIRefresher => "amirefreshers",
+        }
+    }
+
+    /// The CRD as YAML, with a header saying it is generated.
+    pub fn yaml(self) -> Result<String, serde_saphyr::ser_error::Error> {
+        let body = serde_saphyr::to_string(&self.crd())?;
+        Ok(format!(
+            "# Generated from crates/opsy-api by `cargo xtask crds`; do not edit.\n---\n{body}"
+        ))
+    }
+}

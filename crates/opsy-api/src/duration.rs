@@ -1,0 +1,239 @@
+//! Human-friendly durations for `expiresIn`, `controllerTimer` and friends.
+//!
+//! The syntax is humantime's: one or more `<number><unit>` terms such as `90s`, `5m`, `48h`,
+//! `1d`, `2w`, `6months`, `1y`, `1.5h` or `1h 30m`. `m` is minutes (`M`, `month`, `months` are months);
+//! a month is 30.44 days and a year 365.25 days. The value keeps the text it was written with,
+//! so a resource round-trips through the API unchanged.
+
+use std::{borrow::Cow, fmt, str::FromStr, time::Duration as StdDuration};
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Units humantime accepts, longest first so the pattern below prefers whole words.
+const UNITS: &str = "nanoseconds|nanosecond|nsec|ns|microseconds|microsecond|usec|us|milliseconds|millisecond|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y";
+
+/// The longest duration text accepted; keeps CEL cost estimates small.
+pub const MAX_LEN: usize = 64;
+
+/// Regular expression (RE2 syntax, as the API server evaluates it) for a duration.
+pub fn pattern() -> String {
+    format!(r"^\s*([0-9]+(\.[0-9]+)?\s*({UNITS})\s*)+$")
+}
+
+/// Why a duration text was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// The text is not a humantime duration.
+    #[error(
+        "invalid duration {text:?}: {reason}; use a number and a unit such as 90s, 5m, 48h, 1d, 2w, 6months or 1y"
+    )]
+    Syntax {
+        /// The text as written.
+        text: String,
+        /// humantime's explanation.
+        reason: String,
+    },
+    /// The duration is zero, which no setting of this operator accepts.
+    #[error("invalid duration {text:?}: must be greater than zero")]
+    Zero {
+        /// The text as written.
+        text: String,
+    },
+    /// The text is longer than [`MAX_LEN`].
+    #[error("invalid duration: longer than {MAX_LEN} characters")]
+    TooLong,
+}
+
+/// A positive duration written in humantime syntax.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Duration {
+    text: String,
+    value: StdDuration,
+}
+
+impl Duration {
+    /// Parses `text`, keeping it for serialisation.
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
+        if text.len() > MAX_LEN {
+            return Err(DurationError::TooLong);
+        }
+        let value = humantime::parse_duration(text.trim()).map_err(|e| DurationError::Syntax {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if value.is_zero() {
+            return Err(DurationError::Zero {
+                text: text.to_owned(),
+            });
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            value,
+        })
+    }
+
+    /// A duration from a literal written in this crate (defaults). Tests check that each such
+    /// literal parses to the same value.
+    pub(crate) fn literal(text: &str, secs: u64) -> Self {
+        Self {
+            text: text.to_owned(),
+            value: StdDuration::from_secs(secs),
+        }
+    }
+
+    /// The duration as written in the resource.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed duration.
+    pub fn as_std(&self) -> StdDuration {
+        self.value
+    }
+}
+
+impl fmt::Debug for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Duration({:?} = {:?})", self.text, self.value)
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for Duration {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl From<Duration> for StdDuration {
+    fn from(d: Duration) -> Self {
+        d.value
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Cow::<'de, str>::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "maxLength": MAX_LEN,
+            "pattern": pattern(),
+            "x-kubernetes-validations": [{
+                "rule": "!self.matches('^[\\\\s0.]*[a-zA-Z]*([\\\\s0.]+[a-zA-Z]+)*\\\\s*$')",
+                "message": "must be greater than zero",
+            }],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3600;
+    const DAY: u64 = 24 * HOUR;
+
+    #[test]
+    fn accepts_upstream_and_common_values() {
+        let cases: &[(&str, u64)] = &[
+            ("48h", 48 * HOUR),
+            ("5m", 5 * 60),
+            ("1d", DAY),
+            ("1w", 7 * DAY),
+            ("1y", 31_557_600),
+            ("90s", 90),
+            ("2w", 14 * DAY),
+            ("6months", 6 * 2_630_016),
+            ("1M", 2_630_016),
+            ("1h 30m", 5400),
+            ("1h30m", 5400),
+            ("30 days", 30 * DAY),
+            ("720h", 30 * DAY),
+            ("1.5h", 5400),
+        ];
+        for (text, secs) in cases {
+            let d = Duration::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(d.as_std(), StdDuration::from_secs(*secs), "{text}");
+            assert_eq!(d.as_str(), *text);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_useful_message() {
+        let cases: &[(&str, &str)] = &[
+            ("", "invalid duration"),
+            ("5", "invalid duration"),
+            ("m", "invalid duration"),
+            ("5x", "invalid duration"),
+            ("-5m", "invalid duration"),
+            ("forever", "invalid duration"),
+            ("0s", "greater than zero"),
+            ("0h 0m", "greater than zero"),
+        ];
+        for (text, expected) in cases {
+            let err = Duration::parse(text).expect_err(text).to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let long = "1s ".repeat(30);
+        assert_eq!(Duration::parse(&long), Err(DurationError::TooLong));
+    }
+
+    #[test]
+    fn schema_pattern_agrees_with_the_parser() {
+        let re = regex_lite(&pattern());
+        let texts = [
+            "48h", "5m", "1d", "1w", "1y", "6months", "1h 30m", "90s", "30 days", "", "5", "5x",
+            "-5m", "1.5h", "1.h", "forever", "m",
+        ];
+        for text in texts {
+            assert_eq!(
+                re.is_match(text),
+                Duration::parse(text).is_ok(),
+                "pattern and parser disagree on {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn round_trips_the_original_text() {
+        let d: Duration = serde_json::from_str("\"1h 30m\"").unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"1h 30m\"");
+        let err = serde_json::from_str::<Duration>("\"soon\"").unwrap_err();
+        assert!(
+            err.to_string().contains("invalid duration \"soon\""),
+            "{err}"
+        );
+    }
+
+    fn regex_lite(pattern: &str) -> regex::Regex {
+        regex::Regex::new(pattern).unwrap()
+    }
+}

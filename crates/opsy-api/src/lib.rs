@@ -1,0 +1,30 @@
+//! Custom resource types of opsy-ami-operator.
+//!
+//! Two namespaced kinds in group `ami.refresh.ops`, version `v1alpha1`:
+//! - [`PackerBuilder`] (`pb`): builds an AMI with Packer whenever no valid derived AMI exists.
+//! - [`AMIRefresher`] (`amr`): rolls the newest active, unexpired AMI out to node groups.
+//!
+//! Field names follow the project this one replaces, so its manifests apply unchanged. The CRD
+//! YAML under `deploy/crds/` is generated from these types (`cargo xtask crds`).
+
+// Each `printcolumn(name = …, type_ = …)` of kube's derive repeats the same keys, which this lint
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod ami_refresher;
+pub mod common;
+pub mod conditions;
+pub mod crd;
+pub mod duration;
+pub mod packer_builder;
+pub mod tags;
+
+pub use ami_refresher::{AMIRefresher, AMIRefresherSpec, AMIRefresherStatus};
+pub use common::{AmiFilter, ImageRef, Notifier, SlackNotifier};
+pub use duration::Duration;
+pub use packer_builder::{PackerBuilder, PackerBuilderSpec, PackerBuilderStatus};
+
+/// API group of both kinds.
+pub const GROUP: &str = "ami.refresh.ops";
+/// API version of both kinds.
+pub const VERSION: &str = "v1alpha1";

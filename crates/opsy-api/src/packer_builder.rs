@@ -1,0 +1,467 @@
+//! `PackerBuilder`: build a hardened AMI with Packer whenever no valid derived AMI exists.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::{
+        AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, Notifier, REGION_PATTERN,
+        conditions_schema, map_list,
+    },
+    conditions::Condition,
+    duration::Duration,
+};
+
+/// Default git-sync image (pinned; never `:latest`).
+pub const DEFAULT_GIT_SYNC_IMAGE: &str = "registry.k8s.io/git-sync/git-sync:v4.4.2";
+/// Default Packer image (pinned; never `:latest`).
+pub const DEFAULT_PACKER_IMAGE: &str = "hashicorp/packer:1.11.2";
+/// Default number of consecutive failed builds after which building stops until the spec changes.
+pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
+
+/// Desired state of a PackerBuilder: the base AMI to watch (found with EC2 filters) and the
+/// Packer project to run as a Kubernetes Job whenever no valid AMI derived from it exists — none
+/// yet, the newest one expired, or the base AMI moved on. The AMI a build produces is tagged
+/// `status=active`, older ones are deprecated, and people are notified.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "ami.refresh.ops",
+    version = "v1alpha1",
+    kind = "PackerBuilder",
+    plural = "packerbuilders",
+    singular = "packerbuilder",
+    shortname = "pb",
+    category = "opsy",
+    namespaced,
+    status = "PackerBuilderStatus",
+    derive = "PartialEq",
+    doc = "PackerBuilder builds an EKS node AMI with Packer whenever no valid AMI derived from the current base AMI exists.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
+    printcolumn(
+        name = "Base AMI",
+        type_ = "string",
+        json_path = ".status.baseImage.id"
+    ),
+    printcolumn(
+        name = "Active AMI",
+        type_ = "string",
+        json_path = ".status.activeImage.id"
+    ),
+    printcolumn(name = "Job", type_ = "string", json_path = ".status.jobStatus"),
+    printcolumn(
+        name = "Failed",
+        type_ = "integer",
+        json_path = ".status.failedJobCount"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PackerBuilderSpec {
+    /// AWS region where the base AMI is looked up and the AMI is built, e.g. `us-west-2`.
+    #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
+    pub region: String,
+
+    /// Name of the EKS cluster the AMI is built for; written to the AMI's `cluster-name` tag.
+    #[schemars(length(min = 1, max = 100), regex(pattern = CLUSTER_NAME_PATTERN))]
+    pub cluster_name: String,
+
+    /// EC2 DescribeImages filters that find the base AMI; the newest available match wins and is
+    /// passed to Packer as `-var ami_id=<id>` (with `-var region=<region>`). Without filters the
+    /// Packer project is self-contained and only expiry triggers a rebuild.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub ami_filters: Option<Vec<AmiFilter>>,
+
+    /// How long a built AMI stays valid, and how often the base AMI is re-checked.
+    #[serde(default)]
+    pub time_outs: TimeOuts,
+
+    /// How the Packer repository is fetched (a git-sync init container).
+    #[serde(default)]
+    pub git_sync: GitSync,
+
+    /// The Packer project and how to run it.
+    pub builder: Builder,
+
+    /// Where to send notifications about builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifier: Option<Notifier>,
+
+    /// Stop starting new builds (a running build finishes). Status keeps being updated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// Consecutive failed builds after which no new build starts until the spec changes.
+    #[serde(default = "default_max_failed_builds")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_failed_builds: i32,
+}
+
+fn default_max_failed_builds() -> i32 {
+    DEFAULT_MAX_FAILED_BUILDS
+}
+
+/// Expiry and re-check interval.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeOuts {
+    /// How long after its creation a built AMI stays eligible, e.g. `48h`, `30d`, `2w`. `m` is
+    /// minutes; months are `M` or `months`.
+    #[serde(default = "default_expires_in")]
+    pub expires_in: Duration,
+    /// How often the base AMI and the managed AMIs are re-checked, e.g. `5m`, `1h`.
+    #[serde(default = "default_controller_timer")]
+    pub controller_timer: Duration,
+}
+
+impl Default for TimeOuts {
+    fn default() -> Self {
+        Self {
+            expires_in: default_expires_in(),
+            controller_timer: default_controller_timer(),
+        }
+    }
+}
+
+pub(crate) fn default_expires_in() -> Duration {
+    Duration::literal("30d", 30 * 86_400)
+}
+
+pub(crate) fn default_controller_timer() -> Duration {
+    Duration::literal("5m", 5 * 60)
+}
+
+/// The git-sync init container that clones the Packer repository.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSync {
+    /// git-sync image. Pin a version; `:latest` is accepted but makes builds unrepeatable.
+    #[serde(default = "default_git_sync_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Name of the init container.
+    #[serde(default = "default_git_sync_name")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Name of a Secret with git credentials, for private repositories: keys `username` and
+    /// `token` (or `password`) for HTTPS, or `ssh` (a private key) and optionally `known_hosts`.
+    /// Values reach git-sync as environment variables or files, never as arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: Option<String>,
+}
+
+impl Default for GitSync {
+    fn default() -> Self {
+        Self {
+            image: default_git_sync_image(),
+            name: default_git_sync_name(),
+            secret: None,
+        }
+    }
+}
+
+fn default_git_sync_image() -> String {
+    DEFAULT_GIT_SYNC_IMAGE.to_owned()
+}
+
+fn default_git_sync_name() -> String {
+    "git-sync".to_owned()
+}
+
+/// The Packer project and how to run it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Builder {
+    /// Git URL of the repository holding the Packer project (`https://…` or `git@…`).
+    #[serde(rename = "repoURL")]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^(https://|http://|ssh://|git@|file://)\S+$")
+    )]
+    pub repo_url: String,
+    /// Branch (or tag) to build from.
+    #[serde(default = "default_branch")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s~^:?*\[\\]+$"))]
+    pub branch: String,
+    /// Directory of the Packer project inside the repository (relative, no `..`).
+    #[serde(default = "default_dir")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = relative_path_rule())]
+    pub dir: String,
+    /// Packer image. Pin a version; `:latest` is accepted but makes builds unrepeatable.
+    #[serde(default = "default_packer_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Name of a Secret whose keys become environment variables of the Packer container (e.g.
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Not needed when `jobServiceAccountName`
+    /// grants AWS access through IRSA or EKS Pod Identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: Option<String>,
+    /// Service account of the build Job's pod, usually bound to an IAM role for Packer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub job_service_account_name: Option<String>,
+    /// Packer commands. Always run in the order `init`, `validate`, `build`; each at most once.
+    /// Empty: all three with defaults. Only `build`: `init` and `validate` are added in the
+    /// build's working directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3), schema_with = "commands_schema")]
+    pub commands: Vec<Command>,
+    /// Settings of the build Job.
+    #[serde(default)]
+    pub job: JobSettings,
+}
+
+fn commands_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = map_list::<Command>(generator, "subCommand");
+    schema.insert("maxItems".into(), 3.into());
+    schema
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+fn default_dir() -> String {
+    ".".to_owned()
+}
+
+fn default_packer_image() -> String {
+    DEFAULT_PACKER_IMAGE.to_owned()
+}
+
+/// CEL rule: a relative path inside the repository.
+fn relative_path_rule() -> kube::core::Rule {
+    kube::core::Rule::new("!self.startsWith('/') && !self.split('/').exists(s, s == '..')")
+        .message("must be a relative path inside the repository, without '..'")
+}
+
+/// A Packer sub-command.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum SubCommand {
+    /// `packer init`: install the plugins the project requires.
+    Init,
+    /// `packer validate`: check the template.
+    Validate,
+    /// `packer build`: build the AMI.
+    Build,
+}
+
+/// What Packer does when the build fails (`-on-error`). Packer's interactive `ask` is not
+/// offered: a Job has no terminal.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Clean up the instance and other resources (Packer's default).
+    Cleanup,
+    /// Leave everything in place for debugging.
+    Abort,
+    /// Run the cleanup provisioner, then clean up.
+    RunCleanupProvisioner,
+}
+
+/// One Packer command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.onError) || self.subCommand == 'build'").message("onError applies only to subCommand build"))]
+pub struct Command {
+    /// `init`, `validate` or `build`.
+    pub sub_command: SubCommand,
+    /// Extra arguments, passed to Packer as separate arguments (never through a shell), e.g.
+    /// `-force`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 1024)))]
+    pub args: Vec<String>,
+    /// Colored output. Off by default (`-color=false`), which keeps logs readable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub color: bool,
+    /// Verbose Packer logs (`PACKER_LOG=1`). Packer's interactive `-debug` is never used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub debug: bool,
+    /// What `packer build` does on failure: `cleanup`, `abort` or `run-cleanup-provisioner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<OnError>,
+    /// Variables passed as `-var name=value`, in name order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 100))]
+    pub variables: BTreeMap<String, String>,
+    /// A variables file passed as `-var-file=<path>`, relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = relative_path_rule())]
+    pub variables_file: Option<String>,
+    /// Working directory relative to `builder.dir`; defaults to `builder.dir` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = relative_path_rule())]
+    pub working_dir: Option<String>,
+}
+
+/// Settings of the build Job and its pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSettings {
+    /// Longest a build may run before it is stopped and counted as failed, e.g. `2h`.
+    #[serde(default = "default_build_deadline")]
+    pub deadline: Duration,
+    /// How long a finished Job (and its logs) is kept, e.g. `1d`.
+    #[serde(default = "default_ttl_after_finished")]
+    pub ttl_after_finished: Duration,
+    /// Resources of the Packer container. Defaults: requests 250m CPU / 256Mi, limit 1Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of the build pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the build pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            deadline: default_build_deadline(),
+            ttl_after_finished: default_ttl_after_finished(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+        }
+    }
+}
+
+fn default_build_deadline() -> Duration {
+    Duration::literal("2h", 2 * 3600)
+}
+
+fn default_ttl_after_finished() -> Duration {
+    Duration::literal("1d", 86_400)
+}
+
+/// Observed state of a PackerBuilder. Field names up to `lastRunStatus` follow the project this
+/// one replaces.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackerBuilderStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Identity of this PackerBuilder's builds; written to the AMI's `build-id` tag.
+    #[serde(default, rename = "buildID", skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The Packer commands of the last build, for humans (they are run without a shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `Ready`, `Progressing`, `Degraded`, `NotificationFailed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Consecutive failed builds since the last success or spec change.
+    #[serde(default)]
+    pub failed_job_count: i32,
+    /// Id of the current or last build Job; part of its name.
+    #[serde(default, rename = "jobID", skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Name of the current or last build Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// `running`, `completed` or `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<String>,
+    /// When the last build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<Time>,
+    /// Base AMI of the last build.
+    #[serde(
+        default,
+        rename = "lastRunBaseImageID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = AMI_ID_PATTERN))]
+    pub last_run_base_image_id: Option<String>,
+    /// AMI produced by the last build.
+    #[serde(
+        default,
+        rename = "lastRunBuiltImageID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = AMI_ID_PATTERN))]
+    pub last_run_built_image_id: Option<String>,
+    /// What happened in the last reconcile, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_message: Option<String>,
+    /// Outcome of the last reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_status: Option<String>,
+    /// The current base AMI (newest match of `amiFilters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<ImageRef>,
+    /// The managed AMI currently tagged `active`, with its expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_image: Option<ImageRef>,
+    /// Recent builds, newest first (at most 10): base → built lineage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub history: Vec<BuildRecord>,
+    /// The last transition a notification was sent for, so a restart does not resend it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_notified: Option<String>,
+}
+
+/// One build in `status.history`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRecord {
+    /// The build Job's id.
+    #[serde(rename = "jobID")]
+    pub job_id: String,
+    /// Base AMI the build started from.
+    #[serde(
+        default,
+        rename = "baseImageID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_image_id: Option<String>,
+    /// AMI the build produced.
+    #[serde(
+        default,
+        rename = "builtImageID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub built_image_id: Option<String>,
+    /// `succeeded` or `failed`.
+    pub result: String,
+    /// Why the build failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// When the build finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+}

@@ -1,0 +1,51 @@
+//! The managed-AMI tag contract and the labels put on Kubernetes objects.
+//!
+//! The tag keys and values are kept from the project this one replaces, so AMIs it built are
+//! found and adopted. An AMI is *managed* when it carries [`BROUGHT_TO_YOU_BY`] =
+//! [`BROUGHT_TO_YOU_BY_VALUE`], and *eligible* when [`STATUS`] = [`STATUS_ACTIVE`] and its
+//! [`CREATE_TIMESTAMP`] (else its EC2 `CreationDate`) plus `expiresIn` lies in the future.
+
+/// Marks an AMI as managed by this operator.
+pub const BROUGHT_TO_YOU_BY: &str = "brought-to-you-by";
+/// The only value of [`BROUGHT_TO_YOU_BY`].
+pub const BROUGHT_TO_YOU_BY_VALUE: &str = "opsy-the-ami-operator";
+/// The EKS cluster the AMI was built for (`spec.clusterName`).
+pub const CLUSTER_NAME: &str = "cluster-name";
+/// The name of the PackerBuilder that built the AMI.
+pub const CREATED_BY: &str = "created-by";
+/// The Packer repository the AMI was built from (`spec.builder.repoURL`).
+pub const PACKER_REPO: &str = "packer-repo";
+/// The branch of the Packer repository (`spec.builder.branch`).
+pub const PACKER_REPO_BRANCH: &str = "packer-repo-branch";
+/// Lifecycle status: [`STATUS_ACTIVE`] or [`STATUS_DEPRECATED`].
+pub const STATUS: &str = "status";
+/// The AMI may be rolled out.
+pub const STATUS_ACTIVE: &str = "active";
+/// The AMI was replaced by a newer build and must not be rolled out.
+pub const STATUS_DEPRECATED: &str = "deprecated";
+/// When the AMI was built, RFC 3339. Adoption never resets it.
+pub const CREATE_TIMESTAMP: &str = "create-timestamp";
+/// The base AMI the build started from.
+pub const BASE_AMI: &str = "base-ami";
+/// The build id of the PackerBuilder (`status.buildID`).
+pub const BUILD_ID: &str = "build-id";
+/// The id of the Job that built the AMI (`status.jobID`).
+pub const JOB_ID: &str = "job-id";
+
+/// Label keys and values on objects the operators create (Jobs, Events' related objects).
+pub mod labels {
+    /// Standard `app.kubernetes.io/managed-by` label.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`MANAGED_BY`] on every object the operators create.
+    pub const MANAGED_BY_VALUE: &str = "opsy-ami-operator";
+    /// Standard `app.kubernetes.io/component` label.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// Value of [`COMPONENT`] on Packer build Jobs.
+    pub const COMPONENT_PACKER_BUILD: &str = "packer-build";
+    /// The PackerBuilder a Job belongs to.
+    pub const PACKER_BUILDER: &str = "ami.refresh.ops/packer-builder";
+    /// The build id of the PackerBuilder a Job belongs to.
+    pub const BUILD_ID: &str = "ami.refresh.ops/build-id";
+    /// The job id (one per build attempt).
+    pub const JOB_ID: &str = "ami.refresh.ops/job-id";
+}

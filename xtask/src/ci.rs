@@ -1,0 +1,3 @@
+pub fn run(_: &std::path::Path) -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Project tasks: `cargo xtask <task>`.
+
+mod ci;
+mod crds;
+mod moto;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Project tasks for opsy-ami-operator", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Write the CRD YAML generated from crates/opsy-api into deploy/crds/.
+    Crds {
+        /// Fail if the committed YAML differs instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Install the pinned AWS emulator (moto) into .venv/.
+    Setup,
+    /// The whole test suite, as CI runs it: setup, fmt check, clippy -D warnings, tests.
+    Ci,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.task {
+        Task::Crds { check } => crds::run(&root, check),
+        Task::Setup => moto::setup(&root),
+        Task::Ci => ci::run(&root),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}

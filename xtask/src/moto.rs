@@ -1,0 +1,3 @@
+pub fn setup(_: &std::path::Path) -> anyhow::Result<()> {
+    Ok(())
+}
