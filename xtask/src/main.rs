@@ -4,9 +4,12 @@ mod ci;
 mod crds;
 mod moto;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -36,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Crds { check } => crds::run(&root, check),
         Task::Setup => moto::setup(&root),
-        Task::Ci => ci::run(&root),
+        Task::Ci => ci::run_all(&root),
     }
 }
 
@@ -46,4 +49,15 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("xtask has no parent directory")
+}
+
+/// Runs `command`, failing with its command line when it does not succeed.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
 }

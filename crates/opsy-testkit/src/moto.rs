@@ -1,0 +1,242 @@
+//! A moto server (the AWS emulator) owned by one test.
+//!
+//! [`Moto::start`] launches `scripts/moto/opsy_moto.py` from the project's virtualenv on a free
+//! loopback port, seeded with AMIs through `MOTO_AMIS_PATH`. The server lives until the
+//! [`Moto`] value is dropped; if the test process dies first, the server sees its standard
+//! input close and exits too, so nothing is left running.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+use crate::seed::{SeedAmi, eks_amis};
+
+/// Access key the emulator accepts (any value works; this one is recognisable in logs).
+pub const ACCESS_KEY_ID: &str = "AKIAOPSYTESTKIT00000";
+/// Secret key paired with [`ACCESS_KEY_ID`].
+pub const SECRET_ACCESS_KEY: &str = "opsy-testkit-secret-access-key";
+/// The account id moto uses for resources created through it.
+pub const ACCOUNT_ID: &str = "123456789012";
+
+/// How long the emulator may take to start (importing moto is most of it).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the emulator could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    /// The project's virtualenv is missing.
+    #[error("{python} not found: install the emulator with `cargo xtask setup`")]
+    NotInstalled {
+        /// The interpreter that was looked for.
+        python: String,
+    },
+    /// A file could not be written or read.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not report its port in time, or exited early.
+    #[error("moto did not start: {reason}; its log ends with:\n{log_tail}")]
+    Start {
+        /// What went wrong.
+        reason: String,
+        /// The last lines the server wrote to stderr.
+        log_tail: String,
+    },
+    /// A request to moto's own API failed.
+    #[error("moto API {path}: {message}")]
+    Api {
+        /// The moto-api path.
+        path: &'static str,
+        /// The error.
+        message: String,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> MotoError {
+    move |source| MotoError::Io { what, source }
+}
+
+/// Options for [`Moto::start_with`].
+#[derive(Debug, Clone)]
+pub struct MotoOptions {
+    /// AMIs present in every region at start and after every reset.
+    pub amis: Vec<SeedAmi>,
+}
+
+impl Default for MotoOptions {
+    fn default() -> Self {
+        Self { amis: eks_amis() }
+    }
+}
+
+/// A running moto server. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    /// Kept open for the server's lifetime: closing it is the server's signal to exit.
+    stdin: Option<ChildStdin>,
+    endpoint: String,
+    workdir: TempDir,
+    seeded: Vec<SeedAmi>,
+}
+
+impl Moto {
+    /// Starts moto seeded with [`eks_amis`].
+    pub fn start() -> Result<Self, MotoError> {
+        Self::start_with(MotoOptions::default())
+    }
+
+    /// Starts moto with the given options.
+    pub fn start_with(options: MotoOptions) -> Result<Self, MotoError> {
+        let root = workspace_root();
+        let python = python(&root);
+        if !python.exists() {
+            return Err(MotoError::NotInstalled {
+                python: python.display().to_string(),
+            });
+        }
+        let workdir = tempfile::Builder::new()
+            .prefix("opsy-moto-")
+            .tempdir()
+            .map_err(io("creating a work directory"))?;
+        let amis_path = workdir.path().join("amis.json");
+        let seed: Vec<_> = options.amis.iter().map(SeedAmi::to_moto).collect();
+        let seed = serde_json::to_vec_pretty(&seed).map_err(|e| MotoError::Io {
+            what: "serialising the AMI seed",
+            source: e.into(),
+        })?;
+        fs::write(&amis_path, seed).map_err(io("writing the AMI seed"))?;
+        let log_path = workdir.path().join("moto.log");
+        let log = fs::File::create(&log_path).map_err(io("creating the moto log"))?;
+
+        let mut child = Command::new(&python)
+            .arg(root.join("scripts/moto/opsy_moto.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .env("MOTO_AMIS_PATH", &amis_path)
+            // No real credentials or config can leak into the emulator from the environment.
+            .env_remove("AWS_PROFILE")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(io("starting moto"))?;
+        let stdin = child.stdin.take();
+        let port = match read_port(&mut child) {
+            Ok(port) => port,
+            Err(reason) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(MotoError::Start {
+                    reason,
+                    log_tail: tail(&log_path, 20),
+                });
+            }
+        };
+        Ok(Self {
+            child,
+            stdin,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            workdir,
+            seeded: options.amis,
+        })
+    }
+
+    /// The endpoint URL to give AWS SDK clients, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The AMIs the server was seeded with.
+    pub fn seeded_amis(&self) -> &[SeedAmi] {
+        &self.seeded
+    }
+
+    /// Forgets every change made through the emulator; the seeded AMIs are loaded again.
+    pub fn reset(&self) -> Result<(), MotoError> {
+        const PATH: &str = "/moto-api/reset";
+        ureq::post(format!("{}{PATH}", self.endpoint))
+            .send_empty()
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
+    }
+
+    /// The server's request log so far (one line per request), for debugging failed tests.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.workdir.path().join("moto.log")).unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        // Closing stdin asks the server to stop; kill makes sure it does.
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the `{"port": N}` line the launcher prints once it accepts connections.
+fn read_port(child: &mut Child) -> Result<u16, String> {
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let result = BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+            .map_err(|e| e.to_string());
+        let _ = tx.send(result);
+    });
+    let line = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| format!("no port reported within {START_TIMEOUT:?}"))??;
+    #[derive(serde::Deserialize)]
+    struct Ready {
+        port: u16,
+    }
+    serde_json::from_str::<Ready>(&line)
+        .map(|r| r.port)
+        .map_err(|e| format!("unexpected first line {:?}: {e}", line.trim()))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The workspace root, where `.venv/` and `scripts/` live.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python interpreter of the project's virtualenv (`OPSY_PYTHON` overrides it).
+fn python(root: &Path) -> PathBuf {
+    std::env::var_os("OPSY_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"))
+}
