@@ -5,7 +5,8 @@ The server listens on a loopback port chosen by the kernel and prints one JSON l
 test process that dies for any reason never leaves it running.
 
 AMIs are seeded from the JSON file named by MOTO_AMIS_PATH (moto's own mechanism), in every
-region, and again after each reset (POST /moto-api/reset).
+region, and again after each reset (POST /moto-api/reset). opsy_moto_ext adds the AWS calls
+moto lacks, error injection and request counting.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
 
-    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    print(json.dumps({"port": port}), flush=True)
+    import opsy_moto_ext
+
+    opsy_moto_ext.install()
+    app = opsy_moto_ext.Middleware(DomainDispatcherApplication(create_backend_app))
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(json.dumps({"port": server.server_port}), flush=True)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -41,7 +50,7 @@ def main() -> int:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     stop.wait()
-    server.stop()
+    server.shutdown()
     return 0
 
 

@@ -21,6 +21,12 @@ pub struct AwsOptions {
     pub operation_timeout: Duration,
     /// Longest a connection may take to establish.
     pub connect_timeout: Duration,
+    /// First retry delay; later ones grow exponentially up to 20 seconds.
+    pub initial_backoff: Duration,
+    /// How long identical `DescribeImages` results are shared between callers.
+    pub image_cache_ttl: Duration,
+    /// Results per page of list calls; `None` uses the largest page each API allows.
+    pub page_size: Option<i32>,
 }
 
 impl Default for AwsOptions {
@@ -32,6 +38,9 @@ impl Default for AwsOptions {
             max_attempts: 5,
             operation_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(500),
+            image_cache_ttl: Duration::from_secs(30),
+            page_size: None,
         }
     }
 }
@@ -52,7 +61,7 @@ pub async fn load_sdk_config(region: &str, options: &AwsOptions) -> SdkConfig {
     } else {
         RetryConfig::adaptive()
             .with_max_attempts(options.max_attempts)
-            .with_initial_backoff(Duration::from_millis(500))
+            .with_initial_backoff(options.initial_backoff)
             .with_max_backoff(Duration::from_secs(20))
     };
     let mut loader = aws_config::defaults(BehaviorVersion::latest())

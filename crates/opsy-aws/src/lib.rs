@@ -1,8 +1,24 @@
 //! The AWS side of opsy-ami-operator.
 //!
-//! So far: building the SDK configuration every client shares ([`config`]). AMI discovery, the
-//! tag contract, launch templates, node groups and instance refresh build on it.
+//! - [`config`]: one SDK configuration per region (credentials chain, TLS, retries, endpoint).
+//! - [`clients`]: the EC2, EKS and Auto Scaling clients of a region, built once and shared.
+//! - [`images`]: `DescribeImages` with filters and owners, every page, cached single-flight.
+//! - [`managed`]: the managed-AMI tag contract, eligibility, adoption, deprecation, targets.
+//! - [`launch_templates`], [`eks`], [`autoscaling`]: what node-group rollouts need.
+//! - [`calls`]: every call counted by service, operation and outcome.
 
+pub mod autoscaling;
+pub mod calls;
+pub mod clients;
 pub mod config;
+pub mod eks;
+pub mod error;
+pub mod images;
+pub mod launch_templates;
+pub mod managed;
 
+pub use calls::CallCounter;
+pub use clients::{AwsClients, ClientSet};
 pub use config::{AwsOptions, load_sdk_config};
+pub use error::AwsError;
+pub use images::{Image, ImageQuery};

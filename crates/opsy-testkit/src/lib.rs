@@ -3,8 +3,10 @@
 //! [`Moto`] runs the AWS emulator (moto, installed by `cargo xtask setup` into `.venv/`) for one
 //! test, on its own loopback port, seeded with EKS-style AMIs from [`seed::eks_amis`].
 
+pub mod fixtures;
 pub mod moto;
 pub mod seed;
 
+pub use fixtures::{Fixture, NodeGroupSpec};
 pub use moto::{ACCESS_KEY_ID, ACCOUNT_ID, Moto, MotoError, MotoOptions, SECRET_ACCESS_KEY};
 pub use seed::SeedAmi;

@@ -6,6 +6,7 @@
 //! input close and exits too, so nothing is left running.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -174,6 +175,45 @@ impl Moto {
                 path: PATH,
                 message: e.to_string(),
             })
+    }
+
+    /// Makes the next `count` requests whose action (EC2, Auto Scaling) or `"METHOD /path"`
+    /// (EKS) starts with `matching` fail with `code` and HTTP `status`.
+    pub fn inject_error(
+        &self,
+        matching: &str,
+        code: &str,
+        status: u16,
+        count: u32,
+    ) -> Result<(), MotoError> {
+        const PATH: &str = "/opsy-ext/inject-error";
+        let body =
+            serde_json::json!({"match": matching, "code": code, "status": status, "count": count});
+        ureq::post(format!("{}{PATH}", self.endpoint))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
+    }
+
+    /// Requests the server answered so far, by action (`DescribeImages`) or `"METHOD /path"`,
+    /// counted at the HTTP level.
+    pub fn requests(&self) -> Result<BTreeMap<String, u64>, MotoError> {
+        const PATH: &str = "/opsy-ext/requests";
+        let api = |e: &dyn std::fmt::Display| MotoError::Api {
+            path: PATH,
+            message: e.to_string(),
+        };
+        let body = ureq::get(format!("{}{PATH}", self.endpoint))
+            .call()
+            .map_err(|e| api(&e))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| api(&e))?;
+        serde_json::from_str(&body).map_err(|e| api(&e))
     }
 
     /// The server's request log so far (one line per request), for debugging failed tests.

@@ -1,0 +1,81 @@
+//! The AWS clients of one region, built once and shared.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::sync::Mutex;
+
+use crate::{AwsOptions, CallCounter, images::ImageCache, load_sdk_config};
+
+/// EC2, EKS and Auto Scaling clients for one region, with the shared call counter and the
+/// `DescribeImages` cache.
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    /// The region.
+    pub region: String,
+    /// EC2: images, tags, launch templates.
+    pub ec2: aws_sdk_ec2::Client,
+    /// EKS: node groups and their updates.
+    pub eks: aws_sdk_eks::Client,
+    /// Auto Scaling: self-managed groups and instance refresh.
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    /// Every call made through these clients.
+    pub calls: CallCounter,
+    pub(crate) images: ImageCache,
+    pub(crate) page_size: Option<i32>,
+}
+
+impl AwsClients {
+    /// Builds the clients for `region`.
+    pub async fn new(region: &str, options: &AwsOptions, calls: CallCounter) -> Self {
+        let config = load_sdk_config(region, options).await;
+        Self {
+            region: region.to_owned(),
+            ec2: aws_sdk_ec2::Client::new(&config),
+            eks: aws_sdk_eks::Client::new(&config),
+            autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            calls,
+            images: ImageCache::new(options.image_cache_ttl),
+            page_size: options.page_size,
+        }
+    }
+}
+
+/// Clients for every region the custom resources name, built on first use.
+#[derive(Debug, Clone)]
+pub struct ClientSet {
+    options: AwsOptions,
+    calls: CallCounter,
+    regions: Arc<Mutex<HashMap<String, Arc<AwsClients>>>>,
+}
+
+impl ClientSet {
+    /// An empty set; clients are built per region on first use.
+    pub fn new(options: AwsOptions) -> Self {
+        Self {
+            options,
+            calls: CallCounter::default(),
+            regions: Arc::default(),
+        }
+    }
+
+    /// The clients of `region`.
+    pub async fn region(&self, region: &str) -> Arc<AwsClients> {
+        let mut regions = self.regions.lock().await;
+        if let Some(clients) = regions.get(region) {
+            return clients.clone();
+        }
+        let clients = Arc::new(AwsClients::new(region, &self.options, self.calls.clone()).await);
+        regions.insert(region.to_owned(), clients.clone());
+        clients
+    }
+
+    /// Every call made through any region's clients.
+    pub fn calls(&self) -> &CallCounter {
+        &self.calls
+    }
+
+    /// How long identical `DescribeImages` results are shared.
+    pub fn image_cache_ttl(&self) -> Duration {
+        self.options.image_cache_ttl
+    }
+}

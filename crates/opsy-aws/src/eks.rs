@@ -1,0 +1,311 @@
+//! EKS managed node groups: list, describe, update to a launch template version, follow.
+
+use aws_sdk_eks::types::{LaunchTemplateSpecification, NodegroupUpdateConfig, UpdateStatus};
+
+use crate::{
+    AwsClients, AwsError,
+    launch_templates::{TemplateRef, TemplateVersion},
+};
+
+/// A managed node group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeGroup {
+    /// Its name.
+    pub name: String,
+    /// `ACTIVE`, `UPDATING`, `DEGRADED`, ...
+    pub status: String,
+    /// `AL2023_x86_64_STANDARD`, `CUSTOM`, ...
+    pub ami_type: Option<String>,
+    /// Its launch template, if it was created with one.
+    pub launch_template: Option<NodeGroupTemplate>,
+}
+
+/// The launch template a node group uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeGroupTemplate {
+    /// `lt-…`, when EKS reports it.
+    pub id: Option<String>,
+    /// The template's name, when EKS reports it.
+    pub name: Option<String>,
+    /// The version in use.
+    pub version: String,
+}
+
+/// What can be done about a node group's AMI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeGroupImage {
+    /// The group has no launch template: EKS chooses its AMI (`amiType`); this operator cannot
+    /// set one.
+    NoLaunchTemplate {
+        /// The group's AMI type.
+        ami_type: Option<String>,
+    },
+    /// The group's launch template version sets no `ImageId`.
+    TemplateWithoutImage {
+        /// The version in use.
+        template: TemplateVersion,
+    },
+    /// The group runs `template.image_id`.
+    Image {
+        /// The version in use.
+        template: TemplateVersion,
+        /// Its AMI.
+        image_id: String,
+    },
+}
+
+/// Where an EKS update stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateProgress {
+    /// `InProgress`, `Successful`, `Failed` or `Cancelled`.
+    pub status: String,
+    /// `code: message` of each error EKS reports.
+    pub errors: Vec<String>,
+}
+
+impl UpdateProgress {
+    /// Whether the update has ended, successfully or not.
+    pub fn is_finished(&self) -> bool {
+        self.status != UpdateStatus::InProgress.as_str()
+    }
+
+    /// Whether the update ended successfully.
+    pub fn is_successful(&self) -> bool {
+        self.status == UpdateStatus::Successful.as_str()
+    }
+}
+
+/// `updateConfig` of a node group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    /// At most this many nodes.
+    Count(i32),
+    /// At most this percentage of nodes.
+    Percentage(i32),
+}
+
+impl AwsClients {
+    /// The names of the cluster's managed node groups (every page).
+    pub async fn list_nodegroups(&self, cluster: &str) -> Result<Vec<String>, AwsError> {
+        const OP: &str = "ListNodegroups";
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .eks
+                .list_nodegroups()
+                .cluster_name(cluster)
+                .set_max_results(self.page_size)
+                .set_next_token(token.take());
+            let page = self
+                .calls
+                .track("eks", OP, async {
+                    request
+                        .send()
+                        .await
+                        .map_err(|e| AwsError::from_sdk("eks", OP, e))
+                })
+                .await?;
+            names.extend(page.nodegroups.unwrap_or_default());
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(names)
+    }
+
+    /// One node group.
+    pub async fn describe_nodegroup(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<NodeGroup, AwsError> {
+        const OP: &str = "DescribeNodegroup";
+        let request = self
+            .eks
+            .describe_nodegroup()
+            .cluster_name(cluster)
+            .nodegroup_name(name);
+        let response = self
+            .calls
+            .track("eks", OP, async {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
+            })
+            .await?;
+        let group = response.nodegroup.ok_or(AwsError::MissingField {
+            service: "eks",
+            operation: OP,
+            field: "nodegroup",
+        })?;
+        Ok(NodeGroup {
+            name: group.nodegroup_name.unwrap_or_else(|| name.to_owned()),
+            status: group
+                .status
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            ami_type: group.ami_type.map(|t| t.as_str().to_owned()),
+            launch_template: group.launch_template.map(|t| NodeGroupTemplate {
+                id: t.id,
+                name: t.name,
+                version: t.version.unwrap_or_else(|| "$Default".to_owned()),
+            }),
+        })
+    }
+
+    /// The AMI a node group runs, read from its launch template version.
+    pub async fn nodegroup_image(&self, group: &NodeGroup) -> Result<NodeGroupImage, AwsError> {
+        let Some(lt) = &group.launch_template else {
+            return Ok(NodeGroupImage::NoLaunchTemplate {
+                ami_type: group.ami_type.clone(),
+            });
+        };
+        let template = match (&lt.id, &lt.name) {
+            (Some(id), _) => TemplateRef::Id(id.clone()),
+            (None, Some(name)) => TemplateRef::Name(name.clone()),
+            (None, None) => {
+                return Err(AwsError::MissingField {
+                    service: "eks",
+                    operation: "DescribeNodegroup",
+                    field: "launchTemplate.id",
+                });
+            }
+        };
+        let template = self.launch_template_version(&template, &lt.version).await?;
+        Ok(match template.image_id.clone() {
+            Some(image_id) => NodeGroupImage::Image { template, image_id },
+            None => NodeGroupImage::TemplateWithoutImage { template },
+        })
+    }
+
+    /// Starts moving `group` to `version` of its launch template; returns the update id.
+    pub async fn update_nodegroup_version(
+        &self,
+        cluster: &str,
+        group: &str,
+        template_id: &str,
+        version: i64,
+        force: bool,
+    ) -> Result<String, AwsError> {
+        const OP: &str = "UpdateNodegroupVersion";
+        let request = self
+            .eks
+            .update_nodegroup_version()
+            .cluster_name(cluster)
+            .nodegroup_name(group)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .id(template_id)
+                    .version(version.to_string())
+                    .build(),
+            )
+            .force(force);
+        let response = self
+            .calls
+            .track("eks", OP, async {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
+            })
+            .await?;
+        update_id(response.update, OP)
+    }
+
+    /// Sets how many nodes of `group` may be replaced at once; returns the update id.
+    pub async fn update_nodegroup_config(
+        &self,
+        cluster: &str,
+        group: &str,
+        max_unavailable: MaxUnavailable,
+    ) -> Result<String, AwsError> {
+        const OP: &str = "UpdateNodegroupConfig";
+        let config = match max_unavailable {
+            MaxUnavailable::Count(n) => NodegroupUpdateConfig::builder().max_unavailable(n),
+            MaxUnavailable::Percentage(p) => {
+                NodegroupUpdateConfig::builder().max_unavailable_percentage(p)
+            }
+        }
+        .build();
+        let request = self
+            .eks
+            .update_nodegroup_config()
+            .cluster_name(cluster)
+            .nodegroup_name(group)
+            .update_config(config);
+        let response = self
+            .calls
+            .track("eks", OP, async {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
+            })
+            .await?;
+        update_id(response.update, OP)
+    }
+
+    /// Where update `id` of `group` stands.
+    pub async fn describe_update(
+        &self,
+        cluster: &str,
+        group: &str,
+        id: &str,
+    ) -> Result<UpdateProgress, AwsError> {
+        const OP: &str = "DescribeUpdate";
+        let request = self
+            .eks
+            .describe_update()
+            .name(cluster)
+            .nodegroup_name(group)
+            .update_id(id);
+        let response = self
+            .calls
+            .track("eks", OP, async {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
+            })
+            .await?;
+        let update = response.update.ok_or(AwsError::MissingField {
+            service: "eks",
+            operation: OP,
+            field: "update",
+        })?;
+        Ok(UpdateProgress {
+            status: update
+                .status
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            errors: update
+                .errors
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e.error_code
+                            .map(|c| c.as_str().to_owned())
+                            .unwrap_or_default(),
+                        e.error_message.unwrap_or_default()
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
+fn update_id(
+    update: Option<aws_sdk_eks::types::Update>,
+    operation: &'static str,
+) -> Result<String, AwsError> {
+    update.and_then(|u| u.id).ok_or(AwsError::MissingField {
+        service: "eks",
+        operation,
+        field: "update.id",
+    })
+}

@@ -1,0 +1,556 @@
+//! Managed AMIs: the tag contract, eligibility, adoption, deprecation and the AMIRefresher's
+//! target selection.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use aws_sdk_ec2::{primitives::DateTime, types::Tag};
+use jiff::{SignedDuration, Timestamp};
+use opsy_api::{AmiFilter, tags};
+
+use crate::{
+    AwsClients, AwsError,
+    images::{Image, ImageQuery},
+};
+
+/// Where an AMI's creation time came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedFrom {
+    /// The `create-timestamp` tag.
+    Tag,
+    /// EC2's `CreationDate` (the tag is missing or unreadable).
+    CreationDate,
+}
+
+/// Why an image cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Its state is not `available`.
+    NotAvailable {
+        /// EC2 state.
+        state: String,
+    },
+    /// No `status` tag.
+    NoStatusTag,
+    /// `status` is not `active`.
+    NotActive {
+        /// The `status` tag.
+        status: String,
+    },
+    /// Created more than `expiresIn` ago.
+    Expired {
+        /// When it expired.
+        at: Timestamp,
+    },
+    /// Neither a readable `create-timestamp` tag nor a creation date.
+    NoCreationTime,
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::NotAvailable { state } => write!(f, "state is {state}, not available"),
+            Ineligible::NoStatusTag => write!(f, "not tagged status=active"),
+            Ineligible::NotActive { status } => write!(f, "status is {status}, not active"),
+            Ineligible::Expired { at } => write!(f, "expired at {at}"),
+            Ineligible::NoCreationTime => {
+                write!(f, "has no create-timestamp tag and no creation date")
+            }
+        }
+    }
+}
+
+/// An image judged against the tag contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The image.
+    pub image: Image,
+    /// When it was created, if known.
+    pub created: Option<Timestamp>,
+    /// Where `created` came from.
+    pub created_from: CreatedFrom,
+    /// When it stops being eligible (`created + expiresIn`).
+    pub expires: Option<Timestamp>,
+    /// `None` when eligible.
+    pub rejected: Option<Ineligible>,
+}
+
+impl Candidate {
+    /// Judges `image` at `now`: eligible when available, `status=active`, and created (per its
+    /// `create-timestamp` tag, else its EC2 creation date) less than `expires_in` ago.
+    pub fn judge(image: Image, expires_in: Duration, now: Timestamp) -> Self {
+        let tagged = image
+            .tag(tags::CREATE_TIMESTAMP)
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let (created, created_from) = match tagged {
+            Some(t) => (Some(t), CreatedFrom::Tag),
+            None => (image.creation_date, CreatedFrom::CreationDate),
+        };
+        let expires = created.and_then(|c| {
+            SignedDuration::try_from(expires_in)
+                .ok()
+                .and_then(|d| c.checked_add(d).ok())
+        });
+        let rejected = if !image.is_available() {
+            Some(Ineligible::NotAvailable {
+                state: image.state.clone(),
+            })
+        } else {
+            match image.tag(tags::STATUS) {
+                None => Some(Ineligible::NoStatusTag),
+                Some(s) if s != tags::STATUS_ACTIVE => Some(Ineligible::NotActive {
+                    status: s.to_owned(),
+                }),
+                Some(_) => match expires {
+                    None => Some(Ineligible::NoCreationTime),
+                    Some(at) if at <= now => Some(Ineligible::Expired { at }),
+                    Some(_) => None,
+                },
+            }
+        };
+        Self {
+            image,
+            created,
+            created_from,
+            expires,
+            rejected,
+        }
+    }
+
+    /// Whether the image may be used.
+    pub fn is_eligible(&self) -> bool {
+        self.rejected.is_none()
+    }
+
+    /// `ami-… (name): reason`, for status messages.
+    pub fn describe(&self) -> String {
+        match &self.rejected {
+            None => format!("{} ({}): eligible", self.image.id, self.image.name),
+            Some(reason) => format!("{} ({}): {reason}", self.image.id, self.image.name),
+        }
+    }
+}
+
+/// The newest eligible candidate, and every candidate with its verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selection {
+    /// The newest eligible candidate (by creation time, then name, then id).
+    pub chosen: Option<Candidate>,
+    /// All candidates, newest first.
+    pub candidates: Vec<Candidate>,
+}
+
+impl Selection {
+    /// Judges `images` and picks the newest eligible one.
+    pub fn from_images(
+        images: impl IntoIterator<Item = Image>,
+        expires_in: Duration,
+        now: Timestamp,
+    ) -> Self {
+        let mut candidates: Vec<Candidate> = images
+            .into_iter()
+            .map(|image| Candidate::judge(image, expires_in, now))
+            .collect();
+        candidates.sort_by(|a, b| {
+            (b.created, &b.image.name, &b.image.id).cmp(&(a.created, &a.image.name, &a.image.id))
+        });
+        let chosen = candidates.iter().find(|c| c.is_eligible()).cloned();
+        Self { chosen, candidates }
+    }
+
+    /// Why nothing was chosen: `"3 images matched; none is eligible: ami-1 (n): expired at …; …"`.
+    pub fn explain(&self) -> String {
+        if self.candidates.is_empty() {
+            return "no image matched".to_owned();
+        }
+        let reasons: Vec<String> = self.candidates.iter().map(Candidate::describe).collect();
+        let eligible = self.candidates.iter().filter(|c| c.is_eligible()).count();
+        format!(
+            "{} image(s) matched, {eligible} eligible: {}",
+            self.candidates.len(),
+            reasons.join("; ")
+        )
+    }
+}
+
+/// Identity of a PackerBuilder's builds, for finding and tagging its AMIs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildIdentity {
+    /// `spec.clusterName`.
+    pub cluster_name: String,
+    /// The PackerBuilder's name.
+    pub created_by: String,
+    /// `spec.builder.repoURL`.
+    pub packer_repo: String,
+    /// `spec.builder.branch`.
+    pub packer_repo_branch: String,
+}
+
+impl BuildIdentity {
+    /// The query for this identity's managed AMIs (owned by this account).
+    pub fn query(&self) -> ImageQuery {
+        ImageQuery::default()
+            .owner("self")
+            .filter(
+                &format!("tag:{}", tags::BROUGHT_TO_YOU_BY),
+                [tags::BROUGHT_TO_YOU_BY_VALUE],
+            )
+            .filter(
+                &format!("tag:{}", tags::CLUSTER_NAME),
+                [self.cluster_name.as_str()],
+            )
+            .filter(
+                &format!("tag:{}", tags::CREATED_BY),
+                [self.created_by.as_str()],
+            )
+            .filter(
+                &format!("tag:{}", tags::PACKER_REPO),
+                [self.packer_repo.as_str()],
+            )
+            .filter(
+                &format!("tag:{}", tags::PACKER_REPO_BRANCH),
+                [self.packer_repo_branch.as_str()],
+            )
+    }
+
+    /// The full tag set of an AMI this identity built.
+    pub fn tags(&self, build: &BuildFacts) -> BTreeMap<String, String> {
+        let mut tags = BTreeMap::new();
+        let mut put = |k: &str, v: &str| {
+            tags.insert(k.to_owned(), v.to_owned());
+        };
+        put(tags::BROUGHT_TO_YOU_BY, tags::BROUGHT_TO_YOU_BY_VALUE);
+        put(tags::CLUSTER_NAME, &self.cluster_name);
+        put(tags::CREATED_BY, &self.created_by);
+        put(tags::PACKER_REPO, &self.packer_repo);
+        put(tags::PACKER_REPO_BRANCH, &self.packer_repo_branch);
+        put(tags::STATUS, tags::STATUS_ACTIVE);
+        put(tags::CREATE_TIMESTAMP, &build.created.to_string());
+        if let Some(base) = &build.base_ami {
+            put(tags::BASE_AMI, base);
+        }
+        put(tags::BUILD_ID, &build.build_id);
+        put(tags::JOB_ID, &build.job_id);
+        tags
+    }
+}
+
+/// What a build contributes to its AMI's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFacts {
+    /// When the AMI was built.
+    pub created: Timestamp,
+    /// The base AMI, when filters were used.
+    pub base_ami: Option<String>,
+    /// `status.buildID`.
+    pub build_id: String,
+    /// `status.jobID`.
+    pub job_id: String,
+}
+
+/// The tags to write when adopting `image` (found by the tag contract but not recorded in
+/// status): `status=active` is kept, and `create-timestamp` is written only when missing, from
+/// the image's creation date — adopting never extends an AMI's life.
+pub fn adoption_tags(image: &Image) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::new();
+    if image
+        .tag(tags::CREATE_TIMESTAMP)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_none()
+        && let Some(created) = image.creation_date
+    {
+        tags.insert(tags::CREATE_TIMESTAMP.to_owned(), created.to_string());
+    }
+    tags
+}
+
+impl AwsClients {
+    /// Writes `tags` on `image_id` (existing keys are overwritten).
+    pub async fn tag_image(
+        &self,
+        image_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        const OP: &str = "CreateTags";
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let request = self.ec2.create_tags().resources(image_id).set_tags(Some(
+            tags.iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect(),
+        ));
+        let result = self
+            .calls
+            .track("ec2", OP, async {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("ec2", OP, e))
+            })
+            .await;
+        self.invalidate_images();
+        result.map(drop)
+    }
+
+    /// Marks `image_id` deprecated: tag `status=deprecated` and EC2's own deprecation time
+    /// (`at`, rounded by EC2 to the minute), so EC2 also hides it from default listings.
+    pub async fn deprecate_image(&self, image_id: &str, at: Timestamp) -> Result<(), AwsError> {
+        const OP: &str = "EnableImageDeprecation";
+        let mut status = BTreeMap::new();
+        status.insert(tags::STATUS.to_owned(), tags::STATUS_DEPRECATED.to_owned());
+        self.tag_image(image_id, &status).await?;
+        let request = self
+            .ec2
+            .enable_image_deprecation()
+            .image_id(image_id)
+            .deprecate_at(DateTime::from_secs(at.as_second()));
+        let result = self
+            .calls
+            .track("ec2", OP, async {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("ec2", OP, e))
+            })
+            .await;
+        self.invalidate_images();
+        result.map(drop)
+    }
+
+    /// The managed AMIs of a PackerBuilder, judged at `now`.
+    pub async fn managed_images(
+        &self,
+        identity: &BuildIdentity,
+        expires_in: Duration,
+        now: Timestamp,
+    ) -> Result<Selection, AwsError> {
+        let images = self.describe_images(&identity.query()).await?;
+        Ok(Selection::from_images(
+            images.iter().cloned(),
+            expires_in,
+            now,
+        ))
+    }
+
+    /// The AMIRefresher's target: the explicit `ami`, or the images matching `filters` plus
+    /// the managed AMIs (of this account) built from them; the newest eligible one wins.
+    pub async fn select_target(
+        &self,
+        ami: Option<&str>,
+        filters: Option<&[AmiFilter]>,
+        expires_in: Duration,
+        now: Timestamp,
+    ) -> Result<Selection, AwsError> {
+        let images: Vec<Image> = match (ami, filters) {
+            (Some(id), _) => self
+                .describe_images(&ImageQuery::default().ids([id]))
+                .await?
+                .to_vec(),
+            (None, Some(filters)) => {
+                let matches = self
+                    .describe_images(&ImageQuery::from_filters(filters))
+                    .await?;
+                let mut images = matches.to_vec();
+                if !matches.is_empty() {
+                    let derived = ImageQuery::default()
+                        .owner("self")
+                        .filter(
+                            &format!("tag:{}", tags::BROUGHT_TO_YOU_BY),
+                            [tags::BROUGHT_TO_YOU_BY_VALUE],
+                        )
+                        .filter(
+                            &format!("tag:{}", tags::BASE_AMI),
+                            matches.iter().map(|i| i.id.as_str()),
+                        );
+                    let derived = self.describe_images(&derived).await?;
+                    images.extend(
+                        derived
+                            .iter()
+                            .filter(|d| !matches.iter().any(|m| m.id == d.id))
+                            .cloned(),
+                    );
+                }
+                images
+            }
+            (None, None) => Vec::new(),
+        };
+        Ok(Selection::from_images(images, expires_in, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn image(id: &str, created: &str, tags: &[(&str, &str)]) -> Image {
+        Image {
+            id: id.into(),
+            name: format!("name-{id}"),
+            state: "available".into(),
+            owner_id: "123456789012".into(),
+            creation_date: created.parse().ok(),
+            deprecation_time: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn now() -> Timestamp {
+        "2024-11-20T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn eligibility_rules_and_reasons() {
+        let cases = [
+            (
+                image("a", "2024-11-19T00:00:00Z", &[("status", "active")]),
+                None,
+            ),
+            (
+                image("b", "2024-11-01T00:00:00Z", &[("status", "active")]),
+                Some("expired at 2024-11-03T00:00:00Z"),
+            ),
+            (
+                // The tag wins over EC2's creation date.
+                image(
+                    "c",
+                    "2024-11-01T00:00:00Z",
+                    &[
+                        ("status", "active"),
+                        ("create-timestamp", "2024-11-19T12:00:00Z"),
+                    ],
+                ),
+                None,
+            ),
+            (
+                // An unreadable tag falls back to the creation date.
+                image(
+                    "d",
+                    "2024-11-19T00:00:00Z",
+                    &[("status", "active"), ("create-timestamp", "yesterday")],
+                ),
+                None,
+            ),
+            (
+                image("e", "2024-11-19T00:00:00Z", &[("status", "deprecated")]),
+                Some("status is deprecated, not active"),
+            ),
+            (
+                image("f", "2024-11-19T00:00:00Z", &[]),
+                Some("not tagged status=active"),
+            ),
+            (
+                image("g", "garbage", &[("status", "active")]),
+                Some("has no create-timestamp tag and no creation date"),
+            ),
+        ];
+        for (img, expected) in cases {
+            let id = img.id.clone();
+            let c = Candidate::judge(img, 2 * DAY, now());
+            assert_eq!(
+                c.rejected.as_ref().map(|r| r.to_string()).as_deref(),
+                expected,
+                "{id}"
+            );
+        }
+        let mut pending = image("h", "2024-11-19T00:00:00Z", &[("status", "active")]);
+        pending.state = "pending".into();
+        let c = Candidate::judge(pending, 2 * DAY, now());
+        assert_eq!(
+            c.rejected.map(|r| r.to_string()).as_deref(),
+            Some("state is pending, not available")
+        );
+    }
+
+    #[test]
+    fn selection_picks_the_newest_eligible_and_explains_the_rest() {
+        let selection = Selection::from_images(
+            [
+                image("ami-old", "2024-11-18T00:00:00Z", &[("status", "active")]),
+                image("ami-new", "2024-11-19T00:00:00Z", &[("status", "active")]),
+                image(
+                    "ami-newest-deprecated",
+                    "2024-11-19T06:00:00Z",
+                    &[("status", "deprecated")],
+                ),
+            ],
+            7 * DAY,
+            now(),
+        );
+        assert_eq!(
+            selection.chosen.as_ref().map(|c| c.image.id.as_str()),
+            Some("ami-new")
+        );
+        assert_eq!(selection.candidates[0].image.id, "ami-newest-deprecated");
+        let none = Selection::from_images(
+            [image(
+                "ami-x",
+                "2024-10-01T00:00:00Z",
+                &[("status", "active")],
+            )],
+            DAY,
+            now(),
+        );
+        assert!(none.chosen.is_none());
+        assert_eq!(
+            none.explain(),
+            "1 image(s) matched, 0 eligible: ami-x (name-ami-x): expired at 2024-10-02T00:00:00Z"
+        );
+        assert_eq!(Selection::default().explain(), "no image matched");
+    }
+
+    #[test]
+    fn adoption_never_resets_the_creation_time() {
+        let tagged = image(
+            "a",
+            "2024-11-01T00:00:00Z",
+            &[("create-timestamp", "2024-11-02T00:00:00Z")],
+        );
+        assert!(adoption_tags(&tagged).is_empty());
+        let untagged = image("b", "2024-11-01T00:00:00Z", &[("status", "active")]);
+        assert_eq!(
+            adoption_tags(&untagged)
+                .get("create-timestamp")
+                .map(String::as_str),
+            Some("2024-11-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn build_tags_are_the_full_contract() {
+        let identity = BuildIdentity {
+            cluster_name: "prod".into(),
+            created_by: "pb".into(),
+            packer_repo: "https://example.com/r".into(),
+            packer_repo_branch: "main".into(),
+        };
+        let tags = identity.tags(&BuildFacts {
+            created: "2024-11-19T00:00:00Z".parse().unwrap(),
+            base_ami: Some("ami-base".into()),
+            build_id: "b-1".into(),
+            job_id: "j1".into(),
+        });
+        let keys: Vec<&str> = tags.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "base-ami",
+                "brought-to-you-by",
+                "build-id",
+                "cluster-name",
+                "create-timestamp",
+                "created-by",
+                "job-id",
+                "packer-repo",
+                "packer-repo-branch",
+                "status"
+            ]
+        );
+        assert_eq!(tags["brought-to-you-by"], "opsy-the-ami-operator");
+        assert_eq!(tags["status"], "active");
+    }
+}

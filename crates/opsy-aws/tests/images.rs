@@ -1,0 +1,137 @@
+//! Base-AMI resolution and the DescribeImages economy, against moto over HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+
+use opsy_api::AmiFilter;
+use opsy_aws::ImageQuery;
+use opsy_testkit::{
+    Moto,
+    seed::{EKS_OWNER, ids},
+};
+use support::{clients, clients_with, options};
+
+fn filter(name: &str, values: &[&str]) -> AmiFilter {
+    AmiFilter {
+        name: name.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+fn upstream_filters() -> Vec<AmiFilter> {
+    vec![
+        filter("name", &["amazon-eks-node-al2023-x86_64-standard-1.30*"]),
+        filter("owner-id", &[EKS_OWNER]),
+    ]
+}
+
+#[tokio::test]
+async fn the_base_image_is_the_newest_available_match_of_the_owner() {
+    let moto = Moto::start().unwrap();
+    let aws = clients(&moto).await;
+    let base = aws
+        .resolve_base_image(&upstream_filters())
+        .await
+        .unwrap()
+        .unwrap();
+    // Newer: the pending November image (not available) and the look-alike of another account.
+    assert_eq!(base.id, ids::AL2023_130_OCT);
+    assert_eq!(
+        base.name,
+        "amazon-eks-node-al2023-x86_64-standard-1.30-v20241024"
+    );
+    assert_eq!(
+        base.creation_date.unwrap().to_string(),
+        "2024-10-24T18:12:47Z"
+    );
+
+    // Without the owner filter, the look-alike would win: owners matter.
+    let any_owner = aws
+        .resolve_base_image(&[filter(
+            "name",
+            &["amazon-eks-node-al2023-x86_64-standard-1.30*"],
+        )])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(any_owner.id, ids::IMPOSTOR_130);
+
+    let none = aws
+        .resolve_base_image(&[filter("name", &["no-such-image-*"])])
+        .await
+        .unwrap();
+    assert!(none.is_none());
+}
+
+#[tokio::test]
+async fn every_page_is_read() {
+    let moto = Moto::start().unwrap();
+    let aws = clients_with(&opsy_aws::AwsOptions {
+        page_size: Some(5),
+        ..options(&moto)
+    })
+    .await;
+    let query = ImageQuery::default().owner(EKS_OWNER);
+    let images = aws.describe_images(&query).await.unwrap();
+    assert_eq!(
+        images.len(),
+        8,
+        "all of the EKS owner's images across pages"
+    );
+    assert_eq!(
+        aws.calls.count("ec2", "DescribeImages"),
+        2,
+        "8 images in pages of 5"
+    );
+    assert_eq!(moto.requests().unwrap()["DescribeImages"], 2);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_identical_lookups_make_one_call() {
+    let moto = Moto::start().unwrap();
+    let aws = Arc::new(clients(&moto).await);
+    let lookups = (0..100).map(|i| {
+        let aws = aws.clone();
+        // The same filters in different orders are the same query.
+        let mut filters = upstream_filters();
+        if i % 2 == 0 {
+            filters.reverse();
+        }
+        tokio::spawn(async move { aws.resolve_base_image(&filters).await })
+    });
+    for lookup in lookups.collect::<Vec<_>>() {
+        let base = lookup.await.unwrap().unwrap().unwrap();
+        assert_eq!(base.id, ids::AL2023_130_OCT);
+    }
+    assert_eq!(aws.calls.count("ec2", "DescribeImages"), 1);
+    assert_eq!(
+        moto.requests().unwrap()["DescribeImages"],
+        1,
+        "cross-checked at the HTTP level"
+    );
+
+    // A different query is a different call.
+    aws.resolve_base_image(&[
+        filter("name", &["amazon-eks-node-1.30-*"]),
+        filter("owner-id", &[EKS_OWNER]),
+    ])
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(moto.requests().unwrap()["DescribeImages"], 2);
+    assert_eq!(aws.calls.mutating(), 0);
+}
+
+#[tokio::test]
+async fn looking_up_an_unknown_id_is_an_empty_answer() {
+    let moto = Moto::start().unwrap();
+    let aws = clients(&moto).await;
+    let images = aws
+        .describe_images(&ImageQuery::default().ids(["ami-0123456789abcdef0"]))
+        .await
+        .unwrap();
+    assert!(images.is_empty());
+}

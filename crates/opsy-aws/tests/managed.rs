@@ -1,0 +1,294 @@
+//! The managed-AMI tag contract against moto: finding, judging, tagging, deprecating, adopting,
+//! and the AMIRefresher's target selection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use opsy_api::AmiFilter;
+use opsy_aws::{
+    ImageQuery,
+    managed::{BuildFacts, BuildIdentity, adoption_tags},
+};
+use opsy_testkit::{
+    Fixture, Moto,
+    seed::{EKS_OWNER, ids},
+};
+use support::{REGION, clients};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn identity() -> BuildIdentity {
+    BuildIdentity {
+        cluster_name: "prod-east".into(),
+        created_by: "al2023-hardened".into(),
+        packer_repo: "https://github.com/example-org/eks-node-images".into(),
+        packer_repo_branch: "main".into(),
+    }
+}
+
+fn facts(created: &str, base: &str, job: &str) -> BuildFacts {
+    BuildFacts {
+        created: created.parse().unwrap(),
+        base_ami: Some(base.into()),
+        build_id: "build-1".into(),
+        job_id: job.into(),
+    }
+}
+
+fn now() -> Timestamp {
+    "2024-11-20T00:00:00Z".parse().unwrap()
+}
+
+#[tokio::test]
+async fn managed_images_are_found_by_the_tag_contract_and_judged() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+
+    let old = fixture.register_image("hardened-1", &[]).await.unwrap();
+    let new = fixture.register_image("hardened-2", &[]).await.unwrap();
+    let other_cluster = fixture.register_image("hardened-other", &[]).await.unwrap();
+    aws.tag_image(
+        &old,
+        &identity().tags(&facts("2024-11-01T00:00:00Z", ids::AL2023_130_SEP, "j1")),
+    )
+    .await
+    .unwrap();
+    aws.tag_image(
+        &new,
+        &identity().tags(&facts("2024-11-19T00:00:00Z", ids::AL2023_130_OCT, "j2")),
+    )
+    .await
+    .unwrap();
+    let mut elsewhere = identity();
+    elsewhere.cluster_name = "staging".into();
+    aws.tag_image(
+        &other_cluster,
+        &elsewhere.tags(&facts("2024-11-19T12:00:00Z", ids::AL2023_130_OCT, "j9")),
+    )
+    .await
+    .unwrap();
+
+    let selection = aws
+        .managed_images(&identity(), 7 * DAY, now())
+        .await
+        .unwrap();
+    let found: Vec<&str> = selection
+        .candidates
+        .iter()
+        .map(|c| c.image.id.as_str())
+        .collect();
+    assert_eq!(
+        found,
+        [new.as_str(), old.as_str()],
+        "newest first; other clusters' AMIs are not ours"
+    );
+    let chosen = selection.chosen.unwrap();
+    assert_eq!(chosen.image.id, new);
+    assert_eq!(chosen.image.tag("base-ami"), Some(ids::AL2023_130_OCT));
+    assert_eq!(chosen.expires.unwrap().to_string(), "2024-11-26T00:00:00Z");
+    assert_eq!(
+        selection.candidates[1]
+            .rejected
+            .as_ref()
+            .unwrap()
+            .to_string(),
+        "expired at 2024-11-08T00:00:00Z"
+    );
+}
+
+#[tokio::test]
+async fn deprecation_tags_the_image_and_sets_ec2_deprecation() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    let id = fixture.register_image("hardened-1", &[]).await.unwrap();
+    aws.tag_image(
+        &id,
+        &identity().tags(&facts("2024-11-19T00:00:00Z", ids::AL2023_130_OCT, "j1")),
+    )
+    .await
+    .unwrap();
+    // Cached before the change: the write must invalidate it.
+    assert!(
+        aws.managed_images(&identity(), 7 * DAY, now())
+            .await
+            .unwrap()
+            .chosen
+            .is_some()
+    );
+
+    let at: Timestamp = "2024-11-20T00:01:00Z".parse().unwrap();
+    aws.deprecate_image(&id, at).await.unwrap();
+
+    let selection = aws
+        .managed_images(&identity(), 7 * DAY, now())
+        .await
+        .unwrap();
+    assert!(selection.chosen.is_none());
+    let image = &selection.candidates[0].image;
+    assert_eq!(image.tag("status"), Some("deprecated"));
+    assert_eq!(image.deprecation_time, Some(at));
+    assert_eq!(
+        selection.explain(),
+        format!(
+            "1 image(s) matched, 0 eligible: {id} (hardened-1): status is deprecated, not active"
+        )
+    );
+}
+
+#[tokio::test]
+async fn adopting_keeps_the_original_creation_time() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    // Built by an earlier operator version that did not write create-timestamp.
+    let id = fixture
+        .register_image(
+            "legacy",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "prod-east"),
+                ("created-by", "al2023-hardened"),
+                (
+                    "packer-repo",
+                    "https://github.com/example-org/eks-node-images",
+                ),
+                ("packer-repo-branch", "main"),
+                ("status", "active"),
+            ],
+        )
+        .await
+        .unwrap();
+    let image = aws
+        .describe_images(&ImageQuery::default().ids([id.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    let tags = adoption_tags(&image);
+    let created = image.creation_date.unwrap().to_string();
+    assert_eq!(tags.get("create-timestamp"), Some(&created));
+    aws.tag_image(&id, &tags).await.unwrap();
+
+    let adopted = aws
+        .describe_images(&ImageQuery::default().ids([id.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    assert_eq!(adopted.tag("create-timestamp"), Some(created.as_str()));
+    assert!(
+        adoption_tags(&adopted).is_empty(),
+        "adopting twice changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn target_selection_by_id_requires_an_active_unexpired_ami() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    let now = Timestamp::now();
+    let fresh = fixture
+        .register_image("fresh", &[("status", "active")])
+        .await
+        .unwrap();
+    let chosen = aws
+        .select_target(Some(&fresh), None, DAY, now)
+        .await
+        .unwrap()
+        .chosen
+        .unwrap();
+    assert_eq!(chosen.image.id, fresh);
+
+    // A public EKS image carries no status tag.
+    let public = aws
+        .select_target(Some(ids::AL2023_130_OCT), None, DAY, now)
+        .await
+        .unwrap();
+    assert!(public.chosen.is_none());
+    assert!(
+        public.explain().ends_with("not tagged status=active"),
+        "{}",
+        public.explain()
+    );
+
+    let missing = aws
+        .select_target(Some("ami-0123456789abcdef0"), None, DAY, now)
+        .await
+        .unwrap();
+    assert_eq!(missing.explain(), "no image matched");
+}
+
+#[tokio::test]
+async fn target_selection_by_filters_includes_managed_amis_built_from_the_matches() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    let now = Timestamp::now();
+    let created = now.to_string();
+    let derived = fixture
+        .register_image(
+            "hardened-from-oct",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("status", "active"),
+                ("base-ami", ids::AL2023_130_OCT),
+                ("create-timestamp", created.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    let unrelated = fixture
+        .register_image(
+            "hardened-from-1.31",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("status", "active"),
+                ("base-ami", ids::AL2023_131_NOV),
+            ],
+        )
+        .await
+        .unwrap();
+    let filters = [
+        AmiFilter {
+            name: "name".into(),
+            values: vec!["amazon-eks-node-al2023-x86_64-standard-1.30*".into()],
+        },
+        AmiFilter {
+            name: "owner-id".into(),
+            values: vec![EKS_OWNER.into()],
+        },
+    ];
+    let selection = aws
+        .select_target(None, Some(&filters), DAY, now)
+        .await
+        .unwrap();
+    assert_eq!(selection.chosen.as_ref().unwrap().image.id, derived);
+    let ids: Vec<&str> = selection
+        .candidates
+        .iter()
+        .map(|c| c.image.id.as_str())
+        .collect();
+    assert!(
+        !ids.contains(&unrelated.as_str()),
+        "built from another base"
+    );
+    assert_eq!(
+        selection.candidates.len(),
+        5,
+        "4 matches of the filters + 1 derived: {ids:?}"
+    );
+    let explanation = selection.explain();
+    assert!(
+        explanation.starts_with("5 image(s) matched, 1 eligible"),
+        "{explanation}"
+    );
+    assert!(
+        explanation.contains("state is pending, not available"),
+        "{explanation}"
+    );
+}

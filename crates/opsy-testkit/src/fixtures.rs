@@ -1,0 +1,263 @@
+//! Builds AWS state in the emulator: EKS clusters with managed node groups, launch templates,
+//! self-managed Auto Scaling groups, registered images.
+
+use std::collections::HashMap;
+
+use aws_config::{BehaviorVersion, Region, retry::RetryConfig};
+use aws_sdk_ec2::{
+    config::Credentials,
+    types::{RequestLaunchTemplateData, Tag},
+};
+use aws_smithy_http_client::{Builder, tls};
+
+use crate::{ACCESS_KEY_ID, Moto, SECRET_ACCESS_KEY};
+
+/// Errors building fixtures carry the failing call's text.
+pub type FixtureError = Box<dyn std::error::Error + Send + Sync>;
+
+/// SDK clients pointed at one emulator and region, for arranging test state.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// The region.
+    pub region: String,
+    /// EC2 client.
+    pub ec2: aws_sdk_ec2::Client,
+    /// EKS client.
+    pub eks: aws_sdk_eks::Client,
+    /// Auto Scaling client.
+    pub autoscaling: aws_sdk_autoscaling::Client,
+}
+
+/// A managed node group to create.
+#[derive(Debug, Clone, Default)]
+pub struct NodeGroupSpec {
+    /// Its name.
+    pub name: String,
+    /// The AMI of its launch template; `None` creates the group without a launch template.
+    pub image_id: Option<String>,
+    /// Create the launch template without an `ImageId` (EKS picks the AMI).
+    pub template_without_image: bool,
+    /// Tags of the node group (e.g. `opsy.test/outcome: Failed`).
+    pub tags: HashMap<String, String>,
+}
+
+impl NodeGroupSpec {
+    /// A group whose launch template runs `image_id`.
+    pub fn with_image(name: &str, image_id: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            image_id: Some(image_id.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// A group created without a launch template.
+    pub fn without_template(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// The same group with a tag.
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// The launch template created for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedTemplate {
+    /// `lt-…`
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl Fixture {
+    /// Clients for `region` of `moto`, retries off.
+    pub async fn new(moto: &Moto, region: &str) -> Self {
+        let http = Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(Credentials::new(
+                ACCESS_KEY_ID,
+                SECRET_ACCESS_KEY,
+                None,
+                None,
+                "opsy-testkit",
+            ))
+            .retry_config(RetryConfig::disabled())
+            .http_client(http)
+            .load()
+            .await;
+        Self {
+            region: region.to_owned(),
+            ec2: aws_sdk_ec2::Client::new(&config),
+            eks: aws_sdk_eks::Client::new(&config),
+            autoscaling: aws_sdk_autoscaling::Client::new(&config),
+        }
+    }
+
+    /// Creates an EKS cluster.
+    pub async fn create_cluster(&self, name: &str) -> Result<(), FixtureError> {
+        self.eks
+            .create_cluster()
+            .name(name)
+            .role_arn("arn:aws:iam::123456789012:role/eks-cluster")
+            .resources_vpc_config(
+                aws_sdk_eks::types::VpcConfigRequest::builder()
+                    .subnet_ids("subnet-0a1b2c3d")
+                    .build(),
+            )
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a launch template whose version 1 runs `image_id` (or sets no image).
+    pub async fn create_launch_template(
+        &self,
+        name: &str,
+        image_id: Option<&str>,
+    ) -> Result<CreatedTemplate, FixtureError> {
+        let data = RequestLaunchTemplateData::builder()
+            .set_image_id(image_id.map(str::to_owned))
+            .instance_type(aws_sdk_ec2::types::InstanceType::M6iLarge)
+            .user_data("IyEvYmluL2Jhc2gKZWNobyBub2RlYWRt")
+            .build();
+        let created = self
+            .ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(data)
+            .send()
+            .await?;
+        let template = created
+            .launch_template
+            .ok_or("no launch template in response")?;
+        Ok(CreatedTemplate {
+            id: template.launch_template_id.ok_or("no template id")?,
+            name: template.launch_template_name.ok_or("no template name")?,
+        })
+    }
+
+    /// Creates a managed node group (and its launch template, named `<group>-lt`).
+    pub async fn create_node_group(
+        &self,
+        cluster: &str,
+        spec: &NodeGroupSpec,
+    ) -> Result<Option<CreatedTemplate>, FixtureError> {
+        let template = if spec.image_id.is_some() || spec.template_without_image {
+            Some(
+                self.create_launch_template(&format!("{}-lt", spec.name), spec.image_id.as_deref())
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let mut request = self
+            .eks
+            .create_nodegroup()
+            .cluster_name(cluster)
+            .nodegroup_name(&spec.name)
+            .node_role("arn:aws:iam::123456789012:role/eks-node")
+            .subnets("subnet-0a1b2c3d")
+            .set_tags(Some(spec.tags.clone()));
+        if let Some(t) = &template {
+            request = request.launch_template(
+                aws_sdk_eks::types::LaunchTemplateSpecification::builder()
+                    .id(&t.id)
+                    .version("1")
+                    .build(),
+            );
+        } else {
+            request = request.ami_type(aws_sdk_eks::types::AmiTypes::Al2023X8664Standard);
+        }
+        request.send().await?;
+        Ok(template)
+    }
+
+    /// Creates a self-managed Auto Scaling group of `cluster` running a new launch template
+    /// (named `<group>-lt`) with `image_id`.
+    pub async fn create_self_managed_group(
+        &self,
+        cluster: &str,
+        name: &str,
+        image_id: &str,
+        extra_tags: &[(&str, &str)],
+    ) -> Result<CreatedTemplate, FixtureError> {
+        let template = self
+            .create_launch_template(&format!("{name}-lt"), Some(image_id))
+            .await?;
+        let mut tags = vec![
+            aws_sdk_autoscaling::types::Tag::builder()
+                .key(format!("kubernetes.io/cluster/{cluster}"))
+                .value("owned")
+                .propagate_at_launch(true)
+                .build(),
+        ];
+        for (k, v) in extra_tags {
+            tags.push(
+                aws_sdk_autoscaling::types::Tag::builder()
+                    .key(*k)
+                    .value(*v)
+                    .propagate_at_launch(false)
+                    .build(),
+            );
+        }
+        self.autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_template(
+                aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                    .launch_template_id(&template.id)
+                    .version("1")
+                    .build(),
+            )
+            .min_size(0)
+            .max_size(3)
+            .desired_capacity(2)
+            .availability_zones(format!("{}a", self.region))
+            .set_tags(Some(tags))
+            .send()
+            .await?;
+        Ok(template)
+    }
+
+    /// Registers an image owned by this account (as a Packer build would) with `tags`.
+    pub async fn register_image(
+        &self,
+        name: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String, FixtureError> {
+        let id = self
+            .ec2
+            .register_image()
+            .name(name)
+            .root_device_name("/dev/xvda")
+            .send()
+            .await?
+            .image_id
+            .ok_or("no image id")?;
+        if !tags.is_empty() {
+            self.ec2
+                .create_tags()
+                .resources(&id)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
+                .send()
+                .await?;
+        }
+        Ok(id)
+    }
+}
