@@ -7,7 +7,7 @@ Each follows the AWS API reference:
   source version's data; LaunchTemplateData overrides it key by key).
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
 - EKS UpdateNodegroupVersion, DescribeUpdate, ListUpdates; UpdateNodegroupConfig updates are
-  recorded too. An update is InProgress for a few DescribeUpdate polls, then Successful (the
+  recorded too; ListNodegroups of a missing cluster is ResourceNotFoundException (not a 500). An update is InProgress for a few DescribeUpdate polls, then Successful (the
   node group then uses the new launch template version) or Failed.
 - Auto Scaling StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, which
   progress the same way.
@@ -323,6 +323,18 @@ def _patch_eks() -> None:
         ]
         return ActionResult({"updateIds": ids})
 
+    original_list_nodegroups = EKSResponse.list_nodegroups
+
+    def list_nodegroups(self):  # type: ignore[no-untyped-def]
+        # moto answers a missing cluster with a 500; AWS with ResourceNotFoundException.
+        cluster_name = self._get_param("name")
+        if cluster_name not in self.eks_backend.clusters:
+            raise ResourceNotFoundException(
+                clusterName=cluster_name, message=f"No cluster found for name: {cluster_name}."
+            )
+        return original_list_nodegroups(self)
+
+    EKSResponse.list_nodegroups = list_nodegroups
     EKSResponse.update_nodegroup_version = update_nodegroup_version
     EKSResponse.update_nodegroup_config = update_nodegroup_config
     EKSResponse.describe_update = describe_update

@@ -34,7 +34,7 @@ impl Default for AwsOptions {
         Self {
             endpoint_url: None,
             credentials: None,
-            // Adaptive retry with several attempts rides out EC2's request-rate throttling.
+            // Several attempts with growing backoff ride out EC2's request-rate throttling.
             max_attempts: 5,
             operation_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
@@ -59,7 +59,10 @@ pub async fn load_sdk_config(region: &str, options: &AwsOptions) -> SdkConfig {
     let retry = if options.max_attempts <= 1 {
         RetryConfig::disabled()
     } else {
-        RetryConfig::adaptive()
+        // Standard mode: exponential backoff with full jitter, which spreads the retries of
+        // many reconcilers hitting the same throttled account. (Adaptive mode's client-side
+        // rate limiter stalls every later call of the process for seconds after one throttle.)
+        RetryConfig::standard()
             .with_max_attempts(options.max_attempts)
             .with_initial_backoff(options.initial_backoff)
             .with_max_backoff(Duration::from_secs(20))

@@ -135,3 +135,35 @@ async fn looking_up_an_unknown_id_is_an_empty_answer() {
         .unwrap();
     assert!(images.is_empty());
 }
+
+#[tokio::test]
+async fn one_client_set_per_region_shares_counters_and_cache() {
+    let moto = Moto::start().unwrap();
+    let set = opsy_aws::ClientSet::new(options(&moto));
+    let west = set.region("us-west-2").await;
+    assert!(
+        Arc::ptr_eq(&west, &set.region("us-west-2").await),
+        "built once"
+    );
+    let central = set.region("eu-central-1").await;
+    assert!(!Arc::ptr_eq(&west, &central));
+
+    west.resolve_base_image(&upstream_filters())
+        .await
+        .unwrap()
+        .unwrap();
+    set.region("us-west-2")
+        .await
+        .resolve_base_image(&upstream_filters())
+        .await
+        .unwrap()
+        .unwrap();
+    central
+        .resolve_base_image(&upstream_filters())
+        .await
+        .unwrap()
+        .unwrap();
+    // One call per region: the cache is per region, the counter per process.
+    assert_eq!(set.calls().count("ec2", "DescribeImages"), 2);
+    assert_eq!(moto.requests().unwrap()["DescribeImages"], 2);
+}

@@ -1,5 +1,7 @@
 //! Clients pointed at a test's own emulator.
 
+#![allow(dead_code)] // each test binary uses a part of this module
+
 use std::time::Duration;
 
 use aws_sdk_ec2::config::Credentials;
