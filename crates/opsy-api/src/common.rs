@@ -47,13 +47,74 @@ pub struct ImageRef {
     pub expires: Option<Time>,
 }
 
-/// Where to send notifications about state transitions.
+/// Where to send notifications about state transitions (one message per transition). A
+/// notifier that fails is reported in a Warning event and the `NotificationFailed` condition;
+/// it never blocks a build or a rollout.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notifier {
     /// Slack: one `chat.postMessage` per channel with a bot token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<SlackNotifier>,
+    /// Amazon SNS: one `Publish` per transition to a topic (subject and a JSON body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sns: Option<SnsNotifier>,
+    /// Webhooks: one POST per transition to each URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub webhooks: Vec<WebhookNotifier>,
+}
+
+/// Amazon SNS notifications, sent with the operator's own AWS credentials (IAM: `sns:Publish`
+/// on the topic).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnsNotifier {
+    /// The topic, e.g. `arn:aws:sns:us-west-2:123456789012:ami-updates`. Its region is taken
+    /// from the ARN.
+    #[serde(rename = "topicARN")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(
+            pattern = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$"
+        )
+    )]
+    pub topic_arn: String,
+}
+
+/// A webhook notification. The URL is a credential (it often embeds a token), so it lives in a
+/// Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookNotifier {
+    /// Name of a Secret in the resource's namespace holding the URL.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: String,
+    /// Key of the Secret that holds the URL.
+    #[serde(default = "default_webhook_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// Payload shape: `generic` (JSON with every fact), `slack` (Slack incoming webhook) or
+    /// `discord` (Discord webhook).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+fn default_webhook_key() -> String {
+    "url".to_owned()
+}
+
+/// Payload shape of a webhook.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WebhookFormat {
+    /// JSON with the event, outcome, resource, cluster, facts and reason.
+    #[default]
+    Generic,
+    /// A Slack incoming webhook (`text` and colored `attachments`).
+    Slack,
+    /// A Discord webhook (`embeds`).
+    Discord,
 }
 
 /// Slack notifications through the Web API with a bot token.

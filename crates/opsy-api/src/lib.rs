@@ -20,7 +20,9 @@ pub mod packer_builder;
 pub mod tags;
 
 pub use ami_refresher::{AMIRefresher, AMIRefresherSpec, AMIRefresherStatus};
-pub use common::{AmiFilter, ImageRef, Notifier, SlackNotifier};
+pub use common::{
+    AmiFilter, ImageRef, Notifier, SlackNotifier, SnsNotifier, WebhookFormat, WebhookNotifier,
+};
 pub use duration::Duration;
 pub use packer_builder::{PackerBuilder, PackerBuilderSpec, PackerBuilderStatus};
 
