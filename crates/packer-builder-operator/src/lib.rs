@@ -1,0 +1,39 @@
+//! The PackerBuilder controller: builds an AMI with Packer whenever no valid AMI derived from
+//! the current base AMI exists, tags it `active`, and deprecates the ones before it.
+//!
+//! The reconcile is a thin driver ([`reconcile`]) over pure parts: which Packer commands run
+//! ([`commands`]), the Job that runs them ([`job`]), where a Job stands ([`state`]), the AMI a
+//! build reports ([`artifact`]) and what to do next ([`decide`]).
+
+pub mod artifact;
+pub mod commands;
+pub mod controller;
+pub mod decide;
+pub mod job;
+pub mod reconcile;
+pub mod state;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] opsy_aws::AwsError),
+    /// The object has no namespace (PackerBuilders are namespaced).
+    #[error("the PackerBuilder has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// A short static label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Aws(e) => e.category(),
+            Error::MissingNamespace => "invalid_object",
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! The reconcile driver: observe (AWS, Jobs, pods) → [`decide`] → apply → status and events.
+//! All state lives in the cluster (status, Jobs, AMI tags); a restarted operator picks up
+//! exactly where the last one stopped.
+
+use std::{sync::Arc, time::Duration};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::{batch::v1::Job, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+    },
+};
+use opsy_api::{
+    ImageRef, PackerBuilder, PackerBuilderStatus,
+    conditions::{self, Condition},
+    packer_builder::BuildRecord,
+    tags::{self, labels},
+};
+use opsy_aws::{
+    ClientSet, ImageQuery,
+    managed::{BuildFacts, BuildIdentity, Selection, adoption_tags},
+};
+
+use crate::{
+    Error,
+    commands::{BaseVars, display, plan},
+    decide::{Decision, Observed, OpenJob, decide},
+    job::{JobRequest, build_job, job_id, job_name, owned_by},
+    state::observe,
+};
+
+/// Field manager of every write.
+pub const MANAGER: &str = "packer-builder-operator";
+/// How many builds `status.history` keeps.
+const HISTORY: usize = 10;
+
+/// Source of the current time (tests move it).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// What every reconcile shares.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// AWS clients per region.
+    pub aws: ClientSet,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// The current time.
+    pub clock: Clock,
+    /// How often a running build is checked (besides Job watch events).
+    pub poll_interval: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn identity(pb: &PackerBuilder) -> BuildIdentity {
+    BuildIdentity {
+        cluster_name: pb.spec.cluster_name.clone(),
+        created_by: pb.name_any(),
+        packer_repo: pb.spec.builder.repo_url.clone(),
+        packer_repo_branch: pb.spec.builder.branch.clone(),
+    }
+}
+
+/// Reconciles one PackerBuilder.
+pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = pb.namespace().ok_or(Error::MissingNamespace)?;
+    let now = (ctx.clock)();
+    let aws = ctx.aws.region(&pb.spec.region).await;
+    let mut status = pb.status.clone().unwrap_or_default();
+    let generation = pb.meta().generation;
+    // A changed spec gets a fresh set of attempts.
+    if status.observed_generation.is_some() && status.observed_generation != generation {
+        status.failed_job_count = 0;
+    }
+    status.build_id = pb.meta().uid.clone();
+
+    // Observe.
+    let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
+    let base = match filters {
+        Some(filters) => aws.resolve_base_image(filters).await?,
+        None => None,
+    };
+    let expires_in = pb.spec.time_outs.expires_in.as_std();
+    let managed = aws.managed_images(&identity(&pb), expires_in, now).await?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let open = open_job(
+        &pb,
+        &jobs,
+        &Api::namespaced(ctx.client.clone(), &namespace),
+        &status,
+    )
+    .await?;
+    let recorded_running = match (
+        &open,
+        status.job_status.as_deref(),
+        status.job_name.as_deref(),
+    ) {
+        (None, Some("running"), Some(name)) => Some(name.to_owned()),
+        _ => None,
+    };
+
+    let decision = decide(&Observed {
+        region: &pb.spec.region,
+        has_filters: filters.is_some(),
+        base: base.as_ref(),
+        managed: &managed,
+        job: open.as_ref(),
+        recorded_running_job: recorded_running.as_deref(),
+        recorded_active: status.active_image.as_ref().map(|i| i.id.as_str()),
+        suspended: pb.spec.suspend,
+        failures: status.failed_job_count,
+        max_failures: pb.spec.max_failed_builds,
+    });
+    tracing::debug!(name = %pb.name_any(), ?decision, "decided");
+
+    status.base_image = base.as_ref().map(|b| ImageRef {
+        id: b.id.clone(),
+        name: Some(b.name.clone()),
+        created: b.creation_date.map(time),
+        expires: None,
+    });
+    let timer = pb.spec.time_outs.controller_timer.as_std();
+
+    let mut requeue = timer;
+    match decision {
+        Decision::Wait { job } => {
+            status.job_status = Some("running".into());
+            status.job_name = Some(job.clone());
+            set(
+                &mut status,
+                conditions::PROGRESSING,
+                true,
+                "Building",
+                &format!("Job {job} is building an AMI"),
+                now,
+                generation,
+            );
+            requeue = ctx.poll_interval;
+        }
+        Decision::Complete { job, image } => {
+            complete(&pb, &ctx, &aws, &mut status, &managed, &job, &image, now).await?;
+        }
+        Decision::Fail {
+            job,
+            job_id,
+            reason,
+        } => {
+            status.failed_job_count += 1;
+            status.job_status = Some("failed".into());
+            status.last_run_status = Some("failed".into());
+            status.last_run_message = Some(reason.clone());
+            let entry = BuildRecord {
+                job_id,
+                base_image_id: status.last_run_base_image_id.clone(),
+                built_image_id: None,
+                result: "failed".into(),
+                message: Some(reason.clone()),
+                started: status.last_run.clone(),
+                finished: Some(time(now)),
+            };
+            record(&mut status, entry);
+            let message = format!(
+                "build {job} failed ({} of {} allowed): {reason}",
+                status.failed_job_count, pb.spec.max_failed_builds
+            );
+            set(
+                &mut status,
+                conditions::PROGRESSING,
+                false,
+                "BuildFailed",
+                &message,
+                now,
+                generation,
+            );
+            set(
+                &mut status,
+                conditions::DEGRADED,
+                true,
+                "BuildFailed",
+                &message,
+                now,
+                generation,
+            );
+            event(&ctx, &pb, EventType::Warning, "BuildFailed", &message).await;
+            requeue = Duration::from_secs(30).min(timer);
+        }
+        Decision::Build { reason } => {
+            let base_vars = base.as_ref().map(|b| BaseVars {
+                ami_id: b.id.clone(),
+                region: pb.spec.region.clone(),
+            });
+            let steps = plan(&pb.spec.builder, base_vars.as_ref());
+            let last_recorded = status
+                .history
+                .first()
+                .map(|r| r.job_id.clone())
+                .unwrap_or_default();
+            let id = job_id(&[
+                status.build_id.as_deref().unwrap_or_default(),
+                &generation.unwrap_or_default().to_string(),
+                base.as_ref().map_or("-", |b| b.id.as_str()),
+                &last_recorded,
+                &status.failed_job_count.to_string(),
+            ]);
+            let request = JobRequest {
+                job_id: id.clone(),
+                steps: steps.clone(),
+                base_ami: base.as_ref().map(|b| b.id.clone()),
+            };
+            let name = job_name(&pb, &id);
+            match jobs
+                .create(&PostParams::default(), &build_job(&pb, &request))
+                .await
+            {
+                Ok(_) => {}
+                // The same build was started before a restart: follow it.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+            status.job_id = Some(id);
+            status.job_name = Some(name.clone());
+            status.job_status = Some("running".into());
+            status.last_run = Some(time(now));
+            status.last_run_base_image_id = base.as_ref().map(|b| b.id.clone());
+            status.last_run_status = Some("running".into());
+            status.command = Some(display(&steps));
+            let message = format!("started Job {name}: {}", reason.describe());
+            status.last_run_message = Some(message.clone());
+            set(
+                &mut status,
+                conditions::PROGRESSING,
+                true,
+                "Building",
+                &message,
+                now,
+                generation,
+            );
+            event(&ctx, &pb, EventType::Normal, "BuildStarted", &message).await;
+            requeue = ctx.poll_interval;
+        }
+        Decision::Adopt { image } => {
+            let found = managed.candidates.iter().find(|c| c.image.id == image);
+            if let Some(candidate) = found {
+                aws.tag_image(&image, &adoption_tags(&candidate.image))
+                    .await?;
+                status.active_image = Some(image_ref(candidate));
+            }
+            let message =
+                format!("adopted {image}, an eligible managed AMI built from the current base");
+            set_ready(&mut status, &message, now, generation);
+            event(&ctx, &pb, EventType::Normal, "Adopted", &message).await;
+        }
+        Decision::UpToDate { image } => {
+            if let Some(candidate) = managed.chosen.as_ref() {
+                status.active_image = Some(image_ref(candidate));
+            }
+            set_ready(
+                &mut status,
+                &format!("{image} is active and unexpired"),
+                now,
+                generation,
+            );
+        }
+        Decision::Suspended { reason } => {
+            let message = format!(
+                "a build is needed ({}) but spec.suspend is set",
+                reason.describe()
+            );
+            set(
+                &mut status,
+                conditions::READY,
+                false,
+                "Suspended",
+                &message,
+                now,
+                generation,
+            );
+            set(
+                &mut status,
+                conditions::PROGRESSING,
+                false,
+                "Suspended",
+                &message,
+                now,
+                generation,
+            );
+        }
+        Decision::FailureLimit { reason } => {
+            let message = format!(
+                "a build is needed ({}) but {} builds failed in a row (spec.maxFailedBuilds); fix the cause, then change the spec to try again",
+                reason.describe(),
+                status.failed_job_count
+            );
+            stalled(&ctx, &pb, &mut status, "FailureLimitReached", &message, now).await;
+        }
+        Decision::NoBaseImage => {
+            let message =
+                "no available image matches spec.amiFilters; check the filter names and values"
+                    .to_owned();
+            stalled(&ctx, &pb, &mut status, "NoBaseImage", &message, now).await;
+        }
+    }
+    status.observed_generation = generation;
+    write_status(&ctx, &pb, &namespace, &status).await?;
+    Ok(Action::requeue(requeue))
+}
+
+fn image_ref(candidate: &opsy_aws::managed::Candidate) -> ImageRef {
+    ImageRef {
+        id: candidate.image.id.clone(),
+        name: Some(candidate.image.name.clone()),
+        created: candidate.created.map(time),
+        expires: candidate.expires.map(time),
+    }
+}
+
+/// The build Job of this PackerBuilder that status has not recorded, with its state.
+async fn open_job(
+    pb: &PackerBuilder,
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+    status: &PackerBuilderStatus,
+) -> Result<Option<OpenJob>, Error> {
+    let selector = format!("{}={}", labels::PACKER_BUILDER, pb.name_any());
+    let list = jobs.list(&ListParams::default().labels(&selector)).await?;
+    let mut open: Vec<Job> = list
+        .items
+        .into_iter()
+        .filter(|j| owned_by(j, pb))
+        .filter(|j| {
+            let id = j
+                .labels()
+                .get(labels::JOB_ID)
+                .map(String::as_str)
+                .unwrap_or_default();
+            !status.history.iter().any(|r| r.job_id == id)
+        })
+        .collect();
+    open.sort_by_key(|j| (j.creation_timestamp().map(|t| t.0), j.name_any()));
+    let Some(job) = open.pop() else {
+        return Ok(None);
+    };
+    let name = job.name_any();
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
+        .await?
+        .items;
+    Ok(Some(OpenJob {
+        job_id: job
+            .labels()
+            .get(labels::JOB_ID)
+            .cloned()
+            .unwrap_or_default(),
+        base_ami: job.annotations().get("ami.refresh.ops/base-ami").cloned(),
+        state: observe(&job, &pods),
+        name,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    pb: &PackerBuilder,
+    ctx: &Context,
+    aws: &opsy_aws::AwsClients,
+    status: &mut PackerBuilderStatus,
+    managed: &Selection,
+    job: &OpenJob,
+    image_id: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let generation = pb.meta().generation;
+    let found = aws
+        .describe_images(&ImageQuery::default().ids([image_id]))
+        .await?;
+    let Some(image) = found.first() else {
+        // Recorded as a failure so the same Job is not looked at again.
+        let reason = format!(
+            "the build reported {image_id}, which does not exist in {}",
+            pb.spec.region
+        );
+        status.failed_job_count += 1;
+        status.job_status = Some("failed".into());
+        let entry = BuildRecord {
+            job_id: job.job_id.clone(),
+            base_image_id: job.base_ami.clone(),
+            built_image_id: Some(image_id.to_owned()),
+            result: "failed".into(),
+            message: Some(reason.clone()),
+            started: status.last_run.clone(),
+            finished: Some(time(now)),
+        };
+        record(status, entry);
+        set(
+            status,
+            conditions::DEGRADED,
+            true,
+            "BuiltImageMissing",
+            &reason,
+            now,
+            generation,
+        );
+        event(ctx, pb, EventType::Warning, "BuiltImageMissing", &reason).await;
+        return Ok(());
+    };
+    let facts = BuildFacts {
+        created: image.creation_date.unwrap_or(now),
+        base_ami: job.base_ami.clone(),
+        build_id: status.build_id.clone().unwrap_or_default(),
+        job_id: job.job_id.clone(),
+    };
+    aws.tag_image(image_id, &identity(pb).tags(&facts)).await?;
+    let deprecate_at = now
+        .checked_add(SignedDuration::from_secs(60))
+        .unwrap_or(now);
+    let mut deprecated = Vec::new();
+    for old in &managed.candidates {
+        if old.image.id != image_id && old.image.tag(tags::STATUS) == Some(tags::STATUS_ACTIVE) {
+            aws.deprecate_image(&old.image.id, deprecate_at).await?;
+            deprecated.push(old.image.id.clone());
+        }
+    }
+    let expires = SignedDuration::try_from(pb.spec.time_outs.expires_in.as_std())
+        .ok()
+        .and_then(|d| facts.created.checked_add(d).ok());
+    status.active_image = Some(ImageRef {
+        id: image_id.to_owned(),
+        name: Some(image.name.clone()),
+        created: Some(time(facts.created)),
+        expires: expires.map(time),
+    });
+    status.last_run_built_image_id = Some(image_id.to_owned());
+    status.last_run_base_image_id = job
+        .base_ami
+        .clone()
+        .or(status.last_run_base_image_id.take());
+    status.job_status = Some("completed".into());
+    status.last_run_status = Some("succeeded".into());
+    status.failed_job_count = 0;
+    let entry = BuildRecord {
+        job_id: job.job_id.clone(),
+        base_image_id: job.base_ami.clone(),
+        built_image_id: Some(image_id.to_owned()),
+        result: "succeeded".into(),
+        message: None,
+        started: status.last_run.clone(),
+        finished: Some(time(now)),
+    };
+    record(status, entry);
+    let mut message = format!(
+        "built {image_id} from {} with Job {}; tagged active",
+        job.base_ami
+            .as_deref()
+            .unwrap_or("a self-contained project"),
+        job.name
+    );
+    if !deprecated.is_empty() {
+        message.push_str(&format!("; deprecated {}", deprecated.join(", ")));
+    }
+    status.last_run_message = Some(message.clone());
+    set(
+        status,
+        conditions::DEGRADED,
+        false,
+        "BuildSucceeded",
+        &message,
+        now,
+        generation,
+    );
+    set_ready(status, &message, now, generation);
+    event(ctx, pb, EventType::Normal, "BuildSucceeded", &message).await;
+    Ok(())
+}
+
+fn record(status: &mut PackerBuilderStatus, entry: BuildRecord) {
+    if !entry.job_id.is_empty() && status.history.iter().any(|r| r.job_id == entry.job_id) {
+        return;
+    }
+    status.history.insert(0, entry);
+    status.history.truncate(HISTORY);
+}
+
+async fn stalled(
+    ctx: &Context,
+    pb: &PackerBuilder,
+    status: &mut PackerBuilderStatus,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let generation = pb.meta().generation;
+    let was = conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.reason.clone());
+    set(
+        status,
+        conditions::READY,
+        false,
+        reason,
+        message,
+        now,
+        generation,
+    );
+    set(
+        status,
+        conditions::PROGRESSING,
+        false,
+        reason,
+        message,
+        now,
+        generation,
+    );
+    set(
+        status,
+        conditions::DEGRADED,
+        true,
+        reason,
+        message,
+        now,
+        generation,
+    );
+    status.last_run_message = Some(message.to_owned());
+    // One Warning per transition, not one per reconcile.
+    if was.as_deref() != Some(reason) {
+        event(ctx, pb, EventType::Warning, reason, message).await;
+    }
+}
+
+fn set_ready(
+    status: &mut PackerBuilderStatus,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    set(
+        status,
+        conditions::READY,
+        true,
+        "AmiActive",
+        message,
+        now,
+        generation,
+    );
+    set(
+        status,
+        conditions::PROGRESSING,
+        false,
+        "Idle",
+        message,
+        now,
+        generation,
+    );
+    set(
+        status,
+        conditions::DEGRADED,
+        false,
+        "AmiActive",
+        message,
+        now,
+        generation,
+    );
+}
+
+fn set(
+    status: &mut PackerBuilderStatus,
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    conditions::set(
+        &mut status.conditions,
+        Condition {
+            type_: type_.into(),
+            status: if on {
+                conditions::TRUE
+            } else {
+                conditions::FALSE
+            }
+            .into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: time(now),
+        },
+    );
+}
+
+async fn event(ctx: &Context, pb: &PackerBuilder, type_: EventType, reason: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event that cannot be written must not stop the reconcile.
+    if let Err(e) = ctx.recorder.publish(&ev, &pb.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    pb: &PackerBuilder,
+    namespace: &str,
+    status: &PackerBuilderStatus,
+) -> Result<(), Error> {
+    let api: Api<PackerBuilder> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        &pb.name_any(),
+        &PatchParams::apply(MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
