@@ -1,0 +1,531 @@
+//! The PackerBuilder reconciler against an in-memory Kubernetes API and the AWS emulator. The
+//! test plays the kubelet: it registers the AMI a build would produce and completes the Job
+//! with Packer's artifact line. Every reconcile gets a fresh context, as after a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{sync::Arc, time::Duration};
+
+use aws_sdk_ec2::config::Credentials;
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    batch::v1::{Job, JobCondition, JobStatus},
+    core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+    runtime::events::{Recorder, Reporter},
+};
+use kube_fake_client::ClientBuilder;
+use opsy_api::{PackerBuilder, PackerBuilderStatus};
+use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
+use opsy_testkit::{ACCESS_KEY_ID, ACCOUNT_ID, Fixture, Moto, SECRET_ACCESS_KEY};
+use packer_builder_operator::reconcile::{Context, reconcile};
+
+const NS: &str = "opsy";
+const REGION: &str = "us-west-2";
+
+struct World {
+    moto: Moto,
+    fixture: Fixture,
+    client: Client,
+    now: Timestamp,
+}
+
+fn pb_manifest(extra: serde_json::Value) -> PackerBuilder {
+    let mut spec = serde_json::json!({
+        "region": REGION,
+        "clusterName": "prod-east",
+        "amiFilters": [
+            {"name": "name", "values": ["base-al2023-*"]},
+            {"name": "owner-id", "values": [ACCOUNT_ID]},
+        ],
+        "timeOuts": {"expiresIn": "30d", "controllerTimer": "5m"},
+        "builder": {
+            "repoURL": "https://github.com/example-org/eks-node-images",
+            "branch": "main",
+            "dir": "packer/al2023",
+            "commands": [{"subCommand": "build", "args": ["-force"], "onError": "cleanup"}],
+        },
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    let mut pb: PackerBuilder = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ami.refresh.ops/v1alpha1",
+        "kind": "PackerBuilder",
+        "metadata": {"name": "al2023-hardened", "namespace": NS, "uid": "0b6a3f0e-1111-4c2e-9a9e-5d1c2b3a4f50", "generation": 1},
+        "spec": spec,
+    }))
+    .unwrap();
+    pb.metadata.generation = Some(1);
+    pb
+}
+
+impl World {
+    async fn new(pb: PackerBuilder) -> Self {
+        let moto = Moto::start().unwrap();
+        let fixture = Fixture::new(&moto, REGION).await;
+        let client = ClientBuilder::new()
+            .with_resource::<PackerBuilder>()
+            .with_status_subresource::<Job>()
+            .with_object(pb)
+            .build()
+            .await
+            .unwrap();
+        Self {
+            moto,
+            fixture,
+            client,
+            now: Timestamp::now(),
+        }
+    }
+
+    /// A fresh context, as a restarted operator would build it.
+    fn context(&self) -> Arc<Context> {
+        let options = AwsOptions {
+            endpoint_url: Some(self.moto.endpoint().to_owned()),
+            credentials: Some(Credentials::new(
+                ACCESS_KEY_ID,
+                SECRET_ACCESS_KEY,
+                None,
+                None,
+                "test",
+            )),
+            max_attempts: 1,
+            image_cache_ttl: Duration::from_millis(1),
+            ..AwsOptions::default()
+        };
+        let now = self.now;
+        Arc::new(Context {
+            client: self.client.clone(),
+            aws: ClientSet::new(options),
+            recorder: Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: "packer-builder-operator".into(),
+                    instance: None,
+                },
+            ),
+            clock: Arc::new(move || now),
+            poll_interval: Duration::from_secs(30),
+        })
+    }
+
+    fn builders(&self) -> Api<PackerBuilder> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn pb(&self) -> PackerBuilder {
+        self.builders().get("al2023-hardened").await.unwrap()
+    }
+
+    async fn status(&self) -> PackerBuilderStatus {
+        self.pb().await.status.unwrap_or_default()
+    }
+
+    async fn reconcile(&self) {
+        reconcile(Arc::new(self.pb().await), self.context())
+            .await
+            .unwrap();
+    }
+
+    async fn job_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .jobs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn events(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|e| e.reason.clone().unwrap_or_default())
+            .collect()
+    }
+
+    /// Registers a base image in this account (what the filters look for).
+    async fn publish_base(&self, name: &str) -> String {
+        self.fixture.register_image(name, &[]).await.unwrap()
+    }
+
+    /// Plays the kubelet: the Job's pod ran Packer, which printed `output`; the Job is done.
+    async fn finish_job(&self, job: &str, exit_code: i32, output: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{job}-x7k2p")),
+                namespace: Some(NS.into()),
+                labels: Some([("batch.kubernetes.io/job-name".to_owned(), job.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "packer-build".into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code,
+                            message: Some(output.into()),
+                            ..ContainerStateTerminated::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let mut j = self.jobs().get(job).await.unwrap();
+        j.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: if exit_code == 0 { "Complete" } else { "Failed" }.into(),
+                status: "True".into(),
+                reason: Some(
+                    if exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "BackoffLimitExceeded"
+                    }
+                    .into(),
+                ),
+                message: Some("done".into()),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        });
+        self.jobs()
+            .replace_status(job, &PostParams::default(), &j)
+            .await
+            .unwrap();
+    }
+
+    /// The build "produced" an AMI: registered in EC2 like Packer would.
+    async fn build_image(&self, name: &str) -> String {
+        self.fixture.register_image(name, &[]).await.unwrap()
+    }
+
+    async fn image_tags(&self, id: &str) -> std::collections::BTreeMap<String, String> {
+        let aws = self.context().aws.region(REGION).await;
+        aws.describe_images(&ImageQuery::default().ids([id]))
+            .await
+            .unwrap()[0]
+            .tags
+            .clone()
+    }
+}
+
+fn artifact(ami: &str) -> String {
+    format!("1727806100,amazon-ebs.al2023,artifact,0,id,{REGION}:{ami}\n")
+}
+
+#[tokio::test]
+async fn full_lifecycle_build_tag_rebuild_on_new_base_and_deprecate() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    let base1 = world.publish_base("base-al2023-v1").await;
+
+    // 1. No managed AMI: exactly one Job, with the expected spec.
+    world.reconcile().await;
+    let jobs = world.job_names().await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = world.jobs().get(&jobs[0]).await.unwrap();
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let init: Vec<&str> = pod
+        .init_containers
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(init, ["git-sync", "packer-init", "packer-validate"]);
+    let build = &pod.containers[0];
+    let args = build.args.as_ref().unwrap();
+    assert_eq!(
+        &args[..4],
+        ["packer", "build", "-machine-readable", "-color=false"]
+    );
+    assert!(args.contains(&format!("ami_id={base1}")));
+    assert!(args.contains(&"-force".to_owned()));
+    assert_eq!(
+        build.working_dir.as_deref(),
+        Some("/workspace/repo/packer/al2023")
+    );
+    let status = world.status().await;
+    assert_eq!(status.job_status.as_deref(), Some("running"));
+    assert_eq!(status.job_name.as_deref(), Some(jobs[0].as_str()));
+    assert_eq!(
+        status.last_run_base_image_id.as_deref(),
+        Some(base1.as_str())
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(
+        status
+            .command
+            .as_deref()
+            .unwrap()
+            .starts_with("packer init . && packer validate -var ami_id=")
+    );
+
+    // 2. While it runs, nothing new starts.
+    world.reconcile().await;
+    assert_eq!(world.job_names().await, jobs);
+
+    // 3. The build finishes with an artifact line for a real AMI.
+    let built1 = world.build_image("al2023-hardened-1").await;
+    world.finish_job(&jobs[0], 0, &artifact(&built1)).await;
+    world.reconcile().await;
+    let tags = world.image_tags(&built1).await;
+    for (key, value) in [
+        ("brought-to-you-by", "opsy-the-ami-operator"),
+        ("cluster-name", "prod-east"),
+        ("created-by", "al2023-hardened"),
+        (
+            "packer-repo",
+            "https://github.com/example-org/eks-node-images",
+        ),
+        ("packer-repo-branch", "main"),
+        ("status", "active"),
+        ("base-ami", base1.as_str()),
+        ("build-id", "0b6a3f0e-1111-4c2e-9a9e-5d1c2b3a4f50"),
+    ] {
+        assert_eq!(tags.get(key).map(String::as_str), Some(value), "tag {key}");
+    }
+    assert!(tags.contains_key("create-timestamp") && tags.contains_key("job-id"));
+    let status = world.status().await;
+    assert_eq!(
+        status.last_run_built_image_id.as_deref(),
+        Some(built1.as_str())
+    );
+    assert_eq!(status.active_image.as_ref().unwrap().id, built1);
+    assert_eq!(status.job_status.as_deref(), Some("completed"));
+    assert_eq!(status.history.len(), 1);
+    let ready = opsy_api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+    let events = world.events().await;
+    assert!(
+        events.contains(&"BuildStarted".to_owned())
+            && events.contains(&"BuildSucceeded".to_owned()),
+        "{events:?}"
+    );
+
+    // 4. Steady state: nothing is created.
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1);
+    assert_eq!(world.status().await.active_image.unwrap().id, built1);
+
+    // 5. A newer base AMI: one rebuild, and the old AMI is deprecated when the new one lands.
+    let base2 = world.publish_base("base-al2023-v2").await;
+    world.reconcile().await;
+    world.reconcile().await;
+    let jobs = world.job_names().await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let second = world.status().await.job_name.unwrap();
+    assert_eq!(
+        world.status().await.last_run_base_image_id.as_deref(),
+        Some(base2.as_str())
+    );
+    let built2 = world.build_image("al2023-hardened-2").await;
+    world.finish_job(&second, 0, &artifact(&built2)).await;
+    world.reconcile().await;
+    assert_eq!(
+        world
+            .image_tags(&built2)
+            .await
+            .get("status")
+            .map(String::as_str),
+        Some("active")
+    );
+    assert_eq!(
+        world
+            .image_tags(&built2)
+            .await
+            .get("base-ami")
+            .map(String::as_str),
+        Some(base2.as_str())
+    );
+    assert_eq!(
+        world
+            .image_tags(&built1)
+            .await
+            .get("status")
+            .map(String::as_str),
+        Some("deprecated")
+    );
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 2);
+    let status = world.status().await;
+    assert_eq!(status.history.len(), 2);
+    assert_eq!(
+        status.history[0].built_image_id.as_deref(),
+        Some(built2.as_str())
+    );
+    assert_eq!(
+        status.history[1].built_image_id.as_deref(),
+        Some(built1.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_lost_status_write_does_not_start_a_second_build() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1);
+    // As if the operator crashed right after creating the Job: status never recorded it.
+    let mut pb = world.pb().await;
+    pb.status = Some(PackerBuilderStatus::default());
+    world
+        .builders()
+        .replace_status("al2023-hardened", &PostParams::default(), &pb)
+        .await
+        .unwrap();
+    world.reconcile().await;
+    world.reconcile().await;
+    let jobs = world.job_names().await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        world.status().await.job_name.as_deref(),
+        Some(jobs[0].as_str())
+    );
+}
+
+#[tokio::test]
+async fn failures_count_up_to_the_limit_and_a_spec_change_resumes() {
+    let world = World::new(pb_manifest(serde_json::json!({"maxFailedBuilds": 2}))).await;
+    world.publish_base("base-al2023-v1").await;
+    for attempt in 1..=2 {
+        world.reconcile().await;
+        let job = world.status().await.job_name.unwrap();
+        world.finish_job(&job, 1, "Error: plugin not found").await;
+        world.reconcile().await;
+        let status = world.status().await;
+        assert_eq!(status.failed_job_count, attempt);
+        assert_eq!(status.job_status.as_deref(), Some("failed"));
+    }
+    assert_eq!(world.job_names().await.len(), 2);
+    // The limit stops further builds.
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 2);
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "FailureLimitReached");
+    assert!(
+        degraded.message.contains("spec.maxFailedBuilds"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"FailureLimitReached".to_owned())
+    );
+
+    // A spec change (new generation) resumes building.
+    let mut pb = world.pb().await;
+    pb.spec.builder.branch = "fix-plugins".into();
+    pb.metadata.generation = Some(2);
+    world
+        .builders()
+        .replace("al2023-hardened", &PostParams::default(), &pb)
+        .await
+        .unwrap();
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 3);
+    assert_eq!(world.status().await.failed_job_count, 0);
+}
+
+#[tokio::test]
+async fn an_eligible_upstream_tagged_ami_is_adopted_without_a_build() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    let base = world.publish_base("base-al2023-v1").await;
+    let created = "2024-11-01T00:00:00Z";
+    let existing = world
+        .fixture
+        .register_image(
+            "built-by-the-go-operator",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "prod-east"),
+                ("created-by", "al2023-hardened"),
+                (
+                    "packer-repo",
+                    "https://github.com/example-org/eks-node-images",
+                ),
+                ("packer-repo-branch", "main"),
+                ("status", "active"),
+                ("base-ami", base.as_str()),
+                ("create-timestamp", created),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut world = world;
+    world.now = "2024-11-10T00:00:00Z".parse().unwrap();
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty(), "adopted, not rebuilt");
+    let status = world.status().await;
+    let active = status.active_image.unwrap();
+    assert_eq!(active.id, existing);
+    assert_eq!(
+        active.created.unwrap().0.to_string(),
+        "2024-11-01T00:00:00Z",
+        "life not extended"
+    );
+    assert_eq!(
+        world
+            .image_tags(&existing)
+            .await
+            .get("create-timestamp")
+            .map(String::as_str),
+        Some(created)
+    );
+    assert!(world.events().await.contains(&"Adopted".to_owned()));
+
+    // Past its expiry, it is rebuilt.
+    world.now = "2024-12-05T00:00:00Z".parse().unwrap();
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1);
+    assert!(
+        world
+            .status()
+            .await
+            .last_run_message
+            .unwrap()
+            .contains("expired at 2024-12-01T00:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn filters_that_match_nothing_are_reported() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "NoBaseImage");
+    assert!(degraded.message.contains("spec.amiFilters"));
+}
