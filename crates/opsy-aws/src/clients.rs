@@ -6,7 +6,7 @@ use tokio::sync::Mutex;
 
 use crate::{AwsOptions, CallCounter, images::ImageCache, load_sdk_config};
 
-/// EC2, EKS and Auto Scaling clients for one region, with the shared call counter and the
+/// EC2, EKS, Auto Scaling and SNS clients for one region, with the shared call counter and the
 /// `DescribeImages` cache.
 #[derive(Debug, Clone)]
 pub struct AwsClients {
@@ -18,6 +18,8 @@ pub struct AwsClients {
     pub eks: aws_sdk_eks::Client,
     /// Auto Scaling: self-managed groups and instance refresh.
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// SNS: notifications.
+    pub sns: aws_sdk_sns::Client,
     /// Every call made through these clients.
     pub calls: CallCounter,
     pub(crate) images: ImageCache,
@@ -33,6 +35,7 @@ impl AwsClients {
             ec2: aws_sdk_ec2::Client::new(&config),
             eks: aws_sdk_eks::Client::new(&config),
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            sns: aws_sdk_sns::Client::new(&config),
             calls,
             images: ImageCache::new(options.image_cache_ttl),
             page_size: options.page_size,

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod controller;
 pub mod decide;
 pub mod job;
+pub mod notify;
 pub mod reconcile;
 pub mod state;
 

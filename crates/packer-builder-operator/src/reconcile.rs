@@ -28,11 +28,14 @@ use opsy_aws::{
     managed::{BuildFacts, BuildIdentity, Selection, adoption_tags},
 };
 
+use opsy_notify::{Event as NotifyEvent, Message};
+
 use crate::{
     Error,
     commands::{BaseVars, display, plan},
     decide::{Decision, Observed, OpenJob, decide},
     job::{JobRequest, build_job, job_id, job_name, owned_by},
+    notify,
     state::observe,
 };
 
@@ -57,6 +60,8 @@ pub struct Context {
     pub clock: Clock,
     /// How often a running build is checked (besides Job watch events).
     pub poll_interval: Duration,
+    /// Slack Web API base URL.
+    pub slack_api: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -141,6 +146,7 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
     let timer = pb.spec.time_outs.controller_timer.as_std();
 
     let mut requeue = timer;
+    let mut notification: Option<(String, Message)> = None;
     match decision {
         Decision::Wait { job } => {
             status.job_status = Some("running".into());
@@ -157,7 +163,26 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
             requeue = ctx.poll_interval;
         }
         Decision::Complete { job, image } => {
-            complete(&pb, &ctx, &aws, &mut status, &managed, &job, &image, now).await?;
+            let outcome =
+                complete(&pb, &ctx, &aws, &mut status, &managed, &job, &image, now).await?;
+            let event = if outcome.is_ok() {
+                NotifyEvent::BuildSucceeded
+            } else {
+                NotifyEvent::BuildFailed
+            };
+            let mut msg = notify::message(
+                &pb,
+                event,
+                status.last_run_message.clone().unwrap_or_default(),
+            )
+            .fact("Base AMI", job.base_ami.clone().unwrap_or_default())
+            .fact("Built AMI", image.clone())
+            .fact("Job", job.name.clone())
+            .at(now);
+            if let Err(reason) = outcome {
+                msg = msg.reason(reason);
+            }
+            notification = Some((format!("{}:{}", event.as_str(), job.job_id), msg));
         }
         Decision::Fail {
             job,
@@ -201,6 +226,22 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
                 generation,
             );
             event(&ctx, &pb, EventType::Warning, "BuildFailed", &message).await;
+            let msg = notify::message(&pb, NotifyEvent::BuildFailed, format!("Build {job} failed"))
+                .fact(
+                    "Base AMI",
+                    status.last_run_base_image_id.clone().unwrap_or_default(),
+                )
+                .fact("Job", job.clone())
+                .fact(
+                    "Failed builds",
+                    format!(
+                        "{} of {}",
+                        status.failed_job_count, pb.spec.max_failed_builds
+                    ),
+                )
+                .reason(reason)
+                .at(now);
+            notification = Some((format!("BuildFailed:{job}"), msg));
             requeue = Duration::from_secs(30).min(timer);
         }
         Decision::Build { reason } => {
@@ -255,6 +296,17 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
                 generation,
             );
             event(&ctx, &pb, EventType::Normal, "BuildStarted", &message).await;
+            let msg = notify::message(&pb, NotifyEvent::BuildStarted, message)
+                .fact(
+                    "Base AMI",
+                    status.last_run_base_image_id.clone().unwrap_or_default(),
+                )
+                .fact("Job", name)
+                .at(now);
+            notification = Some((
+                format!("BuildStarted:{}", status.job_id.clone().unwrap_or_default()),
+                msg,
+            ));
             requeue = ctx.poll_interval;
         }
         Decision::Adopt { image } => {
@@ -311,12 +363,76 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
                 status.failed_job_count
             );
             stalled(&ctx, &pb, &mut status, "FailureLimitReached", &message, now).await;
+            let msg = notify::message(
+                &pb,
+                NotifyEvent::BuildStalled,
+                "Builds stopped after repeated failures",
+            )
+            .reason(message)
+            .at(now);
+            notification = Some((
+                format!(
+                    "BuildStalled:FailureLimitReached:{}",
+                    generation.unwrap_or_default()
+                ),
+                msg,
+            ));
         }
         Decision::NoBaseImage => {
             let message =
                 "no available image matches spec.amiFilters; check the filter names and values"
                     .to_owned();
             stalled(&ctx, &pb, &mut status, "NoBaseImage", &message, now).await;
+            let msg = notify::message(
+                &pb,
+                NotifyEvent::BuildStalled,
+                "No base AMI matches the filters",
+            )
+            .reason(message)
+            .at(now);
+            notification = Some((
+                format!(
+                    "BuildStalled:NoBaseImage:{}",
+                    generation.unwrap_or_default()
+                ),
+                msg,
+            ));
+        }
+    }
+    if let Some((key, message)) = notification {
+        let errors = notify::send_once(&ctx, &pb, &mut status, &key, message).await;
+        if errors.is_empty() {
+            if conditions::find(&status.conditions, conditions::NOTIFICATION_FAILED).is_some() {
+                set(
+                    &mut status,
+                    conditions::NOTIFICATION_FAILED,
+                    false,
+                    "Delivered",
+                    "the last notification was delivered",
+                    now,
+                    generation,
+                );
+            }
+        } else {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let message = format!("notification {key} not delivered: {}", text.join("; "));
+            set(
+                &mut status,
+                conditions::NOTIFICATION_FAILED,
+                true,
+                "DeliveryFailed",
+                &message,
+                now,
+                generation,
+            );
+            event(
+                &ctx,
+                &pb,
+                EventType::Warning,
+                "NotificationFailed",
+                &message,
+            )
+            .await;
         }
     }
     status.observed_generation = generation;
@@ -386,7 +502,7 @@ async fn complete(
     job: &OpenJob,
     image_id: &str,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Result<(), String>, Error> {
     let generation = pb.meta().generation;
     let found = aws
         .describe_images(&ImageQuery::default().ids([image_id]))
@@ -419,7 +535,8 @@ async fn complete(
             generation,
         );
         event(ctx, pb, EventType::Warning, "BuiltImageMissing", &reason).await;
-        return Ok(());
+        status.last_run_message = Some(reason.clone());
+        return Ok(Err(reason));
     };
     let facts = BuildFacts {
         created: image.creation_date.unwrap_or(now),
@@ -487,7 +604,7 @@ async fn complete(
     );
     set_ready(status, &message, now, generation);
     event(ctx, pb, EventType::Normal, "BuildSucceeded", &message).await;
-    Ok(())
+    Ok(Ok(()))
 }
 
 fn record(status: &mut PackerBuilderStatus, entry: BuildRecord) {

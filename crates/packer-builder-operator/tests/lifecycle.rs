@@ -32,6 +32,7 @@ struct World {
     fixture: Fixture,
     client: Client,
     now: Timestamp,
+    slack_api: String,
 }
 
 fn pb_manifest(extra: serde_json::Value) -> PackerBuilder {
@@ -82,6 +83,7 @@ impl World {
             fixture,
             client,
             now: Timestamp::now(),
+            slack_api: "http://127.0.0.1:9".into(),
         }
     }
 
@@ -113,6 +115,7 @@ impl World {
             ),
             clock: Arc::new(move || now),
             poll_interval: Duration::from_secs(30),
+            slack_api: self.slack_api.clone(),
         })
     }
 
@@ -528,4 +531,196 @@ async fn filters_that_match_nothing_are_reported() {
     let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
     assert_eq!(degraded.reason, "NoBaseImage");
     assert!(degraded.message.contains("spec.amiFilters"));
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_cause() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    // The git credentials Secret does not exist: the pod never starts.
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), NS);
+    let stuck = serde_json::from_value::<Pod>(serde_json::json!({
+        "metadata": {"name": format!("{job}-abcde"), "namespace": NS, "labels": {"batch.kubernetes.io/job-name": job}},
+        "status": {"initContainerStatuses": [{
+            "name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.2", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"git-sync\" not found"}},
+        }]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &stuck).await.unwrap();
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.failed_job_count, 1);
+    assert_eq!(
+        status.history[0].message.as_deref(),
+        Some(
+            "container git-sync cannot start: CreateContainerConfigError: secret \"git-sync\" not found"
+        )
+    );
+    assert!(world.events().await.contains(&"BuildFailed".to_owned()));
+
+    // The next attempt's Job is deleted by someone before it finishes.
+    world.reconcile().await;
+    let second = world.status().await.job_name.unwrap();
+    assert_ne!(second, job);
+    world
+        .jobs()
+        .delete(&second, &Default::default())
+        .await
+        .unwrap();
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.failed_job_count, 2);
+    assert_eq!(
+        status.last_run_message.as_deref(),
+        Some(format!("Job {second} was deleted before it finished").as_str())
+    );
+}
+
+#[tokio::test]
+async fn hostile_values_reach_git_sync_and_packer_as_literal_arguments() {
+    let hostile = "x'; rm -rf / #$(id)`id`";
+    let world = World::new(pb_manifest(serde_json::json!({
+        "builder": {
+            "repoURL": format!("https://github.com/example-org/r.git?{hostile}"),
+            "branch": format!("main;{hostile}"),
+            "dir": format!("packer/{hostile}"),
+            "commands": [{"subCommand": "build", "args": [hostile], "variables": {"name": hostile}}],
+        },
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let job = world
+        .jobs()
+        .get(&world.status().await.job_name.unwrap())
+        .await
+        .unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let git = &pod.init_containers.as_ref().unwrap()[0];
+    assert!(
+        git.command.is_none(),
+        "git-sync runs its own entrypoint, no shell"
+    );
+    let git_args = git.args.as_ref().unwrap();
+    assert!(git_args.contains(&format!(
+        "--repo=https://github.com/example-org/r.git?{hostile}"
+    )));
+    assert!(git_args.contains(&format!("--ref=main;{hostile}")));
+    for init in &pod.init_containers.as_ref().unwrap()[1..] {
+        assert_eq!(
+            init.command.as_deref(),
+            Some(&["packer".to_owned()][..]),
+            "no shell for {}",
+            init.name
+        );
+    }
+    let build = &pod.containers[0];
+    // The only shell runs the fixed script; user values arrive as "$@".
+    assert_eq!(
+        build.command.as_ref().unwrap()[2],
+        packer_builder_operator::job::BUILD_SCRIPT
+    );
+    assert!(!packer_builder_operator::job::BUILD_SCRIPT.contains(hostile));
+    let args = build.args.as_ref().unwrap();
+    assert!(args.contains(&hostile.to_owned()));
+    assert!(args.contains(&format!("name={hostile}")));
+    assert_eq!(
+        build.working_dir.as_deref(),
+        Some(format!("/workspace/repo/packer/{hostile}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_builds() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true})))
+        .mount(&slack)
+        .await;
+    let mut world = World::new(pb_manifest(serde_json::json!({
+        "notifier": {
+            "slack": {"channelIDs": ["C0123456789"], "secret": "slack-token"},
+            "webhooks": [{"secret": "missing-webhook"}],
+        },
+    })))
+    .await;
+    world.slack_api = slack.uri();
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), NS);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("slack-token".into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), ByteString(b"xoxb-test-token".to_vec()))].into()),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    world.publish_base("base-al2023-v1").await;
+
+    world.reconcile().await;
+    world.reconcile().await;
+    let texts = sent(&slack).await;
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].starts_with("BuildStarted: PackerBuilder opsy/al2023-hardened"),
+        "{}",
+        texts[0]
+    );
+
+    // The webhook's Secret is missing: reported, and the build went ahead anyway.
+    assert_eq!(world.job_names().await.len(), 1);
+    let status = world.status().await;
+    let failed = opsy_api::conditions::find(&status.conditions, "NotificationFailed").unwrap();
+    assert_eq!(failed.status, "True");
+    assert!(
+        failed
+            .message
+            .contains("webhook #1: cannot read Secret missing-webhook: not found"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"NotificationFailed".to_owned())
+    );
+
+    let job = status.job_name.unwrap();
+    let built = world.build_image("al2023-hardened-1").await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    world.reconcile().await;
+    let texts = sent(&slack).await;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(
+        texts[1].starts_with("BuildSucceeded: PackerBuilder opsy/al2023-hardened"),
+        "{}",
+        texts[1]
+    );
+}
+
+async fn sent(slack: &wiremock::MockServer) -> Vec<String> {
+    slack
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
