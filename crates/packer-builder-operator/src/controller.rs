@@ -22,14 +22,23 @@ use crate::{
     reconcile::{Clock, Context, MANAGER, reconcile},
 };
 
-/// How long to wait before retrying after an error.
-pub fn error_policy(pb: Arc<PackerBuilder>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(name = %pb.name_any(), category = error.category(), %error, "reconcile failed");
+/// Delay before retry `attempt` (1-based) of a failing object: 15s doubling to 10 minutes.
+pub fn backoff(attempt: u32) -> Duration {
+    let secs = 15u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(600))
+}
+
+/// How long to wait before retrying after an error: growing with consecutive failures of the
+/// same object; errors that need a person (IAM, a broken object) start at five minutes.
+pub fn error_policy(pb: Arc<PackerBuilder>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = ctx.failures.record_failure(&pb);
+    tracing::warn!(name = %pb.name_any(), category = error.category(), attempt, %error, "reconcile failed");
     match error {
-        // Someone has to change IAM or the object; do not hammer the API meanwhile.
-        Error::Aws(e) if !e.is_transient() => Action::requeue(Duration::from_secs(300)),
+        Error::Aws(e) if !e.is_transient() => {
+            Action::requeue(backoff(attempt).max(Duration::from_secs(300)))
+        }
         Error::MissingNamespace => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(30)),
+        _ => Action::requeue(backoff(attempt)),
     }
 }
 
@@ -45,6 +54,7 @@ pub fn context(client: Client, aws: ClientSet, clock: Clock) -> Arc<Context> {
         aws,
         clock,
         poll_interval: Duration::from_secs(30),
+        failures: Default::default(),
         slack_api: opsy_notify::slack::SLACK_API.to_owned(),
     })
 }
@@ -71,4 +81,17 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_ten_minutes() {
+        let delays: Vec<u64> = (1..=8).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(delays, [15, 30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(backoff(0).as_secs(), 15);
+        assert_eq!(backoff(u32::MAX).as_secs(), 600);
+    }
 }

@@ -62,6 +62,36 @@ pub struct Context {
     pub poll_interval: Duration,
     /// Slack Web API base URL.
     pub slack_api: String,
+    /// Consecutive reconcile failures per object, for the retry backoff.
+    pub failures: Failures,
+}
+
+/// Consecutive reconcile failures per object (namespace/name).
+#[derive(Debug, Default, Clone)]
+pub struct Failures(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+impl Failures {
+    fn key(pb: &PackerBuilder) -> String {
+        format!("{}/{}", pb.namespace().unwrap_or_default(), pb.name_any())
+    }
+
+    /// Counts a failure; returns how many in a row.
+    pub fn record_failure(&self, pb: &PackerBuilder) -> u32 {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = map.entry(Self::key(pb)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn record_success(&self, pb: &PackerBuilder) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&Self::key(pb));
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -437,6 +467,7 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
     }
     status.observed_generation = generation;
     write_status(&ctx, &pb, &namespace, &status).await?;
+    ctx.failures.record_success(&pb);
     Ok(Action::requeue(requeue))
 }
 
