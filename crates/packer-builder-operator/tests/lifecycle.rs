@@ -725,3 +725,43 @@ async fn sent(slack: &wiremock::MockServer) -> Vec<String> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_crash_between_tagging_and_the_status_write_leaves_one_active_ami() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let before = world.pb().await;
+    let job = before.status.as_ref().unwrap().job_name.clone().unwrap();
+    let built = world.build_image("al2023-hardened-1").await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    // The AMI was tagged, but the status write is lost: status is as before the completion.
+    let mut lost = world.pb().await;
+    lost.status = before.status.clone();
+    world
+        .builders()
+        .replace_status("al2023-hardened", &PostParams::default(), &lost)
+        .await
+        .unwrap();
+    assert_eq!(world.status().await.job_status.as_deref(), Some("running"));
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1, "no rebuild");
+    let status = world.status().await;
+    assert_eq!(status.active_image.unwrap().id, built);
+    assert_eq!(status.history.len(), 1);
+    let aws = world.context().aws.region(REGION).await;
+    let active = aws
+        .describe_images(
+            &ImageQuery::default()
+                .owner(ACCOUNT_ID)
+                .filter("tag:status", ["active"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        active.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [built.as_str()]
+    );
+}
