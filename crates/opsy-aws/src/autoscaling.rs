@@ -92,15 +92,7 @@ impl AwsClients {
                 )
                 .set_max_records(self.page_size)
                 .set_next_token(token.take());
-            let page = self
-                .calls
-                .track("autoscaling", OP, async {
-                    request
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("autoscaling", OP, e))
-                })
-                .await?;
+            let page = self.call("autoscaling", OP, request.send()).await?;
             for group in page.auto_scaling_groups.unwrap_or_default() {
                 let managed_by_eks = group
                     .tags()
@@ -146,15 +138,7 @@ impl AwsClients {
                     .version(version.to_string())
                     .build(),
             );
-        self.calls
-            .track("autoscaling", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("autoscaling", OP, e))
-            })
-            .await
-            .map(drop)
+        self.call("autoscaling", OP, request.send()).await.map(drop)
     }
 
     /// Starts replacing the instances of `group`; returns the refresh id.
@@ -175,15 +159,7 @@ impl AwsClients {
             .start_instance_refresh()
             .auto_scaling_group_name(group)
             .preferences(preferences);
-        let response = self
-            .calls
-            .track("autoscaling", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("autoscaling", OP, e))
-            })
-            .await?;
+        let response = self.call("autoscaling", OP, request.send()).await?;
         response.instance_refresh_id.ok_or(AwsError::MissingField {
             service: "autoscaling",
             operation: OP,
@@ -203,15 +179,7 @@ impl AwsClients {
             .describe_instance_refreshes()
             .auto_scaling_group_name(group)
             .instance_refresh_ids(id);
-        let response = self
-            .calls
-            .track("autoscaling", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("autoscaling", OP, e))
-            })
-            .await?;
+        let response = self.call("autoscaling", OP, request.send()).await?;
         let refresh = response
             .instance_refreshes
             .unwrap_or_default()
@@ -240,15 +208,7 @@ impl AwsClients {
             .autoscaling
             .cancel_instance_refresh()
             .auto_scaling_group_name(group);
-        let response = self
-            .calls
-            .track("autoscaling", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("autoscaling", OP, e))
-            })
-            .await?;
+        let response = self.call("autoscaling", OP, request.send()).await?;
         response.instance_refresh_id.ok_or(AwsError::MissingField {
             service: "autoscaling",
             operation: OP,

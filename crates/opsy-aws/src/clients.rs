@@ -43,6 +43,31 @@ impl AwsClients {
     }
 }
 
+impl AwsClients {
+    /// Sends one SDK request, counting it and classifying its error.
+    ///
+    /// SDK request futures are large; the request is moved to the heap before anything awaits
+    /// it, so a reconcile that makes many calls keeps a small stack.
+    pub(crate) fn call<'a, T, E, R>(
+        &'a self,
+        service: &'static str,
+        operation: &'static str,
+        request: impl Future<Output = Result<T, aws_sdk_ec2::error::SdkError<E, R>>> + Send + 'a,
+    ) -> impl Future<Output = Result<T, crate::AwsError>> + Send + 'a
+    where
+        T: Send + 'a,
+        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        let request = Box::pin(request);
+        self.calls.track(service, operation, async move {
+            request
+                .await
+                .map_err(|e| crate::AwsError::from_sdk(service, operation, e))
+        })
+    }
+}
+
 /// Clients for every region the custom resources name, built on first use.
 #[derive(Debug, Clone)]
 pub struct ClientSet {

@@ -45,6 +45,27 @@ impl Default for AwsOptions {
     }
 }
 
+impl AwsOptions {
+    /// Options for an AWS emulator at `endpoint` (moto): static credentials, no retries, and
+    /// results shared for a millisecond only, so a test sees every change at once.
+    pub fn emulator(endpoint: &str) -> Self {
+        Self {
+            endpoint_url: Some(endpoint.to_owned()),
+            credentials: Some(Credentials::new(
+                "AKIAOPSYEMULATOR0000",
+                "opsy-emulator",
+                None,
+                None,
+                "emulator",
+            )),
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(10),
+            image_cache_ttl: Duration::from_millis(1),
+            ..Self::default()
+        }
+    }
+}
+
 /// The HTTPS client shared by every AWS client: rustls with ring, the same TLS stack kube uses.
 pub fn https_client() -> SharedHttpClient {
     Builder::new()

@@ -97,15 +97,7 @@ impl AwsClients {
                 .cluster_name(cluster)
                 .set_max_results(self.page_size)
                 .set_next_token(token.take());
-            let page = self
-                .calls
-                .track("eks", OP, async {
-                    request
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("eks", OP, e))
-                })
-                .await?;
+            let page = self.call("eks", OP, request.send()).await?;
             names.extend(page.nodegroups.unwrap_or_default());
             match page.next_token {
                 Some(next) if !next.is_empty() => token = Some(next),
@@ -127,15 +119,7 @@ impl AwsClients {
             .describe_nodegroup()
             .cluster_name(cluster)
             .nodegroup_name(name);
-        let response = self
-            .calls
-            .track("eks", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
-            })
-            .await?;
+        let response = self.call("eks", OP, request.send()).await?;
         let group = response.nodegroup.ok_or(AwsError::MissingField {
             service: "eks",
             operation: OP,
@@ -203,15 +187,7 @@ impl AwsClients {
                     .build(),
             )
             .force(force);
-        let response = self
-            .calls
-            .track("eks", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
-            })
-            .await?;
+        let response = self.call("eks", OP, request.send()).await?;
         update_id(response.update, OP)
     }
 
@@ -236,15 +212,7 @@ impl AwsClients {
             .cluster_name(cluster)
             .nodegroup_name(group)
             .update_config(config);
-        let response = self
-            .calls
-            .track("eks", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
-            })
-            .await?;
+        let response = self.call("eks", OP, request.send()).await?;
         update_id(response.update, OP)
     }
 
@@ -262,15 +230,7 @@ impl AwsClients {
             .name(cluster)
             .nodegroup_name(group)
             .update_id(id);
-        let response = self
-            .calls
-            .track("eks", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("eks", OP, e))
-            })
-            .await?;
+        let response = self.call("eks", OP, request.send()).await?;
         let update = response.update.ok_or(AwsError::MissingField {
             service: "eks",
             operation: OP,

@@ -198,15 +198,7 @@ impl AwsClients {
             if !query.owners.is_empty() {
                 request = request.set_owners(Some(query.owners.clone()));
             }
-            let page = self
-                .calls
-                .track("ec2", OP, async {
-                    request
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("ec2", OP, e))
-                })
-                .await;
+            let page = self.call("ec2", OP, request.send()).await;
             let page = match page {
                 Ok(page) => page,
                 // Looking up ids that do not exist is an empty answer, not an error.

@@ -41,15 +41,7 @@ impl AwsClients {
             TemplateRef::Id(id) => request.launch_template_id(id),
             TemplateRef::Name(name) => request.launch_template_name(name),
         };
-        let response = self
-            .calls
-            .track("ec2", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("ec2", OP, e))
-            })
-            .await?;
+        let response = self.call("ec2", OP, request.send()).await?;
         let found = response
             .launch_template_versions
             .unwrap_or_default()
@@ -94,15 +86,7 @@ impl AwsClients {
                     .image_id(image_id)
                     .build(),
             );
-        let response = self
-            .calls
-            .track("ec2", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("ec2", OP, e))
-            })
-            .await?;
+        let response = self.call("ec2", OP, request.send()).await?;
         response
             .launch_template_version
             .and_then(|v| v.version_number)

@@ -279,15 +279,7 @@ impl AwsClients {
                 .map(|(k, v)| Tag::builder().key(k).value(v).build())
                 .collect(),
         ));
-        let result = self
-            .calls
-            .track("ec2", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("ec2", OP, e))
-            })
-            .await;
+        let result = self.call("ec2", OP, request.send()).await;
         self.invalidate_images();
         result.map(drop)
     }
@@ -304,15 +296,7 @@ impl AwsClients {
             .enable_image_deprecation()
             .image_id(image_id)
             .deprecate_at(DateTime::from_secs(at.as_second()));
-        let result = self
-            .calls
-            .track("ec2", OP, async {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk("ec2", OP, e))
-            })
-            .await;
+        let result = self.call("ec2", OP, request.send()).await;
         self.invalidate_images();
         result.map(drop)
     }

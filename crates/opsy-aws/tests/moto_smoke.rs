@@ -3,29 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aws_sdk_ec2::{
-    config::Credentials,
-    types::{Filter, Image},
-};
+use aws_sdk_ec2::types::{Filter, Image};
 use opsy_aws::{AwsOptions, load_sdk_config};
 use opsy_testkit::{
-    ACCESS_KEY_ID, Moto, SECRET_ACCESS_KEY,
+    Moto,
     seed::{EKS_OWNER, ids},
 };
 
 async fn ec2(moto: &Moto, region: &str) -> aws_sdk_ec2::Client {
-    let options = AwsOptions {
-        endpoint_url: Some(moto.endpoint().to_owned()),
-        credentials: Some(Credentials::new(
-            ACCESS_KEY_ID,
-            SECRET_ACCESS_KEY,
-            None,
-            None,
-            "test",
-        )),
-        max_attempts: 1,
-        ..AwsOptions::default()
-    };
+    let options = AwsOptions::emulator(moto.endpoint());
     aws_sdk_ec2::Client::new(&load_sdk_config(region, &options).await)
 }
 

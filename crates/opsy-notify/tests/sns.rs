@@ -3,26 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aws_sdk_sns::config::Credentials;
 use opsy_aws::AwsOptions;
 use opsy_notify::{Event, Message, ResourceRef, SnsNotifier, sns::topic_region};
-use opsy_testkit::{ACCESS_KEY_ID, Moto, SECRET_ACCESS_KEY};
+use opsy_testkit::Moto;
 use serde_json::Value;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
 async fn sns_client(moto: &Moto, region: &str) -> aws_sdk_sns::Client {
-    let options = AwsOptions {
-        endpoint_url: Some(moto.endpoint().to_owned()),
-        credentials: Some(Credentials::new(
-            ACCESS_KEY_ID,
-            SECRET_ACCESS_KEY,
-            None,
-            None,
-            "test",
-        )),
-        max_attempts: 1,
-        ..AwsOptions::default()
-    };
+    let options = AwsOptions::emulator(moto.endpoint());
     aws_sdk_sns::Client::new(&opsy_aws::load_sdk_config(region, &options).await)
 }
 

@@ -6,7 +6,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aws_sdk_ec2::config::Credentials;
 use jiff::Timestamp;
 use k8s_openapi::api::{
     batch::v1::{Job, JobCondition, JobStatus},
@@ -21,7 +20,7 @@ use kube::{
 use kube_fake_client::ClientBuilder;
 use opsy_api::{PackerBuilder, PackerBuilderStatus};
 use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
-use opsy_testkit::{ACCESS_KEY_ID, ACCOUNT_ID, Fixture, Moto, SECRET_ACCESS_KEY};
+use opsy_testkit::{ACCOUNT_ID, Fixture, Moto};
 use packer_builder_operator::reconcile::{Context, reconcile};
 
 const NS: &str = "opsy";
@@ -89,19 +88,7 @@ impl World {
 
     /// A fresh context, as a restarted operator would build it.
     fn context(&self) -> Arc<Context> {
-        let options = AwsOptions {
-            endpoint_url: Some(self.moto.endpoint().to_owned()),
-            credentials: Some(Credentials::new(
-                ACCESS_KEY_ID,
-                SECRET_ACCESS_KEY,
-                None,
-                None,
-                "test",
-            )),
-            max_attempts: 1,
-            image_cache_ttl: Duration::from_millis(1),
-            ..AwsOptions::default()
-        };
+        let options = AwsOptions::emulator(self.moto.endpoint());
         let now = self.now;
         Arc::new(Context {
             client: self.client.clone(),

@@ -6,12 +6,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aws_sdk_ec2::config::Credentials;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use kube::{Client, client::Body};
 use opsy_aws::{AwsOptions, ClientSet};
-use opsy_testkit::{ACCESS_KEY_ID, ACCOUNT_ID, Fixture, Moto, SECRET_ACCESS_KEY};
+use opsy_testkit::{ACCOUNT_ID, Fixture, Moto};
 use packer_builder_operator::controller;
 use serde_json::{Value, json};
 
@@ -48,18 +47,7 @@ async fn a_watched_packer_builder_is_reconciled_into_a_job_and_a_status_patch() 
 
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let aws = ClientSet::new(AwsOptions {
-        endpoint_url: Some(moto.endpoint().to_owned()),
-        credentials: Some(Credentials::new(
-            ACCESS_KEY_ID,
-            SECRET_ACCESS_KEY,
-            None,
-            None,
-            "test",
-        )),
-        max_attempts: 1,
-        ..AwsOptions::default()
-    });
+    let aws = ClientSet::new(AwsOptions::emulator(moto.endpoint()));
     let ctx = controller::context(client, aws, Arc::new(jiff::Timestamp::now));
     let running = tokio::spawn(controller::run(ctx, 2));
 

@@ -2,28 +2,17 @@
 
 #![allow(dead_code)] // each test binary uses a part of this module
 
-use std::time::Duration;
-
-use aws_sdk_ec2::config::Credentials;
 use opsy_aws::{AwsClients, AwsOptions, CallCounter};
-use opsy_testkit::{ACCESS_KEY_ID, Moto, SECRET_ACCESS_KEY};
+use opsy_testkit::Moto;
 
 pub const REGION: &str = "us-west-2";
 
-/// Options for `moto`: static credentials, retries off.
+/// Options for `moto`: static credentials, retries off, a cache as long as the test's own
+/// calls need (30s, so repeated identical lookups are shared as in production).
 pub fn options(moto: &Moto) -> AwsOptions {
     AwsOptions {
-        endpoint_url: Some(moto.endpoint().to_owned()),
-        credentials: Some(Credentials::new(
-            ACCESS_KEY_ID,
-            SECRET_ACCESS_KEY,
-            None,
-            None,
-            "test",
-        )),
-        max_attempts: 1,
-        initial_backoff: Duration::from_millis(10),
-        ..AwsOptions::default()
+        image_cache_ttl: std::time::Duration::from_secs(30),
+        ..AwsOptions::emulator(moto.endpoint())
     }
 }
 
