@@ -115,8 +115,53 @@ fn identity(pb: &PackerBuilder) -> BuildIdentity {
     }
 }
 
-/// Reconciles one PackerBuilder.
+/// Reconciles one PackerBuilder. A failure is also reported on the object — a `Degraded`
+/// condition and a Warning event naming the cause — before it is returned for the retry.
 pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = Box::pin(reconcile_inner(pb.clone(), ctx.clone())).await;
+    if let Err(error) = &result {
+        report_error(&pb, &ctx, error).await;
+    }
+    result
+}
+
+/// Best effort: the error is returned either way.
+async fn report_error(pb: &PackerBuilder, ctx: &Context, error: &Error) {
+    let Some(namespace) = pb.namespace() else {
+        return;
+    };
+    let reason = match error.category() {
+        "access_denied" => "AwsAccessDenied",
+        "throttled" => "AwsThrottled",
+        "kubernetes" => "KubernetesApiError",
+        _ => "ReconcileError",
+    };
+    let message = error.to_string();
+    let mut status = pb.status.clone().unwrap_or_default();
+    let was = conditions::find(&status.conditions, conditions::DEGRADED)
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    if was
+        .as_ref()
+        .is_some_and(|(r, m)| r == reason && *m == message)
+    {
+        return;
+    }
+    set(
+        &mut status,
+        conditions::DEGRADED,
+        true,
+        reason,
+        &message,
+        (ctx.clock)(),
+        pb.meta().generation,
+    );
+    event(ctx, pb, EventType::Warning, reason, &message).await;
+    if let Err(e) = write_status(ctx, pb, &namespace, &status).await {
+        tracing::warn!(error = %e, "could not report the error in status");
+    }
+}
+
+async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = pb.namespace().ok_or(Error::MissingNamespace)?;
     let now = (ctx.clock)();
     let aws = ctx.aws.region(&pb.spec.region).await;
@@ -464,6 +509,26 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
             )
             .await;
         }
+    }
+    // An error reported by an earlier reconcile is over once one succeeds.
+    let error_reasons = [
+        "AwsAccessDenied",
+        "AwsThrottled",
+        "KubernetesApiError",
+        "ReconcileError",
+    ];
+    if conditions::find(&status.conditions, conditions::DEGRADED)
+        .is_some_and(|c| c.status == conditions::TRUE && error_reasons.contains(&c.reason.as_str()))
+    {
+        set(
+            &mut status,
+            conditions::DEGRADED,
+            false,
+            "Recovered",
+            "the last reconcile succeeded",
+            now,
+            generation,
+        );
     }
     status.observed_generation = generation;
     write_status(&ctx, &pb, &namespace, &status).await?;

@@ -752,3 +752,37 @@ async fn a_crash_between_tagging_and_the_status_write_leaves_one_active_ami() {
         [built.as_str()]
     );
 }
+
+#[tokio::test]
+async fn aws_errors_are_reported_on_the_object() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world
+        .moto
+        .inject_error("DescribeImages", "UnauthorizedOperation", 403, 1)
+        .unwrap();
+    let err = Box::pin(reconcile(Arc::new(world.pb().await), world.context()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "access_denied");
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "AwsAccessDenied");
+    assert!(
+        degraded.message.contains("ec2 DescribeImages was denied"),
+        "{}",
+        degraded.message
+    );
+    assert!(degraded.message.contains("IAM policy"));
+    assert!(world.events().await.contains(&"AwsAccessDenied".to_owned()));
+    assert!(world.job_names().await.is_empty());
+    // Once IAM is fixed, the next reconcile builds and clears the condition.
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1);
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("False", "Recovered")
+    );
+}
