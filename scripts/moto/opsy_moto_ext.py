@@ -8,12 +8,15 @@ Each follows the AWS API reference:
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
 - EKS UpdateNodegroupVersion, DescribeUpdate, ListUpdates; UpdateNodegroupConfig updates are
   recorded too; ListNodegroups of a missing cluster is ResourceNotFoundException (not a 500). An update is InProgress for a few DescribeUpdate polls, then Successful (the
-  node group then uses the new launch template version) or Failed.
+  node group then uses the new launch template version) or Failed. DescribeNodegroup of the
+  group counts as a poll too.
 - Auto Scaling StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, which
   progress the same way.
 
-Test controls (tags, so tests set them with ordinary API calls):
-- node group tag or ASG tag ``opsy.test/outcome``: ``Failed`` makes updates of that group fail.
+Test controls:
+- node group tag or ASG tag ``opsy.test/outcome``: ``Failed`` makes updates of that group fail;
+  so does ``POST /opsy-ext/fail`` with ``{"group": "<name>", "fail": true}`` (``false`` clears it),
+  for updates started afterwards.
 - node group tag or ASG tag ``opsy.test/polls``: polls before an update finishes (default 2).
 
 Two HTTP endpoints beside moto's own ``/moto-api``:
@@ -35,6 +38,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 OUTCOME_TAG = "opsy.test/outcome"
+# Node groups and Auto Scaling groups whose updates fail, set over HTTP (POST /opsy-ext/fail).
+FAILING: set[str] = set()
 POLLS_TAG = "opsy.test/polls"
 DEFAULT_POLLS = 2
 
@@ -197,7 +202,7 @@ def _patch_eks() -> None:
             "cluster": cluster,
             "nodegroup": group.nodegroup_name,
             "polls_left": _polls(group.tags),
-            "fail": (group.tags or {}).get(OUTCOME_TAG) == "Failed",
+            "fail": (group.tags or {}).get(OUTCOME_TAG) == "Failed" or group.nodegroup_name in FAILING,
             "apply": apply,
         }
         if apply is not None:
@@ -273,6 +278,30 @@ def _patch_eks() -> None:
         }
         return ActionResult({"update": update})
 
+    def advance(backend: Any, entry: dict[str, Any]) -> None:
+        """One poll of an update: InProgress for `polls_left` polls, then its outcome."""
+        update = entry["update"]
+        if update["status"] != "InProgress":
+            return
+        if entry["polls_left"] > 0:
+            entry["polls_left"] -= 1
+            return
+        group = nodegroup(backend, entry["cluster"], entry["nodegroup"])
+        if entry["fail"]:
+            update["status"] = "Failed"
+            update["errors"] = [
+                {
+                    "errorCode": "NodeCreationFailure",
+                    "errorMessage": "Instances failed to join the kubernetes cluster",
+                    "resourceIds": [entry["nodegroup"]],
+                }
+            ]
+        else:
+            update["status"] = "Successful"
+            if entry["apply"] is not None:
+                entry["apply"]()
+        group.status = "ACTIVE"
+
     def describe_update(self):  # type: ignore[no-untyped-def]
         cluster_name = self._get_param("name")
         update_id = self._get_param("updateId")
@@ -286,27 +315,19 @@ def _patch_eks() -> None:
                 nodegroupName=group_name,
                 message=f"No update found for ID: {update_id}.",
             )
-        update = entry["update"]
-        if update["status"] == "InProgress":
-            if entry["polls_left"] > 0:
-                entry["polls_left"] -= 1
-            else:
-                group = nodegroup(self.eks_backend, cluster_name, entry["nodegroup"])
-                if entry["fail"]:
-                    update["status"] = "Failed"
-                    update["errors"] = [
-                        {
-                            "errorCode": "NodeCreationFailure",
-                            "errorMessage": "Instances failed to join the kubernetes cluster",
-                            "resourceIds": [entry["nodegroup"]],
-                        }
-                    ]
-                else:
-                    update["status"] = "Successful"
-                    if entry["apply"] is not None:
-                        entry["apply"]()
-                group.status = "ACTIVE"
-        return ActionResult({"update": update})
+        advance(self.eks_backend, entry)
+        return ActionResult({"update": entry["update"]})
+
+    original_describe_nodegroup = EKSResponse.describe_nodegroup
+
+    def describe_nodegroup(self):  # type: ignore[no-untyped-def]
+        # Updates progress whoever watches them: describing the node group counts as a poll.
+        cluster_name = self._get_param("name")
+        group_name = self._get_param("nodegroupName")
+        for entry in list(updates(self.eks_backend).values()):
+            if entry["cluster"] == cluster_name and entry["nodegroup"] == group_name:
+                advance(self.eks_backend, entry)
+        return original_describe_nodegroup(self)
 
     def list_updates(self):  # type: ignore[no-untyped-def]
         cluster_name = self._get_param("name")
@@ -335,6 +356,7 @@ def _patch_eks() -> None:
         return original_list_nodegroups(self)
 
     EKSResponse.list_nodegroups = list_nodegroups
+    EKSResponse.describe_nodegroup = describe_nodegroup
     EKSResponse.update_nodegroup_version = update_nodegroup_version
     EKSResponse.update_nodegroup_config = update_nodegroup_config
     EKSResponse.describe_update = describe_update
@@ -385,7 +407,7 @@ def _patch_autoscaling() -> None:
             "DesiredConfiguration": self._get_param("DesiredConfiguration", {}),
             "_polls_left": _polls(tags),
             "_polls_total": max(1, _polls(tags)),
-            "_fail": tags.get(OUTCOME_TAG) == "Failed",
+            "_fail": tags.get(OUTCOME_TAG) == "Failed" or name in FAILING,
         }
         entries.insert(0, entry)
         return ActionResult({"InstanceRefreshId": entry["InstanceRefreshId"]})
@@ -485,6 +507,15 @@ class Middleware:
                 if method == "DELETE":
                     self.counts.clear()
                 return self._json(start_response, "200 OK", dict(self.counts))
+        if path == "/opsy-ext/fail":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            with self.lock:
+                if body.get("fail", True):
+                    FAILING.add(body["group"])
+                else:
+                    FAILING.discard(body["group"])
+            return self._json(start_response, "200 OK", {"failing": sorted(FAILING)})
         if path == "/opsy-ext/inject-error":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             rule = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -497,6 +528,7 @@ class Middleware:
             if path == "/moto-api/reset":
                 with self.lock:
                     self.rules.clear()
+                    FAILING.clear()
             return self.app(environ, start_response)
 
         action = self._action(environ)

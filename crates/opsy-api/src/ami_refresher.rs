@@ -314,7 +314,7 @@ pub enum NodeGroupPhase {
     /// Update started and being followed.
     Updating,
     /// Update finished successfully.
-    Updated,
+    Succeeded,
     /// Update failed; see `message`.
     Failed,
 }

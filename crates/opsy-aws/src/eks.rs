@@ -18,6 +18,8 @@ pub struct NodeGroup {
     pub ami_type: Option<String>,
     /// Its launch template, if it was created with one.
     pub launch_template: Option<NodeGroupTemplate>,
+    /// Its `updateConfig`.
+    pub max_unavailable: Option<MaxUnavailable>,
 }
 
 /// The launch template a node group uses.
@@ -132,6 +134,13 @@ impl AwsClients {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             ami_type: group.ami_type.map(|t| t.as_str().to_owned()),
+            max_unavailable: group.update_config.and_then(|c| {
+                match (c.max_unavailable, c.max_unavailable_percentage) {
+                    (Some(n), _) => Some(MaxUnavailable::Count(n)),
+                    (None, Some(p)) => Some(MaxUnavailable::Percentage(p)),
+                    (None, None) => None,
+                }
+            }),
             launch_template: group.launch_template.map(|t| NodeGroupTemplate {
                 id: t.id,
                 name: t.name,

@@ -199,6 +199,21 @@ impl Moto {
             })
     }
 
+    /// Makes updates of node group or Auto Scaling group `group` started from now on fail
+    /// (`fail = false` lets them succeed again).
+    pub fn set_failing(&self, group: &str, fail: bool) -> Result<(), MotoError> {
+        const PATH: &str = "/opsy-ext/fail";
+        let body = serde_json::json!({"group": group, "fail": fail});
+        ureq::post(format!("{}{PATH}", self.endpoint))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
+    }
+
     /// Requests the server answered so far, by action (`DescribeImages`) or `"METHOD /path"`,
     /// counted at the HTTP level.
     pub fn requests(&self) -> Result<BTreeMap<String, u64>, MotoError> {

@@ -1,0 +1,63 @@
+//! Controller wiring: watch AMIRefreshers, reconcile with bounded concurrency, requeue on
+//! errors by kind.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::{Action, Config},
+        events::{Recorder, Reporter},
+        watcher,
+    },
+};
+use opsy_api::AMIRefresher;
+use opsy_aws::ClientSet;
+
+use crate::{
+    Error,
+    reconcile::{Clock, Context, MANAGER, reconcile},
+};
+
+/// How long to wait before retrying after an error.
+pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = %amr.name_any(), category = error.category(), %error, "reconcile failed");
+    match error {
+        Error::Aws(e) if !e.is_transient() => Action::requeue(Duration::from_secs(300)),
+        Error::MissingNamespace => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(30)),
+    }
+}
+
+/// The shared context of a controller.
+pub fn context(client: Client, aws: ClientSet, clock: Clock) -> Arc<Context> {
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        aws,
+        clock,
+        poll_interval: Duration::from_secs(30),
+    })
+}
+
+/// Runs the controller until a shutdown signal.
+pub async fn run(ctx: Arc<Context>, concurrency: u16) {
+    let refreshers: Api<AMIRefresher> = Api::all(ctx.client.clone());
+    Controller::new(refreshers, watcher::Config::default().any_semantic())
+        .with_config(Config::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

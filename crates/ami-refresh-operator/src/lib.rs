@@ -1,0 +1,34 @@
+//! The AMIRefresher controller: rolls the newest active, unexpired AMI out to an EKS cluster's
+//! node groups in waves — managed groups through a new launch template version and
+//! `UpdateNodegroupVersion`, self-managed Auto Scaling groups through an instance refresh.
+//!
+//! The reconcile ([`reconcile`]) is a thin driver over a pure [`plan`].
+
+pub mod controller;
+pub mod plan;
+pub mod reconcile;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] opsy_aws::AwsError),
+    /// The object has no namespace (AMIRefreshers are namespaced).
+    #[error("the AMIRefresher has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// A short static label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Aws(e) => e.category(),
+            Error::MissingNamespace => "invalid_object",
+        }
+    }
+}

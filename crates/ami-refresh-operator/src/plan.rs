@@ -1,0 +1,306 @@
+//! Which node groups are updated now: a pure function of the target AMI, what each group runs,
+//! and where the rollout stood.
+
+use opsy_api::{
+    AMIRefresherSpec,
+    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus},
+};
+
+/// What a group runs, as far as this operator can manage it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupImage {
+    /// The group's AMI cannot be set by this operator; why, for status.
+    NotManageable {
+        /// Why.
+        reason: String,
+    },
+    /// The group runs `image_id` from `version` of launch template `template_id`.
+    Runs {
+        /// Its AMI.
+        image_id: String,
+        /// `lt-…`
+        template_id: String,
+        /// The template version in use.
+        version: i64,
+    },
+}
+
+/// One group of the cluster, observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// Managed node group or self-managed Auto Scaling group.
+    pub kind: NodeGroupKind,
+    /// What it runs.
+    pub image: GroupImage,
+}
+
+/// The rollout's next step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// One entry per group, sorted by name.
+    pub groups: Vec<NodeGroupStatus>,
+    /// Groups whose update starts now.
+    pub start: Vec<String>,
+    /// A failed group stopped the rollout (`rollout.haltOnFailure`).
+    pub halted: bool,
+    /// Names in `exclude` or `rollout.canary` that match no group.
+    pub unknown: Vec<String>,
+}
+
+fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
+    let (template, version, image) = match &group.image {
+        GroupImage::Runs {
+            image_id,
+            template_id,
+            version,
+        } => (
+            Some(template_id.clone()),
+            Some(version.to_string()),
+            Some(image_id.clone()),
+        ),
+        GroupImage::NotManageable { .. } => (None, None, None),
+    };
+    NodeGroupStatus {
+        name: group.name.clone(),
+        kind: group.kind,
+        phase,
+        launch_template_id: template,
+        from_version: version,
+        to_version: None,
+        from_image: image,
+        to_image: None,
+        update_id: None,
+        message: None,
+        started: None,
+        finished: None,
+    }
+}
+
+/// Plans the rollout of `target`. `previous` is the last status, with the groups that were
+/// updating already polled; `spec_changed` is true when the spec changed since (failed groups
+/// are then tried again).
+pub fn plan(
+    spec: &AMIRefresherSpec,
+    target: &str,
+    groups: &[Group],
+    previous: &[NodeGroupStatus],
+    spec_changed: bool,
+) -> Plan {
+    let mut sorted: Vec<&Group> = groups.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::new();
+    for group in sorted {
+        let prev = previous.iter().find(|p| p.name == group.name);
+        let same_target = prev.is_some_and(|p| p.to_image.as_deref() == Some(target));
+        let status = if spec.exclude.contains(&group.name) {
+            NodeGroupStatus {
+                message: Some("listed in spec.exclude".into()),
+                ..entry(group, NodeGroupPhase::Excluded)
+            }
+        } else {
+            match &group.image {
+                GroupImage::NotManageable { reason } => NodeGroupStatus {
+                    message: Some(reason.clone()),
+                    ..entry(group, NodeGroupPhase::Skipped)
+                },
+                GroupImage::Runs { .. } => match prev {
+                    Some(p) if same_target && p.phase == NodeGroupPhase::Updating => p.clone(),
+                    Some(p)
+                        if same_target && p.phase == NodeGroupPhase::Failed && !spec_changed =>
+                    {
+                        p.clone()
+                    }
+                    Some(p)
+                        if same_target
+                            && p.phase == NodeGroupPhase::Succeeded
+                            && runs(group, target) =>
+                    {
+                        p.clone()
+                    }
+                    _ if runs(group, target) => NodeGroupStatus {
+                        message: Some(format!("runs {target}")),
+                        ..entry(group, NodeGroupPhase::UpToDate)
+                    },
+                    _ => NodeGroupStatus {
+                        to_image: Some(target.to_owned()),
+                        message: Some(format!("waiting to move to {target}")),
+                        ..entry(group, NodeGroupPhase::Pending)
+                    },
+                },
+            }
+        };
+        out.push(status);
+    }
+
+    let known: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let mut unknown: Vec<String> = spec
+        .exclude
+        .iter()
+        .chain(&spec.rollout.canary)
+        .filter(|n| !known.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+
+    let halted =
+        spec.rollout.halt_on_failure && out.iter().any(|g| g.phase == NodeGroupPhase::Failed);
+    let mut start = Vec::new();
+    if !halted && !spec.suspend {
+        let wait = spec
+            .refresh_config
+            .as_ref()
+            .is_none_or(|c| c.wait_for_completion);
+        let in_flight = if wait {
+            out.iter()
+                .filter(|g| g.phase == NodeGroupPhase::Updating)
+                .count()
+        } else {
+            0
+        };
+        let slots = usize::try_from(spec.rollout.max_in_flight)
+            .unwrap_or(1)
+            .saturating_sub(in_flight);
+        let is_canary = |g: &NodeGroupStatus| spec.rollout.canary.contains(&g.name);
+        let pending = |g: &&NodeGroupStatus| g.phase == NodeGroupPhase::Pending;
+        let canary_pending: Vec<&NodeGroupStatus> = out
+            .iter()
+            .filter(pending)
+            .filter(|g| is_canary(g))
+            .collect();
+        let canary_busy = out.iter().any(|g| {
+            is_canary(g) && matches!(g.phase, NodeGroupPhase::Updating | NodeGroupPhase::Failed)
+        });
+        let wave: Vec<&NodeGroupStatus> = if !canary_pending.is_empty() {
+            canary_pending
+        } else if canary_busy {
+            Vec::new()
+        } else {
+            out.iter().filter(pending).collect()
+        };
+        start = wave.iter().take(slots).map(|g| g.name.clone()).collect();
+    }
+    Plan {
+        groups: out,
+        start,
+        halted,
+        unknown,
+    }
+}
+
+fn runs(group: &Group, target: &str) -> bool {
+    matches!(&group.image, GroupImage::Runs { image_id, .. } if image_id == target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: serde_json::Value) -> AMIRefresherSpec {
+        let mut base = serde_json::json!({"region": "us-west-2", "clusterName": "c", "ami": "ami-0aaaaaaaaaaaaaaaa"});
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn group(name: &str, image: &str) -> Group {
+        Group {
+            name: name.into(),
+            kind: NodeGroupKind::Managed,
+            image: GroupImage::Runs {
+                image_id: image.into(),
+                template_id: format!("lt-{name}"),
+                version: 1,
+            },
+        }
+    }
+
+    const T: &str = "ami-target";
+
+    fn phases(plan: &Plan) -> Vec<(String, NodeGroupPhase)> {
+        plan.groups
+            .iter()
+            .map(|g| (g.name.clone(), g.phase))
+            .collect()
+    }
+
+    #[test]
+    fn classifies_groups_and_starts_one_wave() {
+        let groups = vec![
+            group("d", "ami-old"),
+            group("a", "ami-old"),
+            group("b", T),
+            group("c", "ami-old"),
+            Group {
+                name: "e".into(),
+                kind: NodeGroupKind::Managed,
+                image: GroupImage::NotManageable {
+                    reason: "no launch template".into(),
+                },
+            },
+        ];
+        let s = spec(
+            serde_json::json!({"exclude": ["c", "ghost"], "rollout": {"maxInFlight": 1, "canary": ["d"]}}),
+        );
+        let p = plan(&s, T, &groups, &[], false);
+        assert_eq!(
+            phases(&p),
+            [
+                ("a".into(), NodeGroupPhase::Pending),
+                ("b".into(), NodeGroupPhase::UpToDate),
+                ("c".into(), NodeGroupPhase::Excluded),
+                ("d".into(), NodeGroupPhase::Pending),
+                ("e".into(), NodeGroupPhase::Skipped),
+            ]
+        );
+        assert_eq!(p.start, ["d"], "the canary goes first, alone");
+        assert_eq!(p.unknown, ["ghost"]);
+
+        // While the canary updates, nothing else starts; after it, the rest in waves.
+        let mut previous = p.groups.clone();
+        previous[3].phase = NodeGroupPhase::Updating;
+        assert!(plan(&s, T, &groups, &previous, false).start.is_empty());
+        previous[3].phase = NodeGroupPhase::Succeeded;
+        let mut done = groups.clone();
+        done[0] = group("d", T);
+        assert_eq!(plan(&s, T, &done, &previous, false).start, ["a"]);
+    }
+
+    #[test]
+    fn failures_halt_until_the_spec_changes() {
+        let groups = vec![
+            group("a", "ami-old"),
+            group("b", "ami-old"),
+            group("c", "ami-old"),
+        ];
+        let s = spec(serde_json::json!({"rollout": {"maxInFlight": 2}}));
+        let p = plan(&s, T, &groups, &[], false);
+        assert_eq!(p.start, ["a", "b"]);
+        let mut previous = p.groups.clone();
+        previous[0].phase = NodeGroupPhase::Failed;
+        previous[1].phase = NodeGroupPhase::Updating;
+        let p = plan(&s, T, &groups, &previous, false);
+        assert!(p.halted && p.start.is_empty());
+        let p = plan(&s, T, &groups, &previous, true);
+        assert!(!p.halted);
+        assert_eq!(p.start, ["a"], "one slot left beside b, still updating");
+
+        let keep_going =
+            spec(serde_json::json!({"rollout": {"maxInFlight": 2, "haltOnFailure": false}}));
+        assert_eq!(plan(&keep_going, T, &groups, &previous, false).start, ["c"]);
+        let suspended = spec(serde_json::json!({"suspend": true}));
+        assert!(plan(&suspended, T, &groups, &[], false).start.is_empty());
+    }
+
+    #[test]
+    fn without_wait_for_completion_started_groups_do_not_hold_a_slot() {
+        let groups = vec![group("a", "ami-old"), group("b", "ami-old")];
+        let s = spec(serde_json::json!({"refreshConfig": {"waitForCompletion": false}}));
+        let mut previous = plan(&s, T, &groups, &[], false).groups;
+        previous[0].phase = NodeGroupPhase::Updating;
+        assert_eq!(plan(&s, T, &groups, &previous, false).start, ["b"]);
+    }
+}

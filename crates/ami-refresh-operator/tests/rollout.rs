@@ -1,0 +1,584 @@
+//! The AMIRefresher reconciler against an in-memory Kubernetes API and the AWS emulator with
+//! the project's extension (EKS updates and instance refreshes progress over polls). Every
+//! reconcile gets a fresh context, as after a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use ami_refresh_operator::reconcile::{Context, reconcile};
+use jiff::Timestamp;
+use k8s_openapi::api::events::v1::Event;
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+    runtime::events::{Recorder, Reporter},
+};
+use kube_fake_client::ClientBuilder;
+use opsy_api::{
+    AMIRefresher, AMIRefresherStatus,
+    ami_refresher::{NodeGroupKind, NodeGroupPhase},
+};
+use opsy_aws::{AwsOptions, ClientSet};
+use opsy_testkit::{Fixture, Moto, NodeGroupSpec, seed::ids};
+
+const NS: &str = "opsy";
+const REGION: &str = "us-west-2";
+const CLUSTER: &str = "prod-east";
+
+struct World {
+    moto: Moto,
+    fixture: Fixture,
+    client: Client,
+}
+
+fn manifest(spec: serde_json::Value) -> AMIRefresher {
+    let mut full = serde_json::json!({"region": REGION, "clusterName": CLUSTER});
+    if let (Some(f), Some(s)) = (full.as_object_mut(), spec.as_object()) {
+        f.extend(s.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ami.refresh.ops/v1alpha1",
+        "kind": "AMIRefresher",
+        "metadata": {"name": "prod-rollout", "namespace": NS, "uid": "7d1e0c9a-3333-4f00-a1b2-c3d4e5f60718", "generation": 1},
+        "spec": full,
+    }))
+    .unwrap()
+}
+
+impl World {
+    async fn new() -> Self {
+        let moto = Moto::start().unwrap();
+        let fixture = Fixture::new(&moto, REGION).await;
+        fixture.create_cluster(CLUSTER).await.unwrap();
+        let client = ClientBuilder::new()
+            .with_resource::<AMIRefresher>()
+            .build()
+            .await
+            .unwrap();
+        Self {
+            moto,
+            fixture,
+            client,
+        }
+    }
+
+    async fn apply(&self, amr: AMIRefresher) {
+        let api = self.api();
+        match api.get_opt("prod-rollout").await.unwrap() {
+            None => drop(api.create(&PostParams::default(), &amr).await.unwrap()),
+            Some(existing) => {
+                let mut next = amr;
+                next.metadata.resource_version = existing.metadata.resource_version.clone();
+                next.status = existing.status;
+                api.replace("prod-rollout", &PostParams::default(), &next)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    fn api(&self) -> Api<AMIRefresher> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn context(&self) -> Arc<Context> {
+        Arc::new(Context {
+            client: self.client.clone(),
+            aws: ClientSet::new(AwsOptions::emulator(self.moto.endpoint())),
+            recorder: Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: "ami-refresh-operator".into(),
+                    instance: None,
+                },
+            ),
+            clock: Arc::new(Timestamp::now),
+            poll_interval: Duration::from_secs(30),
+        })
+    }
+
+    async fn reconcile(&self) -> Result<(), ami_refresh_operator::Error> {
+        let amr = self.api().get("prod-rollout").await.unwrap();
+        Box::pin(reconcile(Arc::new(amr), self.context()))
+            .await
+            .map(drop)
+    }
+
+    async fn status(&self) -> AMIRefresherStatus {
+        self.api()
+            .get("prod-rollout")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+    }
+
+    async fn phases(&self) -> BTreeMap<String, NodeGroupPhase> {
+        self.status()
+            .await
+            .node_groups
+            .iter()
+            .map(|g| (g.name.clone(), g.phase))
+            .collect()
+    }
+
+    fn requests(&self, action: &str) -> u64 {
+        let counts = self.moto.requests().unwrap();
+        counts
+            .iter()
+            .filter(|(k, _)| k.as_str() == action || k.ends_with(action))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    async fn events(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// A managed AMI, active, created now.
+    async fn active_ami(&self, name: &str) -> String {
+        let now = Timestamp::now().to_string();
+        self.fixture
+            .register_image(
+                name,
+                &[("status", "active"), ("create-timestamp", now.as_str())],
+            )
+            .await
+            .unwrap()
+    }
+
+    /// The standard cluster: five managed groups and one self-managed group.
+    async fn cluster(&self, target: &str) {
+        for name in ["a", "b", "c"] {
+            self.fixture
+                .create_node_group(
+                    CLUSTER,
+                    &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+                )
+                .await
+                .unwrap();
+        }
+        self.fixture
+            .create_node_group(CLUSTER, &NodeGroupSpec::without_template("d"))
+            .await
+            .unwrap();
+        self.fixture
+            .create_node_group(CLUSTER, &NodeGroupSpec::with_image("e", target))
+            .await
+            .unwrap();
+        self.fixture
+            .create_self_managed_group(CLUSTER, "self-1", ids::AL2023_130_SEP, &[])
+            .await
+            .unwrap();
+    }
+
+    async fn nodegroup_version(&self, name: &str) -> String {
+        self.fixture
+            .eks
+            .describe_nodegroup()
+            .cluster_name(CLUSTER)
+            .nodegroup_name(name)
+            .send()
+            .await
+            .unwrap()
+            .nodegroup
+            .unwrap()
+            .launch_template
+            .unwrap()
+            .version
+            .unwrap()
+    }
+}
+
+use NodeGroupPhase::*;
+
+fn map(entries: &[(&str, NodeGroupPhase)]) -> BTreeMap<String, NodeGroupPhase> {
+    entries.iter().map(|(n, p)| (n.to_string(), *p)).collect()
+}
+
+#[tokio::test]
+async fn groups_roll_in_waves_to_the_target_and_status_tracks_each() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world.cluster(&target).await;
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "exclude": ["c"], "rollout": {"maxInFlight": 2}}),
+        ))
+        .await;
+
+    world.reconcile().await.unwrap();
+    assert_eq!(
+        world.phases().await,
+        map(&[
+            ("a", Updating),
+            ("b", Updating),
+            ("c", Excluded),
+            ("d", Skipped),
+            ("e", UpToDate),
+            ("self-1", Pending)
+        ])
+    );
+    let status = world.status().await;
+    let d = status.node_groups.iter().find(|g| g.name == "d").unwrap();
+    assert!(
+        d.message
+            .as_deref()
+            .unwrap()
+            .starts_with("no launch template"),
+        "{d:?}"
+    );
+    let a = status.node_groups.iter().find(|g| g.name == "a").unwrap();
+    assert_eq!(
+        (a.from_version.as_deref(), a.to_version.as_deref()),
+        (Some("1"), Some("2"))
+    );
+    assert_eq!(a.from_image.as_deref(), Some(ids::AL2023_130_SEP));
+    assert_eq!(a.to_image.as_deref(), Some(target.as_str()));
+    assert!(a.update_id.is_some());
+    assert_eq!(status.target_image.as_ref().unwrap().id, target);
+
+    // Follow the updates; the self-managed group starts only when a slot frees up.
+    for _ in 0..12 {
+        world.reconcile().await.unwrap();
+        if world
+            .phases()
+            .await
+            .values()
+            .all(|p| !matches!(p, Updating | Pending))
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        world.phases().await,
+        map(&[
+            ("a", Succeeded),
+            ("b", Succeeded),
+            ("c", Excluded),
+            ("d", Skipped),
+            ("e", UpToDate),
+            ("self-1", Succeeded)
+        ])
+    );
+    let self_managed = world
+        .status()
+        .await
+        .node_groups
+        .into_iter()
+        .find(|g| g.name == "self-1")
+        .unwrap();
+    assert_eq!(self_managed.kind, NodeGroupKind::SelfManaged);
+
+    // Exactly one new template version and one update per updated group.
+    assert_eq!(world.requests("CreateLaunchTemplateVersion"), 3);
+    assert_eq!(world.requests("/update-version"), 2);
+    assert_eq!(world.requests("StartInstanceRefresh"), 1);
+    assert_eq!(world.nodegroup_version("a").await, "2");
+    assert_eq!(world.nodegroup_version("c").await, "1", "excluded");
+
+    let status = world.status().await;
+    assert_eq!(status.progress.as_deref(), Some("4/4 on target"));
+    let ready = opsy_api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+    let events = world.events().await;
+    for reason in [
+        "RolloutStarted",
+        "NodeGroupUpdateStarted",
+        "NodeGroupUpdated",
+        "RolloutSucceeded",
+    ] {
+        assert!(
+            events.contains(&reason.to_owned()),
+            "{reason} in {events:?}"
+        );
+    }
+
+    // Steady state: nothing more happens.
+    world.reconcile().await.unwrap();
+    assert_eq!(world.requests("CreateLaunchTemplateVersion"), 3);
+    assert_eq!(world.requests("/update-version"), 2);
+}
+
+#[tokio::test]
+async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world.cluster(&target).await;
+    world.moto.set_failing("b", true).unwrap();
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "exclude": ["c"], "rollout": {"maxInFlight": 2}}),
+        ))
+        .await;
+    for _ in 0..8 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        world.phases().await,
+        map(&[
+            ("a", Succeeded),
+            ("b", Failed),
+            ("c", Excluded),
+            ("d", Skipped),
+            ("e", UpToDate),
+            ("self-1", Pending)
+        ]),
+        "the next wave does not start"
+    );
+    assert_eq!(world.requests("StartInstanceRefresh"), 0);
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "RolloutHalted")
+    );
+    assert!(
+        degraded.message.contains("NodeCreationFailure"),
+        "{}",
+        degraded.message
+    );
+    assert!(world.events().await.contains(&"RolloutHalted".to_owned()));
+
+    // Fix the cause, change the spec: the rollout resumes without another template version.
+    world.moto.set_failing("b", false).unwrap();
+    let mut changed = manifest(
+        serde_json::json!({"ami": target, "exclude": ["c"], "rollout": {"maxInFlight": 1}}),
+    );
+    changed.metadata.generation = Some(2);
+    world.apply(changed).await;
+    for _ in 0..12 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        world.phases().await,
+        map(&[
+            ("a", Succeeded),
+            ("b", Succeeded),
+            ("c", Excluded),
+            ("d", Skipped),
+            ("e", UpToDate),
+            ("self-1", Succeeded)
+        ])
+    );
+    assert_eq!(
+        world.requests("CreateLaunchTemplateVersion"),
+        3,
+        "b's version from the first attempt was reused"
+    );
+    let status = world.status().await;
+    assert_eq!(
+        opsy_api::conditions::find(&status.conditions, "Degraded")
+            .unwrap()
+            .status,
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_mid_rollout_adds_no_version_and_no_second_update() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("a", ids::AL2023_130_SEP),
+        )
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({"ami": target})))
+        .await;
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await, map(&[("a", Updating)]));
+    // The status write of that reconcile is lost, as if the operator died right after it.
+    let mut amr = world.api().get("prod-rollout").await.unwrap();
+    amr.status = None;
+    world
+        .api()
+        .replace_status("prod-rollout", &PostParams::default(), &amr)
+        .await
+        .unwrap();
+
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await, map(&[("a", Updating)]));
+    assert_eq!(
+        world.requests("CreateLaunchTemplateVersion"),
+        1,
+        "the operator's version was reused"
+    );
+    let updates = world
+        .fixture
+        .eks
+        .list_updates()
+        .name(CLUSTER)
+        .nodegroup_name("a")
+        .send()
+        .await
+        .unwrap()
+        .update_ids
+        .unwrap_or_default();
+    assert_eq!(
+        updates.len(),
+        1,
+        "the second UpdateNodegroupVersion was refused: {updates:?}"
+    );
+    for _ in 0..6 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    assert_eq!(world.nodegroup_version("a").await, "2");
+}
+
+#[tokio::test]
+async fn a_newer_eligible_ami_rolls_out_and_an_expired_one_never_does() {
+    let world = World::new().await;
+    world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("a", ids::AL2023_130_SEP),
+        )
+        .await
+        .unwrap();
+    let filters = serde_json::json!([
+        {"name": "name", "values": ["amazon-eks-node-al2023-x86_64-standard-1.30*"]},
+        {"name": "owner-id", "values": ["602401143452"]},
+    ]);
+    let managed = |name: &str, created: &str| {
+        let fixture = world.fixture.clone();
+        let (name, created) = (name.to_owned(), created.to_owned());
+        async move {
+            fixture
+                .register_image(
+                    &name,
+                    &[
+                        ("brought-to-you-by", "opsy-the-ami-operator"),
+                        ("status", "active"),
+                        ("base-ami", ids::AL2023_130_OCT),
+                        ("create-timestamp", created.as_str()),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Expired: built 60 days ago with a 30 day life.
+    let old = (Timestamp::now() - jiff::SignedDuration::from_hours(24 * 60)).to_string();
+    let expired = managed("hardened-expired", &old).await;
+    world
+        .apply(manifest(
+            serde_json::json!({"amiFilters": filters, "expiresIn": "30d"}),
+        ))
+        .await;
+    world.reconcile().await.unwrap();
+    let status = world.status().await;
+    assert!(status.node_groups.is_empty());
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "NoEligibleAmi");
+    assert!(
+        degraded
+            .message
+            .contains(&format!("{expired} (hardened-expired): expired at")),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(world.requests("/update-version"), 0);
+
+    let first = managed("hardened-1", &Timestamp::now().to_string()).await;
+    for _ in 0..5 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    assert_eq!(world.status().await.target_image.unwrap().id, first);
+
+    let second = managed(
+        "hardened-2",
+        &(Timestamp::now() + jiff::SignedDuration::from_secs(60)).to_string(),
+    )
+    .await;
+    world.reconcile().await.unwrap();
+    let status = world.status().await;
+    assert_eq!(status.target_image.unwrap().id, second);
+    assert_eq!(world.phases().await, map(&[("a", Updating)]));
+    for _ in 0..5 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    assert_eq!(world.nodegroup_version("a").await, "3");
+    assert_eq!(world.requests("/update-version"), 2);
+}
+
+#[tokio::test]
+async fn bad_input_is_reported_clearly() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_node_group(CLUSTER, &NodeGroupSpec::with_image("a", target.as_str()))
+        .await
+        .unwrap();
+    // Unknown names in exclude: a warning in status, the rollout goes on.
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "exclude": ["ingress-dev"]}),
+        ))
+        .await;
+    world.reconcile().await.unwrap();
+    let status = world.status().await;
+    assert_eq!(status.unknown_groups, ["ingress-dev"]);
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"UnknownNodeGroups".to_owned())
+    );
+    assert_eq!(
+        opsy_api::conditions::find(&status.conditions, "Ready")
+            .unwrap()
+            .status,
+        "True"
+    );
+
+    // An explicit AMI that does not exist.
+    let mut missing = manifest(serde_json::json!({"ami": "ami-0123456789abcdef0"}));
+    missing.metadata.generation = Some(2);
+    world.apply(missing).await;
+    world.reconcile().await.unwrap();
+    let degraded = opsy_api::conditions::find(&world.status().await.conditions, "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        degraded.message,
+        "spec.ami ami-0123456789abcdef0 is not eligible: no image matched"
+    );
+
+    // A cluster that does not exist.
+    let mut elsewhere =
+        manifest(serde_json::json!({"ami": target, "clusterName": "no-such-cluster"}));
+    elsewhere.metadata.generation = Some(3);
+    world.apply(elsewhere).await;
+    let err = world.reconcile().await.unwrap_err();
+    assert_eq!(err.category(), "not_found");
+    let degraded = opsy_api::conditions::find(&world.status().await.conditions, "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded.reason, "ClusterNotFound");
+    assert!(
+        degraded
+            .message
+            .contains("No cluster found for name: no-such-cluster"),
+        "{}",
+        degraded.message
+    );
+}
