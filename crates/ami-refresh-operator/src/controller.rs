@@ -43,6 +43,7 @@ pub fn context(client: Client, aws: ClientSet, clock: Clock) -> Arc<Context> {
         aws,
         clock,
         poll_interval: Duration::from_secs(30),
+        slack_api: opsy_notify::slack::SLACK_API.to_owned(),
     })
 }
 

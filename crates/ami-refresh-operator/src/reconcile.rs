@@ -26,6 +26,8 @@ use opsy_aws::{
     launch_templates::TemplateRef,
 };
 
+use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
+
 use crate::{
     Error,
     plan::{Group, GroupImage, plan},
@@ -52,6 +54,8 @@ pub struct Context {
     pub clock: Clock,
     /// How often updates in flight are checked.
     pub poll_interval: Duration,
+    /// Slack Web API base URL.
+    pub slack_api: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -180,11 +184,15 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
     // 2. Follow updates in flight (before observing, so a group that just finished is seen
     //    on its new version).
     let mut previous = status.node_groups.clone();
+    let mut finished = Vec::new();
     for entry in previous
         .iter_mut()
         .filter(|e| e.phase == NodeGroupPhase::Updating)
     {
         poll(&aws, &amr, &ctx, entry, now).await?;
+        if entry.phase == NodeGroupPhase::Succeeded {
+            finished.push(entry.name.clone());
+        }
     }
 
     // 3. Groups.
@@ -334,6 +342,113 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
             generation,
         );
     }
+    // One notification per reconcile, the most important transition.
+    let notification = if plan.halted {
+        Some((
+            format!(
+                "RolloutHalted:{target_id}:{}",
+                generation.unwrap_or_default()
+            ),
+            NotifyEvent::RolloutHalted,
+        ))
+    } else if ready && !was_ready {
+        Some((
+            format!("RolloutSucceeded:{target_id}"),
+            NotifyEvent::RolloutSucceeded,
+        ))
+    } else if new_target && !plan.start.is_empty() {
+        Some((
+            format!("RolloutStarted:{target_id}"),
+            NotifyEvent::RolloutStarted,
+        ))
+    } else if !finished.is_empty() {
+        Some((
+            format!("NodeGroupUpdated:{target_id}:{}", finished.join(",")),
+            NotifyEvent::NodeGroupUpdated,
+        ))
+    } else {
+        None
+    };
+    if let Some((key, kind)) = notification {
+        let degraded =
+            conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.message.clone());
+        let mut message = Message::new(
+            kind,
+            ResourceRef {
+                kind: "AMIRefresher".into(),
+                namespace: amr.namespace().unwrap_or_default(),
+                name: amr.name_any(),
+            },
+            &spec.cluster_name,
+            &spec.region,
+            status.progress.clone().unwrap_or_default(),
+        )
+        .fact("Target AMI", target_id.clone())
+        .fact(
+            "Node groups",
+            plan.groups
+                .iter()
+                .map(|g| format!("{} {:?}", g.name, g.phase))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+        .at(now);
+        if kind == NotifyEvent::RolloutHalted
+            && let Some(reason) = degraded
+        {
+            message = message.reason(reason);
+        }
+        let setup = opsy_notify::Setup {
+            client: ctx.client.clone(),
+            aws: ctx.aws.clone(),
+            slack_api: ctx.slack_api.clone(),
+        };
+        let namespace = amr.namespace().unwrap_or_default();
+        let errors = setup
+            .send_once(
+                &namespace,
+                &spec.region,
+                spec.notifier.as_ref(),
+                &mut status.last_notified,
+                &key,
+                message,
+            )
+            .await;
+        if errors.is_empty() {
+            if conditions::find(&status.conditions, conditions::NOTIFICATION_FAILED).is_some() {
+                set(
+                    &mut status,
+                    conditions::NOTIFICATION_FAILED,
+                    false,
+                    "Delivered",
+                    "the last notification was delivered",
+                    now,
+                    generation,
+                );
+            }
+        } else {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let message = format!("notification {key} not delivered: {}", text.join("; "));
+            set(
+                &mut status,
+                conditions::NOTIFICATION_FAILED,
+                true,
+                "DeliveryFailed",
+                &message,
+                now,
+                generation,
+            );
+            event(
+                &ctx,
+                &amr,
+                EventType::Warning,
+                "NotificationFailed",
+                &message,
+            )
+            .await;
+        }
+    }
+
     status.node_groups = plan.groups;
     status.observed_generation = generation;
     status.last_checked = Some(Time(now));

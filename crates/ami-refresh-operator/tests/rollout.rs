@@ -30,6 +30,7 @@ struct World {
     moto: Moto,
     fixture: Fixture,
     client: Client,
+    slack_api: String,
 }
 
 fn manifest(spec: serde_json::Value) -> AMIRefresher {
@@ -60,6 +61,7 @@ impl World {
             moto,
             fixture,
             client,
+            slack_api: "http://127.0.0.1:9".into(),
         }
     }
 
@@ -95,6 +97,7 @@ impl World {
             ),
             clock: Arc::new(Timestamp::now),
             poll_interval: Duration::from_secs(30),
+            slack_api: self.slack_api.clone(),
         })
     }
 
@@ -580,5 +583,141 @@ async fn bad_input_is_reported_clearly() {
             .contains("No cluster found for name: no-such-cluster"),
         "{}",
         degraded.message
+    );
+}
+
+#[tokio::test]
+async fn rollouts_are_notified_once_per_transition() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    use kube::api::ObjectMeta;
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true})))
+        .mount(&slack)
+        .await;
+    let mut world = World::new().await;
+    world.slack_api = slack.uri();
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), NS);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("slack-token".into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), ByteString(b"xoxb-test".to_vec()))].into()),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let target = world.active_ami("hardened-1").await;
+    for name in ["a", "b"] {
+        world
+            .fixture
+            .create_node_group(
+                CLUSTER,
+                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+            )
+            .await
+            .unwrap();
+    }
+    world.moto.set_failing("b", true).unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target,
+            "notifier": {"slack": {"channelIDs": ["C1"], "secret": "slack-token"}},
+        })))
+        .await;
+    for _ in 0..10 {
+        world.reconcile().await.unwrap();
+    }
+    let texts: Vec<String> = slack
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let events: Vec<&str> = texts.iter().map(|t| t.split(':').next().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["RolloutStarted", "NodeGroupUpdated", "RolloutHalted"],
+        "{texts:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_group_moved_off_the_target_is_brought_back() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    let template = world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("a", ids::AL2023_130_SEP),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({"ami": target})))
+        .await;
+    for _ in 0..5 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+
+    // Someone rolls the group back to the old version by hand.
+    let update = world
+        .fixture
+        .eks
+        .update_nodegroup_version()
+        .cluster_name(CLUSTER)
+        .nodegroup_name("a")
+        .launch_template(
+            aws_sdk_eks::types::LaunchTemplateSpecification::builder()
+                .id(&template.id)
+                .version("1")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = update.update.unwrap().id.unwrap();
+    for _ in 0..3 {
+        world
+            .fixture
+            .eks
+            .describe_update()
+            .name(CLUSTER)
+            .nodegroup_name("a")
+            .update_id(&id)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(world.nodegroup_version("a").await, "1");
+
+    for _ in 0..5 {
+        world.reconcile().await.unwrap();
+    }
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    assert_eq!(
+        world.nodegroup_version("a").await,
+        "2",
+        "back on the operator's version"
+    );
+    assert_eq!(
+        world.requests("CreateLaunchTemplateVersion"),
+        1,
+        "no new version for the drift"
     );
 }

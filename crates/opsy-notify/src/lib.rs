@@ -10,6 +10,7 @@
 mod error;
 mod http;
 mod message;
+pub mod setup;
 pub mod slack;
 pub mod sns;
 pub mod webhook;
@@ -17,6 +18,7 @@ pub mod webhook;
 pub use error::NotifyError;
 pub use http::HttpSettings;
 pub use message::{Event, Message, Outcome, ResourceRef};
+pub use setup::Setup;
 pub use slack::SlackNotifier;
 pub use sns::SnsNotifier;
 pub use webhook::WebhookNotifier;

@@ -475,7 +475,21 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         }
     }
     if let Some((key, message)) = notification {
-        let errors = notify::send_once(&ctx, &pb, &mut status, &key, message).await;
+        let setup = opsy_notify::Setup {
+            client: ctx.client.clone(),
+            aws: ctx.aws.clone(),
+            slack_api: ctx.slack_api.clone(),
+        };
+        let errors = setup
+            .send_once(
+                &namespace,
+                &pb.spec.region,
+                pb.spec.notifier.as_ref(),
+                &mut status.last_notified,
+                &key,
+                message,
+            )
+            .await;
         if errors.is_empty() {
             if conditions::find(&status.conditions, conditions::NOTIFICATION_FAILED).is_some() {
                 set(
