@@ -24,6 +24,8 @@ Two HTTP endpoints beside moto's own ``/moto-api``:
   "status": 400, "count": 1}``: the next ``count`` requests whose action (query protocols) or
   ``"METHOD /path"`` (REST protocols) starts with ``match`` fail with that error.
 - ``GET /opsy-ext/requests``: requests served so far, by action; ``DELETE`` clears the counts.
+- ``POST /opsy-ext/publish-image`` with ``{"region", "id", "name", "owner_id"}``: an image of
+  another account appears (as when AWS publishes a new EKS-optimised AMI).
 """
 
 from __future__ import annotations
@@ -516,6 +518,33 @@ class Middleware:
                 else:
                     FAILING.discard(body["group"])
             return self._json(start_response, "200 OK", {"failing": sorted(FAILING)})
+        if path == "/opsy-ext/publish-image":
+            # An image published by another account (e.g. a new EKS-optimised AMI), which the
+            # EC2 API itself cannot create.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            from moto.core import DEFAULT_ACCOUNT_ID
+            from moto.core.utils import utcnow
+            from moto.ec2.models import ec2_backends
+            from moto.ec2.models.amis import Ami
+
+            backend = ec2_backends[DEFAULT_ACCOUNT_ID][body["region"]]
+            ami = Ami(
+                backend,
+                body["id"],
+                name=body["name"],
+                description=body.get("description", body["name"]),
+                owner_id=body["owner_id"],
+                public=True,
+                virtualization_type="hvm",
+                architecture=body.get("architecture", "x86_64"),
+                root_device_name="/dev/xvda",
+                root_device_type="ebs",
+                creation_date=utcnow(),
+                region_name=f"{body['region']}a",
+            )
+            backend.amis[ami.id] = ami
+            return self._json(start_response, "200 OK", {"ImageId": ami.id})
         if path == "/opsy-ext/inject-error":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             rule = json.loads(environ["wsgi.input"].read(length) or b"{}")

@@ -29,6 +29,8 @@ enum Task {
     },
     /// Install the pinned AWS emulator (moto) into .venv/.
     Setup,
+    /// Both operators at work on the local sandbox (AWS emulator, in-memory Kubernetes API).
+    Demo,
     /// The whole test suite, as CI runs it: setup, fmt check, clippy -D warnings, tests.
     Ci,
 }
@@ -39,6 +41,18 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Crds { check } => crds::run(&root, check),
         Task::Setup => moto::setup(&root),
+        Task::Demo => {
+            moto::setup(&root)?;
+            eprintln!("building the sandbox (the first build takes several minutes)");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(cargo).current_dir(&root).args([
+                "run",
+                "--quiet",
+                "--locked",
+                "--package",
+                "opsy-sandbox",
+            ]))
+        }
         Task::Ci => ci::run_all(&root),
     }
 }

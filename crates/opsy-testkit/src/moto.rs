@@ -214,6 +214,28 @@ impl Moto {
             })
     }
 
+    /// Publishes an available image owned by `owner_id` (e.g. a new EKS-optimised AMI), which
+    /// the EC2 API cannot create for another account.
+    pub fn publish_image(
+        &self,
+        region: &str,
+        id: &str,
+        name: &str,
+        owner_id: &str,
+    ) -> Result<(), MotoError> {
+        const PATH: &str = "/opsy-ext/publish-image";
+        let body =
+            serde_json::json!({"region": region, "id": id, "name": name, "owner_id": owner_id});
+        ureq::post(format!("{}{PATH}", self.endpoint))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
+    }
+
     /// Requests the server answered so far, by action (`DescribeImages`) or `"METHOD /path"`,
     /// counted at the HTTP level.
     pub fn requests(&self) -> Result<BTreeMap<String, u64>, MotoError> {

@@ -1,0 +1,435 @@
+//! The local sandbox: both operators' real reconcilers, an in-memory Kubernetes API holding the
+//! upstream README's two example resources, and the AWS emulator seeded with EKS base AMIs and
+//! a cluster. The sandbox plays the kubelet for Packer Jobs (it registers the AMI a build would
+//! produce and completes the Job with Packer's artifact line) and narrates what happens.
+
+#![allow(clippy::print_stdout)] // narrating is this program's job
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::{
+    batch::v1::{Job, JobCondition, JobStatus},
+    core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus},
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, ObjectMeta, PostParams},
+    runtime::events::{Recorder, Reporter},
+};
+use opsy_api::{
+    AMIRefresher, PackerBuilder,
+    ami_refresher::{NodeGroupPhase, NodeGroupStatus},
+    tags,
+};
+use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
+use opsy_testkit::{Fixture, Moto, NodeGroupSpec, seed};
+
+const NAMESPACE: &str = "default";
+const REGION: &str = "us-west-2";
+const UPSTREAM_PB: &str = include_str!("../../../examples/upstream-packer-builder.yaml");
+const UPSTREAM_AMR: &str = include_str!("../../../examples/upstream-ami-refresher.yaml");
+
+struct Sandbox {
+    moto: Moto,
+    fixture: Fixture,
+    client: Client,
+    started: Instant,
+    builds: u32,
+}
+
+fn say(text: &str) {
+    println!("{text}");
+}
+
+fn detail(text: &str) {
+    println!("    {text}");
+}
+
+impl Sandbox {
+    fn elapsed(&self) -> String {
+        format!("[{:>5.1}s]", self.started.elapsed().as_secs_f64())
+    }
+
+    fn step(&self, text: &str) {
+        println!("\n{} {text}", self.elapsed());
+    }
+
+    fn aws(&self) -> ClientSet {
+        ClientSet::new(AwsOptions::emulator(self.moto.endpoint()))
+    }
+
+    fn recorder(&self, controller: &str) -> Recorder {
+        Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: controller.into(),
+                instance: None,
+            },
+        )
+    }
+
+    async fn reconcile_builder(&self) -> anyhow::Result<PackerBuilder> {
+        let api: Api<PackerBuilder> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let pb = api.get("packer-builder-local").await?;
+        let ctx = Arc::new(packer_builder_operator::reconcile::Context {
+            client: self.client.clone(),
+            aws: self.aws(),
+            recorder: self.recorder("packer-builder-operator"),
+            clock: Arc::new(jiff::Timestamp::now),
+            poll_interval: Duration::from_secs(30),
+            // No Slack in the sandbox: notifications fail fast and show in status.
+            slack_api: "http://127.0.0.1:9".into(),
+            failures: Default::default(),
+        });
+        Box::pin(packer_builder_operator::reconcile::reconcile(
+            Arc::new(pb),
+            ctx,
+        ))
+        .await
+        .context("PackerBuilder reconcile")?;
+        Ok(api.get("packer-builder-local").await?)
+    }
+
+    async fn reconcile_refresher(&self) -> anyhow::Result<AMIRefresher> {
+        let api: Api<AMIRefresher> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let amr = api.get("node-group-ami-refresh").await?;
+        let ctx = Arc::new(ami_refresh_operator::reconcile::Context {
+            client: self.client.clone(),
+            aws: self.aws(),
+            recorder: self.recorder("ami-refresh-operator"),
+            clock: Arc::new(jiff::Timestamp::now),
+            poll_interval: Duration::from_secs(30),
+            slack_api: "http://127.0.0.1:9".into(),
+        });
+        Box::pin(ami_refresh_operator::reconcile::reconcile(
+            Arc::new(amr),
+            ctx,
+        ))
+        .await
+        .context("AMIRefresher reconcile")?;
+        Ok(api.get("node-group-ami-refresh").await?)
+    }
+
+    /// Plays the kubelet: the build "produces" an AMI and the Job completes with Packer's
+    /// artifact line in the build container's termination message.
+    async fn run_build(&mut self, job: &str) -> anyhow::Result<String> {
+        self.builds += 1;
+        let name = format!("opsy-al2023-hardened-{}", self.builds);
+        let ami = self
+            .fixture
+            .register_image(&name, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the built AMI: {e}"))?;
+        let output = format!("1732000000,amazon-ebs.al2023,artifact,0,id,{REGION}:{ami}\n");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{job}-sandbox")),
+                namespace: Some(NAMESPACE.into()),
+                labels: Some([("batch.kubernetes.io/job-name".to_owned(), job.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "packer-build".into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 0,
+                            message: Some(output),
+                            ..ContainerStateTerminated::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        pods.create(&PostParams::default(), &pod).await?;
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let mut finished = jobs.get(job).await?;
+        finished.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..JobCondition::default()
+            }]),
+            succeeded: Some(1),
+            ..JobStatus::default()
+        });
+        jobs.replace_status(job, &PostParams::default(), &finished)
+            .await?;
+        Ok(ami)
+    }
+
+    /// Builds until the PackerBuilder has an active AMI; returns it.
+    async fn build_cycle(&mut self) -> anyhow::Result<String> {
+        let pb = self.reconcile_builder().await?;
+        let status = pb.status.clone().unwrap_or_default();
+        let job = status
+            .job_name
+            .clone()
+            .context("no build Job was started")?;
+        if let Some(base) = &status.base_image {
+            detail(&format!(
+                "base AMI: {} ({})",
+                base.id,
+                base.name.as_deref().unwrap_or("")
+            ));
+        }
+        detail(status.last_run_message.as_deref().unwrap_or(""));
+        detail(&format!(
+            "commands: {}",
+            status.command.as_deref().unwrap_or("")
+        ));
+        let ami = self.run_build(&job).await?;
+        self.step(&format!(
+            "Packer reports artifact {ami}; the operator verifies and tags it"
+        ));
+        let pb = self.reconcile_builder().await?;
+        let status = pb.status.unwrap_or_default();
+        let active = status
+            .active_image
+            .context("no active AMI after the build")?;
+        let aws = self.aws().region(REGION).await;
+        let image = aws
+            .describe_images(&ImageQuery::default().ids([active.id.as_str()]))
+            .await?;
+        let image = image.first().context("the active AMI is not in EC2")?;
+        detail(&format!(
+            "{} tagged {}={}, {}={}, expires {}",
+            active.id,
+            tags::STATUS,
+            image.tag(tags::STATUS).unwrap_or("?"),
+            tags::BASE_AMI,
+            image.tag(tags::BASE_AMI).unwrap_or("?"),
+            active.expires.map(|t| t.0.to_string()).unwrap_or_default()
+        ));
+        detail(status.last_run_message.as_deref().unwrap_or(""));
+        Ok(active.id)
+    }
+
+    /// Reconciles the AMIRefresher until no group is pending or updating, narrating each
+    /// group's transitions.
+    async fn rollout(&self) -> anyhow::Result<Vec<NodeGroupStatus>> {
+        let mut seen: BTreeMap<String, NodeGroupPhase> = BTreeMap::new();
+        for round in 1..=40 {
+            let amr = self.reconcile_refresher().await?;
+            let status = amr.status.unwrap_or_default();
+            if round == 1 {
+                if let Some(target) = &status.target_image {
+                    detail(&format!(
+                        "target AMI: {} ({})",
+                        target.id,
+                        target.name.as_deref().unwrap_or("")
+                    ));
+                }
+                if !status.unknown_groups.is_empty() {
+                    detail(&format!(
+                        "warning: unknown groups in spec: {}",
+                        status.unknown_groups.join(", ")
+                    ));
+                }
+            }
+            for group in &status.node_groups {
+                if seen.get(&group.name) != Some(&group.phase) {
+                    seen.insert(group.name.clone(), group.phase);
+                    let extra = match group.phase {
+                        NodeGroupPhase::Updating => format!(
+                            "launch template {} v{} → v{}",
+                            group.launch_template_id.as_deref().unwrap_or("?"),
+                            group.from_version.as_deref().unwrap_or("?"),
+                            group.to_version.as_deref().unwrap_or("?")
+                        ),
+                        _ => group.message.clone().unwrap_or_default(),
+                    };
+                    println!(
+                        "{}   {:<12} {:<11} {:<10} {extra}",
+                        self.elapsed(),
+                        group.name,
+                        format!("{:?}", group.kind),
+                        format!("{:?}", group.phase)
+                    );
+                }
+            }
+            let busy = status
+                .node_groups
+                .iter()
+                .any(|g| matches!(g.phase, NodeGroupPhase::Pending | NodeGroupPhase::Updating));
+            if !busy {
+                detail(&format!(
+                    "rollout done: {}",
+                    status.progress.as_deref().unwrap_or("")
+                ));
+                return Ok(status.node_groups);
+            }
+        }
+        bail!("the rollout did not finish in 40 reconciles")
+    }
+}
+
+fn with_namespace<K: kube::Resource>(mut object: K) -> K {
+    object.meta_mut().namespace = Some(NAMESPACE.into());
+    object
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    say(
+        "opsy-ami-operator sandbox: both reconcilers, an in-memory Kubernetes API, the AWS emulator",
+    );
+
+    let moto =
+        Moto::start().context("starting the AWS emulator (run `cargo xtask setup` first)")?;
+    let fixture = Fixture::new(&moto, REGION).await;
+    let pb: PackerBuilder = with_namespace(serde_saphyr::from_str(UPSTREAM_PB)?);
+    let amr: AMIRefresher = with_namespace(serde_saphyr::from_str(UPSTREAM_AMR)?);
+    let cluster = amr.spec.cluster_name.clone();
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<PackerBuilder>()
+        .with_resource::<AMIRefresher>()
+        .with_status_subresource::<Job>()
+        .with_object(pb)
+        .with_object(amr)
+        .build()
+        .await?;
+    let mut sandbox = Sandbox {
+        moto,
+        fixture,
+        client,
+        started,
+        builds: 0,
+    };
+
+    sandbox.step(&format!(
+        "AWS emulator on {} seeded with EKS AL2023 base AMIs; EKS cluster {cluster}:",
+        sandbox.moto.endpoint()
+    ));
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| {
+        anyhow::anyhow!("setting up the cluster: {e}")
+    };
+    sandbox
+        .fixture
+        .create_cluster(&cluster)
+        .await
+        .map_err(fail)?;
+    for name in ["workers-a", "workers-b", "ingress-dev"] {
+        sandbox
+            .fixture
+            .create_node_group(
+                &cluster,
+                &NodeGroupSpec::with_image(name, seed::ids::AL2023_130_SEP),
+            )
+            .await
+            .map_err(fail)?;
+    }
+    sandbox
+        .fixture
+        .create_node_group(&cluster, &NodeGroupSpec::without_template("system"))
+        .await
+        .map_err(fail)?;
+    sandbox
+        .fixture
+        .create_self_managed_group(&cluster, "legacy-asg", seed::ids::AL2023_130_SEP, &[])
+        .await
+        .map_err(fail)?;
+    detail(
+        "managed node groups workers-a, workers-b, ingress-dev (excluded by the example), system (no launch template)",
+    );
+    detail(&format!(
+        "self-managed Auto Scaling group legacy-asg; all on {}",
+        seed::ids::AL2023_130_SEP
+    ));
+    detail(
+        "custom resources: examples/upstream-packer-builder.yaml and examples/upstream-ami-refresher.yaml, unchanged",
+    );
+
+    sandbox.step("AMIRefresher before any build: nothing eligible yet");
+    let amr = sandbox.reconcile_refresher().await?;
+    let status = amr.status.unwrap_or_default();
+    let degraded = opsy_api::conditions::find(&status.conditions, opsy_api::conditions::DEGRADED);
+    detail(
+        degraded
+            .map(|c| c.message.as_str())
+            .unwrap_or("(no condition)"),
+    );
+
+    sandbox.step("PackerBuilder: find the base AMI, start a build");
+    let first = sandbox.build_cycle().await?;
+
+    sandbox.step("PackerBuilder again: the AMI is active and unexpired, nothing to do");
+    let pb = sandbox.reconcile_builder().await?;
+    let jobs: Api<Job> = Api::namespaced(sandbox.client.clone(), NAMESPACE);
+    detail(&format!(
+        "{} Job(s) in total; Ready: {}",
+        jobs.list(&ListParams::default()).await?.items.len(),
+        pb.status
+            .as_ref()
+            .and_then(|s| opsy_api::conditions::find(&s.conditions, "Ready"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    ));
+
+    sandbox.step(&format!(
+        "AMIRefresher: roll {first} out, one group at a time"
+    ));
+    sandbox.rollout().await?;
+
+    let newer = "ami-0a130202412050000";
+    sandbox.step(&format!("AWS publishes a newer EKS base AMI: {newer}"));
+    sandbox.moto.publish_image(
+        REGION,
+        newer,
+        "amazon-eks-node-al2023-x86_64-standard-1.30-v20241205",
+        seed::EKS_OWNER,
+    )?;
+    sandbox.step("PackerBuilder: the base moved on, rebuild");
+    let second = sandbox.build_cycle().await?;
+    let aws = sandbox.aws().region(REGION).await;
+    let old = aws
+        .describe_images(&ImageQuery::default().ids([first.as_str()]))
+        .await?;
+    if let Some(old) = old.first() {
+        detail(&format!(
+            "previous AMI {first}: status={}",
+            old.tag(tags::STATUS).unwrap_or("?")
+        ));
+    }
+
+    sandbox.step(&format!("AMIRefresher: re-roll to {second}"));
+    let groups = sandbox.rollout().await?;
+
+    sandbox.step("Summary");
+    println!(
+        "    {:<12} {:<11} {:<10} {:<24} {:<24} version",
+        "group", "kind", "phase", "from", "to"
+    );
+    for g in &groups {
+        println!(
+            "    {:<12} {:<11} {:<10} {:<24} {:<24} {}",
+            g.name,
+            format!("{:?}", g.kind),
+            format!("{:?}", g.phase),
+            g.from_image.as_deref().unwrap_or("-"),
+            g.to_image.as_deref().unwrap_or("-"),
+            match (&g.from_version, &g.to_version) {
+                (Some(f), Some(t)) => format!("v{f} → v{t}"),
+                (Some(f), None) => format!("v{f}"),
+                _ => "-".into(),
+            }
+        );
+    }
+    let requests = sandbox.moto.requests()?;
+    let total: u64 = requests.values().sum();
+    let describe_images = requests.get("DescribeImages").copied().unwrap_or(0);
+    detail(&format!(
+        "{} builds, {total} AWS requests served by the emulator ({describe_images} DescribeImages), {:.1}s in all",
+        sandbox.builds,
+        sandbox.started.elapsed().as_secs_f64()
+    ));
+    drop(sandbox); // stops the emulator
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! The README's first command stays true: the sandbox runs to the end and shows every step.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+#[test]
+fn the_sandbox_runs_every_step_and_exits_cleanly() {
+    let output = Command::new(env!("CARGO_BIN_EXE_opsy-sandbox"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "AMIRefresher before any build: nothing eligible yet",
+        "not tagged status=active",
+        "PackerBuilder: find the base AMI, start a build",
+        "tagged status=active, base-ami=ami-0a130202410240000",
+        "1 Job(s) in total",
+        "legacy-asg   SelfManaged Succeeded",
+        "workers-b    Managed     Succeeded",
+        "ingress-dev  Managed     Excluded",
+        "the base AMI moved on from ami-0a130202410240000 to ami-0a130202412050000",
+        "status=deprecated",
+        "rollout done: 3/3 on target",
+        "Summary",
+        "2 builds",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
