@@ -17,7 +17,7 @@ use kube::{
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus, ImageRef,
     ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus},
-    conditions::{self, Condition},
+    conditions,
 };
 use opsy_aws::{
     AwsClients, AwsError, ClientSet,
@@ -750,21 +750,14 @@ fn set(
     now: Timestamp,
     generation: Option<i64>,
 ) {
-    conditions::set(
+    conditions::upsert(
         &mut status.conditions,
-        Condition {
-            type_: type_.into(),
-            status: if on {
-                conditions::TRUE
-            } else {
-                conditions::FALSE
-            }
-            .into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: generation,
-            last_transition_time: Time(now),
-        },
+        type_,
+        on,
+        reason,
+        message,
+        now,
+        generation,
     );
 }
 

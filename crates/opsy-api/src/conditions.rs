@@ -58,6 +58,30 @@ pub fn set(conditions: &mut Vec<Condition>, new: Condition) -> bool {
     }
 }
 
+/// Sets condition `type_` to `on` with `reason` and `message`, computed for `generation` at
+/// `now` (see [`set`]). Returns whether anything changed.
+pub fn upsert(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    now: jiff::Timestamp,
+    generation: Option<i64>,
+) -> bool {
+    set(
+        conditions,
+        Condition {
+            type_: type_.into(),
+            status: if on { TRUE } else { FALSE }.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};

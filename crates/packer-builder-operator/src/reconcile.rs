@@ -18,8 +18,7 @@ use kube::{
     },
 };
 use opsy_api::{
-    ImageRef, PackerBuilder, PackerBuilderStatus,
-    conditions::{self, Condition},
+    ImageRef, PackerBuilder, PackerBuilderStatus, conditions,
     packer_builder::BuildRecord,
     tags::{self, labels},
 };
@@ -813,21 +812,14 @@ fn set(
     now: Timestamp,
     generation: Option<i64>,
 ) {
-    conditions::set(
+    conditions::upsert(
         &mut status.conditions,
-        Condition {
-            type_: type_.into(),
-            status: if on {
-                conditions::TRUE
-            } else {
-                conditions::FALSE
-            }
-            .into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: generation,
-            last_transition_time: time(now),
-        },
+        type_,
+        on,
+        reason,
+        message,
+        now,
+        generation,
     );
 }
 
