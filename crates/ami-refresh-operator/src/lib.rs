@@ -5,6 +5,7 @@
 //! The reconcile ([`reconcile`]) is a thin driver over a pure [`plan`].
 
 pub mod controller;
+pub mod dry_run;
 pub mod plan;
 pub mod reconcile;
 

@@ -31,6 +31,28 @@ enum Command {
     },
     /// Print the AMIRefresher CustomResourceDefinition as YAML (for `kubectl apply -f -`).
     Crd,
+    /// Show what the operator would do for an AMIRefresher file, and why, against AWS (or an
+    /// emulator). Read-only: it only describes and lists.
+    Plan {
+        /// The AMIRefresher manifest (YAML).
+        #[arg(short = 'f', long)]
+        file: std::path::PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+        /// Send AWS requests here instead of AWS (an emulator).
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        aws_endpoint_url: Option<String>,
+    },
+}
+
+/// Output format of `plan`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
 }
 
 #[tokio::main]
@@ -46,6 +68,32 @@ async fn main() -> anyhow::Result<()> {
                 .lock()
                 .write_all(yaml.as_bytes())
                 .context("writing to stdout")?;
+        }
+        Command::Plan {
+            file,
+            output,
+            aws_endpoint_url,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let object: opsy_api::AMIRefresher = serde_saphyr::from_str(&text)
+                .with_context(|| format!("{} is not a valid AMIRefresher", file.display()))?;
+            let aws = ClientSet::new(AwsOptions {
+                endpoint_url: aws_endpoint_url,
+                ..AwsOptions::default()
+            });
+            let clients = aws.region(&object.spec.region).await;
+            let report =
+                ami_refresh_operator::dry_run::report(&clients, &object, jiff::Timestamp::now())
+                    .await?;
+            let rendered = match output {
+                Format::Text => report.text(),
+                Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+            };
+            std::io::stdout().lock().write_all(rendered.as_bytes())?;
+            if aws.calls().mutating() > 0 {
+                anyhow::bail!("plan made a mutating AWS call; this is a bug");
+            }
         }
         Command::Run {
             aws_endpoint_url,

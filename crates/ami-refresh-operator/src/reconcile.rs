@@ -461,7 +461,7 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
 }
 
 /// The cluster's managed node groups and (when enabled) self-managed Auto Scaling groups.
-async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<Group>, Error> {
+pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<Group>, Error> {
     let cluster = &amr.spec.cluster_name;
     let mut groups = Vec::new();
     for name in aws.list_nodegroups(cluster).await? {

@@ -236,6 +236,18 @@ impl Moto {
             })
     }
 
+    /// Forgets the request counts (to count only what follows).
+    pub fn clear_requests(&self) -> Result<(), MotoError> {
+        const PATH: &str = "/opsy-ext/requests";
+        ureq::delete(format!("{}{PATH}", self.endpoint))
+            .call()
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
+    }
+
     /// Requests the server answered so far, by action (`DescribeImages`) or `"METHOD /path"`,
     /// counted at the HTTP level.
     pub fn requests(&self) -> Result<BTreeMap<String, u64>, MotoError> {

@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod commands;
 pub mod controller;
 pub mod decide;
+pub mod dry_run;
 pub mod job;
 pub mod notify;
 pub mod reconcile;

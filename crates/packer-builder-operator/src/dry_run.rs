@@ -1,0 +1,171 @@
+//! `packer-builder-operator plan`: what the operator would do for a PackerBuilder, and why,
+//! from AWS alone and without changing anything (only Describe calls).
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use opsy_api::{PackerBuilder, tags};
+use opsy_aws::{AwsClients, AwsError, managed::BuildIdentity};
+use serde::Serialize;
+
+use crate::{
+    commands::{BaseVars, display, plan},
+    decide::{Decision, Observed, decide},
+};
+
+/// One managed AMI and its verdict.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ManagedAmi {
+    /// AMI id.
+    pub id: String,
+    /// AMI name.
+    pub name: String,
+    /// Its `base-ami` tag.
+    pub base_ami: Option<String>,
+    /// `eligible`, or why not.
+    pub verdict: String,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Report {
+    /// `namespace/name` of the PackerBuilder.
+    pub resource: String,
+    /// The base AMI found with the filters.
+    pub base_ami: Option<String>,
+    /// Its name.
+    pub base_ami_name: Option<String>,
+    /// Managed AMIs of this PackerBuilder, newest first.
+    pub managed_amis: Vec<ManagedAmi>,
+    /// `build`, `none` or `blocked`.
+    pub action: String,
+    /// Why.
+    pub reason: String,
+    /// The Packer commands a build would run.
+    pub commands: Option<String>,
+}
+
+/// Builds the report for `pb` at `now`.
+pub async fn report(
+    aws: &AwsClients,
+    pb: &PackerBuilder,
+    now: Timestamp,
+) -> Result<Report, AwsError> {
+    let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
+    let base = match filters {
+        Some(filters) => aws.resolve_base_image(filters).await?,
+        None => None,
+    };
+    let identity = BuildIdentity {
+        cluster_name: pb.spec.cluster_name.clone(),
+        created_by: pb.name_any(),
+        packer_repo: pb.spec.builder.repo_url.clone(),
+        packer_repo_branch: pb.spec.builder.branch.clone(),
+    };
+    let managed = aws
+        .managed_images(&identity, pb.spec.time_outs.expires_in.as_std(), now)
+        .await?;
+    let decision = decide(&Observed {
+        region: &pb.spec.region,
+        has_filters: filters.is_some(),
+        base: base.as_ref(),
+        managed: &managed,
+        job: None,
+        recorded_running_job: None,
+        recorded_active: None,
+        suspended: pb.spec.suspend,
+        failures: 0,
+        max_failures: pb.spec.max_failed_builds,
+    });
+    let base_vars = base.as_ref().map(|b| BaseVars {
+        ami_id: b.id.clone(),
+        region: pb.spec.region.clone(),
+    });
+    let (action, reason, commands) = match decision {
+        Decision::Build { reason } => (
+            "build",
+            reason.describe(),
+            Some(display(&plan(&pb.spec.builder, base_vars.as_ref()))),
+        ),
+        Decision::Adopt { image } => (
+            "none",
+            format!(
+                "{image} is eligible and built from the current base (adopted if status does not record it yet)"
+            ),
+            None,
+        ),
+        Decision::UpToDate { image } => ("none", format!("{image} is eligible"), None),
+        Decision::Suspended { reason } => (
+            "blocked",
+            format!(
+                "spec.suspend is set; a build is needed: {}",
+                reason.describe()
+            ),
+            None,
+        ),
+        Decision::NoBaseImage => (
+            "blocked",
+            "no available image matches spec.amiFilters".to_owned(),
+            None,
+        ),
+        // Only reachable with Kubernetes state, which plan does not read.
+        other => ("none", format!("{other:?}"), None),
+    };
+    Ok(Report {
+        resource: format!(
+            "{}/{}",
+            pb.namespace().unwrap_or_else(|| "default".into()),
+            pb.name_any()
+        ),
+        base_ami: base.as_ref().map(|b| b.id.clone()),
+        base_ami_name: base.as_ref().map(|b| b.name.clone()),
+        managed_amis: managed
+            .candidates
+            .iter()
+            .map(|c| ManagedAmi {
+                id: c.image.id.clone(),
+                name: c.image.name.clone(),
+                base_ami: c.image.tag(tags::BASE_AMI).map(str::to_owned),
+                verdict: c
+                    .rejected
+                    .as_ref()
+                    .map_or_else(|| "eligible".to_owned(), ToString::to_string),
+            })
+            .collect(),
+        action: action.to_owned(),
+        reason,
+        commands,
+    })
+}
+
+impl Report {
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let mut out = format!("PackerBuilder {}\n", self.resource);
+        match (&self.base_ami, &self.base_ami_name) {
+            (Some(id), Some(name)) => out.push_str(&format!("  base AMI:     {id} ({name})\n")),
+            _ => out.push_str("  base AMI:     none\n"),
+        }
+        if self.managed_amis.is_empty() {
+            out.push_str("  managed AMIs: none\n");
+        } else {
+            out.push_str("  managed AMIs:\n");
+            for ami in &self.managed_amis {
+                out.push_str(&format!(
+                    "    {} ({}) from {}: {}\n",
+                    ami.id,
+                    ami.name,
+                    ami.base_ami.as_deref().unwrap_or("?"),
+                    ami.verdict
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "  action:       {} — {}\n",
+            self.action, self.reason
+        ));
+        if let Some(commands) = &self.commands {
+            out.push_str(&format!("  would run:    {commands}\n"));
+        }
+        out
+    }
+}

@@ -1,0 +1,138 @@
+//! `packer-builder-operator plan` against the emulator: what it reports, and that it changes
+//! nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use opsy_testkit::{Fixture, Moto, seed::ids};
+use serde_json::Value;
+
+fn plan(moto: &Moto, file: &str, format: &str) -> String {
+    moto.clear_requests().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_packer-builder-operator"))
+        .args(["plan", "-f", file, "-o", format])
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "AKIAPLANTEST00000000")
+        .env("AWS_SECRET_ACCESS_KEY", "plan-test")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_only(moto: &Moto) {
+    for action in moto.requests().unwrap().keys() {
+        assert!(
+            action.starts_with("Describe")
+                || action.starts_with("List")
+                || action.starts_with("GET "),
+            "plan made a mutating call: {action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_build_is_needed_when_no_managed_ami_exists() {
+    let moto = Moto::start().unwrap();
+    let report: Value = serde_json::from_str(&plan(
+        &moto,
+        &example("upstream-packer-builder.yaml"),
+        "json",
+    ))
+    .unwrap();
+    assert_eq!(report["resource"], "default/packer-builder-local");
+    assert_eq!(report["base_ami"], ids::AL2023_130_OCT);
+    assert_eq!(report["action"], "build");
+    assert_eq!(report["reason"], "no managed AMI exists yet");
+    assert!(
+        report["commands"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("-var ami_id={}", ids::AL2023_130_OCT))
+    );
+    read_only(&moto);
+
+    let text = plan(&moto, &example("upstream-packer-builder.yaml"), "text");
+    assert!(
+        text.contains("action:       build — no managed AMI exists yet"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_to_do_and_not_eligible_are_explained() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, "us-west-2").await;
+    let contract = |status: &'static str, created: String| {
+        vec![
+            ("brought-to-you-by", "opsy-the-ami-operator".to_owned()),
+            ("cluster-name", "opsy-gitops".to_owned()),
+            ("created-by", "packer-builder-local".to_owned()),
+            (
+                "packer-repo",
+                "https://github.com/ibeify/eks-node-group-ami-refresh".to_owned(),
+            ),
+            ("packer-repo-branch", "main".to_owned()),
+            ("status", status.to_owned()),
+            ("base-ami", ids::AL2023_130_OCT.to_owned()),
+            ("create-timestamp", created),
+        ]
+    };
+    let register = |name: &'static str, tags: Vec<(&'static str, String)>| {
+        let fixture = fixture.clone();
+        async move {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fixture.register_image(name, &tags).await.unwrap()
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let expired = register(
+        "old",
+        contract(
+            "active",
+            (now - jiff::SignedDuration::from_hours(72)).to_string(),
+        ),
+    )
+    .await;
+    let text = plan(&moto, &example("upstream-packer-builder.yaml"), "text");
+    assert!(
+        text.contains(&format!(
+            "{expired} (old) from {}: expired at",
+            ids::AL2023_130_OCT
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("action:       build — no managed AMI is eligible"),
+        "{text}"
+    );
+
+    let fresh = register("fresh", contract("active", now.to_string())).await;
+    let report: Value = serde_json::from_str(&plan(
+        &moto,
+        &example("upstream-packer-builder.yaml"),
+        "json",
+    ))
+    .unwrap();
+    assert_eq!(report["action"], "none");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{fresh} is eligible"))
+    );
+    assert_eq!(report["managed_amis"][0]["id"], fresh.as_str());
+    assert_eq!(report["managed_amis"][0]["verdict"], "eligible");
+    read_only(&moto);
+}
