@@ -15,19 +15,24 @@ use kube::{
 };
 use opsy_api::AMIRefresher;
 use opsy_aws::ClientSet;
+use opsy_runtime::backoff;
 
 use crate::{
     Error,
     reconcile::{Clock, Context, MANAGER, reconcile},
 };
 
-/// How long to wait before retrying after an error.
-pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(name = %amr.name_any(), category = error.category(), %error, "reconcile failed");
+/// How long to wait before retrying after an error: growing with consecutive failures of the
+/// same object; errors that need a person (IAM, a missing cluster) start at five minutes.
+pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = ctx.failures.record_failure(amr.as_ref());
+    tracing::warn!(name = %amr.name_any(), category = error.category(), attempt, %error, "reconcile failed");
     match error {
-        Error::Aws(e) if !e.is_transient() => Action::requeue(Duration::from_secs(300)),
+        Error::Aws(e) if !e.is_transient() => {
+            Action::requeue(backoff(attempt).max(Duration::from_secs(300)))
+        }
         Error::MissingNamespace => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(30)),
+        _ => Action::requeue(backoff(attempt)),
     }
 }
 
@@ -44,6 +49,7 @@ pub fn context(client: Client, aws: ClientSet, clock: Clock) -> Arc<Context> {
         clock,
         poll_interval: Duration::from_secs(30),
         slack_api: opsy_notify::slack::SLACK_API.to_owned(),
+        failures: Default::default(),
     })
 }
 

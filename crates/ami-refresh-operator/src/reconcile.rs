@@ -7,11 +7,10 @@ use std::{sync::Arc, time::Duration};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Client, Resource, ResourceExt,
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{EventType, Recorder},
     },
 };
 use opsy_api::{
@@ -56,6 +55,8 @@ pub struct Context {
     pub poll_interval: Duration,
     /// Slack Web API base URL.
     pub slack_api: String,
+    /// Consecutive reconcile failures per object, for the retry backoff.
+    pub failures: opsy_runtime::Failures,
 }
 
 impl std::fmt::Debug for Context {
@@ -414,30 +415,10 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
                 message,
             )
             .await;
-        if errors.is_empty() {
-            if conditions::find(&status.conditions, conditions::NOTIFICATION_FAILED).is_some() {
-                set(
-                    &mut status,
-                    conditions::NOTIFICATION_FAILED,
-                    false,
-                    "Delivered",
-                    "the last notification was delivered",
-                    now,
-                    generation,
-                );
-            }
-        } else {
-            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            let message = format!("notification {key} not delivered: {}", text.join("; "));
-            set(
-                &mut status,
-                conditions::NOTIFICATION_FAILED,
-                true,
-                "DeliveryFailed",
-                &message,
-                now,
-                generation,
-            );
+        let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        if let Some(message) =
+            conditions::record_delivery(&mut status.conditions, &key, &failures, now, generation)
+        {
             event(
                 &ctx,
                 &amr,
@@ -453,6 +434,7 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
     status.observed_generation = generation;
     status.last_checked = Some(Time(now));
     write_status(&ctx, &amr, &status).await?;
+    ctx.failures.record_success(amr.as_ref());
     Ok(Action::requeue(if updating > 0 {
         ctx.poll_interval
     } else {
@@ -762,16 +744,7 @@ fn set(
 }
 
 async fn event(ctx: &Context, amr: &AMIRefresher, type_: EventType, reason: &str, note: &str) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &amr.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not publish event");
-    }
+    opsy_runtime::publish_event(&ctx.recorder, amr, type_, reason, note).await;
 }
 
 async fn write_status(
@@ -779,14 +752,5 @@ async fn write_status(
     amr: &AMIRefresher,
     status: &AMIRefresherStatus,
 ) -> Result<(), Error> {
-    let api: Api<AMIRefresher> =
-        Api::namespaced(ctx.client.clone(), &amr.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(
-        &amr.name_any(),
-        &PatchParams::apply(MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(opsy_runtime::patch_status(&ctx.client, amr, MANAGER, status).await?)
 }

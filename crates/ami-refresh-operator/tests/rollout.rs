@@ -98,6 +98,7 @@ impl World {
             clock: Arc::new(Timestamp::now),
             poll_interval: Duration::from_secs(30),
             slack_api: self.slack_api.clone(),
+            failures: Default::default(),
         })
     }
 

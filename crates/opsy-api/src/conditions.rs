@@ -82,6 +82,43 @@ pub fn upsert(
     )
 }
 
+/// Records the outcome of a notification in [`NOTIFICATION_FAILED`]: cleared after a delivery
+/// (if it was ever set), set with every failure otherwise. Returns the message of a failure,
+/// for a Warning event.
+pub fn record_delivery(
+    conditions: &mut Vec<Condition>,
+    key: &str,
+    failures: &[String],
+    now: jiff::Timestamp,
+    generation: Option<i64>,
+) -> Option<String> {
+    if failures.is_empty() {
+        if find(conditions, NOTIFICATION_FAILED).is_some() {
+            upsert(
+                conditions,
+                NOTIFICATION_FAILED,
+                false,
+                "Delivered",
+                "the last notification was delivered",
+                now,
+                generation,
+            );
+        }
+        return None;
+    }
+    let message = format!("notification {key} not delivered: {}", failures.join("; "));
+    upsert(
+        conditions,
+        NOTIFICATION_FAILED,
+        true,
+        "DeliveryFailed",
+        &message,
+        now,
+        generation,
+    );
+    Some(message)
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};

@@ -101,6 +101,7 @@ impl Sandbox {
             clock: Arc::new(jiff::Timestamp::now),
             poll_interval: Duration::from_secs(30),
             slack_api: "http://127.0.0.1:9".into(),
+            failures: Default::default(),
         });
         Box::pin(ami_refresh_operator::reconcile::reconcile(
             Arc::new(amr),

@@ -16,22 +16,17 @@ use kube::{
 };
 use opsy_api::{PackerBuilder, tags::labels};
 use opsy_aws::ClientSet;
+use opsy_runtime::backoff;
 
 use crate::{
     Error,
     reconcile::{Clock, Context, MANAGER, reconcile},
 };
 
-/// Delay before retry `attempt` (1-based) of a failing object: 15s doubling to 10 minutes.
-pub fn backoff(attempt: u32) -> Duration {
-    let secs = 15u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
-    Duration::from_secs(secs.min(600))
-}
-
 /// How long to wait before retrying after an error: growing with consecutive failures of the
 /// same object; errors that need a person (IAM, a broken object) start at five minutes.
 pub fn error_policy(pb: Arc<PackerBuilder>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = ctx.failures.record_failure(&pb);
+    let attempt = ctx.failures.record_failure(pb.as_ref());
     tracing::warn!(name = %pb.name_any(), category = error.category(), attempt, %error, "reconcile failed");
     match error {
         Error::Aws(e) if !e.is_transient() => {
@@ -81,17 +76,4 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
             }
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_ten_minutes() {
-        let delays: Vec<u64> = (1..=8).map(|a| backoff(a).as_secs()).collect();
-        assert_eq!(delays, [15, 30, 60, 120, 240, 480, 600, 600]);
-        assert_eq!(backoff(0).as_secs(), 15);
-        assert_eq!(backoff(u32::MAX).as_secs(), 600);
-    }
 }

@@ -11,10 +11,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{EventType, Recorder},
     },
 };
 use opsy_api::{
@@ -62,35 +62,7 @@ pub struct Context {
     /// Slack Web API base URL.
     pub slack_api: String,
     /// Consecutive reconcile failures per object, for the retry backoff.
-    pub failures: Failures,
-}
-
-/// Consecutive reconcile failures per object (namespace/name).
-#[derive(Debug, Default, Clone)]
-pub struct Failures(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
-
-impl Failures {
-    fn key(pb: &PackerBuilder) -> String {
-        format!("{}/{}", pb.namespace().unwrap_or_default(), pb.name_any())
-    }
-
-    /// Counts a failure; returns how many in a row.
-    pub fn record_failure(&self, pb: &PackerBuilder) -> u32 {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = map.entry(Self::key(pb)).or_default();
-        *count = count.saturating_add(1);
-        *count
-    }
-
-    fn record_success(&self, pb: &PackerBuilder) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&Self::key(pb));
-    }
+    pub failures: opsy_runtime::Failures,
 }
 
 impl std::fmt::Debug for Context {
@@ -126,9 +98,9 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
 
 /// Best effort: the error is returned either way.
 async fn report_error(pb: &PackerBuilder, ctx: &Context, error: &Error) {
-    let Some(namespace) = pb.namespace() else {
+    if pb.namespace().is_none() {
         return;
-    };
+    }
     let reason = match error.category() {
         "access_denied" => "AwsAccessDenied",
         "throttled" => "AwsThrottled",
@@ -155,7 +127,7 @@ async fn report_error(pb: &PackerBuilder, ctx: &Context, error: &Error) {
         pb.meta().generation,
     );
     event(ctx, pb, EventType::Warning, reason, &message).await;
-    if let Err(e) = write_status(ctx, pb, &namespace, &status).await {
+    if let Err(e) = write_status(ctx, pb, &status).await {
         tracing::warn!(error = %e, "could not report the error in status");
     }
 }
@@ -489,30 +461,10 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 message,
             )
             .await;
-        if errors.is_empty() {
-            if conditions::find(&status.conditions, conditions::NOTIFICATION_FAILED).is_some() {
-                set(
-                    &mut status,
-                    conditions::NOTIFICATION_FAILED,
-                    false,
-                    "Delivered",
-                    "the last notification was delivered",
-                    now,
-                    generation,
-                );
-            }
-        } else {
-            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            let message = format!("notification {key} not delivered: {}", text.join("; "));
-            set(
-                &mut status,
-                conditions::NOTIFICATION_FAILED,
-                true,
-                "DeliveryFailed",
-                &message,
-                now,
-                generation,
-            );
+        let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        if let Some(message) =
+            conditions::record_delivery(&mut status.conditions, &key, &failures, now, generation)
+        {
             event(
                 &ctx,
                 &pb,
@@ -544,8 +496,8 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         );
     }
     status.observed_generation = generation;
-    write_status(&ctx, &pb, &namespace, &status).await?;
-    ctx.failures.record_success(&pb);
+    write_status(&ctx, &pb, &status).await?;
+    ctx.failures.record_success(pb.as_ref());
     Ok(Action::requeue(requeue))
 }
 
@@ -824,32 +776,13 @@ fn set(
 }
 
 async fn event(ctx: &Context, pb: &PackerBuilder, type_: EventType, reason: &str, note: &str) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    // An event that cannot be written must not stop the reconcile.
-    if let Err(e) = ctx.recorder.publish(&ev, &pb.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not publish event");
-    }
+    opsy_runtime::publish_event(&ctx.recorder, pb, type_, reason, note).await;
 }
 
 async fn write_status(
     ctx: &Context,
     pb: &PackerBuilder,
-    namespace: &str,
     status: &PackerBuilderStatus,
 ) -> Result<(), Error> {
-    let api: Api<PackerBuilder> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(
-        &pb.name_any(),
-        &PatchParams::apply(MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(opsy_runtime::patch_status(&ctx.client, pb, MANAGER, status).await?)
 }

@@ -1,0 +1,129 @@
+//! What both controllers share: publishing events, writing status, and the retry backoff of
+//! objects whose reconcile keeps failing.
+
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Publishes an event about `object`. An event that cannot be written is logged; it never
+/// fails a reconcile.
+pub async fn publish_event<K>(
+    recorder: &Recorder,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+/// Writes `status` on `object` through the status subresource, as field manager `manager`.
+pub async fn patch_status<K, S>(
+    client: &Client,
+    object: &K,
+    manager: &str,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(manager),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Delay before retry `attempt` (1-based) of a failing object: 15s doubling to 10 minutes.
+pub fn backoff(attempt: u32) -> Duration {
+    let secs = 15u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(600))
+}
+
+/// Consecutive reconcile failures per object (namespace/name).
+#[derive(Debug, Default, Clone)]
+pub struct Failures(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Failures {
+    fn key<K: Resource>(object: &K) -> String {
+        format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        )
+    }
+
+    /// Counts a failure of `object`; returns how many in a row.
+    pub fn record_failure<K: Resource>(&self, object: &K) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(Self::key(object)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `object` after a successful reconcile.
+    pub fn record_success<K: Resource>(&self, object: &K) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&Self::key(object));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_ten_minutes() {
+        let delays: Vec<u64> = (1..=8).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(delays, [15, 30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(backoff(0).as_secs(), 15);
+        assert_eq!(backoff(u32::MAX).as_secs(), 600);
+    }
+
+    #[test]
+    fn failures_count_per_object_and_reset() {
+        let failures = Failures::default();
+        let mut a = k8s_openapi::api::core::v1::ConfigMap::default();
+        a.metadata.name = Some("a".into());
+        a.metadata.namespace = Some("ns".into());
+        let mut b = a.clone();
+        b.metadata.name = Some("b".into());
+        assert_eq!(failures.record_failure(&a), 1);
+        assert_eq!(failures.record_failure(&a), 2);
+        assert_eq!(failures.record_failure(&b), 1);
+        failures.record_success(&a);
+        assert_eq!(failures.record_failure(&a), 1);
+    }
+}
