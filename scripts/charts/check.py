@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Offline checks of the Helm charts and the plain manifests rendered from them.
+
+    check.py            lint and render every chart, validate what they render, and fail when
+                        deploy/kustomize/ differs from what the charts render
+    check.py --write    the same, but (re)write deploy/kustomize/
+
+Runs in the project's .venv (helm-python-sdk renders and lints without a helm binary or a
+cluster; kubernetes-validate checks the built-in kinds against the Kubernetes API schemas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import helm_python
+from helm_python.errors import HelmError
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHARTS = ROOT / "charts"
+KUSTOMIZE = ROOT / "deploy" / "kustomize"
+KUBE_VERSION = "1.32.0"
+RELEASE = "opsy"
+NAMESPACE = "opsy-system"
+
+BUILDER = "packer-builder-operator"
+REFRESHER = "ami-refresh-operator"
+UMBRELLA = "opsy-ami-operator"
+CRD_FILES = {
+    BUILDER: "ami.refresh.ops_packerbuilders.yaml",
+    REFRESHER: "ami.refresh.ops_amirefreshers.yaml",
+}
+
+# What each install path must render: kind -> how many.
+OPERATOR_OBJECTS = {
+    "CustomResourceDefinition": 1,
+    "ServiceAccount": 1,
+    "ClusterRole": 1,
+    "ClusterRoleBinding": 1,
+    "Role": 1,
+    "RoleBinding": 1,
+    "Deployment": 1,
+    "Service": 1,
+}
+
+failures: list[str] = []
+
+
+def fail(message: str) -> None:
+    failures.append(message)
+    print(f"  FAIL {message}", file=sys.stderr)
+
+
+def assemble(name: str, into: Path) -> Path:
+    """Copies chart `name` into `into`, with its file:// dependencies vendored under charts/
+    (what `helm dependency build` does), recursively."""
+    target = into / name
+    shutil.copytree(CHARTS / name, target)
+    meta = yaml.safe_load((target / "Chart.yaml").read_text())
+    for dep in meta.get("dependencies") or []:
+        repo = dep.get("repository", "")
+        if not repo.startswith("file://"):
+            raise SystemExit(f"{name}: dependency {dep['name']} is not a local chart")
+        (target / "charts").mkdir(exist_ok=True)
+        assemble(dep["name"], target / "charts")
+    return target
+
+
+def render(chart: Path, values: dict | None = None) -> list[dict]:
+    with helm_python.Chart.load(chart) as loaded:
+        loaded.validate_schema(values or {})
+        manifests = loaded.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path in sorted(manifests):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(manifests[path]):
+            if doc:
+                objects.append(doc)
+    return objects
+
+
+def kinds(objects: list[dict]) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for o in objects:
+        counted[o["kind"]] = counted.get(o["kind"], 0) + 1
+    return counted
+
+
+def expect_kinds(label: str, objects: list[dict], expected: dict[str, int]) -> None:
+    got = kinds(objects)
+    if got != expected:
+        fail(f"{label}: rendered {got}, expected {expected}")
+    else:
+        print(f"  ok   {label}: {sum(got.values())} objects, {', '.join(sorted(got))}")
+
+
+def validate_builtin(label: str, objects: list[dict]) -> None:
+    checked = 0
+    for o in objects:
+        if o["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's kind, not Kubernetes'
+        try:
+            kubernetes_validate.validate(o, KUBE_VERSION, strict=True)
+            checked += 1
+        except Exception as e:  # noqa: BLE001 - every validation problem is a failure here
+            fail(f"{label}: {o['kind']}/{o['metadata'].get('name')} is invalid: {e}")
+    print(f"  ok   {label}: {checked} objects valid for Kubernetes {KUBE_VERSION}")
+
+
+def check_crd_matches_generated(label: str, objects: list[dict], operator: str) -> None:
+    generated = yaml.safe_load((ROOT / "deploy" / "crds" / CRD_FILES[operator]).read_text())
+    rendered = [o for o in objects if o["kind"] == "CustomResourceDefinition"
+                and o["metadata"]["name"] == generated["metadata"]["name"]]
+    if len(rendered) != 1:
+        fail(f"{label}: the chart does not render {generated['metadata']['name']}")
+        return
+    crd = copy.deepcopy(rendered[0])
+    crd["metadata"].pop("annotations", None)
+    crd["metadata"].pop("labels", None)
+    if crd != generated:
+        fail(f"{label}: the chart's CRD differs from deploy/crds/{CRD_FILES[operator]}; run `cargo xtask crds`")
+
+
+def check_rbac(label: str, objects: list[dict]) -> None:
+    for o in objects:
+        if o["kind"] not in ("ClusterRole", "Role"):
+            continue
+        for rule in o.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs"):
+                if "*" in rule.get(field, []):
+                    fail(f"{label}: {o['kind']} {o['metadata']['name']} grants * in {field}")
+            if "secrets" in rule.get("resources", []) and set(rule["verbs"]) != {"get"}:
+                fail(f"{label}: Secrets must be readable by name only (get), not {rule['verbs']}")
+
+
+def check_operator_chart(workdir: Path, operator: str) -> list[dict]:
+    print(f"{operator}:")
+    chart = assemble(operator, workdir)
+    lint(chart)
+    objects = render(chart)
+    expect_kinds("default values", objects, OPERATOR_OBJECTS)
+    validate_builtin("default values", objects)
+    check_crd_matches_generated("default values", objects, operator)
+    check_rbac("default values", objects)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    image = container["image"]
+    if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+        fail(f"default image {image} is not pinned to a version")
+    if not pod["securityContext"].get("runAsNonRoot"):
+        fail("the operator pod may run as root")
+    if not container["securityContext"].get("readOnlyRootFilesystem"):
+        fail("the operator's root filesystem is writable")
+
+    with_monitor = render(chart, {"metrics": {"serviceMonitor": {"enabled": True}}})
+    if kinds(with_monitor).get("ServiceMonitor") != 1:
+        fail("metrics.serviceMonitor.enabled renders no ServiceMonitor")
+    no_crd = render(chart, {"crds": {"install": False}})
+    if "CustomResourceDefinition" in kinds(no_crd):
+        fail("crds.install=false still renders the CRD")
+    irsa = {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/x"}}}
+    sa = next(o for o in render(chart, irsa) if o["kind"] == "ServiceAccount")
+    if sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") is None:
+        fail("serviceAccount.annotations do not reach the ServiceAccount")
+    expect_refused(chart, {"replicaCount": 2, "leaderElection": {"enabled": False}}, "two replicas without leader election")
+    expect_refused(chart, {"image": {"tag": "latest"}}, "image.tag latest")
+    expect_refused(chart, {"logFormat": "xml"}, "an unknown logFormat")
+    print("  ok   values: ServiceMonitor, crds.install, IRSA annotation, refused values")
+    return objects
+
+
+def expect_refused(chart: Path, values: dict, what: str) -> None:
+    try:
+        render(chart, values)
+    except HelmError:
+        return
+    fail(f"{chart.name}: {what} was accepted")
+
+
+def lint(chart: Path) -> None:
+    report = helm_python.lint(
+        chart, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}", with_subcharts=True
+    )
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    problems += [{"error": e} for e in report.get("errors") or []]
+    for p in problems:
+        fail(f"helm lint {chart.name}: {p.get('path', '')} {p['error']}")
+    if not problems:
+        print(f"  ok   helm lint --strict ({report.get('total_charts_linted')} charts)")
+
+
+def check_umbrella(workdir: Path, builder: list[dict], refresher: list[dict]) -> dict[str, list[dict]]:
+    print(f"{UMBRELLA}:")
+    chart = assemble(UMBRELLA, workdir)
+    lint(chart)
+    both = render(chart)
+    expect_kinds("both operators", both, {k: 2 * n for k, n in OPERATOR_OBJECTS.items()})
+    validate_builtin("both operators", both)
+    check_rbac("both operators", both)
+    only_builder = render(chart, {REFRESHER: {"enabled": False}})
+    expect_kinds("builder only", only_builder, OPERATOR_OBJECTS)
+    only_refresher = render(chart, {BUILDER: {"enabled": False}})
+    expect_kinds("refresher only", only_refresher, OPERATOR_OBJECTS)
+    names = lambda objs: sorted((o["kind"], o["metadata"]["name"]) for o in objs)  # noqa: E731
+    crd_names = lambda objs: sorted(o["metadata"]["name"] for o in objs if o["kind"] == "CustomResourceDefinition")  # noqa: E731
+    if crd_names(only_builder) != crd_names(builder) or crd_names(only_refresher) != crd_names(refresher):
+        fail("the umbrella's single-operator installs render other CRDs than the operator charts")
+    if len(set(names(both))) != len(both):
+        fail("the umbrella renders two objects with the same kind and name")
+    return {BUILDER: only_builder, REFRESHER: only_refresher, "both": both}
+
+
+def manifests_text(objects: list[dict]) -> str:
+    header = (
+        "# Rendered from charts/ with default values (release \"opsy\", namespace \"opsy-system\")\n"
+        "# by scripts/charts/check.py --write; do not edit.\n"
+    )
+    return header + "".join("---\n" + yaml.safe_dump(o, sort_keys=True) for o in objects)
+
+
+KUSTOMIZATION = """# kubectl apply -k deploy/kustomize/{name}
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: opsy-system
+resources:
+  - namespace.yaml
+  - manifests.yaml
+"""
+NAMESPACE_YAML = """apiVersion: v1
+kind: Namespace
+metadata:
+  name: opsy-system
+"""
+
+
+def sync_kustomize(installs: dict[str, list[dict]], write: bool) -> None:
+    print("deploy/kustomize:")
+    for name, objects in installs.items():
+        directory = KUSTOMIZE / name
+        files = {
+            "kustomization.yaml": KUSTOMIZATION.format(name=name),
+            "namespace.yaml": NAMESPACE_YAML,
+            "manifests.yaml": manifests_text(objects),
+        }
+        for file, text in files.items():
+            path = directory / file
+            if path.exists() and path.read_text() == text:
+                continue
+            if write:
+                directory.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"  wrote {path.relative_to(ROOT)}")
+            else:
+                fail(f"{path.relative_to(ROOT)} differs from the charts; run `python scripts/charts/check.py --write`")
+    print(f"  ok   {', '.join(installs)} checked")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite deploy/kustomize/")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        builder = check_operator_chart(workdir / "b", BUILDER)
+        refresher = check_operator_chart(workdir / "r", REFRESHER)
+        installs = check_umbrella(workdir / "u", builder, refresher)
+    sync_kustomize(installs, args.write)
+    if failures:
+        print(f"\n{len(failures)} chart check(s) failed", file=sys.stderr)
+        return 1
+    print("charts: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
