@@ -222,7 +222,7 @@ def check_umbrella(workdir: Path, builder: list[dict], refresher: list[dict]) ->
 def manifests_text(objects: list[dict]) -> str:
     header = (
         "# Rendered from charts/ with default values (release \"opsy\", namespace \"opsy-system\")\n"
-        "# by scripts/charts/check.py --write; do not edit.\n"
+        "# by `cargo xtask charts --write`; do not edit.\n"
     )
     return header + "".join("---\n" + yaml.safe_dump(o, sort_keys=True) for o in objects)
 
@@ -260,7 +260,7 @@ def sync_kustomize(installs: dict[str, list[dict]], write: bool) -> None:
                 path.write_text(text)
                 print(f"  wrote {path.relative_to(ROOT)}")
             else:
-                fail(f"{path.relative_to(ROOT)} differs from the charts; run `python scripts/charts/check.py --write`")
+                fail(f"{path.relative_to(ROOT)} differs from the charts; run `cargo xtask charts --write`")
     print(f"  ok   {', '.join(installs)} checked")
 
 

@@ -2,11 +2,13 @@
 
 use std::{path::Path, process::Command, time::Instant};
 
-use crate::{moto, run};
+use crate::{charts, crds, moto, run};
 
 pub fn run_all(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    step("install the AWS emulator", || moto::setup(root))?;
+    step("install the AWS emulator and the chart tools", || {
+        moto::setup(root)
+    })?;
     step("cargo fmt --check", || {
         run(cargo(root).args(["fmt", "--all", "--", "--check"]))
     })?;
@@ -21,6 +23,13 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "warnings",
         ]))
     })?;
+    step("CRD drift (deploy/crds, chart templates)", || {
+        crds::run(root, true)
+    })?;
+    step(
+        "charts: lint, render, validate, install paths, kustomize drift",
+        || charts::check(root, false),
+    )?;
     step("doc tests", || {
         run(cargo(root).args(["test", "--workspace", "--doc", "--locked", "--quiet"]))
     })?;

@@ -1,4 +1,5 @@
-//! `cargo xtask crds`: write (or check) the generated CRD YAML.
+//! `cargo xtask crds`: write (or check) the generated CRD YAML, in `deploy/crds/` and as the
+//! CRD template of each operator's Helm chart.
 
 use std::{fs, path::Path};
 
@@ -8,27 +9,44 @@ use opsy_api::crd::Kind;
 /// Directories that receive a copy of every CRD.
 const CRD_DIRS: &[&str] = &["deploy/crds"];
 
+/// The chart that installs each kind's CRD.
+fn chart(kind: Kind) -> &'static str {
+    match kind {
+        Kind::PackerBuilder => "packer-builder-operator",
+        Kind::AMIRefresher => "ami-refresh-operator",
+    }
+}
+
 pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
-    let mut stale = Vec::new();
-    for dir in CRD_DIRS {
-        let dir = root.join(dir);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for kind in Kind::ALL {
-            let path = dir.join(kind.file_name());
-            let yaml = kind
-                .yaml()
-                .with_context(|| format!("serialising {kind:?}"))?;
-            let current = fs::read_to_string(&path).unwrap_or_default();
-            if current == yaml {
-                continue;
-            }
-            if check {
-                stale.push(path.display().to_string());
-            } else {
-                fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-                eprintln!("wrote {}", path.display());
-            }
+    let mut wanted = Vec::new();
+    for kind in Kind::ALL {
+        let yaml = kind
+            .yaml()
+            .with_context(|| format!("serialising {kind:?}"))?;
+        for dir in CRD_DIRS {
+            wanted.push((root.join(dir).join(kind.file_name()), yaml.clone()));
         }
+        let template = chart_template(kind, &yaml)?;
+        let path = root
+            .join("charts")
+            .join(chart(kind))
+            .join("templates/crd.yaml");
+        wanted.push((path, template));
+    }
+    let mut stale = Vec::new();
+    for (path, text) in wanted {
+        if fs::read_to_string(&path).is_ok_and(|current| current == text) {
+            continue;
+        }
+        if check {
+            stale.push(path.display().to_string());
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     if !stale.is_empty() {
         bail!(
@@ -37,4 +55,26 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The CRD as a chart template: installed when `crds.install`, kept on uninstall when
+/// `crds.keep`, labelled like the chart's other objects.
+fn chart_template(kind: Kind, yaml: &str) -> anyhow::Result<String> {
+    let name = kind.crd().metadata.name.unwrap_or_default();
+    let name_line = format!("  name: {name}\n");
+    let (_, body) = yaml
+        .split_once("---\n")
+        .context("the CRD YAML has no document marker")?;
+    if !body.contains(&name_line) {
+        bail!("the CRD YAML of {name} has no `{}`", name_line.trim());
+    }
+    let metadata = format!(
+        "{name_line}  {{{{- if .Values.crds.keep }}}}\n  annotations:\n    helm.sh/resource-policy: keep\n  \
+         {{{{- end }}}}\n  labels:\n    {{{{- include \"opsy-common.labels\" . | nindent 4 }}}}\n"
+    );
+    Ok(format!(
+        "{{{{- /* Generated from crates/opsy-api by `cargo xtask crds`; do not edit. */ -}}}}\n\
+         {{{{- if .Values.crds.install }}}}\n{}{{{{- end }}}}\n",
+        body.replacen(&name_line, &metadata, 1)
+    ))
 }

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`.
 
+mod charts;
 mod ci;
 mod crds;
 mod moto;
@@ -27,11 +28,19 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Install the pinned AWS emulator (moto) into .venv/.
+    /// Check the Helm charts offline (lint, render, validate, install paths) and that
+    /// deploy/kustomize/ matches them.
+    Charts {
+        /// Rewrite deploy/kustomize/ from the charts instead of checking it.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Install the pinned AWS emulator (moto) and the chart tools into .venv/.
     Setup,
     /// Both operators at work on the local sandbox (AWS emulator, in-memory Kubernetes API).
     Demo,
-    /// The whole test suite, as CI runs it: setup, fmt check, clippy -D warnings, tests.
+    /// The whole test suite, as CI runs it: setup, fmt check, clippy -D warnings, CRD and
+    /// chart checks, tests.
     Ci,
 }
 
@@ -40,6 +49,10 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root()?;
     match cli.task {
         Task::Crds { check } => crds::run(&root, check),
+        Task::Charts { write } => {
+            moto::setup(&root)?;
+            charts::check(&root, write)
+        }
         Task::Setup => moto::setup(&root),
         Task::Demo => {
             moto::setup(&root)?;

@@ -5,21 +5,20 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{Action, Config},
-        events::{Recorder, Reporter},
-        watcher,
+        reflector::{self, reflector},
+        watcher::{self, watcher},
     },
 };
 use opsy_api::AMIRefresher;
-use opsy_aws::ClientSet;
-use opsy_runtime::backoff;
+use opsy_runtime::{backoff, operator::Operator};
 
 use crate::{
     Error,
-    reconcile::{Clock, Context, MANAGER, reconcile},
+    reconcile::{Context, reconcile},
 };
 
 /// How long to wait before retrying after an error: growing with consecutive failures of the
@@ -36,29 +35,19 @@ pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, ctx: Arc<Context>) ->
     }
 }
 
-/// The shared context of a controller.
-pub fn context(client: Client, aws: ClientSet, clock: Clock) -> Arc<Context> {
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        aws,
-        clock,
-        poll_interval: Duration::from_secs(30),
-        slack_api: opsy_notify::slack::SLACK_API.to_owned(),
-        failures: Default::default(),
-    })
-}
-
-/// Runs the controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, concurrency: u16) {
+/// Runs the controller until a shutdown signal or the loss of the leader Lease; the process is
+/// ready once the first cache sync is done.
+pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
     let refreshers: Api<AMIRefresher> = Api::all(ctx.client.clone());
-    Controller::new(refreshers, watcher::Config::default().any_semantic())
+    let (cache, writer) = reflector::store();
+    let events = operator.ready_after_first_list(watcher(
+        refreshers,
+        watcher::Config::default().any_semantic(),
+    ));
+    let controller = Controller::for_stream(reflector(writer, events).applied_objects(), cache)
         .with_config(Config::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(operator.shutdown());
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {

@@ -2,16 +2,13 @@
 //! in flight → [`plan`] → start the next wave → status and events. All rollout state lives in
 //! status (per group: versions, images, update id, phase), so a restart resumes it.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Client, Resource, ResourceExt,
-    runtime::{
-        controller::Action,
-        events::{EventType, Recorder},
-    },
+    Resource, ResourceExt,
+    runtime::{controller::Action, events::EventType},
 };
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus, ImageRef,
@@ -19,7 +16,7 @@ use opsy_api::{
     conditions,
 };
 use opsy_aws::{
-    AwsClients, AwsError, ClientSet,
+    AwsClients, AwsError,
     autoscaling::RefreshSettings,
     eks::{MaxUnavailable, NodeGroupImage},
     launch_templates::TemplateRef,
@@ -37,39 +34,16 @@ pub const MANAGER: &str = "ami-refresh-operator";
 /// Marks launch template versions this operator created.
 const VERSION_DESCRIPTION: &str = "ami-refresh-operator";
 
-/// Source of the current time (tests move it).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// What every reconcile shares.
-#[derive(Clone)]
-pub struct Context {
-    /// Kubernetes client.
-    pub client: Client,
-    /// AWS clients per region.
-    pub aws: ClientSet,
-    /// Event recorder.
-    pub recorder: Recorder,
-    /// The current time.
-    pub clock: Clock,
-    /// How often updates in flight are checked.
-    pub poll_interval: Duration,
-    /// Slack Web API base URL.
-    pub slack_api: String,
-    /// Consecutive reconcile failures per object, for the retry backoff.
-    pub failures: opsy_runtime::Failures,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("poll_interval", &self.poll_interval)
-            .finish_non_exhaustive()
-    }
-}
+pub use opsy_runtime::context::{Clock, Context};
 
 /// Reconciles one AMIRefresher. Failures are also reported on the object.
 pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let result = Box::pin(reconcile_inner(amr.clone(), ctx.clone())).await;
+    ctx.metrics.reconciled(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
     if let Err(error) = &result {
         let reason = match error {
             Error::Aws(AwsError::NotFound { .. }) => "ClusterNotFound",
@@ -744,6 +718,7 @@ fn set(
 }
 
 async fn event(ctx: &Context, amr: &AMIRefresher, type_: EventType, reason: &str, note: &str) {
+    ctx.metrics.transition(reason);
     opsy_runtime::publish_event(&ctx.recorder, amr, type_, reason, note).await;
 }
 

@@ -19,7 +19,8 @@ use opsy_api::{
     AMIRefresher, AMIRefresherStatus,
     ami_refresher::{NodeGroupKind, NodeGroupPhase},
 };
-use opsy_aws::{AwsOptions, ClientSet};
+use opsy_aws::{AwsOptions, CallCounter, ClientSet};
+use opsy_runtime::metrics::Metrics;
 use opsy_testkit::{Fixture, Moto, NodeGroupSpec, seed::ids};
 
 const NS: &str = "opsy";
@@ -31,6 +32,8 @@ struct World {
     fixture: Fixture,
     client: Client,
     slack_api: String,
+    /// Every AWS call of every (fresh) context, for the IAM check.
+    calls: CallCounter,
 }
 
 fn manifest(spec: serde_json::Value) -> AMIRefresher {
@@ -58,6 +61,7 @@ impl World {
             .await
             .unwrap();
         Self {
+            calls: CallCounter::default(),
             moto,
             fixture,
             client,
@@ -87,7 +91,10 @@ impl World {
     fn context(&self) -> Arc<Context> {
         Arc::new(Context {
             client: self.client.clone(),
-            aws: ClientSet::new(AwsOptions::emulator(self.moto.endpoint())),
+            aws: ClientSet::with_counter(
+                AwsOptions::emulator(self.moto.endpoint()),
+                self.calls.clone(),
+            ),
             recorder: Recorder::new(
                 self.client.clone(),
                 Reporter {
@@ -99,6 +106,7 @@ impl World {
             poll_interval: Duration::from_secs(30),
             slack_api: self.slack_api.clone(),
             failures: Default::default(),
+            metrics: Arc::new(Metrics::new(self.calls.clone())),
         })
     }
 
@@ -311,6 +319,13 @@ async fn groups_roll_in_waves_to_the_target_and_status_tracks_each() {
     world.reconcile().await.unwrap();
     assert_eq!(world.requests("CreateLaunchTemplateVersion"), 3);
     assert_eq!(world.requests("/update-version"), 2);
+
+    // Every AWS call the reconciler made is allowed by the operator's IAM policy.
+    let calls = world.calls.snapshot();
+    let called = calls
+        .keys()
+        .map(|(service, operation, _)| (*service, *operation));
+    opsy_testkit::iam::check_calls("ami-refresh-operator", called, 8).unwrap();
 }
 
 #[tokio::test]

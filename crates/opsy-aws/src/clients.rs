@@ -79,9 +79,14 @@ pub struct ClientSet {
 impl ClientSet {
     /// An empty set; clients are built per region on first use.
     pub fn new(options: AwsOptions) -> Self {
+        Self::with_counter(options, CallCounter::default())
+    }
+
+    /// An empty set whose calls are counted in `calls` (shared with whoever else holds it).
+    pub fn with_counter(options: AwsOptions, calls: CallCounter) -> Self {
         Self {
             options,
-            calls: CallCounter::default(),
+            calls,
             regions: Arc::default(),
         }
     }

@@ -1,5 +1,13 @@
-//! What both controllers share: publishing events, writing status, and the retry backoff of
-//! objects whose reconcile keeps failing.
+//! What both controllers share: publishing events, writing status, the retry backoff of
+//! objects whose reconcile keeps failing, the command line ([`cli`]), and running as a
+//! Deployment ([`operator`]: metrics and health endpoints, leader election, shutdown).
+
+pub mod admin;
+pub mod cli;
+pub mod context;
+pub mod leader;
+pub mod metrics;
+pub mod operator;
 
 use std::{
     collections::HashMap,

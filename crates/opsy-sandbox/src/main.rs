@@ -23,6 +23,7 @@ use opsy_api::{
     tags,
 };
 use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
+use opsy_runtime::metrics::Metrics;
 use opsy_testkit::{Fixture, Moto, NodeGroupSpec, seed};
 
 const NAMESPACE: &str = "default";
@@ -72,9 +73,11 @@ impl Sandbox {
     async fn reconcile_builder(&self) -> anyhow::Result<PackerBuilder> {
         let api: Api<PackerBuilder> = Api::namespaced(self.client.clone(), NAMESPACE);
         let pb = api.get("packer-builder-local").await?;
+        let aws = self.aws();
         let ctx = Arc::new(packer_builder_operator::reconcile::Context {
             client: self.client.clone(),
-            aws: self.aws(),
+            metrics: Arc::new(Metrics::new(aws.calls().clone())),
+            aws,
             recorder: self.recorder("packer-builder-operator"),
             clock: Arc::new(jiff::Timestamp::now),
             poll_interval: Duration::from_secs(30),
@@ -94,9 +97,11 @@ impl Sandbox {
     async fn reconcile_refresher(&self) -> anyhow::Result<AMIRefresher> {
         let api: Api<AMIRefresher> = Api::namespaced(self.client.clone(), NAMESPACE);
         let amr = api.get("node-group-ami-refresh").await?;
+        let aws = self.aws();
         let ctx = Arc::new(ami_refresh_operator::reconcile::Context {
             client: self.client.clone(),
-            aws: self.aws(),
+            metrics: Arc::new(Metrics::new(aws.calls().clone())),
+            aws,
             recorder: self.recorder("ami-refresh-operator"),
             clock: Arc::new(jiff::Timestamp::now),
             poll_interval: Duration::from_secs(30),

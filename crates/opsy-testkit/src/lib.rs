@@ -4,6 +4,7 @@
 //! test, on its own loopback port, seeded with EKS-style AMIs from [`seed::eks_amis`].
 
 pub mod fixtures;
+pub mod iam;
 pub mod moto;
 pub mod seed;
 

@@ -6,21 +6,20 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{Action, Config},
-        events::{Recorder, Reporter},
-        watcher,
+        reflector::{self, reflector},
+        watcher::{self, watcher},
     },
 };
 use opsy_api::{PackerBuilder, tags::labels};
-use opsy_aws::ClientSet;
-use opsy_runtime::backoff;
+use opsy_runtime::{backoff, operator::Operator};
 
 use crate::{
     Error,
-    reconcile::{Clock, Context, MANAGER, reconcile},
+    reconcile::{Context, reconcile},
 };
 
 /// How long to wait before retrying after an error: growing with consecutive failures of the
@@ -37,25 +36,9 @@ pub fn error_policy(pb: Arc<PackerBuilder>, error: &Error, ctx: Arc<Context>) ->
     }
 }
 
-/// The shared context of a controller.
-pub fn context(client: Client, aws: ClientSet, clock: Clock) -> Arc<Context> {
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        aws,
-        clock,
-        poll_interval: Duration::from_secs(30),
-        failures: Default::default(),
-        slack_api: opsy_notify::slack::SLACK_API.to_owned(),
-    })
-}
-
-/// Runs the controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, concurrency: u16) {
+/// Runs the controller until a shutdown signal or the loss of the leader Lease; the process is
+/// ready once the first cache sync is done.
+pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
     let client = ctx.client.clone();
     let builders: Api<PackerBuilder> = Api::all(client.clone());
     let jobs: Api<Job> = Api::all(client);
@@ -64,10 +47,14 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
         labels::COMPONENT,
         labels::COMPONENT_PACKER_BUILD
     ));
-    Controller::new(builders, watcher::Config::default().any_semantic())
+    let (cache, writer) = reflector::store();
+    let events = operator
+        .ready_after_first_list(watcher(builders, watcher::Config::default().any_semantic()));
+    let controller = Controller::for_stream(reflector(writer, events).applied_objects(), cache)
         .owns(jobs, job_watch)
         .with_config(Config::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(operator.shutdown());
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {

@@ -10,12 +10,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{ListParams, PostParams},
-    runtime::{
-        controller::Action,
-        events::{EventType, Recorder},
-    },
+    runtime::{controller::Action, events::EventType},
 };
 use opsy_api::{
     ImageRef, PackerBuilder, PackerBuilderStatus, conditions,
@@ -23,7 +20,7 @@ use opsy_api::{
     tags::{self, labels},
 };
 use opsy_aws::{
-    ClientSet, ImageQuery,
+    ImageQuery,
     managed::{BuildFacts, BuildIdentity, Selection, adoption_tags},
 };
 
@@ -43,35 +40,7 @@ pub const MANAGER: &str = "packer-builder-operator";
 /// How many builds `status.history` keeps.
 const HISTORY: usize = 10;
 
-/// Source of the current time (tests move it).
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// What every reconcile shares.
-#[derive(Clone)]
-pub struct Context {
-    /// Kubernetes client.
-    pub client: Client,
-    /// AWS clients per region.
-    pub aws: ClientSet,
-    /// Event recorder.
-    pub recorder: Recorder,
-    /// The current time.
-    pub clock: Clock,
-    /// How often a running build is checked (besides Job watch events).
-    pub poll_interval: Duration,
-    /// Slack Web API base URL.
-    pub slack_api: String,
-    /// Consecutive reconcile failures per object, for the retry backoff.
-    pub failures: opsy_runtime::Failures,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("poll_interval", &self.poll_interval)
-            .finish_non_exhaustive()
-    }
-}
+pub use opsy_runtime::context::{Clock, Context};
 
 fn time(t: Timestamp) -> Time {
     Time(t)
@@ -89,7 +58,12 @@ fn identity(pb: &PackerBuilder) -> BuildIdentity {
 /// Reconciles one PackerBuilder. A failure is also reported on the object — a `Degraded`
 /// condition and a Warning event naming the cause — before it is returned for the retry.
 pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let result = Box::pin(reconcile_inner(pb.clone(), ctx.clone())).await;
+    ctx.metrics.reconciled(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
     if let Err(error) = &result {
         report_error(&pb, &ctx, error).await;
     }
@@ -776,6 +750,7 @@ fn set(
 }
 
 async fn event(ctx: &Context, pb: &PackerBuilder, type_: EventType, reason: &str, note: &str) {
+    ctx.metrics.transition(reason);
     opsy_runtime::publish_event(&ctx.recorder, pb, type_, reason, note).await;
 }
 

@@ -19,7 +19,8 @@ use kube::{
 };
 use kube_fake_client::ClientBuilder;
 use opsy_api::{PackerBuilder, PackerBuilderStatus};
-use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
+use opsy_aws::{AwsOptions, CallCounter, ClientSet, ImageQuery};
+use opsy_runtime::metrics::Metrics;
 use opsy_testkit::{ACCOUNT_ID, Fixture, Moto};
 use packer_builder_operator::reconcile::{Context, reconcile};
 
@@ -32,6 +33,8 @@ struct World {
     client: Client,
     now: Timestamp,
     slack_api: String,
+    /// Every AWS call of every (fresh) context, for the IAM check.
+    calls: CallCounter,
 }
 
 fn pb_manifest(extra: serde_json::Value) -> PackerBuilder {
@@ -78,6 +81,7 @@ impl World {
             .await
             .unwrap();
         Self {
+            calls: CallCounter::default(),
             moto,
             fixture,
             client,
@@ -92,7 +96,7 @@ impl World {
         let now = self.now;
         Arc::new(Context {
             client: self.client.clone(),
-            aws: ClientSet::new(options),
+            aws: ClientSet::with_counter(options, self.calls.clone()),
             recorder: Recorder::new(
                 self.client.clone(),
                 Reporter {
@@ -104,6 +108,7 @@ impl World {
             poll_interval: Duration::from_secs(30),
             slack_api: self.slack_api.clone(),
             failures: Default::default(),
+            metrics: Arc::new(Metrics::new(self.calls.clone())),
         })
     }
 
@@ -376,6 +381,13 @@ async fn full_lifecycle_build_tag_rebuild_on_new_base_and_deprecate() {
         status.history[1].built_image_id.as_deref(),
         Some(built1.as_str())
     );
+
+    // Every AWS call the reconciler made is allowed by the operator's IAM policy.
+    let calls = world.calls.snapshot();
+    let called = calls
+        .keys()
+        .map(|(service, operation, _)| (*service, *operation));
+    opsy_testkit::iam::check_calls("packer-builder-operator", called, 3).unwrap();
 }
 
 #[tokio::test]

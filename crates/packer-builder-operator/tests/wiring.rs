@@ -10,8 +10,12 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use kube::{Client, client::Body};
 use opsy_aws::{AwsOptions, ClientSet};
+use opsy_runtime::operator::Operator;
 use opsy_testkit::{ACCOUNT_ID, Fixture, Moto};
-use packer_builder_operator::controller;
+use packer_builder_operator::{
+    controller,
+    reconcile::{Context, MANAGER},
+};
 use serde_json::{Value, json};
 
 fn pb() -> Value {
@@ -48,8 +52,20 @@ async fn a_watched_packer_builder_is_reconciled_into_a_job_and_a_status_patch() 
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let aws = ClientSet::new(AwsOptions::emulator(moto.endpoint()));
-    let ctx = controller::context(client, aws, Arc::new(jiff::Timestamp::now));
-    let running = tokio::spawn(controller::run(ctx, 2));
+    let operator = Arc::new(Operator::new(client.clone(), aws));
+    let metrics = operator.metrics.clone();
+    let ctx = Context::new(
+        MANAGER,
+        client,
+        operator.aws.clone(),
+        Arc::new(jiff::Timestamp::now),
+        metrics.clone(),
+    );
+    assert!(!operator.health.is_ready());
+    let running = tokio::spawn({
+        let operator = operator.clone();
+        async move { controller::run(ctx, 2, &operator).await }
+    });
 
     let mut seen = Vec::new();
     let mut parked = Vec::new(); // watch requests stay open, as on a real server
@@ -97,8 +113,35 @@ async fn a_watched_packer_builder_is_reconciled_into_a_job_and_a_status_patch() 
     })
     .await
     .expect("a status patch within 30s");
+    // The reconcile ends once its status patch is answered; then it is counted. The process
+    // turns ready once the first list of PackerBuilders is in the cache.
+    let counted_and_ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while !(operator.health.is_ready()
+            && metrics
+                .render()
+                .lines()
+                .any(|l| l == "opsy_reconciles_total 1"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(
+        counted_and_ready.await.is_ok(),
+        "ready: {}, requests: {seen:#?}, metrics:\n{}",
+        operator.health.is_ready(),
+        metrics.render()
+    );
     running.abort();
     drop(parked);
+
+    // The build start was counted.
+    assert!(
+        metrics
+            .render()
+            .contains("opsy_transitions_total{reason=\"BuildStarted\"} 1"),
+        "{}",
+        metrics.render()
+    );
 
     // Watches: every PackerBuilder, and only build Jobs.
     assert!(

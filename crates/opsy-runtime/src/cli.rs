@@ -1,0 +1,116 @@
+//! The command line both binaries share: `run` (the default), `crd` and `plan`.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use opsy_aws::{AwsOptions, ClientSet};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// `run`: the controller.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Send AWS requests here instead of AWS (an emulator).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Custom resources reconciled at the same time.
+    #[arg(long, env = "OPSY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    #[arg(long, env = "OPSY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Hold a Lease before reconciling, so that of several replicas only one acts.
+    #[arg(long, env = "OPSY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "OPSY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log format of `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `plan`: what the operator would do for a custom resource file. Read-only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// The custom resource manifest (YAML).
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Send AWS requests here instead of AWS (an emulator).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+}
+
+/// Output format of `plan`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
+
+/// AWS clients for `endpoint` (or AWS itself), with the default credential chain.
+pub fn aws(endpoint: Option<String>) -> ClientSet {
+    ClientSet::new(AwsOptions {
+        endpoint_url: endpoint,
+        ..AwsOptions::default()
+    })
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`, kube at `warn`).
+pub fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,kube=warn".into()),
+    );
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Writes `text` to stdout.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
+}
+
+/// Reads the custom resource of `args.file`.
+pub fn read_resource<K: DeserializeOwned>(args: &PlanArgs, kind: &str) -> anyhow::Result<K> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a valid {kind}", args.file.display()))
+}
+
+/// Prints a plan report in the chosen format, and fails if `aws` made a mutating call.
+pub fn print_report<R: Serialize>(
+    args: &PlanArgs,
+    aws: &ClientSet,
+    report: &R,
+    text: String,
+) -> anyhow::Result<()> {
+    let rendered = match args.output {
+        Format::Text => text,
+        Format::Json => serde_json::to_string_pretty(report)? + "\n",
+    };
+    print(&rendered)?;
+    if aws.calls().mutating() > 0 {
+        anyhow::bail!("plan made a mutating AWS call; this is a bug");
+    }
+    Ok(())
+}

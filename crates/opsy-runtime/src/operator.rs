@@ -1,0 +1,239 @@
+//! Starting and stopping an operator process: the Kubernetes client, the admin endpoints,
+//! waiting for the CRD, leader election, readiness and graceful shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use futures::{Stream, StreamExt};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client, runtime::watcher};
+use opsy_aws::ClientSet;
+use tokio::sync::oneshot;
+
+use crate::{
+    admin::{self, Health},
+    cli::{self, RunArgs},
+    leader::{Leadership, LeaseTiming},
+    metrics::Metrics,
+};
+
+/// A running operator process, between start and shutdown.
+pub struct Operator {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The AWS clients (per region, built on first use); their calls are counted in the
+    /// metrics.
+    pub aws: ClientSet,
+    /// The process's metrics, served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Readiness, served at `/readyz`.
+    pub health: Health,
+    leadership: Option<Leadership>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("health", &self.health)
+            .field("leadership", &self.leadership)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Operator {
+    /// An operator on an already connected `client`, without admin endpoints or leader
+    /// election (for tests, or a host process that provides both).
+    pub fn new(client: Client, aws: ClientSet) -> Self {
+        Self {
+            client,
+            metrics: Arc::new(Metrics::new(aws.calls().clone())),
+            aws,
+            health: Health::default(),
+            leadership: None,
+        }
+    }
+
+    /// Starts logging, connects to Kubernetes, serves the admin endpoints, waits until the CRD
+    /// `crd` is established and, unless leader election is off, until this replica holds the
+    /// Lease `name`.
+    pub async fn start(args: &RunArgs, name: &str, crd: &str) -> anyhow::Result<Self> {
+        cli::init_logging(args.log_format);
+        // Both of rustls' providers are linked (the AWS SDK brings aws-lc); the Kubernetes client
+        // uses the process default, so it is chosen here, as the AWS clients' ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::try_default()
+            .await
+            .context("connecting to Kubernetes")?;
+        let aws = cli::aws(args.aws_endpoint_url.clone());
+        let metrics = Arc::new(Metrics::new(aws.calls().clone()));
+        let health = Health::default();
+        let listener = admin::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("listening on {} (--metrics-addr)", args.metrics_addr))?;
+        tracing::info!(addr = %args.metrics_addr, "serving /metrics, /livez and /readyz");
+        tokio::spawn({
+            let (metrics, health) = (metrics.clone(), health.clone());
+            async move {
+                if let Err(e) =
+                    admin::serve(listener, metrics, health, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the admin endpoints stopped");
+                }
+            }
+        });
+        wait_for_crd(&client, crd, Duration::from_secs(5)).await?;
+        let leadership = if args.leader_elect {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            // A standby replica is ready: it serves metrics and takes over when the leader goes.
+            health.set_ready(true);
+            let leadership = Leadership::acquire(
+                client.clone(),
+                &namespace,
+                name,
+                &identity(),
+                LeaseTiming::default(),
+            )
+            .await?;
+            health.set_ready(false);
+            Some(leadership)
+        } else {
+            None
+        };
+        Ok(Self {
+            client,
+            aws,
+            metrics,
+            health,
+            leadership,
+        })
+    }
+
+    /// Passes a watcher's events through, marking the process ready once the first complete
+    /// list is in (the controller's cache has synced).
+    pub fn ready_after_first_list<K, S>(&self, events: S) -> impl Stream<Item = S::Item> + use<K, S>
+    where
+        S: Stream<Item = watcher::Result<watcher::Event<K>>>,
+    {
+        let health = self.health.clone();
+        events.inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !health.is_ready() {
+                tracing::info!("first cache sync done; ready");
+                health.set_ready(true);
+            }
+        })
+    }
+
+    /// Resolves on SIGTERM or Ctrl-C, or when this replica loses the leader Lease: the
+    /// controller then finishes the reconciles in flight and stops.
+    pub fn shutdown(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let (done, stopped) = oneshot::channel();
+        let lost = self.leadership.as_ref().map(Leadership::lost);
+        tokio::spawn(async move {
+            match lost {
+                Some(lost) => {
+                    tokio::select! {
+                        () = signal() => {}
+                        () = lost => tracing::error!("lost the leader lease; stopping"),
+                    }
+                }
+                None => signal().await,
+            }
+            let _ = done.send(());
+        });
+        async move {
+            let _ = stopped.await;
+        }
+    }
+
+    /// After the controller stopped: gives the Lease up, or fails when it was lost (so the
+    /// process exits non-zero and is restarted as a standby).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.health.set_ready(false);
+        if let Some(leadership) = self.leadership {
+            if !leadership.is_leader() {
+                anyhow::bail!(
+                    "lost the leader lease; exiting so that this replica restarts as a standby"
+                );
+            }
+            leadership.release().await;
+        }
+        Ok(())
+    }
+}
+
+/// This replica's name in the Lease: the pod name, else the host name, with the process id.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "opsy".to_owned());
+    format!("{host}_{}", std::process::id())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("interrupted: shutting down");
+}
+
+/// Waits until the CustomResourceDefinition `name` exists and is established, checking every
+/// `interval`. Fails at once when the operator may not read it (RBAC).
+pub async fn wait_for_crd(client: &Client, name: &str, interval: Duration) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut told = false;
+    loop {
+        match api.get_opt(name).await {
+            Ok(Some(crd)) if established(&crd) => {
+                tracing::info!(crd = name, "CRD is established");
+                return Ok(());
+            }
+            Ok(found) => {
+                if !told {
+                    let state = if found.is_some() {
+                        "not yet established"
+                    } else {
+                        "not installed"
+                    };
+                    tracing::info!(
+                        crd = name,
+                        "waiting: the CRD is {state} (install it with the Helm chart or `kubectl apply -f deploy/crds/`)"
+                    );
+                    told = true;
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => anyhow::bail!(
+                "not allowed to read CustomResourceDefinition {name}: grant `get` on \
+                 customresourcedefinitions (the Helm chart's ClusterRole does)"
+            ),
+            Err(e) => tracing::warn!(crd = name, error = %e, "could not read the CRD; retrying"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+}

@@ -1,0 +1,123 @@
+//! The admin endpoints over HTTP, as a kubelet probe or Prometheus would call them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionCondition, CustomResourceDefinitionStatus,
+};
+use kube_fake_client::ClientBuilder;
+use opsy_aws::CallCounter;
+use opsy_runtime::{
+    admin::{self, Health},
+    metrics::Metrics,
+    operator::wait_for_crd,
+};
+
+#[tokio::test]
+async fn metrics_livez_and_readyz_answer_over_http() {
+    let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let calls = CallCounter::default();
+    let metrics = Arc::new(Metrics::new(calls.clone()));
+    let health = Health::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
+
+    let live = get("/livez").await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.text().await.unwrap(), "ok\n");
+
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    health.set_ready(true);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    metrics.reconciled(Duration::from_millis(12), Some("kubernetes"));
+    calls.record("ec2", "DescribeImages", "ok");
+    let page = get("/metrics").await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = page.text().await.unwrap();
+    for line in [
+        "opsy_reconciles_total 1",
+        "opsy_reconcile_errors_total{category=\"kubernetes\"} 1",
+        "opsy_aws_calls_total{service=\"ec2\",operation=\"DescribeImages\",outcome=\"ok\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+
+    assert_eq!(get("/nothing-here").await.unwrap().status(), 404);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stopped on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+fn crd(established: bool) -> CustomResourceDefinition {
+    let mut crd = opsy_api::crd::Kind::PackerBuilder.crd();
+    if established {
+        crd.status = Some(CustomResourceDefinitionStatus {
+            conditions: Some(vec![CustomResourceDefinitionCondition {
+                type_: "Established".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+    }
+    crd
+}
+
+#[tokio::test]
+async fn the_operator_waits_until_its_crd_is_established() {
+    const NAME: &str = "packerbuilders.ami.refresh.ops";
+    let interval = Duration::from_millis(50);
+    let missing = ClientBuilder::new().build().await.unwrap();
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(400),
+        wait_for_crd(&missing, NAME, interval),
+    );
+    assert!(waiting.await.is_err(), "started without the CRD");
+
+    let installing = ClientBuilder::new()
+        .with_object(crd(false))
+        .build()
+        .await
+        .unwrap();
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(400),
+        wait_for_crd(&installing, NAME, interval),
+    );
+    assert!(
+        waiting.await.is_err(),
+        "started before the CRD was established"
+    );
+
+    let ready = ClientBuilder::new()
+        .with_object(crd(true))
+        .build()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wait_for_crd(&ready, NAME, interval))
+        .await
+        .expect("started once the CRD was established")
+        .unwrap();
+}
