@@ -8,13 +8,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::{
-    batch::v1::{Job, JobCondition, JobStatus},
-    core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus},
-};
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client,
-    api::{ListParams, ObjectMeta, PostParams},
+    api::ListParams,
     runtime::events::{Recorder, Reporter},
 };
 use opsy_api::{
@@ -24,7 +21,7 @@ use opsy_api::{
 };
 use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
 use opsy_runtime::metrics::Metrics;
-use opsy_testkit::{Fixture, Moto, NodeGroupSpec, seed};
+use opsy_testkit::{Fixture, Moto, NodeGroupSpec, kubelet, seed};
 
 const NAMESPACE: &str = "default";
 const REGION: &str = "us-west-2";
@@ -127,46 +124,14 @@ impl Sandbox {
             .register_image(&name, &[])
             .await
             .map_err(|e| anyhow::anyhow!("registering the built AMI: {e}"))?;
-        let output = format!("1732000000,amazon-ebs.al2023,artifact,0,id,{REGION}:{ami}\n");
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let pod = Pod {
-            metadata: ObjectMeta {
-                name: Some(format!("{job}-sandbox")),
-                namespace: Some(NAMESPACE.into()),
-                labels: Some([("batch.kubernetes.io/job-name".to_owned(), job.to_owned())].into()),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus {
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "packer-build".into(),
-                    state: Some(ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            exit_code: 0,
-                            message: Some(output),
-                            ..ContainerStateTerminated::default()
-                        }),
-                        ..ContainerState::default()
-                    }),
-                    ..ContainerStatus::default()
-                }]),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
-        };
-        pods.create(&PostParams::default(), &pod).await?;
-        let jobs: Api<Job> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let mut finished = jobs.get(job).await?;
-        finished.status = Some(JobStatus {
-            conditions: Some(vec![JobCondition {
-                type_: "Complete".into(),
-                status: "True".into(),
-                ..JobCondition::default()
-            }]),
-            succeeded: Some(1),
-            ..JobStatus::default()
-        });
-        jobs.replace_status(job, &PostParams::default(), &finished)
-            .await?;
+        kubelet::finish_build_job(
+            &self.client,
+            NAMESPACE,
+            job,
+            0,
+            &kubelet::artifact_line(REGION, &ami),
+        )
+        .await?;
         Ok(ami)
     }
 

@@ -5,6 +5,7 @@
 
 pub mod fixtures;
 pub mod iam;
+pub mod kubelet;
 pub mod moto;
 pub mod seed;
 

@@ -7,11 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::{
-    batch::v1::{Job, JobCondition, JobStatus},
-    core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus},
-    events::v1::Event,
-};
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, ObjectMeta, PostParams},
@@ -21,7 +17,7 @@ use kube_fake_client::ClientBuilder;
 use opsy_api::{PackerBuilder, PackerBuilderStatus};
 use opsy_aws::{AwsOptions, CallCounter, ClientSet, ImageQuery};
 use opsy_runtime::metrics::Metrics;
-use opsy_testkit::{ACCOUNT_ID, Fixture, Moto};
+use opsy_testkit::{ACCOUNT_ID, Fixture, Moto, kubelet};
 use packer_builder_operator::reconcile::{Context, reconcile};
 
 const NS: &str = "opsy";
@@ -167,52 +163,7 @@ impl World {
 
     /// Plays the kubelet: the Job's pod ran Packer, which printed `output`; the Job is done.
     async fn finish_job(&self, job: &str, exit_code: i32, output: &str) {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
-        let pod = Pod {
-            metadata: ObjectMeta {
-                name: Some(format!("{job}-x7k2p")),
-                namespace: Some(NS.into()),
-                labels: Some([("batch.kubernetes.io/job-name".to_owned(), job.to_owned())].into()),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus {
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "packer-build".into(),
-                    state: Some(ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            exit_code,
-                            message: Some(output.into()),
-                            ..ContainerStateTerminated::default()
-                        }),
-                        ..ContainerState::default()
-                    }),
-                    ..ContainerStatus::default()
-                }]),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
-        };
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        let mut j = self.jobs().get(job).await.unwrap();
-        j.status = Some(JobStatus {
-            conditions: Some(vec![JobCondition {
-                type_: if exit_code == 0 { "Complete" } else { "Failed" }.into(),
-                status: "True".into(),
-                reason: Some(
-                    if exit_code == 0 {
-                        "Completed"
-                    } else {
-                        "BackoffLimitExceeded"
-                    }
-                    .into(),
-                ),
-                message: Some("done".into()),
-                ..JobCondition::default()
-            }]),
-            ..JobStatus::default()
-        });
-        self.jobs()
-            .replace_status(job, &PostParams::default(), &j)
+        kubelet::finish_build_job(&self.client, NS, job, exit_code, output)
             .await
             .unwrap();
     }
@@ -233,7 +184,7 @@ impl World {
 }
 
 fn artifact(ami: &str) -> String {
-    format!("1727806100,amazon-ebs.al2023,artifact,0,id,{REGION}:{ami}\n")
+    kubelet::artifact_line(REGION, ami)
 }
 
 #[tokio::test]
