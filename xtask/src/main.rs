@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`.
 
+mod bench;
 mod charts;
 mod ci;
 mod crds;
@@ -37,6 +38,16 @@ enum Task {
     },
     /// Install the pinned AWS emulator (moto) and the chart tools into .venv/.
     Setup,
+    /// Benchmarks: AWS calls per cycle, reconcile latency and throughput, memory (prints a
+    /// table, writes target/bench/results.json). `-- --only pb-100x1` runs one scenario.
+    Bench {
+        /// Build optimised (the first release build takes a long time).
+        #[arg(long)]
+        release: bool,
+        /// Passed to the benchmark binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Both operators at work on the local sandbox (AWS emulator, in-memory Kubernetes API).
     Demo,
     /// The whole test suite, as CI runs it: setup, fmt check, clippy -D warnings, CRD and
@@ -54,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             charts::check(&root, write)
         }
         Task::Setup => moto::setup(&root),
+        Task::Bench { release, args } => bench::run_bench(&root, release, &args),
         Task::Demo => {
             moto::setup(&root)?;
             eprintln!("building the sandbox (the first build takes several minutes)");

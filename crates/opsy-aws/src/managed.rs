@@ -186,7 +186,11 @@ pub struct BuildIdentity {
 }
 
 impl BuildIdentity {
-    /// The query for this identity's managed AMIs (owned by this account).
+    /// The query for the managed AMIs of this identity's cluster (owned by this account).
+    ///
+    /// It names the cluster, not the PackerBuilder: every PackerBuilder of a cluster asks the
+    /// same question, so the `DescribeImages` cache answers all of them with one call per
+    /// cycle; [`BuildIdentity::owns`] then keeps this identity's AMIs.
     pub fn query(&self) -> ImageQuery {
         ImageQuery::default()
             .owner("self")
@@ -198,18 +202,16 @@ impl BuildIdentity {
                 &format!("tag:{}", tags::CLUSTER_NAME),
                 [self.cluster_name.as_str()],
             )
-            .filter(
-                &format!("tag:{}", tags::CREATED_BY),
-                [self.created_by.as_str()],
-            )
-            .filter(
-                &format!("tag:{}", tags::PACKER_REPO),
-                [self.packer_repo.as_str()],
-            )
-            .filter(
-                &format!("tag:{}", tags::PACKER_REPO_BRANCH),
-                [self.packer_repo_branch.as_str()],
-            )
+    }
+
+    /// Whether this identity built `image`: same cluster, PackerBuilder, repository and branch.
+    pub fn owns(&self, image: &Image) -> bool {
+        let tag = |key: &str| image.tags.get(key).map(String::as_str);
+        tag(tags::BROUGHT_TO_YOU_BY) == Some(tags::BROUGHT_TO_YOU_BY_VALUE)
+            && tag(tags::CLUSTER_NAME) == Some(self.cluster_name.as_str())
+            && tag(tags::CREATED_BY) == Some(self.created_by.as_str())
+            && tag(tags::PACKER_REPO) == Some(self.packer_repo.as_str())
+            && tag(tags::PACKER_REPO_BRANCH) == Some(self.packer_repo_branch.as_str())
     }
 
     /// The full tag set of an AMI this identity built.
@@ -310,7 +312,7 @@ impl AwsClients {
     ) -> Result<Selection, AwsError> {
         let images = self.describe_images(&identity.query()).await?;
         Ok(Selection::from_images(
-            images.iter().cloned(),
+            images.iter().filter(|i| identity.owns(i)).cloned(),
             expires_in,
             now,
         ))

@@ -73,6 +73,28 @@ async fn managed_images_are_found_by_the_tag_contract_and_judged() {
     .await
     .unwrap();
 
+    // Same cluster, another PackerBuilder or another branch: not ours either.
+    for (name, change) in [
+        (
+            "bottlerocket-1",
+            (|i: &mut BuildIdentity| i.created_by = "bottlerocket".into())
+                as fn(&mut BuildIdentity),
+        ),
+        ("hardened-dev-1", |i: &mut BuildIdentity| {
+            i.packer_repo_branch = "dev".into()
+        }),
+    ] {
+        let id = fixture.register_image(name, &[]).await.unwrap();
+        let mut neighbour = identity();
+        change(&mut neighbour);
+        aws.tag_image(
+            &id,
+            &neighbour.tags(&facts("2024-11-19T18:00:00Z", ids::AL2023_130_OCT, "j8")),
+        )
+        .await
+        .unwrap();
+    }
+
     let selection = aws
         .managed_images(&identity(), 7 * DAY, now())
         .await
@@ -85,7 +107,7 @@ async fn managed_images_are_found_by_the_tag_contract_and_judged() {
     assert_eq!(
         found,
         [new.as_str(), old.as_str()],
-        "newest first; other clusters' AMIs are not ours"
+        "newest first; other clusters', PackerBuilders' and branches' AMIs are not ours"
     );
     let chosen = selection.chosen.unwrap();
     assert_eq!(chosen.image.id, new);
@@ -291,4 +313,35 @@ async fn target_selection_by_filters_includes_managed_amis_built_from_the_matche
         explanation.contains("state is pending, not available"),
         "{explanation}"
     );
+}
+
+#[tokio::test]
+async fn the_packer_builders_of_a_cluster_share_one_managed_ami_lookup() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    // The clients cache identical DescribeImages answers for 30 seconds.
+    let aws = clients(&moto).await;
+    let mut built = Vec::new();
+    for pb in ["a", "b", "c"] {
+        let id = fixture
+            .register_image(&format!("{pb}-1"), &[])
+            .await
+            .unwrap();
+        let mut owner = identity();
+        owner.created_by = pb.into();
+        aws.tag_image(
+            &id,
+            &owner.tags(&facts("2024-11-19T00:00:00Z", ids::AL2023_130_OCT, pb)),
+        )
+        .await
+        .unwrap();
+        built.push((owner, id));
+    }
+    let before = aws.calls.count("ec2", "DescribeImages");
+    for (owner, id) in &built {
+        let selection = aws.managed_images(owner, 7 * DAY, now()).await.unwrap();
+        assert_eq!(selection.chosen.unwrap().image.id, *id);
+        assert_eq!(selection.candidates.len(), 1);
+    }
+    assert_eq!(aws.calls.count("ec2", "DescribeImages") - before, 1);
 }

@@ -1,0 +1,18 @@
+//! `cargo xtask bench`: the benchmarks of `crates/opsy-bench`, after installing the emulator.
+
+use std::{path::Path, process::Command};
+
+use crate::{moto, run};
+
+pub fn run_bench(root: &Path, release: bool, args: &[String]) -> anyhow::Result<()> {
+    moto::setup(root)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args(["run", "--quiet", "--locked", "--package", "opsy-bench"]);
+    if release {
+        command.arg("--release");
+    }
+    run(command.arg("--").args(args))
+}
