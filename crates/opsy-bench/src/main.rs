@@ -116,6 +116,52 @@ fn http_requests(moto: &Moto) -> anyhow::Result<u64> {
         .sum())
 }
 
+/// What one steady cycle cost.
+struct Steady {
+    calls: BTreeMap<String, u64>,
+    http_requests: u64,
+    latencies: Vec<Duration>,
+    /// Reconciles run and the wall time they took.
+    reconciles: usize,
+    wall: Duration,
+}
+
+impl Scenario {
+    fn new(
+        name: String,
+        reproduce: String,
+        (custom_resources, filter_sets): (usize, usize),
+        steady: Steady,
+        completion_to_active_ms: Option<Percentiles>,
+    ) -> Self {
+        let operation_calls = |read_only: bool| -> u64 {
+            steady
+                .calls
+                .iter()
+                .filter(|(op, _)| {
+                    is_read_only(op.split(':').nth(1).unwrap_or_default()) == read_only
+                })
+                .map(|(_, n)| n)
+                .sum()
+        };
+        Self {
+            name,
+            reproduce,
+            custom_resources,
+            filter_sets,
+            steady_calls_total: steady.calls.values().sum(),
+            steady_mutating_calls: operation_calls(false),
+            steady_describe_images: steady.calls.get("ec2:DescribeImages").copied().unwrap_or(0),
+            steady_http_requests: steady.http_requests,
+            steady_throughput_per_s: steady.reconciles as f64 / steady.wall.as_secs_f64(),
+            steady_latency_ms: percentiles(steady.latencies),
+            steady_calls: steady.calls,
+            completion_to_active_ms,
+            peak_rss_mib: peak_rss_mib(),
+        }
+    }
+}
+
 fn packer_builder(i: usize, filter_set: usize) -> anyhow::Result<PackerBuilder> {
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "ami.refresh.ops/v1alpha1",
@@ -275,28 +321,24 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         "the steady cycle started {} builds",
         created_after - n
     );
-    Ok(Scenario {
-        name: format!("PackerBuilder steady cycle, {n} CRs, {filter_sets} filter set(s)"),
-        reproduce: format!("cargo xtask bench -- --only pb-{n}x{filter_sets}"),
-        custom_resources: n,
-        filter_sets,
-        steady_calls_total: steady_calls.values().sum(),
-        steady_mutating_calls: steady_calls
-            .iter()
-            .filter(|(op, _)| !is_read_only(op.split(':').nth(1).unwrap_or_default()))
-            .map(|(_, n)| n)
-            .sum(),
-        steady_describe_images: steady_calls.get("ec2:DescribeImages").copied().unwrap_or(0),
-        steady_http_requests: http_requests(&moto)?,
-        steady_calls,
-        steady_throughput_per_s: n as f64 / wall.as_secs_f64(),
-        steady_latency_ms: percentiles(steady),
-        completion_to_active_ms: Some(percentiles(completion)),
-        peak_rss_mib: peak_rss_mib(),
-    })
+    Ok(Scenario::new(
+        format!("PackerBuilder steady cycle, {n} CRs, {filter_sets} filter set(s)"),
+        format!("cargo xtask bench -- --only pb-{n}x{filter_sets}"),
+        (n, filter_sets),
+        Steady {
+            calls: steady_calls,
+            http_requests: http_requests(&moto)?,
+            latencies: steady,
+            reconciles: n,
+            wall,
+        },
+        Some(percentiles(completion)),
+    ))
 }
 
 async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
+    // Steady reconciles measured (after one that settles the status).
+    const ROUNDS: usize = 5;
     let moto = Moto::start().context("starting the AWS emulator (cargo xtask setup)")?;
     let fixture = Fixture::new(&moto, REGION).await;
     let now = Timestamp::now().to_string();
@@ -350,34 +392,28 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
     moto.clear_requests()?;
     let mut samples = Vec::new();
     let mut wall = Duration::ZERO;
-    for _ in 0..5 {
+    for _ in 0..ROUNDS {
         let (d, w) = once().await?;
         samples.extend(d);
         wall += w;
     }
     let steady_calls: BTreeMap<String, u64> = calls_since(&calls, &before)
         .into_iter()
-        .map(|(op, n)| (op, n / 5))
+        .map(|(op, n)| (op, n / ROUNDS as u64))
         .collect();
-    Ok(Scenario {
-        name: format!("AMIRefresher steady cycle, {groups} node groups"),
-        reproduce: "cargo xtask bench -- --only amr-50".into(),
-        custom_resources: 1,
-        filter_sets: 0,
-        steady_calls_total: steady_calls.values().sum(),
-        steady_mutating_calls: steady_calls
-            .iter()
-            .filter(|(op, _)| !is_read_only(op.split(':').nth(1).unwrap_or_default()))
-            .map(|(_, n)| n)
-            .sum(),
-        steady_describe_images: steady_calls.get("ec2:DescribeImages").copied().unwrap_or(0),
-        steady_http_requests: http_requests(&moto)? / 5,
-        steady_calls,
-        steady_throughput_per_s: 5.0 / wall.as_secs_f64(),
-        steady_latency_ms: percentiles(samples),
-        completion_to_active_ms: None,
-        peak_rss_mib: peak_rss_mib(),
-    })
+    Ok(Scenario::new(
+        format!("AMIRefresher steady cycle, {groups} node groups"),
+        "cargo xtask bench -- --only amr-50".into(),
+        (1, 0),
+        Steady {
+            calls: steady_calls,
+            http_requests: http_requests(&moto)? / ROUNDS as u64,
+            latencies: samples,
+            reconciles: ROUNDS,
+            wall,
+        },
+        None,
+    ))
 }
 
 fn binary_sizes() -> BTreeMap<String, u64> {
