@@ -480,15 +480,28 @@ fn print_table(scenarios: &[Scenario]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    // The 1,000-resource rows run only when asked for: the emulator slows down with every AMI
+    // it holds (to ~30 requests a minute past 1,000 built and tagged AMIs), so building them
+    // takes hours on two cores.
+    let wanted = |name: &str, n: usize| match only.as_deref() {
+        Some(o) => o == name,
+        None => n <= 100,
+    };
     let mut scenarios = Vec::new();
     for (n, f) in [(1, 1), (100, 1), (100, 10), (1000, 1), (1000, 10)] {
-        if wanted(&format!("pb-{n}x{f}")) {
+        if wanted(&format!("pb-{n}x{f}"), n) {
             eprintln!("bench: {n} PackerBuilders, {f} filter set(s)");
-            scenarios.push(packer_builders(n, f).await?);
+            let scenario = packer_builders(n, f).await?;
+            eprintln!(
+                "bench:   {} AWS calls in the steady cycle ({} DescribeImages, {} mutating)",
+                scenario.steady_calls_total,
+                scenario.steady_describe_images,
+                scenario.steady_mutating_calls
+            );
+            scenarios.push(scenario);
         }
     }
-    if wanted("amr-50") {
+    if wanted("amr-50", 1) {
         eprintln!("bench: AMIRefresher over 50 node groups");
         scenarios.push(refresher(50).await?);
     }
