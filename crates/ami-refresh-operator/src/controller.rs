@@ -44,10 +44,9 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
         refreshers,
         watcher::Config::default().any_semantic(),
     ));
-    let controller = Controller::for_stream(reflector(writer, events).applied_objects(), cache)
+    Controller::for_stream(reflector(writer, events).applied_objects(), cache)
         .with_config(Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(operator.shutdown());
-    controller
+        .graceful_shutdown_on(operator.shutdown())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {

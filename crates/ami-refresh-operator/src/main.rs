@@ -3,10 +3,7 @@
 
 use std::sync::Arc;
 
-use ami_refresh_operator::{
-    controller, dry_run,
-    reconcile::{Context, MANAGER},
-};
+use ami_refresh_operator::{controller, dry_run, reconcile::MANAGER};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use opsy_api::crd::Kind;
@@ -55,13 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let crd = Kind::AMIRefresher.crd().metadata.name.unwrap_or_default();
             let operator = Operator::start(&args, MANAGER, &crd).await?;
-            let ctx = Context::new(
-                MANAGER,
-                operator.client.clone(),
-                operator.aws.clone(),
-                Arc::new(jiff::Timestamp::now),
-                operator.metrics.clone(),
-            );
+            let ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
             controller::run(ctx, args.concurrency, &operator).await;
             operator.stop().await?;
         }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::{
     admin::{self, Health},
     cli::{self, RunArgs},
+    context::{Clock, Context},
     leader::{Leadership, LeaseTiming},
     metrics::Metrics,
 };
@@ -109,6 +110,17 @@ impl Operator {
             health,
             leadership,
         })
+    }
+
+    /// The reconcile context of controller `manager` on this operator's clients and metrics.
+    pub fn context(&self, manager: &str, clock: Clock) -> Arc<Context> {
+        Context::new(
+            manager,
+            self.client.clone(),
+            self.aws.clone(),
+            clock,
+            self.metrics.clone(),
+        )
     }
 
     /// Passes a watcher's events through, marking the process ready once the first complete

@@ -50,11 +50,10 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
     let (cache, writer) = reflector::store();
     let events = operator
         .ready_after_first_list(watcher(builders, watcher::Config::default().any_semantic()));
-    let controller = Controller::for_stream(reflector(writer, events).applied_objects(), cache)
+    Controller::for_stream(reflector(writer, events).applied_objects(), cache)
         .owns(jobs, job_watch)
         .with_config(Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(operator.shutdown());
-    controller
+        .graceful_shutdown_on(operator.shutdown())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {

@@ -10,10 +10,7 @@ use opsy_runtime::{
     cli::{self, PlanArgs, RunArgs},
     operator::Operator,
 };
-use packer_builder_operator::{
-    controller, dry_run,
-    reconcile::{Context, MANAGER},
-};
+use packer_builder_operator::{controller, dry_run, reconcile::MANAGER};
 
 /// Builds hardened EKS node AMIs with Packer whenever the base AMI moves on or the active AMI
 /// expires.
@@ -55,13 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let crd = Kind::PackerBuilder.crd().metadata.name.unwrap_or_default();
             let operator = Operator::start(&args, MANAGER, &crd).await?;
-            let ctx = Context::new(
-                MANAGER,
-                operator.client.clone(),
-                operator.aws.clone(),
-                Arc::new(jiff::Timestamp::now),
-                operator.metrics.clone(),
-            );
+            let ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
             controller::run(ctx, args.concurrency, &operator).await;
             operator.stop().await?;
         }

@@ -12,10 +12,7 @@ use kube::{Client, client::Body};
 use opsy_aws::{AwsOptions, ClientSet};
 use opsy_runtime::operator::Operator;
 use opsy_testkit::{ACCOUNT_ID, Fixture, Moto};
-use packer_builder_operator::{
-    controller,
-    reconcile::{Context, MANAGER},
-};
+use packer_builder_operator::{controller, reconcile::MANAGER};
 use serde_json::{Value, json};
 
 fn pb() -> Value {
@@ -52,15 +49,9 @@ async fn a_watched_packer_builder_is_reconciled_into_a_job_and_a_status_patch() 
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let aws = ClientSet::new(AwsOptions::emulator(moto.endpoint()));
-    let operator = Arc::new(Operator::new(client.clone(), aws));
+    let operator = Arc::new(Operator::new(client, aws));
     let metrics = operator.metrics.clone();
-    let ctx = Context::new(
-        MANAGER,
-        client,
-        operator.aws.clone(),
-        Arc::new(jiff::Timestamp::now),
-        metrics.clone(),
-    );
+    let ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
     assert!(!operator.health.is_ready());
     let running = tokio::spawn({
         let operator = operator.clone();
