@@ -4,7 +4,11 @@
 //! queries wait for the one call in flight (single flight), so the number of `DescribeImages`
 //! calls grows with the number of distinct queries, not with the number of custom resources.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use aws_sdk_ec2::types::Filter;
 use jiff::Timestamp;
@@ -118,6 +122,102 @@ impl ImageQuery {
         self.normalise()
     }
 
+    /// Whether a change to `image` can change this query's answer: it filters on a tag the
+    /// change wrote (or on tags in a way this crate does not evaluate), or on deprecation.
+    fn depends_on(&self, change: &ImageChange<'_>) -> bool {
+        self.filters.iter().any(|(name, _)| match change {
+            ImageChange::Tags(written) => match name.strip_prefix("tag:") {
+                Some(key) => written.contains_key(key),
+                None => name.starts_with("tag"),
+            },
+            ImageChange::Deprecation(_) => name.contains("deprecat"),
+        })
+    }
+
+    /// Whether `image` passes this query's tag filters; `None` when a filter is not an exact
+    /// `tag:<key>` match (wildcards, `tag-key`, `tag-value`).
+    fn tags_match(&self, image: &Image) -> Option<bool> {
+        let mut matched = true;
+        for (name, values) in &self.filters {
+            if !name.starts_with("tag") {
+                continue;
+            }
+            let key = name.strip_prefix("tag:")?;
+            if values.iter().any(|v| has_wildcard(v)) {
+                return None;
+            }
+            matched &= image
+                .tag(key)
+                .is_some_and(|t| values.iter().any(|v| v == t));
+        }
+        Some(matched)
+    }
+
+    /// Whether `image` passes everything but the tag filters: ids, owners and the filters this
+    /// crate can evaluate exactly. `None` when that cannot be decided here. `account` is this
+    /// account's id (what `self` means), when known.
+    fn rest_matches(&self, image: &Image, account: Option<&str>) -> Option<bool> {
+        if !self.image_ids.is_empty() && !self.image_ids.contains(&image.id) {
+            return Some(false);
+        }
+        if !self.owners.is_empty() {
+            let owner_is = |owner: &str| match owner {
+                "self" => account.map(|a| a == image.owner_id),
+                id if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) => {
+                    Some(id == image.owner_id)
+                }
+                _ => None,
+            };
+            let verdicts: Vec<Option<bool>> = self.owners.iter().map(|o| owner_is(o)).collect();
+            if !verdicts.contains(&Some(true)) {
+                return if verdicts.contains(&None) {
+                    None
+                } else {
+                    Some(false)
+                };
+            }
+        }
+        let mut matched = true;
+        for (name, values) in &self.filters {
+            let attribute = match name.as_str() {
+                n if n.starts_with("tag") => continue,
+                "image-id" => &image.id,
+                "name" => &image.name,
+                "owner-id" => &image.owner_id,
+                "state" => &image.state,
+                _ => return None,
+            };
+            if values.iter().any(|v| has_wildcard(v)) {
+                return None;
+            }
+            matched &= values.iter().any(|v| v == attribute);
+        }
+        Some(matched)
+    }
+
+    /// Whether the answer holds `after` (the image once changed): decided from whether it
+    /// held `before`, when the query can be evaluated here; `None` when it cannot.
+    fn still_holds(
+        &self,
+        held: bool,
+        before: &Image,
+        after: &Image,
+        account: Option<&str>,
+    ) -> Option<bool> {
+        if !self.tags_match(after)? {
+            return Some(false);
+        }
+        // What the change did not touch passed before.
+        if held {
+            return Some(true);
+        }
+        // The tags passed before, yet the image was not in the answer: the rest excludes it.
+        if self.tags_match(before)? {
+            return Some(false);
+        }
+        self.rest_matches(after, account)
+    }
+
     fn normalise(mut self) -> Self {
         for (_, values) in &mut self.filters {
             values.sort();
@@ -132,12 +232,42 @@ impl ImageQuery {
     }
 }
 
+/// EC2 filter values may hold `*` and `?` wildcards (and `\\` escapes).
+fn has_wildcard(value: &str) -> bool {
+    value.contains(['*', '?', '\\'])
+}
+
+/// A change this process made to an image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ImageChange<'a> {
+    /// Tags written (existing keys overwritten).
+    Tags(&'a BTreeMap<String, String>),
+    /// EC2 deprecation time set.
+    Deprecation(Timestamp),
+}
+
+impl ImageChange<'_> {
+    fn apply(&self, mut image: Image) -> Image {
+        match self {
+            ImageChange::Tags(written) => image
+                .tags
+                .extend(written.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            ImageChange::Deprecation(at) => image.deprecation_time = Some(*at),
+        }
+        image
+    }
+}
+
 type CacheKey = (String, ImageQuery);
 
 /// Shared, single-flight cache of `DescribeImages` results.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageCache {
     cache: Cache<CacheKey, Arc<Vec<Image>>>,
+    /// Serialises updates after writes, so two writes never lose each other's change.
+    updates: Arc<tokio::sync::Mutex<()>>,
+    /// This account's id, learnt from an image a `self`-owned query returned.
+    account: Arc<OnceLock<String>>,
 }
 
 impl ImageCache {
@@ -147,6 +277,60 @@ impl ImageCache {
                 .time_to_live(ttl)
                 .max_capacity(10_000)
                 .build(),
+            updates: Arc::default(),
+            account: Arc::default(),
+        }
+    }
+
+    /// After this process changed image `image_id`: answers the change cannot affect keep the
+    /// changed image in place; answers it can affect are re-decided where the query can be
+    /// evaluated here (exact tag, id, owner, name and state filters) and forgotten otherwise.
+    ///
+    /// A burst of builds finishing in one cluster thus costs no re-read of the cluster's
+    /// managed AMIs per build, while no reader sees an answer without a change this process
+    /// made.
+    pub(crate) async fn changed(&self, image_id: &str, change: ImageChange<'_>) {
+        let _serialised = self.updates.lock().await;
+        let entries: Vec<(Arc<CacheKey>, Arc<Vec<Image>>)> = self.cache.iter().collect();
+        let before = entries
+            .iter()
+            .find_map(|(_, images)| images.iter().find(|i| i.id == image_id))
+            .cloned();
+        let after = before.clone().map(|image| change.apply(image));
+        let account = self.account.get().map(String::as_str);
+        for (key, images) in entries {
+            let query = &key.1;
+            let held = images.iter().any(|i| i.id == image_id);
+            let holds = match (&before, &after) {
+                _ if !query.depends_on(&change) => Some(held),
+                (Some(before), Some(after)) => query.still_holds(held, before, after, account),
+                _ => None,
+            };
+            match (holds, &after) {
+                (Some(false), _) if !held => {}
+                (Some(holds), Some(after)) => {
+                    let mut updated: Vec<Image> = images
+                        .iter()
+                        .filter(|i| i.id != image_id)
+                        .cloned()
+                        .collect();
+                    if holds {
+                        updated.push(after.clone());
+                        updated.sort_by(|a, b| a.id.cmp(&b.id));
+                    }
+                    self.cache.insert((*key).clone(), Arc::new(updated)).await;
+                }
+                _ => self.cache.invalidate(&*key).await,
+            }
+        }
+    }
+
+    fn learn_account(&self, query: &ImageQuery, images: &[Image]) {
+        if query.owners == ["self"]
+            && let Some(image) = images.first()
+            && !image.owner_id.is_empty()
+        {
+            let _ = self.account.set(image.owner_id.clone());
         }
     }
 }
@@ -166,9 +350,31 @@ impl AwsClients {
             .map_err(|e| (*e).clone())
     }
 
-    /// Forgets cached results, after this process changed images (tags, deprecation).
+    /// Forgets every cached result.
     pub fn invalidate_images(&self) {
         self.images.cache.invalidate_all();
+    }
+
+    /// Forgets the cached answer to `query`, so the next lookup asks EC2.
+    pub async fn forget_images(&self, query: &ImageQuery) {
+        self.images
+            .cache
+            .invalidate(&(self.region.clone(), query.clone()))
+            .await;
+    }
+
+    /// Brings cached results up to date after this process changed `image_id`; after a
+    /// failed write (whose effect is unknown) everything is forgotten.
+    pub(crate) async fn image_changed<T>(
+        &self,
+        image_id: &str,
+        change: ImageChange<'_>,
+        result: &Result<T, AwsError>,
+    ) {
+        match result {
+            Ok(_) => self.images.changed(image_id, change).await,
+            Err(_) => self.invalidate_images(),
+        }
     }
 
     async fn describe_images_uncached(
@@ -218,6 +424,7 @@ impl AwsClients {
         }
         images.sort_by(|a, b| a.id.cmp(&b.id));
         images.dedup_by(|a, b| a.id == b.id);
+        self.images.learn_account(query, &images);
         Ok(Arc::new(images))
     }
 
@@ -280,6 +487,70 @@ mod tests {
             deprecation_time: None,
             tags: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_change_is_re_decided_only_where_the_query_can_be_evaluated() {
+        let written: BTreeMap<String, String> = [("status".to_owned(), "active".to_owned())].into();
+        let change = ImageChange::Tags(&written);
+        let before = image("ami-1", "built-1", "2024-10-01T00:00:00Z");
+        let after = change.apply(before.clone());
+        let managed = ImageQuery::default()
+            .owner("self")
+            .filter("tag:status", ["active"]);
+        let by_name = ImageQuery::default().filter("name", ["built-*"]);
+        let wildcard_tag = ImageQuery::default().filter("tag:status", ["act*"]);
+
+        // A query that does not look at the written tags keeps its answer.
+        assert!(!by_name.depends_on(&change));
+        assert!(managed.depends_on(&change));
+        assert!(
+            ImageQuery::default()
+                .filter("tag-key", ["x"])
+                .depends_on(&change)
+        );
+        // `self` is decided once this account's id is known.
+        assert_eq!(managed.still_holds(false, &before, &after, None), None);
+        assert_eq!(
+            managed.still_holds(false, &before, &after, Some("1")),
+            Some(true)
+        );
+        assert_eq!(
+            managed.still_holds(false, &before, &after, Some("2")),
+            Some(false)
+        );
+        // It was in the answer: only the tags can take it out.
+        assert_eq!(managed.still_holds(true, &before, &after, None), Some(true));
+        let retired = ImageChange::Tags(&[("status".to_owned(), "deprecated".to_owned())].into())
+            .apply(after.clone());
+        assert_eq!(
+            managed.still_holds(true, &after, &retired, None),
+            Some(false)
+        );
+        // Matching tags before yet absent: something else keeps it out.
+        assert_eq!(
+            managed.still_holds(false, &after, &after, Some("1")),
+            Some(false)
+        );
+        // Wildcards are EC2's to evaluate.
+        assert_eq!(
+            wildcard_tag.still_holds(false, &before, &after, Some("1")),
+            None
+        );
+        assert_eq!(
+            ImageQuery::default()
+                .filter("tag:status", ["active"])
+                .filter("architecture", ["x86_64"])
+                .still_holds(false, &before, &after, Some("1")),
+            None
+        );
+        assert_eq!(
+            ImageQuery::default()
+                .ids(["ami-2"])
+                .filter("tag:status", ["active"])
+                .still_holds(false, &before, &after, None),
+            Some(false)
+        );
     }
 
     #[test]

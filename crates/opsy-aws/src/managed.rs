@@ -9,7 +9,7 @@ use opsy_api::{AmiFilter, tags};
 
 use crate::{
     AwsClients, AwsError,
-    images::{Image, ImageQuery},
+    images::{Image, ImageChange, ImageQuery},
 };
 
 /// Where an AMI's creation time came from.
@@ -282,7 +282,8 @@ impl AwsClients {
                 .collect(),
         ));
         let result = self.call("ec2", OP, request.send()).await;
-        self.invalidate_images();
+        self.image_changed(image_id, ImageChange::Tags(tags), &result)
+            .await;
         result.map(drop)
     }
 
@@ -299,7 +300,9 @@ impl AwsClients {
             .image_id(image_id)
             .deprecate_at(DateTime::from_secs(at.as_second()));
         let result = self.call("ec2", OP, request.send()).await;
-        self.invalidate_images();
+        // Cached answers hold the time asked for; EC2's own is rounded to the minute.
+        self.image_changed(image_id, ImageChange::Deprecation(at), &result)
+            .await;
         result.map(drop)
     }
 

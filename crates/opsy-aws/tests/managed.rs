@@ -345,3 +345,112 @@ async fn the_packer_builders_of_a_cluster_share_one_managed_ami_lookup() {
     }
     assert_eq!(aws.calls.count("ec2", "DescribeImages") - before, 1);
 }
+
+/// What `managed_images` answers, reduced to what a decision reads.
+fn seen(selection: &opsy_aws::managed::Selection) -> Vec<(String, Option<String>, bool)> {
+    selection
+        .candidates
+        .iter()
+        .map(|c| {
+            (
+                c.image.id.clone(),
+                c.image.tag("status").map(str::to_owned),
+                c.image.deprecation_time.is_some(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn builds_finishing_together_keep_the_cached_answer_current_without_re_reading_it() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    let a = identity();
+    let b = BuildIdentity {
+        created_by: "al2023-gpu".into(),
+        ..identity()
+    };
+    let old = fixture.register_image("hardened-1", &[]).await.unwrap();
+    aws.tag_image(
+        &old,
+        &a.tags(&facts("2024-11-19T00:00:00Z", ids::AL2023_130_SEP, "j0")),
+    )
+    .await
+    .unwrap();
+    let cached = aws.managed_images(&a, 7 * DAY, now()).await.unwrap();
+    assert_eq!(cached.candidates.len(), 1);
+    let lookups = aws.calls.count("ec2", "DescribeImages");
+
+    // Eight builds of two PackerBuilders finish at once: each looks its AMI up by id, tags it
+    // (concurrently with the others) and the first deprecates the old one.
+    let mut built = Vec::new();
+    for i in 0..8 {
+        built.push(
+            fixture
+                .register_image(&format!("hardened-2-{i}"), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    let mut finishing = tokio::task::JoinSet::new();
+    for (i, id) in built.iter().enumerate() {
+        let (aws, id) = (aws.clone(), id.clone());
+        let identity = if i % 2 == 0 { a.clone() } else { b.clone() };
+        finishing.spawn(async move {
+            let found = aws
+                .describe_images(&ImageQuery::default().ids([id.as_str()]))
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1);
+            let job = format!("j{}", i + 1);
+            aws.tag_image(
+                &id,
+                &identity.tags(&facts("2024-11-19T12:00:00Z", ids::AL2023_130_OCT, &job)),
+            )
+            .await
+            .unwrap();
+        });
+    }
+    finishing.join_all().await;
+    let at: Timestamp = "2024-11-20T00:01:00Z".parse().unwrap();
+    aws.deprecate_image(&old, at).await.unwrap();
+
+    let for_a = aws.managed_images(&a, 7 * DAY, now()).await.unwrap();
+    let for_b = aws.managed_images(&b, 7 * DAY, now()).await.unwrap();
+    assert_eq!(
+        aws.calls.count("ec2", "DescribeImages"),
+        lookups + 8,
+        "one lookup by id per build; the cluster's managed AMIs are not read again"
+    );
+    assert_eq!((for_a.candidates.len(), for_b.candidates.len()), (5, 4));
+    // The cached answers are what EC2 answers.
+    let fresh = clients(&moto).await;
+    assert_eq!(
+        seen(&for_a),
+        seen(&fresh.managed_images(&a, 7 * DAY, now()).await.unwrap())
+    );
+    assert_eq!(
+        seen(&for_b),
+        seen(&fresh.managed_images(&b, 7 * DAY, now()).await.unwrap())
+    );
+    assert!(
+        seen(&for_a).contains(&(old.clone(), Some("deprecated".into()), true)),
+        "{:?}",
+        seen(&for_a)
+    );
+
+    // An image this process never looked at cannot be placed in an answer: the answers it may
+    // now belong to are forgotten and read again.
+    let unseen = fixture.register_image("hardened-3", &[]).await.unwrap();
+    aws.tag_image(
+        &unseen,
+        &a.tags(&facts("2024-11-19T18:00:00Z", ids::AL2023_130_OCT, "j9")),
+    )
+    .await
+    .unwrap();
+    let before = aws.calls.count("ec2", "DescribeImages");
+    let for_a = aws.managed_images(&a, 7 * DAY, now()).await.unwrap();
+    assert_eq!(aws.calls.count("ec2", "DescribeImages"), before + 1);
+    assert!(for_a.candidates.iter().any(|c| c.image.id == unseen));
+}

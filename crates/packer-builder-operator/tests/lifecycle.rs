@@ -88,7 +88,15 @@ impl World {
 
     /// A fresh context, as a restarted operator would build it.
     fn context(&self) -> Arc<Context> {
-        let options = AwsOptions::emulator(self.moto.endpoint());
+        self.context_caching_for(Duration::from_millis(1))
+    }
+
+    /// A fresh context whose `DescribeImages` answers are shared for `ttl`.
+    fn context_caching_for(&self, ttl: Duration) -> Arc<Context> {
+        let options = AwsOptions {
+            image_cache_ttl: ttl,
+            ..AwsOptions::emulator(self.moto.endpoint())
+        };
         let now = self.now;
         Arc::new(Context {
             client: self.client.clone(),
@@ -714,6 +722,33 @@ async fn a_crash_between_tagging_and_the_status_write_leaves_one_active_ami() {
         active.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         [built.as_str()]
     );
+}
+
+#[tokio::test]
+async fn a_cached_answer_older_than_the_recorded_ami_does_not_start_a_build() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    // A long-lived process looks while the build runs, and caches "no managed AMI".
+    let long_lived = world.context_caching_for(Duration::from_secs(600));
+    reconcile(Arc::new(world.pb().await), long_lived.clone())
+        .await
+        .unwrap();
+    // The completion is handled elsewhere (the previous leader, say): the AMI is tagged active
+    // and recorded in status, which the long-lived process's cached answer does not know.
+    let built = world.build_image("al2023-hardened-1").await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    assert_eq!(world.status().await.active_image.unwrap().id, built);
+
+    reconcile(Arc::new(world.pb().await), long_lived)
+        .await
+        .unwrap();
+    assert_eq!(world.job_names().await.len(), 1, "no second build");
+    let status = world.status().await;
+    assert_eq!(status.active_image.unwrap().id, built);
+    assert_eq!(status.last_run_status.as_deref(), Some("succeeded"));
 }
 
 #[tokio::test]
