@@ -23,6 +23,7 @@ pub struct AwsClients {
     /// Every call made through these clients.
     pub calls: CallCounter,
     pub(crate) images: ImageCache,
+    pub(crate) template_versions: crate::launch_templates::TemplateVersionCache,
     pub(crate) page_size: Option<i32>,
 }
 
@@ -38,6 +39,7 @@ impl AwsClients {
             sns: aws_sdk_sns::Client::new(&config),
             calls,
             images: ImageCache::new(options.image_cache_ttl),
+            template_versions: crate::launch_templates::template_version_cache(),
             page_size: options.page_size,
         }
     }

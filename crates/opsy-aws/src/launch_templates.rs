@@ -25,9 +25,41 @@ pub struct TemplateVersion {
     pub image_id: Option<String>,
 }
 
+/// Versions read, by template id and version number. A launch template version never changes
+/// once created and its number is never reused, so a node group that stays on its version
+/// costs no `DescribeLaunchTemplateVersions` after the first read.
+pub(crate) type TemplateVersionCache = moka::future::Cache<(String, i64), TemplateVersion>;
+
+pub(crate) fn template_version_cache() -> TemplateVersionCache {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        // Bounds how long a deleted version is still answered from memory.
+        .time_to_live(std::time::Duration::from_secs(3600))
+        .build()
+}
+
 impl AwsClients {
-    /// Reads `version` (a number, `$Latest` or `$Default`) of a launch template.
+    /// Reads `version` (a number, `$Latest` or `$Default`) of a launch template. Numbered
+    /// versions of a template named by id are read once and remembered.
     pub async fn launch_template_version(
+        &self,
+        template: &TemplateRef,
+        version: &str,
+    ) -> Result<TemplateVersion, AwsError> {
+        match (template, version.parse::<i64>()) {
+            (TemplateRef::Id(id), Ok(number)) => self
+                .template_versions
+                .try_get_with(
+                    (id.clone(), number),
+                    self.read_launch_template_version(template, version),
+                )
+                .await
+                .map_err(|e| (*e).clone()),
+            _ => self.read_launch_template_version(template, version).await,
+        }
+    }
+
+    async fn read_launch_template_version(
         &self,
         template: &TemplateRef,
         version: &str,

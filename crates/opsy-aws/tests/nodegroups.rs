@@ -141,6 +141,24 @@ async fn a_new_template_version_keeps_everything_but_the_image() {
         .await
         .unwrap_err();
     assert_eq!(err.category(), "not_found", "{err}");
+
+    // A numbered version never changes: read once. `$Latest` moves: read every time.
+    let reads = || aws.calls.count("ec2", "DescribeLaunchTemplateVersions");
+    let before = reads();
+    for _ in 0..3 {
+        let again = aws
+            .launch_template_version(&TemplateRef::Id(template.id.clone()), "2")
+            .await
+            .unwrap();
+        assert_eq!(again, v2);
+    }
+    assert_eq!(reads(), before);
+    for _ in 0..2 {
+        aws.launch_template_version(&TemplateRef::Id(template.id.clone()), "$Latest")
+            .await
+            .unwrap();
+    }
+    assert_eq!(reads(), before + 2);
 }
 
 #[tokio::test]

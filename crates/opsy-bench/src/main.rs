@@ -18,14 +18,21 @@ use std::{
 use anyhow::Context as _;
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::{
+    api::batch::v1::Job,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceDefinition, CustomResourceDefinitionCondition, CustomResourceDefinitionStatus,
+    },
+};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use kube_fake_client::ClientBuilder;
-use opsy_api::{AMIRefresher, PackerBuilder};
+use opsy_api::{AMIRefresher, PackerBuilder, crd::Kind};
 use opsy_aws::{AwsOptions, CallCounter, ClientSet, calls::is_read_only};
 use opsy_runtime::{context::Context, metrics::Metrics};
 use opsy_testkit::{ACCOUNT_ID, Fixture, Moto, NodeGroupSpec, kubelet};
 use serde::Serialize;
+
+mod process;
 
 const NS: &str = "bench";
 const REGION: &str = "us-west-2";
@@ -53,7 +60,11 @@ struct Scenario {
     /// From a finished build Job to its AMI tagged `active` and status written: the reconcile
     /// that processes the completion.
     completion_to_active_ms: Option<Percentiles>,
+    /// The whole benchmark process: reconcilers, in-memory API server and its objects, AWS
+    /// clients.
     peak_rss_mib: f64,
+    /// The operator binary alone, holding the same custom resources and Jobs.
+    operator_process: Option<process::ProcessFigures>,
 }
 
 #[derive(Debug, Serialize, Clone, Copy)]
@@ -133,6 +144,7 @@ impl Scenario {
         (custom_resources, filter_sets): (usize, usize),
         steady: Steady,
         completion_to_active_ms: Option<Percentiles>,
+        operator_process: Option<process::ProcessFigures>,
     ) -> Self {
         let operation_calls = |read_only: bool| -> u64 {
             steady
@@ -158,8 +170,23 @@ impl Scenario {
             steady_calls: steady.calls,
             completion_to_active_ms,
             peak_rss_mib: peak_rss_mib(),
+            operator_process,
         }
     }
+}
+
+/// The CustomResourceDefinition of `kind`, as the API server holds it once installed.
+fn established(kind: Kind) -> CustomResourceDefinition {
+    let mut crd = kind.crd();
+    crd.status = Some(CustomResourceDefinitionStatus {
+        conditions: Some(vec![CustomResourceDefinitionCondition {
+            type_: "Established".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    crd
 }
 
 fn packer_builder(i: usize, filter_set: usize) -> anyhow::Result<PackerBuilder> {
@@ -246,6 +273,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     let client = ClientBuilder::new()
         .with_resource::<PackerBuilder>()
         .with_status_subresource::<Job>()
+        .with_object(established(Kind::PackerBuilder))
         .with_objects(builders)
         .build()
         .await?;
@@ -266,6 +294,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         }
     };
 
+    let setup = Instant::now();
     // 1. Every PackerBuilder starts a build; the "kubelet" finishes each with a new AMI.
     reconcile_all(context(&moto, &client, &calls, "packer-builder-operator")).await?;
     let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
@@ -275,6 +304,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         "{} build Jobs for {n} PackerBuilders",
         started.len()
     );
+    eprintln!("bench:   {n} builds started ({:.0?})", setup.elapsed());
     for job in &started {
         let ami = fixture
             .register_image(&format!("built-{}", job.name_any()), &[])
@@ -289,6 +319,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         )
         .await?;
     }
+    eprintln!("bench:   {n} builds finished ({:.0?})", setup.elapsed());
     // 2. Each completion: AMI verified, tagged active, status written.
     let (completion, _) =
         reconcile_all(context(&moto, &client, &calls, "packer-builder-operator")).await?;
@@ -309,6 +340,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         "{active} of {n} PackerBuilders have an active AMI"
     );
 
+    eprintln!("bench:   {n} AMIs active ({:.0?})", setup.elapsed());
     // 3. Steady state: nothing to build, nothing to change.
     let before = calls.snapshot();
     moto.clear_requests()?;
@@ -321,18 +353,24 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         "the steady cycle started {} builds",
         created_after - n
     );
+    // 4. The operator binary, started against this API and emulator, reconciles them all.
+    eprintln!("bench:   starting the operator binary");
+    let steady_http = http_requests(&moto)?;
+    let binary = process::binary("packer-builder-operator");
+    let operator = process::measure(&binary, client.clone(), &moto, n).await?;
     Ok(Scenario::new(
         format!("PackerBuilder steady cycle, {n} CRs, {filter_sets} filter set(s)"),
         format!("cargo xtask bench -- --only pb-{n}x{filter_sets}"),
         (n, filter_sets),
         Steady {
             calls: steady_calls,
-            http_requests: http_requests(&moto)?,
+            http_requests: steady_http,
             latencies: steady,
             reconciles: n,
             wall,
         },
         Some(percentiles(completion)),
+        Some(operator),
     ))
 }
 
@@ -413,6 +451,7 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
             wall,
         },
         None,
+        None,
     ))
 }
 
@@ -464,6 +503,15 @@ fn print_table(scenarios: &[Scenario]) {
             completion,
             s.peak_rss_mib,
         );
+    }
+    println!("\nthe operator binary alone, against the same API and emulator:");
+    for s in scenarios {
+        if let Some(p) = s.operator_process {
+            println!(
+                "  {:<58} all reconciled {:.1} s after start; peak RSS {:.1} MiB; then RSS {:.1} MiB, of which heap {:.1} MiB",
+                s.name, p.first_cycle_s, p.peak_rss_mib, p.rss_mib, p.rss_anon_mib
+            );
+        }
     }
     println!("\ncalls by operation (steady cycle):");
     for s in scenarios {
