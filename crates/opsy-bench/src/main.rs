@@ -238,24 +238,37 @@ where
     Ok((durations, started.elapsed()))
 }
 
-/// A process's context for one cycle: a fresh AWS client set (cycles are `controllerTimer`
-/// apart, longer than the `DescribeImages` cache lives) counting into `calls`.
-fn context(moto: &Moto, client: &Client, calls: &CallCounter, manager: &str) -> Arc<Context> {
-    let mut options = AwsOptions::emulator(moto.endpoint());
-    options.image_cache_ttl = Duration::from_secs(30);
-    let aws = ClientSet::with_counter(options, calls.clone());
-    let mut ctx = Context::new(
-        manager,
-        client.clone(),
-        aws,
-        Arc::new(Timestamp::now),
-        Arc::new(Metrics::new(calls.clone())),
-    );
-    // No Slack here: a notification fails fast without a network call leaving the machine.
-    if let Some(ctx) = Arc::get_mut(&mut ctx) {
-        ctx.slack_api = "http://127.0.0.1:9".into();
+/// One operator process: its context lives across cycles, as in the real process.
+struct Process {
+    ctx: Arc<Context>,
+}
+
+impl Process {
+    fn new(moto: &Moto, client: &Client, calls: &CallCounter, manager: &str) -> Self {
+        let mut options = AwsOptions::emulator(moto.endpoint());
+        options.image_cache_ttl = Duration::from_secs(30);
+        let aws = ClientSet::with_counter(options, calls.clone());
+        let mut ctx = Context::new(
+            manager,
+            client.clone(),
+            aws,
+            Arc::new(Timestamp::now),
+            Arc::new(Metrics::new(calls.clone())),
+        );
+        // No Slack here: a notification fails fast without a network call leaving the machine.
+        if let Some(ctx) = Arc::get_mut(&mut ctx) {
+            ctx.slack_api = "http://127.0.0.1:9".into();
+        }
+        Self { ctx }
     }
-    ctx
+
+    /// The context for the next cycle. Cycles are `controllerTimer` apart, longer than
+    /// `DescribeImages` answers are kept, so those are gone; what never changes (launch
+    /// template versions) is still known.
+    async fn next_cycle(&self) -> Arc<Context> {
+        self.ctx.aws.region(REGION).await.invalidate_images();
+        self.ctx.clone()
+    }
 }
 
 async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenario> {
@@ -279,6 +292,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
         .await?;
     let api: Api<PackerBuilder> = Api::namespaced(client.clone(), NS);
     let calls = CallCounter::default();
+    let operator = Process::new(&moto, &client, &calls, "packer-builder-operator");
     let reconcile_all = |ctx: Arc<Context>| {
         let api = api.clone();
         async move {
@@ -296,7 +310,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
 
     let setup = Instant::now();
     // 1. Every PackerBuilder starts a build; the "kubelet" finishes each with a new AMI.
-    reconcile_all(context(&moto, &client, &calls, "packer-builder-operator")).await?;
+    reconcile_all(operator.next_cycle().await).await?;
     let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
     let started = jobs.list(&ListParams::default()).await?.items;
     anyhow::ensure!(
@@ -321,8 +335,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     }
     eprintln!("bench:   {n} builds finished ({:.0?})", setup.elapsed());
     // 2. Each completion: AMI verified, tagged active, status written.
-    let (completion, _) =
-        reconcile_all(context(&moto, &client, &calls, "packer-builder-operator")).await?;
+    let (completion, _) = reconcile_all(operator.next_cycle().await).await?;
     let active = api
         .list(&ListParams::default())
         .await?
@@ -344,8 +357,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     // 3. Steady state: nothing to build, nothing to change.
     let before = calls.snapshot();
     moto.clear_requests()?;
-    let (steady, wall) =
-        reconcile_all(context(&moto, &client, &calls, "packer-builder-operator")).await?;
+    let (steady, wall) = reconcile_all(operator.next_cycle().await).await?;
     let steady_calls = calls_since(&calls, &before);
     let created_after = jobs.list(&ListParams::default()).await?.items.len();
     anyhow::ensure!(
@@ -357,7 +369,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     eprintln!("bench:   starting the operator binary");
     let steady_http = http_requests(&moto)?;
     let binary = process::binary("packer-builder-operator");
-    let operator = process::measure(&binary, client.clone(), &moto, n).await?;
+    let alone = process::measure(&binary, client.clone(), &moto, n).await?;
     Ok(Scenario::new(
         format!("PackerBuilder steady cycle, {n} CRs, {filter_sets} filter set(s)"),
         format!("cargo xtask bench -- --only pb-{n}x{filter_sets}"),
@@ -370,7 +382,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
             wall,
         },
         Some(percentiles(completion)),
-        Some(operator),
+        Some(alone),
     ))
 }
 
@@ -408,13 +420,15 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
     }))?;
     let client = ClientBuilder::new()
         .with_resource::<AMIRefresher>()
+        .with_object(established(Kind::AMIRefresher))
         .with_object(amr)
         .build()
         .await?;
     let api: Api<AMIRefresher> = Api::namespaced(client.clone(), NS);
     let calls = CallCounter::default();
+    let operator = Process::new(&moto, &client, &calls, "ami-refresh-operator");
     let once = || async {
-        let ctx = context(&moto, &client, &calls, "ami-refresh-operator");
+        let ctx = operator.next_cycle().await;
         let amr = api.get("fleet").await?;
         cycle(vec![amr], |amr| {
             let ctx = ctx.clone();
@@ -439,19 +453,22 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
         .into_iter()
         .map(|(op, n)| (op, n / ROUNDS as u64))
         .collect();
+    let steady_http = http_requests(&moto)? / ROUNDS as u64;
+    let binary = process::binary("ami-refresh-operator");
+    let alone = process::measure(&binary, client.clone(), &moto, 1).await?;
     Ok(Scenario::new(
         format!("AMIRefresher steady cycle, {groups} node groups"),
         "cargo xtask bench -- --only amr-50".into(),
         (1, 0),
         Steady {
             calls: steady_calls,
-            http_requests: http_requests(&moto)? / ROUNDS as u64,
+            http_requests: steady_http,
             latencies: samples,
             reconciles: ROUNDS,
             wall,
         },
         None,
-        None,
+        Some(alone),
     ))
 }
 
@@ -508,8 +525,8 @@ fn print_table(scenarios: &[Scenario]) {
     for s in scenarios {
         if let Some(p) = s.operator_process {
             println!(
-                "  {:<58} all reconciled {:.1} s after start; peak RSS {:.1} MiB; then RSS {:.1} MiB, of which heap {:.1} MiB",
-                s.name, p.first_cycle_s, p.peak_rss_mib, p.rss_mib, p.rss_anon_mib
+                "  {:<58} all reconciled {:.1} s after start with {} AWS requests; peak RSS {:.1} MiB; then RSS {:.1} MiB, of which heap {:.1} MiB",
+                s.name, p.first_cycle_s, p.aws_requests, p.peak_rss_mib, p.rss_mib, p.rss_anon_mib
             );
         }
     }

@@ -26,6 +26,8 @@ pub struct ProcessFigures {
     pub rss_mib: f64,
     /// Of that, anonymous memory (`RssAnon`: heap and stacks, without the mapped binary), MiB.
     pub rss_anon_mib: f64,
+    /// AWS requests the emulator served while the process ran its first cycle.
+    pub aws_requests: u64,
 }
 
 /// The in-memory API over HTTP: every request is handed to the fake client as it came.
@@ -130,6 +132,7 @@ pub async fn measure(
     std::fs::create_dir_all(&dir)?;
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = std::fs::File::create(dir.join("operator.log"))?;
+    moto.clear_requests()?;
     let started = Instant::now();
     let child = Running(
         Command::new(binary)
@@ -168,6 +171,7 @@ pub async fn measure(
         peak_rss_mib: status_kib(pid, "VmHWM:").unwrap_or(0.0) / 1024.0,
         rss_mib: status_kib(pid, "VmRSS:").unwrap_or(0.0) / 1024.0,
         rss_anon_mib: status_kib(pid, "RssAnon:").unwrap_or(0.0) / 1024.0,
+        aws_requests: crate::http_requests(moto)?,
     };
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
