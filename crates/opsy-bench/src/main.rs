@@ -175,6 +175,16 @@ impl Scenario {
     }
 }
 
+/// The command that measures scenario `only` again, with this build's profile.
+fn reproduce(only: &str) -> String {
+    let release = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
+    format!("cargo xtask bench{release} -- --only {only}")
+}
+
 /// The CustomResourceDefinition of `kind`, as the API server holds it once installed.
 fn established(kind: Kind) -> CustomResourceDefinition {
     let mut crd = kind.crd();
@@ -372,7 +382,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     let alone = process::measure(&binary, client.clone(), &moto, n).await?;
     Ok(Scenario::new(
         format!("PackerBuilder steady cycle, {n} CRs, {filter_sets} filter set(s)"),
-        format!("cargo xtask bench -- --only pb-{n}x{filter_sets}"),
+        reproduce(&format!("pb-{n}x{filter_sets}")),
         (n, filter_sets),
         Steady {
             calls: steady_calls,
@@ -458,7 +468,7 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
     let alone = process::measure(&binary, client.clone(), &moto, 1).await?;
     Ok(Scenario::new(
         format!("AMIRefresher steady cycle, {groups} node groups"),
-        "cargo xtask bench -- --only amr-50".into(),
+        reproduce("amr-50"),
         (1, 0),
         Steady {
             calls: steady_calls,
@@ -539,7 +549,10 @@ fn print_table(scenarios: &[Scenario]) {
             .collect();
         println!("  {:<58} {}", s.name, ops.join(" "));
     }
-    println!("\nreproduce one row: the `reproduce` field of target/bench/results.json");
+    println!("\nreproduce a row:");
+    for s in scenarios {
+        println!("  {:<58} {}", s.name, s.reproduce);
+    }
 }
 
 #[tokio::main]

@@ -30,11 +30,30 @@ pub struct ProcessFigures {
     pub aws_requests: u64,
 }
 
-/// The in-memory API over HTTP: every request is handed to the fake client as it came.
+/// The in-memory API over HTTP: every request is handed to the fake client as it came, except
+/// watches, which it does not implement (it answers them with a list): a watch here is what
+/// a real API server sends when nothing changes — an open stream without events until the
+/// watch's `timeoutSeconds`.
 async fn forward(
     State(client): State<Client>,
     request: axum::extract::Request,
 ) -> impl IntoResponse {
+    let query = request.uri().query().unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+    };
+    if matches!(param("watch"), Some("true" | "1")) {
+        let timeout = param("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(290);
+        let quiet = futures::stream::once(async move {
+            tokio::time::sleep(Duration::from_secs(timeout)).await;
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::new())
+        });
+        return axum::body::Body::from_stream(quiet).into_response();
+    }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
