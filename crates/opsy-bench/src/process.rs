@@ -38,7 +38,7 @@ async fn forward(
     State(client): State<Client>,
     request: axum::extract::Request,
 ) -> impl IntoResponse {
-    let query = request.uri().query().unwrap_or_default();
+    let query = request.uri().query().unwrap_or_default().to_owned();
     let param = |name: &str| {
         query
             .split('&')
@@ -54,7 +54,22 @@ async fn forward(
         });
         return axum::body::Body::from_stream(quiet).into_response();
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // It honours `limit` but never answers with a `continue` token, so a paged list would
+    // stop at the first page: lists are answered whole, as one last page.
+    if parts.uri.query().is_some_and(|q| q.contains("limit=")) {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.starts_with("limit=") && !p.starts_with("continue="))
+            .collect();
+        let uri = format!("{}?{}", parts.uri.path(), kept.join("&"));
+        match uri.parse() {
+            Ok(uri) => parts.uri = uri,
+            Err(e) => {
+                return (http::StatusCode::BAD_REQUEST, format!("{e}")).into_response();
+            }
+        }
+    }
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
         Err(e) => return (http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
