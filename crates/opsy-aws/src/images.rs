@@ -287,8 +287,9 @@ impl ImageCache {
     /// evaluated here (exact tag, id, owner, name and state filters) and forgotten otherwise.
     ///
     /// A burst of builds finishing in one cluster thus costs no re-read of the cluster's
-    /// managed AMIs per build, while no reader sees an answer without a change this process
-    /// made.
+    /// managed AMIs per build, while every cached answer shows the changes this process made.
+    /// A lookup already in flight during a write can still store the older answer until the
+    /// TTL ends; callers that act on an absence check it (see the PackerBuilder's reconcile).
     pub(crate) async fn changed(&self, image_id: &str, change: ImageChange<'_>) {
         let _serialised = self.updates.lock().await;
         let entries: Vec<(Arc<CacheKey>, Arc<Vec<Image>>)> = self.cache.iter().collect();
