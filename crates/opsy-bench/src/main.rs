@@ -18,18 +18,13 @@ use std::{
 use anyhow::Context as _;
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::batch::v1::Job,
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-        CustomResourceDefinition, CustomResourceDefinitionCondition, CustomResourceDefinitionStatus,
-    },
-};
+use k8s_openapi::api::batch::v1::Job;
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use kube_fake_client::ClientBuilder;
 use opsy_api::{AMIRefresher, PackerBuilder, crd::Kind};
 use opsy_aws::{AwsOptions, CallCounter, ClientSet, calls::is_read_only};
 use opsy_runtime::{context::Context, metrics::Metrics};
-use opsy_testkit::{ACCOUNT_ID, Fixture, Moto, NodeGroupSpec, kubelet};
+use opsy_testkit::{ACCOUNT_ID, Fixture, Moto, NodeGroupSpec, kube::established, kubelet};
 use serde::Serialize;
 
 mod process;
@@ -185,20 +180,6 @@ fn reproduce(only: &str) -> String {
     format!("cargo xtask bench{release} -- --only {only}")
 }
 
-/// The CustomResourceDefinition of `kind`, as the API server holds it once installed.
-fn established(kind: Kind) -> CustomResourceDefinition {
-    let mut crd = kind.crd();
-    crd.status = Some(CustomResourceDefinitionStatus {
-        conditions: Some(vec![CustomResourceDefinitionCondition {
-            type_: "Established".into(),
-            status: "True".into(),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    });
-    crd
-}
-
 fn packer_builder(i: usize, filter_set: usize) -> anyhow::Result<PackerBuilder> {
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "ami.refresh.ops/v1alpha1",
@@ -296,7 +277,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     let client = ClientBuilder::new()
         .with_resource::<PackerBuilder>()
         .with_status_subresource::<Job>()
-        .with_object(established(Kind::PackerBuilder))
+        .with_object(established(Kind::PackerBuilder.crd()))
         .with_objects(builders)
         .build()
         .await?;
@@ -430,7 +411,7 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
     }))?;
     let client = ClientBuilder::new()
         .with_resource::<AMIRefresher>()
-        .with_object(established(Kind::AMIRefresher))
+        .with_object(established(Kind::AMIRefresher.crd()))
         .with_object(amr)
         .build()
         .await?;

@@ -3,16 +3,17 @@
 //! its memory is measured without the API server's or the emulator's.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use axum::{extract::State, response::IntoResponse};
 use kube::Client;
-use opsy_testkit::Moto;
+use opsy_testkit::{
+    ACCESS_KEY_ID, Moto, SECRET_ACCESS_KEY, kube::write_kubeconfig, process::Running,
+};
 use serde::Serialize;
 
 /// What the operator process cost.
@@ -57,7 +58,7 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     // It honours `limit` but never answers with a `continue` token, so a paged list would
     // stop at the first page: lists are answered whole, as one last page.
-    if parts.uri.query().is_some_and(|q| q.contains("limit=")) {
+    if param("limit").is_some() {
         let kept: Vec<&str> = query
             .split('&')
             .filter(|p| !p.starts_with("limit=") && !p.starts_with("continue="))
@@ -88,16 +89,6 @@ async fn serve(client: Client) -> anyhow::Result<std::net::SocketAddr> {
     let app = axum::Router::new().fallback(forward).with_state(client);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(address)
-}
-
-/// Stops the process when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn status_kib(pid: u32, field: &str) -> Option<f64> {
@@ -134,20 +125,6 @@ pub fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn kubeconfig(dir: &Path, server: std::net::SocketAddr) -> anyhow::Result<PathBuf> {
-    let path = dir.join("kubeconfig");
-    std::fs::File::create(&path)?.write_all(
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: bench\n\
-             clusters: [{{name: bench, cluster: {{server: 'http://{server}'}}}}]\n\
-             users: [{{name: bench, user: {{token: bench}}}}]\n\
-             contexts: [{{name: bench, context: {{cluster: bench, user: bench, namespace: opsy-system}}}}]\n"
-        )
-        .as_bytes(),
-    )?;
-    Ok(path)
-}
-
 /// Runs `binary` against `client` (which must hold the operator's CRD, established) and the
 /// emulator until it has reconciled `expected` objects, and reads its memory.
 pub async fn measure(
@@ -165,6 +142,8 @@ pub async fn measure(
     let dir = std::env::temp_dir().join(format!("opsy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let kubeconfig = dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &format!("http://{server}"))?;
     let log = std::fs::File::create(dir.join("operator.log"))?;
     moto.clear_requests()?;
     let started = Instant::now();
@@ -173,10 +152,10 @@ pub async fn measure(
             .args(["run", "--leader-elect=false", "--log-format", "json"])
             .args(["--metrics-addr", &admin.to_string()])
             .args(["--aws-endpoint-url", moto.endpoint()])
-            .env("KUBECONFIG", kubeconfig(&dir, server)?)
-            .env("AWS_ACCESS_KEY_ID", "AKIAOPSYEMULATOR0000")
-            .env("AWS_SECRET_ACCESS_KEY", "opsy-emulator")
-            .env("AWS_REGION", "us-west-2")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+            .env("AWS_REGION", crate::REGION)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -4,9 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, CustomResourceDefinitionCondition, CustomResourceDefinitionStatus,
-};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_fake_client::ClientBuilder;
 use opsy_aws::CallCounter;
 use opsy_runtime::{
@@ -14,6 +12,7 @@ use opsy_runtime::{
     metrics::Metrics,
     operator::wait_for_crd,
 };
+use opsy_testkit::kube::established;
 
 #[tokio::test]
 async fn metrics_livez_and_readyz_answer_over_http() {
@@ -71,19 +70,8 @@ async fn metrics_livez_and_readyz_answer_over_http() {
         .unwrap();
 }
 
-fn crd(established: bool) -> CustomResourceDefinition {
-    let mut crd = opsy_api::crd::Kind::PackerBuilder.crd();
-    if established {
-        crd.status = Some(CustomResourceDefinitionStatus {
-            conditions: Some(vec![CustomResourceDefinitionCondition {
-                type_: "Established".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        });
-    }
-    crd
+fn crd() -> CustomResourceDefinition {
+    opsy_api::crd::Kind::PackerBuilder.crd()
 }
 
 #[tokio::test]
@@ -98,7 +86,7 @@ async fn the_operator_waits_until_its_crd_is_established() {
     assert!(waiting.await.is_err(), "started without the CRD");
 
     let installing = ClientBuilder::new()
-        .with_object(crd(false))
+        .with_object(crd())
         .build()
         .await
         .unwrap();
@@ -112,7 +100,7 @@ async fn the_operator_waits_until_its_crd_is_established() {
     );
 
     let ready = ClientBuilder::new()
-        .with_object(crd(true))
+        .with_object(established(crd()))
         .build()
         .await
         .unwrap();

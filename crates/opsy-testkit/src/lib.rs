@@ -5,8 +5,10 @@
 
 pub mod fixtures;
 pub mod iam;
+pub mod kube;
 pub mod kubelet;
 pub mod moto;
+pub mod process;
 pub mod seed;
 
 pub use fixtures::{Fixture, NodeGroupSpec};

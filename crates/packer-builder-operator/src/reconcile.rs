@@ -125,14 +125,15 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         None => None,
     };
     let expires_in = pb.spec.time_outs.expires_in.as_std();
-    let mut managed = aws.managed_images(&identity(&pb), expires_in, now).await?;
+    let builds = identity(&pb);
+    let mut managed = aws.managed_images(&builds, expires_in, now).await?;
     // The AMI status records is not in the (shared, cached) answer: before deciding on it —
     // which could mean a build — ask EC2 itself, in case the answer predates a recent write.
     if let Some(recorded) = status.active_image.as_ref().map(|i| i.id.as_str())
         && !managed.candidates.iter().any(|c| c.image.id == recorded)
     {
-        aws.forget_images(&identity(&pb).query()).await;
-        managed = aws.managed_images(&identity(&pb), expires_in, now).await?;
+        aws.forget_images(&builds.query()).await;
+        managed = aws.managed_images(&builds, expires_in, now).await?;
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let open = open_job(

@@ -4,19 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::Write,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use opsy_testkit::{kube::write_kubeconfig, process::Running};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,18 +24,7 @@ async fn a_running_binary_serves_livez_readyz_and_metrics() {
     let kubeconfig = dir.path().join("kubeconfig");
     // A cluster that refuses connections: the operator keeps waiting for its CRD.
     let refused = free_port();
-    std::fs::File::create(&kubeconfig)
-        .unwrap()
-        .write_all(
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-                 clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{refused}'}}}}]\n\
-                 users: [{{name: u, user: {{token: t}}}}]\n\
-                 contexts: [{{name: c, context: {{cluster: c, user: u, namespace: opsy-system}}}}]\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+    write_kubeconfig(&kubeconfig, &format!("http://127.0.0.1:{refused}")).unwrap();
     let port = free_port();
     let _binary = Running(
         Command::new(env!("CARGO_BIN_EXE_packer-builder-operator"))
