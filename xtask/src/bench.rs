@@ -2,10 +2,10 @@
 
 use std::{path::Path, process::Command};
 
-use crate::{moto, run};
+use crate::run;
 
 pub fn run_bench(root: &Path, release: bool, args: &[String]) -> anyhow::Result<()> {
-    moto::setup(root)?;
+    crate::setup(root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The operator binaries run as their own processes, to measure their memory alone.
     let mut build = Command::new(&cargo);

@@ -2,13 +2,14 @@
 
 use std::{path::Path, process::Command, time::Instant};
 
-use crate::{charts, crds, moto, run};
+use crate::{charts, crds, run};
 
 pub fn run_all(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
-    step("install the AWS emulator and the chart tools", || {
-        moto::setup(root)
-    })?;
+    step(
+        "install the AWS emulator and the chart tools, build the control plane",
+        || crate::setup(root),
+    )?;
     step("cargo fmt --check", || {
         run(cargo(root).args(["fmt", "--all", "--", "--check"]))
     })?;

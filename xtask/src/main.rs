@@ -3,6 +3,7 @@
 mod bench;
 mod charts;
 mod ci;
+mod control_plane;
 mod crds;
 mod moto;
 
@@ -36,7 +37,8 @@ enum Task {
         #[arg(long)]
         write: bool,
     },
-    /// Install the pinned AWS emulator (moto) and the chart tools into .venv/.
+    /// Install the pinned AWS emulator (moto) and the chart tools into .venv/, and build the
+    /// Kubernetes control plane and helm from test/control-plane/ into a cache, when missing.
     Setup,
     /// Benchmarks: AWS calls per cycle, reconcile latency and throughput, memory (prints a
     /// table, writes target/bench/results.json). `-- --only pb-100x1` runs one scenario.
@@ -64,10 +66,10 @@ fn main() -> anyhow::Result<()> {
             moto::setup(&root)?;
             charts::check(&root, write)
         }
-        Task::Setup => moto::setup(&root),
+        Task::Setup => setup(&root),
         Task::Bench { release, args } => bench::run_bench(&root, release, &args),
         Task::Demo => {
-            moto::setup(&root)?;
+            setup(&root)?;
             eprintln!("building the sandbox (the first build takes several minutes)");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             run(Command::new(cargo).current_dir(&root).args([
@@ -80,6 +82,13 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Ci => ci::run_all(&root),
     }
+}
+
+/// Everything the tests, the demo and the benchmarks need besides Rust.
+fn setup(root: &Path) -> anyhow::Result<()> {
+    moto::setup(root)?;
+    control_plane::setup(root)?;
+    Ok(())
 }
 
 /// The workspace root: the parent of this crate's directory.

@@ -3,6 +3,7 @@
 //! [`Moto`] runs the AWS emulator (moto, installed by `cargo xtask setup` into `.venv/`) for one
 //! test, on its own loopback port, seeded with EKS-style AMIs from [`seed::eks_amis`].
 
+pub mod control_plane;
 pub mod fixtures;
 pub mod iam;
 pub mod kube;
@@ -11,6 +12,7 @@ pub mod moto;
 pub mod process;
 pub mod seed;
 
+pub use control_plane::{ControlPlane, ControlPlaneError, TestNamespace};
 pub use fixtures::{Fixture, NodeGroupSpec};
 pub use moto::{ACCESS_KEY_ID, ACCOUNT_ID, Moto, MotoError, MotoOptions, SECRET_ACCESS_KEY};
 pub use seed::SeedAmi;
