@@ -179,8 +179,8 @@ fn build(modules: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// `target/control-plane` → the cache's `bin/`, replaced when it points elsewhere.
 fn link(root: &Path, bin: &Path) -> anyhow::Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
     let link = target.join("control-plane");
     if fs::read_link(&link).is_ok_and(|current| current == bin) {

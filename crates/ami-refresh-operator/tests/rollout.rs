@@ -1,4 +1,4 @@
-//! The AMIRefresher reconciler against an in-memory Kubernetes API and the AWS emulator with
+//! The AMIRefresher reconciler against a real Kubernetes control plane and the AWS emulator with
 //! the project's extension (EKS updates and instance refreshes progress over polls). Every
 //! reconcile gets a fresh context, as after a restart.
 
@@ -14,20 +14,19 @@ use kube::{
     api::{ListParams, PostParams},
     runtime::events::{Recorder, Reporter},
 };
-use kube_fake_client::ClientBuilder;
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus,
     ami_refresher::{NodeGroupKind, NodeGroupPhase},
 };
 use opsy_aws::{AwsOptions, CallCounter, ClientSet};
 use opsy_runtime::metrics::Metrics;
-use opsy_testkit::{Fixture, Moto, NodeGroupSpec, seed::ids};
+use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, TestNamespace, seed::ids};
 
-const NS: &str = "opsy";
 const REGION: &str = "us-west-2";
 const CLUSTER: &str = "prod-east";
 
 struct World {
+    ns: TestNamespace,
     moto: Moto,
     fixture: Fixture,
     client: Client,
@@ -44,7 +43,7 @@ fn manifest(spec: serde_json::Value) -> AMIRefresher {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "ami.refresh.ops/v1alpha1",
         "kind": "AMIRefresher",
-        "metadata": {"name": "prod-rollout", "namespace": NS, "uid": "7d1e0c9a-3333-4f00-a1b2-c3d4e5f60718", "generation": 1},
+        "metadata": {"name": "prod-rollout"},
         "spec": full,
     }))
     .unwrap()
@@ -52,15 +51,17 @@ fn manifest(spec: serde_json::Value) -> AMIRefresher {
 
 impl World {
     async fn new() -> Self {
+        let ns = ControlPlane::shared()
+            .unwrap()
+            .namespace("rollout")
+            .await
+            .unwrap();
+        let client = ns.client.clone();
         let moto = Moto::start().unwrap();
         let fixture = Fixture::new(&moto, REGION).await;
         fixture.create_cluster(CLUSTER).await.unwrap();
-        let client = ClientBuilder::new()
-            .with_resource::<AMIRefresher>()
-            .build()
-            .await
-            .unwrap();
         Self {
+            ns,
             calls: CallCounter::default(),
             moto,
             fixture,
@@ -85,7 +86,7 @@ impl World {
     }
 
     fn api(&self) -> Api<AMIRefresher> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
     fn context(&self) -> Arc<Context> {
@@ -145,7 +146,7 @@ impl World {
     }
 
     async fn events(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         events
             .list(&ListParams::default())
             .await
@@ -370,10 +371,9 @@ async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
 
     // Fix the cause, change the spec: the rollout resumes without another template version.
     world.moto.set_failing("b", false).unwrap();
-    let mut changed = manifest(
+    let changed = manifest(
         serde_json::json!({"ami": target, "exclude": ["c"], "rollout": {"maxInFlight": 1}}),
     );
-    changed.metadata.generation = Some(2);
     world.apply(changed).await;
     for _ in 0..12 {
         world.reconcile().await.unwrap();
@@ -570,8 +570,7 @@ async fn bad_input_is_reported_clearly() {
     );
 
     // An explicit AMI that does not exist.
-    let mut missing = manifest(serde_json::json!({"ami": "ami-0123456789abcdef0"}));
-    missing.metadata.generation = Some(2);
+    let missing = manifest(serde_json::json!({"ami": "ami-0123456789abcdef0"}));
     world.apply(missing).await;
     world.reconcile().await.unwrap();
     let degraded = opsy_api::conditions::find(&world.status().await.conditions, "Degraded")
@@ -583,9 +582,7 @@ async fn bad_input_is_reported_clearly() {
     );
 
     // A cluster that does not exist.
-    let mut elsewhere =
-        manifest(serde_json::json!({"ami": target, "clusterName": "no-such-cluster"}));
-    elsewhere.metadata.generation = Some(3);
+    let elsewhere = manifest(serde_json::json!({"ami": target, "clusterName": "no-such-cluster"}));
     world.apply(elsewhere).await;
     let err = world.reconcile().await.unwrap_err();
     assert_eq!(err.category(), "not_found");
@@ -615,11 +612,10 @@ async fn rollouts_are_notified_once_per_transition() {
         .await;
     let mut world = World::new().await;
     world.slack_api = slack.uri();
-    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &world.ns.name);
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some("slack-token".into()),
-            namespace: Some(NS.into()),
             ..ObjectMeta::default()
         },
         data: Some([("token".to_owned(), ByteString(b"xoxb-test".to_vec()))].into()),

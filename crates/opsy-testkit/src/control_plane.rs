@@ -312,7 +312,11 @@ impl ControlPlane {
 
     /// A client acting as `user` in `groups` (impersonated by the admin), so that RBAC judges
     /// its requests as that user's.
-    pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<Client, ControlPlaneError> {
+    pub async fn client_as(
+        &self,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<Client, ControlPlaneError> {
         let mut config = self.config().await?;
         config.auth_info.impersonate = Some(user.to_owned());
         config.auth_info.impersonate_groups =
@@ -339,6 +343,9 @@ impl ControlPlane {
 
     /// The admin's client configuration.
     pub async fn config(&self) -> Result<Config, ControlPlaneError> {
+        // The process links two rustls providers (the AWS SDK brings aws-lc); as in the
+        // operators, the Kubernetes client uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig =
             Kubeconfig::read_from(&self.kubeconfig).map_err(kube_error("kubeconfig"))?;
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -433,16 +440,22 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
-        spawn_from_keeper(command)
-            .map(Running)
-            .map_err(io(format!("starting {name} (needs setpriv from util-linux)")))
+        spawn_from_keeper(command).map(Running).map_err(io(format!(
+            "starting {name} (needs setpriv from util-linux)"
+        )))
     }
 
     fn start_error(&self, what: String, component: &'static str) -> ControlPlaneError {
         ControlPlaneError::Start {
             what,
             component,
-            log_tail: log_tail(&self.dir.path().join("logs").join(format!("{component}.log"))),
+            log_tail: log_tail(
+                &self
+                    .dir
+                    .path()
+                    .join("logs")
+                    .join(format!("{component}.log")),
+            ),
         }
     }
 }
@@ -599,9 +612,11 @@ pub fn free_port() -> Result<u16, ControlPlaneError> {
 /// The serving certificate (for 127.0.0.1 and localhost, self-signed: the client trusts it
 /// as its own authority) and the service-account signing key.
 fn write_pki(dir: &Path) -> Result<(), ControlPlaneError> {
-    let pki = |what: &'static str| move |e: rcgen::Error| ControlPlaneError::Pki {
-        what,
-        message: e.to_string(),
+    let pki = |what: &'static str| {
+        move |e: rcgen::Error| ControlPlaneError::Pki {
+            what,
+            message: e.to_string(),
+        }
     };
     let serving = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
         .map_err(pki("the serving certificate"))?;

@@ -123,7 +123,14 @@ fn terminated_status(pod: &Pod, exit_code: i32, message: &str) -> PodStatus {
         ..ContainerStatus::default()
     };
     PodStatus {
-        phase: Some(if exit_code == 0 { "Succeeded" } else { "Failed" }.to_owned()),
+        phase: Some(
+            if exit_code == 0 {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+            .to_owned(),
+        ),
         init_container_statuses: Some(
             spec.init_containers
                 .iter()

@@ -44,12 +44,18 @@ async fn jobs_get_pods_rbac_is_on_and_requests_are_audited() {
     assert_eq!(found, 1, "the Job controller created no Pod");
 
     // A user with no role binding is refused.
-    let nobody = cp.client_as("nobody", &["system:authenticated"]).await.unwrap();
+    let nobody = cp
+        .client_as("nobody", &["system:authenticated"])
+        .await
+        .unwrap();
     let err = Api::<Job>::namespaced(nobody, &ns.name)
         .list(&ListParams::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref e) if e.code == 403), "{err}");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 403),
+        "{err}"
+    );
 
     let audit = cp.audit_events().unwrap();
     assert!(
@@ -61,5 +67,12 @@ async fn jobs_get_pods_rbac_is_on_and_requests_are_audited() {
 
     // The CRDs are installed and served.
     let builders: Api<opsy_api::PackerBuilder> = Api::namespaced(ns.client.clone(), &ns.name);
-    assert!(builders.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        builders
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

@@ -1,6 +1,7 @@
-//! The PackerBuilder reconciler against an in-memory Kubernetes API and the AWS emulator. The
-//! test plays the kubelet: it registers the AMI a build would produce and completes the Job
-//! with Packer's artifact line. Every reconcile gets a fresh context, as after a restart.
+//! The PackerBuilder reconciler against a real Kubernetes control plane (the Job controller
+//! creates the build Pods) and the AWS emulator. The test plays the kubelet: it registers the
+//! AMI a build would produce and ends the build Pod with Packer's artifact line as its
+//! termination message. Every reconcile gets a fresh context, as after a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,20 +11,19 @@ use jiff::Timestamp;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, ObjectMeta, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::events::{Recorder, Reporter},
 };
-use kube_fake_client::ClientBuilder;
 use opsy_api::{PackerBuilder, PackerBuilderStatus};
 use opsy_aws::{AwsOptions, CallCounter, ClientSet, ImageQuery};
 use opsy_runtime::metrics::Metrics;
-use opsy_testkit::{ACCOUNT_ID, Fixture, Moto, kubelet};
+use opsy_testkit::{ACCOUNT_ID, ControlPlane, Fixture, Moto, TestNamespace, kubelet};
 use packer_builder_operator::reconcile::{Context, reconcile};
 
-const NS: &str = "opsy";
 const REGION: &str = "us-west-2";
 
 struct World {
+    ns: TestNamespace,
     moto: Moto,
     fixture: Fixture,
     client: Client,
@@ -54,29 +54,32 @@ fn pb_manifest(extra: serde_json::Value) -> PackerBuilder {
             spec.insert(k.clone(), v.clone());
         }
     }
-    let mut pb: PackerBuilder = serde_json::from_value(serde_json::json!({
+    let pb: PackerBuilder = serde_json::from_value(serde_json::json!({
         "apiVersion": "ami.refresh.ops/v1alpha1",
         "kind": "PackerBuilder",
-        "metadata": {"name": "al2023-hardened", "namespace": NS, "uid": "0b6a3f0e-1111-4c2e-9a9e-5d1c2b3a4f50", "generation": 1},
+        "metadata": {"name": "al2023-hardened"},
         "spec": spec,
     }))
     .unwrap();
-    pb.metadata.generation = Some(1);
     pb
 }
 
 impl World {
     async fn new(pb: PackerBuilder) -> Self {
-        let moto = Moto::start().unwrap();
-        let fixture = Fixture::new(&moto, REGION).await;
-        let client = ClientBuilder::new()
-            .with_resource::<PackerBuilder>()
-            .with_status_subresource::<Job>()
-            .with_object(pb)
-            .build()
+        let ns = ControlPlane::shared()
+            .unwrap()
+            .namespace("lifecycle")
             .await
             .unwrap();
+        let client = ns.client.clone();
+        Api::<PackerBuilder>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &pb)
+            .await
+            .unwrap();
+        let moto = Moto::start().unwrap();
+        let fixture = Fixture::new(&moto, REGION).await;
         Self {
+            ns,
             calls: CallCounter::default(),
             moto,
             fixture,
@@ -117,11 +120,11 @@ impl World {
     }
 
     fn builders(&self) -> Api<PackerBuilder> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
     fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
     async fn pb(&self) -> PackerBuilder {
@@ -153,7 +156,7 @@ impl World {
     }
 
     async fn events(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         events
             .list(&ListParams::default())
             .await
@@ -171,7 +174,7 @@ impl World {
 
     /// Plays the kubelet: the Job's pod ran Packer, which printed `output`; the Job is done.
     async fn finish_job(&self, job: &str, exit_code: i32, output: &str) {
-        kubelet::finish_build_job(&self.client, NS, job, exit_code, output)
+        kubelet::finish_build_job(&self.client, &self.ns.name, job, exit_code, output)
             .await
             .unwrap();
     }
@@ -251,6 +254,7 @@ async fn full_lifecycle_build_tag_rebuild_on_new_base_and_deprecate() {
     world.finish_job(&jobs[0], 0, &artifact(&built1)).await;
     world.reconcile().await;
     let tags = world.image_tags(&built1).await;
+    let uid = world.pb().await.uid().unwrap();
     for (key, value) in [
         ("brought-to-you-by", "opsy-the-ami-operator"),
         ("cluster-name", "prod-east"),
@@ -262,7 +266,7 @@ async fn full_lifecycle_build_tag_rebuild_on_new_base_and_deprecate() {
         ("packer-repo-branch", "main"),
         ("status", "active"),
         ("base-ami", base1.as_str()),
-        ("build-id", "0b6a3f0e-1111-4c2e-9a9e-5d1c2b3a4f50"),
+        ("build-id", uid.as_str()),
     ] {
         assert_eq!(tags.get(key).map(String::as_str), Some(value), "tag {key}");
     }
@@ -409,7 +413,6 @@ async fn failures_count_up_to_the_limit_and_a_spec_change_resumes() {
     // A spec change (new generation) resumes building.
     let mut pb = world.pb().await;
     pb.spec.builder.branch = "fix-plugins".into();
-    pb.metadata.generation = Some(2);
     world
         .builders()
         .replace("al2023-hardened", &PostParams::default(), &pb)
@@ -499,16 +502,22 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
     world.reconcile().await;
     let job = world.status().await.job_name.unwrap();
     // The git credentials Secret does not exist: the pod never starts.
-    let pods: Api<Pod> = Api::namespaced(world.client.clone(), NS);
-    let stuck = serde_json::from_value::<Pod>(serde_json::json!({
-        "metadata": {"name": format!("{job}-abcde"), "namespace": NS, "labels": {"batch.kubernetes.io/job-name": job}},
-        "status": {"initContainerStatuses": [{
-            "name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.2", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"git-sync\" not found"}},
-        }]},
-    }))
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
+    let pod = kubelet::build_pods(&world.client, &world.ns.name, &job)
+        .await
+        .unwrap()
+        .remove(0);
+    let stuck = serde_json::json!({"status": {"initContainerStatuses": [{
+        "name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.2", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"git-sync\" not found"}},
+    }]}});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(stuck),
+    )
+    .await
     .unwrap();
-    pods.create(&PostParams::default(), &stuck).await.unwrap();
     world.reconcile().await;
     let status = world.status().await;
     assert_eq!(status.failed_job_count, 1);
@@ -541,10 +550,12 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
 #[tokio::test]
 async fn hostile_values_reach_git_sync_and_packer_as_literal_arguments() {
     let hostile = "x'; rm -rf / #$(id)`id`";
+    // The API server refuses whitespace in a repository URL and a branch (CRD patterns).
+    let unspaced = "x';rm${IFS}-rf${IFS}/#$(id)`id`";
     let world = World::new(pb_manifest(serde_json::json!({
         "builder": {
-            "repoURL": format!("https://github.com/example-org/r.git?{hostile}"),
-            "branch": format!("main;{hostile}"),
+            "repoURL": format!("https://github.com/example-org/r.git?{unspaced}"),
+            "branch": format!("main;{unspaced}"),
             "dir": format!("packer/{hostile}"),
             "commands": [{"subCommand": "build", "args": [hostile], "variables": {"name": hostile}}],
         },
@@ -565,9 +576,9 @@ async fn hostile_values_reach_git_sync_and_packer_as_literal_arguments() {
     );
     let git_args = git.args.as_ref().unwrap();
     assert!(git_args.contains(&format!(
-        "--repo=https://github.com/example-org/r.git?{hostile}"
+        "--repo=https://github.com/example-org/r.git?{unspaced}"
     )));
-    assert!(git_args.contains(&format!("--ref=main;{hostile}")));
+    assert!(git_args.contains(&format!("--ref=main;{unspaced}")));
     for init in &pod.init_containers.as_ref().unwrap()[1..] {
         assert_eq!(
             init.command.as_deref(),
@@ -610,11 +621,10 @@ async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_bu
     })))
     .await;
     world.slack_api = slack.uri();
-    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &world.ns.name);
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some("slack-token".into()),
-            namespace: Some(NS.into()),
             ..ObjectMeta::default()
         },
         data: Some([("token".to_owned(), ByteString(b"xoxb-test-token".to_vec()))].into()),
@@ -631,7 +641,10 @@ async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_bu
     let texts = sent(&slack).await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert!(
-        texts[0].starts_with("BuildStarted: PackerBuilder opsy/al2023-hardened"),
+        texts[0].starts_with(&format!(
+            "BuildStarted: PackerBuilder {}/al2023-hardened",
+            world.ns.name
+        )),
         "{}",
         texts[0]
     );
@@ -663,7 +676,10 @@ async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_bu
     let texts = sent(&slack).await;
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(
-        texts[1].starts_with("BuildSucceeded: PackerBuilder opsy/al2023-hardened"),
+        texts[1].starts_with(&format!(
+            "BuildSucceeded: PackerBuilder {}/al2023-hardened",
+            world.ns.name
+        )),
         "{}",
         texts[1]
     );
