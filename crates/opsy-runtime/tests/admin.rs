@@ -5,14 +5,14 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube_fake_client::ClientBuilder;
+use kube::{Api, api::PostParams};
 use opsy_aws::CallCounter;
 use opsy_runtime::{
     admin::{self, Health},
     metrics::Metrics,
     operator::wait_for_crd,
 };
-use opsy_testkit::kube::established;
+use opsy_testkit::ControlPlane;
 
 #[tokio::test]
 async fn metrics_livez_and_readyz_answer_over_http() {
@@ -70,42 +70,51 @@ async fn metrics_livez_and_readyz_answer_over_http() {
         .unwrap();
 }
 
-fn crd() -> CustomResourceDefinition {
-    opsy_api::crd::Kind::PackerBuilder.crd()
-}
-
 #[tokio::test]
 async fn the_operator_waits_until_its_crd_is_established() {
-    const NAME: &str = "packerbuilders.ami.refresh.ops";
+    const NAME: &str = "widgets.wait.opsy-testkit.example";
     let interval = Duration::from_millis(50);
-    let missing = ClientBuilder::new().build().await.unwrap();
+    let cp = ControlPlane::shared().unwrap();
+    let admin = cp.client().await.unwrap();
     let waiting = tokio::time::timeout(
         Duration::from_millis(400),
-        wait_for_crd(&missing, NAME, interval),
+        wait_for_crd(&admin, NAME, interval),
     );
     assert!(waiting.await.is_err(), "started without the CRD");
 
-    let installing = ClientBuilder::new()
-        .with_object(crd())
-        .build()
+    // Installed now: the API server establishes it, and the wait ends.
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": NAME},
+        "spec": {
+            "group": "wait.opsy-testkit.example",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": {"type": "object"}}}],
+        },
+    }))
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(admin.clone())
+        .create(&PostParams::default(), &crd)
         .await
         .unwrap();
-    let waiting = tokio::time::timeout(
-        Duration::from_millis(400),
-        wait_for_crd(&installing, NAME, interval),
-    );
-    assert!(
-        waiting.await.is_err(),
-        "started before the CRD was established"
-    );
-
-    let ready = ClientBuilder::new()
-        .with_object(established(crd()))
-        .build()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), wait_for_crd(&ready, NAME, interval))
+    tokio::time::timeout(Duration::from_secs(10), wait_for_crd(&admin, NAME, interval))
         .await
         .expect("started once the CRD was established")
         .unwrap();
+
+    // Without the right to read it, the wait fails at once and names the permission.
+    let nobody = cp
+        .client_as("nobody", &["system:authenticated"])
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), wait_for_crd(&nobody, NAME, interval))
+        .await
+        .expect("no waiting on a refusal")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("grant `get` on customresourcedefinitions"),
+        "{err}"
+    );
 }
