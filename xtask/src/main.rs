@@ -50,8 +50,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Both operators at work on the local sandbox (AWS emulator, in-memory Kubernetes API).
-    Demo,
+    /// Both operators at work on the local sandbox (AWS emulator, a local Kubernetes control
+    /// plane).
+    Demo {
+        /// Leave the control plane and the emulator running at the end, with a KUBECONFIG to
+        /// explore them; Ctrl-C stops everything.
+        #[arg(long)]
+        keep: bool,
+    },
     /// The whole test suite, as CI runs it: setup, fmt check, clippy -D warnings, CRD and
     /// chart checks, tests.
     Ci,
@@ -68,17 +74,22 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Setup => setup(&root),
         Task::Bench { release, args } => bench::run_bench(&root, release, &args),
-        Task::Demo => {
+        Task::Demo { keep } => {
             setup(&root)?;
             eprintln!("building the sandbox (the first build takes several minutes)");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run(Command::new(cargo).current_dir(&root).args([
+            let mut command = Command::new(cargo);
+            command.current_dir(&root).args([
                 "run",
                 "--quiet",
                 "--locked",
                 "--package",
                 "opsy-sandbox",
-            ]))
+            ]);
+            if keep {
+                command.args(["--", "--keep"]);
+            }
+            run(&mut command)
         }
         Task::Ci => ci::run_all(&root),
     }

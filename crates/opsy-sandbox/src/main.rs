@@ -1,7 +1,11 @@
-//! The local sandbox: both operators' real reconcilers, an in-memory Kubernetes API holding the
-//! upstream README's two example resources, and the AWS emulator seeded with EKS base AMIs and
-//! a cluster. The sandbox plays the kubelet for Packer Jobs (it registers the AMI a build would
-//! produce and completes the Job with Packer's artifact line) and narrates what happens.
+//! The local sandbox: both operators' real reconcilers, a real Kubernetes control plane on
+//! loopback (etcd, kube-apiserver, kube-controller-manager) holding the upstream README's two
+//! example resources, and the AWS emulator seeded with EKS base AMIs and a cluster. The sandbox
+//! plays the kubelet for Packer Jobs (it registers the AMI a build would produce and ends the
+//! Job controller's build Pod with Packer's artifact line) and narrates what happens.
+//!
+//! `--keep` leaves the control plane running at the end and prints a `KUBECONFIG` to explore it
+//! with kubectl; Ctrl-C stops everything.
 
 #![allow(clippy::print_stdout)] // narrating is this program's job
 
@@ -11,7 +15,7 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client,
-    api::ListParams,
+    api::{ListParams, PostParams},
     runtime::events::{Recorder, Reporter},
 };
 use opsy_api::{
@@ -21,7 +25,7 @@ use opsy_api::{
 };
 use opsy_aws::{AwsOptions, ClientSet, ImageQuery};
 use opsy_runtime::metrics::Metrics;
-use opsy_testkit::{Fixture, Moto, NodeGroupSpec, kubelet, seed};
+use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, kubelet, seed};
 
 const NAMESPACE: &str = "default";
 const REGION: &str = "us-west-2";
@@ -250,7 +254,7 @@ fn with_namespace<K: kube::Resource>(mut object: K) -> K {
 async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     say(
-        "opsy-ami-operator sandbox: both reconcilers, an in-memory Kubernetes API, the AWS emulator",
+        "opsy-ami-operator sandbox: both reconcilers, a local Kubernetes control plane, the AWS emulator",
     );
 
     let moto =
@@ -259,14 +263,17 @@ async fn main() -> anyhow::Result<()> {
     let pb: PackerBuilder = with_namespace(serde_saphyr::from_str(UPSTREAM_PB)?);
     let amr: AMIRefresher = with_namespace(serde_saphyr::from_str(UPSTREAM_AMR)?);
     let cluster = amr.spec.cluster_name.clone();
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<PackerBuilder>()
-        .with_resource::<AMIRefresher>()
-        .with_status_subresource::<Job>()
-        .with_object(pb)
-        .with_object(amr)
-        .build()
-        .await?;
+    let keep = std::env::args().skip(1).any(|a| a == "--keep");
+    let control_plane = ControlPlane::start().context("starting the Kubernetes control plane")?;
+    let client = control_plane.client().await?;
+    Api::<PackerBuilder>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &pb)
+        .await
+        .context("creating the upstream PackerBuilder example")?;
+    Api::<AMIRefresher>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &amr)
+        .await
+        .context("creating the upstream AMIRefresher example")?;
     let mut sandbox = Sandbox {
         moto,
         fixture,
@@ -401,6 +408,44 @@ async fn main() -> anyhow::Result<()> {
         sandbox.builds,
         sandbox.started.elapsed().as_secs_f64()
     ));
+    sandbox.step("kubectl get pb,amr -A  (the printer columns)");
+    kubectl(&control_plane, &["get", "pb,amr", "-A"])?;
+    sandbox.step("kubectl get events  (what the operators reported)");
+    kubectl(
+        &control_plane,
+        &[
+            "get",
+            "events",
+            "-n",
+            NAMESPACE,
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "custom-columns=TYPE:.type,REASON:.reason,KIND:.involvedObject.kind,OBJECT:.involvedObject.name,MESSAGE:.message",
+        ],
+    )?;
+    if keep {
+        say(&format!(
+            "\nThe control plane keeps running (the AWS emulator too, at {}):\n    export KUBECONFIG={}\n    kubectl get pb,amr -A\nCtrl-C stops everything.",
+            sandbox.moto.endpoint(),
+            control_plane.kubeconfig().display()
+        ));
+        tokio::signal::ctrl_c().await?;
+    }
     drop(sandbox); // stops the emulator
+    drop(control_plane);
+    Ok(())
+}
+
+/// Runs the control plane's kubectl as the admin; its output goes to ours.
+fn kubectl(control_plane: &ControlPlane, args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(control_plane.binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(control_plane.kubeconfig())
+        .args(args)
+        .status()
+        .context("running kubectl")?;
+    if !status.success() {
+        bail!("kubectl {} failed: {status}", args.join(" "));
+    }
     Ok(())
 }
