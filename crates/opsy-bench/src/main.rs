@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what the operators cost — AWS calls per reconcile cycle, reconcile
 //! latency and throughput, the time from a finished build to its AMI being `active`, and
 //! memory — measured with the real reconcilers against the AWS emulator (moto, over HTTP) and
-//! the in-memory Kubernetes API. Prints a table and writes `target/bench/results.json`.
+//! a real Kubernetes control plane on loopback (one per scenario). Prints a table and writes
+//! `target/bench/results.json`.
 //!
 //! Every AWS call is counted twice: by the operator's own per-operation counters and by the
 //! emulator at the HTTP level; the table shows both.
@@ -19,12 +20,15 @@ use anyhow::Context as _;
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use kube::{Api, Client, ResourceExt, api::ListParams};
-use kube_fake_client::ClientBuilder;
-use opsy_api::{AMIRefresher, PackerBuilder, crd::Kind};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+};
+use opsy_api::{AMIRefresher, PackerBuilder};
 use opsy_aws::{AwsOptions, CallCounter, ClientSet, calls::is_read_only};
 use opsy_runtime::{context::Context, metrics::Metrics};
-use opsy_testkit::{ACCOUNT_ID, Fixture, Moto, NodeGroupSpec, kube::established, kubelet};
+use opsy_testkit::{ACCOUNT_ID, ControlPlane, Fixture, Moto, NodeGroupSpec, kubelet};
 use serde::Serialize;
 
 mod process;
@@ -55,8 +59,7 @@ struct Scenario {
     /// From a finished build Job to its AMI tagged `active` and status written: the reconcile
     /// that processes the completion.
     completion_to_active_ms: Option<Percentiles>,
-    /// The whole benchmark process: reconcilers, in-memory API server and its objects, AWS
-    /// clients.
+    /// The whole benchmark process: reconcilers, Kubernetes and AWS clients.
     peak_rss_mib: f64,
     /// The operator binary alone, holding the same custom resources and Jobs.
     operator_process: Option<process::ProcessFigures>,
@@ -184,7 +187,7 @@ fn packer_builder(i: usize, filter_set: usize) -> anyhow::Result<PackerBuilder> 
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "ami.refresh.ops/v1alpha1",
         "kind": "PackerBuilder",
-        "metadata": {"name": format!("pb-{i:04}"), "namespace": NS, "uid": format!("00000000-0000-4000-8000-{i:012}"), "generation": 1},
+        "metadata": {"name": format!("pb-{i:04}")},
         "spec": {
             "region": REGION,
             "clusterName": CLUSTER,
@@ -200,6 +203,38 @@ fn packer_builder(i: usize, filter_set: usize) -> anyhow::Result<PackerBuilder> 
             },
         },
     }))?)
+}
+
+/// An admin client of `control_plane`, with the benchmark's namespace created.
+async fn bench_namespace(control_plane: &ControlPlane) -> anyhow::Result<Client> {
+    let client = control_plane.client().await?;
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    Ok(client)
+}
+
+/// Creates `objects` through `api`, a few at a time.
+async fn create_all<K>(api: &Api<K>, objects: Vec<K>) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let created: Vec<kube::Result<K>> = stream::iter(objects)
+        .map(|object| async move { api.create(&PostParams::default(), &object).await })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for result in created {
+        result?;
+    }
+    Ok(())
 }
 
 /// Reconciles every object of `objects` once, `CONCURRENCY` at a time; returns each
@@ -274,14 +309,10 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     let builders = (0..n)
         .map(|i| packer_builder(i, i % filter_sets))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let client = ClientBuilder::new()
-        .with_resource::<PackerBuilder>()
-        .with_status_subresource::<Job>()
-        .with_object(established(Kind::PackerBuilder.crd()))
-        .with_objects(builders)
-        .build()
-        .await?;
+    let control_plane = ControlPlane::start()?;
+    let client = bench_namespace(&control_plane).await?;
     let api: Api<PackerBuilder> = Api::namespaced(client.clone(), NS);
+    create_all(&api, builders).await?;
     let calls = CallCounter::default();
     let operator = Process::new(&moto, &client, &calls, "packer-builder-operator");
     let reconcile_all = |ctx: Arc<Context>| {
@@ -360,7 +391,7 @@ async fn packer_builders(n: usize, filter_sets: usize) -> anyhow::Result<Scenari
     eprintln!("bench:   starting the operator binary");
     let steady_http = http_requests(&moto)?;
     let binary = process::binary("packer-builder-operator");
-    let alone = process::measure(&binary, client.clone(), &moto, n).await?;
+    let alone = process::measure(&binary, &control_plane, &moto, n).await?;
     Ok(Scenario::new(
         format!("PackerBuilder steady cycle, {n} CRs, {filter_sets} filter set(s)"),
         reproduce(&format!("pb-{n}x{filter_sets}")),
@@ -406,16 +437,13 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
     let amr: AMIRefresher = serde_json::from_value(serde_json::json!({
         "apiVersion": "ami.refresh.ops/v1alpha1",
         "kind": "AMIRefresher",
-        "metadata": {"name": "fleet", "namespace": NS, "uid": "00000000-0000-4000-9000-000000000001", "generation": 1},
+        "metadata": {"name": "fleet"},
         "spec": {"region": REGION, "clusterName": CLUSTER, "ami": target, "expiresIn": "30d"},
     }))?;
-    let client = ClientBuilder::new()
-        .with_resource::<AMIRefresher>()
-        .with_object(established(Kind::AMIRefresher.crd()))
-        .with_object(amr)
-        .build()
-        .await?;
+    let control_plane = ControlPlane::start()?;
+    let client = bench_namespace(&control_plane).await?;
     let api: Api<AMIRefresher> = Api::namespaced(client.clone(), NS);
+    create_all(&api, vec![amr]).await?;
     let calls = CallCounter::default();
     let operator = Process::new(&moto, &client, &calls, "ami-refresh-operator");
     let once = || async {
@@ -446,7 +474,7 @@ async fn refresher(groups: usize) -> anyhow::Result<Scenario> {
         .collect();
     let steady_http = http_requests(&moto)? / ROUNDS as u64;
     let binary = process::binary("ami-refresh-operator");
-    let alone = process::measure(&binary, client.clone(), &moto, 1).await?;
+    let alone = process::measure(&binary, &control_plane, &moto, 1).await?;
     Ok(Scenario::new(
         format!("AMIRefresher steady cycle, {groups} node groups"),
         reproduce("amr-50"),
@@ -512,12 +540,22 @@ fn print_table(scenarios: &[Scenario]) {
             s.peak_rss_mib,
         );
     }
-    println!("\nthe operator binary alone, against the same API and emulator:");
+    println!(
+        "\nthe operator binary alone, against the same control plane and emulator (API requests from the audit log):"
+    );
     for s in scenarios {
         if let Some(p) = s.operator_process {
             println!(
-                "  {:<58} all reconciled {:.1} s after start with {} AWS requests; peak RSS {:.1} MiB; then RSS {:.1} MiB, of which heap {:.1} MiB",
-                s.name, p.first_cycle_s, p.aws_requests, p.peak_rss_mib, p.rss_mib, p.rss_anon_mib
+                "  {:<58} all reconciled {:.1} s after start with {} AWS requests and {} API requests ({} writes, {:.1} per reconcile); peak RSS {:.1} MiB; then RSS {:.1} MiB, of which heap {:.1} MiB",
+                s.name,
+                p.first_cycle_s,
+                p.aws_requests,
+                p.api_requests,
+                p.api_writes,
+                p.api_requests as f64 / s.custom_resources.max(1) as f64,
+                p.peak_rss_mib,
+                p.rss_mib,
+                p.rss_anon_mib
             );
         }
     }

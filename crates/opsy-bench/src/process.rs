@@ -1,6 +1,6 @@
-//! The operator as its own process: the real `packer-builder-operator` binary, pointed at the
-//! benchmark's in-memory Kubernetes API (served over HTTP on loopback) and the emulator, so
-//! its memory is measured without the API server's or the emulator's.
+//! The operator as its own process: the real operator binary, pointed at the benchmark's
+//! control plane and the emulator, so its memory is measured without the API server's or the
+//! emulator's, and its API requests are read from the API server's audit log.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,11 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{extract::State, response::IntoResponse};
-use kube::Client;
-use opsy_testkit::{
-    ACCESS_KEY_ID, Moto, SECRET_ACCESS_KEY, kube::write_kubeconfig, process::Running,
-};
+use opsy_testkit::{ACCESS_KEY_ID, ControlPlane, Moto, SECRET_ACCESS_KEY, process::Running};
 use serde::Serialize;
 
 /// What the operator process cost.
@@ -29,67 +25,15 @@ pub struct ProcessFigures {
     pub rss_anon_mib: f64,
     /// AWS requests the emulator served while the process ran its first cycle.
     pub aws_requests: u64,
+    /// Kubernetes API requests the process made from its start until 3 s after its first
+    /// full cycle (the API server's audit log), watches and the CRD wait included.
+    pub api_requests: usize,
+    /// Of those, the writes (create, update, patch, delete).
+    pub api_writes: usize,
 }
 
-/// The in-memory API over HTTP: every request is handed to the fake client as it came, except
-/// watches, which it does not implement (it answers them with a list): a watch here is what
-/// a real API server sends when nothing changes — an open stream without events until the
-/// watch's `timeoutSeconds`.
-async fn forward(
-    State(client): State<Client>,
-    request: axum::extract::Request,
-) -> impl IntoResponse {
-    let query = request.uri().query().unwrap_or_default().to_owned();
-    let param = |name: &str| {
-        query
-            .split('&')
-            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
-    };
-    if matches!(param("watch"), Some("true" | "1")) {
-        let timeout = param("timeoutSeconds")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(290);
-        let quiet = futures::stream::once(async move {
-            tokio::time::sleep(Duration::from_secs(timeout)).await;
-            Ok::<_, std::convert::Infallible>(axum::body::Bytes::new())
-        });
-        return axum::body::Body::from_stream(quiet).into_response();
-    }
-    let (mut parts, body) = request.into_parts();
-    // It honours `limit` but never answers with a `continue` token, so a paged list would
-    // stop at the first page: lists are answered whole, as one last page.
-    if param("limit").is_some() {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|p| !p.starts_with("limit=") && !p.starts_with("continue="))
-            .collect();
-        let uri = format!("{}?{}", parts.uri.path(), kept.join("&"));
-        match uri.parse() {
-            Ok(uri) => parts.uri = uri,
-            Err(e) => {
-                return (http::StatusCode::BAD_REQUEST, format!("{e}")).into_response();
-            }
-        }
-    }
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(body) => body,
-        Err(e) => return (http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    let request = http::Request::from_parts(parts, kube::client::Body::from(body.to_vec()));
-    match client.send(request).await {
-        Ok(response) => response.map(axum::body::Body::new).into_response(),
-        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// Serves `client` on a loopback port; returns the server's address.
-async fn serve(client: Client) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let app = axum::Router::new().fallback(forward).with_state(client);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(address)
-}
+/// Who the operator process acts as, so that the audit log tells its requests apart.
+const OPERATOR_USER: &str = "opsy-bench-operator";
 
 fn status_kib(pid: u32, field: &str) -> Option<f64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -125,11 +69,11 @@ pub fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs `binary` against `client` (which must hold the operator's CRD, established) and the
-/// emulator until it has reconciled `expected` objects, and reads its memory.
+/// Runs `binary` against `control_plane` and the emulator until it has reconciled `expected`
+/// objects, and reads its memory and its API requests.
 pub async fn measure(
     binary: &Path,
-    client: Client,
+    control_plane: &ControlPlane,
     moto: &Moto,
     expected: usize,
 ) -> anyhow::Result<ProcessFigures> {
@@ -138,12 +82,16 @@ pub async fn measure(
         "{} is not built (cargo xtask bench builds it)",
         binary.display()
     );
-    let server = serve(client).await?;
     let dir = std::env::temp_dir().join(format!("opsy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let kubeconfig = dir.join("kubeconfig");
-    write_kubeconfig(&kubeconfig, &format!("http://{server}"))?;
+    control_plane.write_kubeconfig_as(
+        &kubeconfig,
+        OPERATOR_USER,
+        &["system:masters"],
+        crate::NS,
+    )?;
     let log = std::fs::File::create(dir.join("operator.log"))?;
     moto.clear_requests()?;
     let started = Instant::now();
@@ -185,8 +133,22 @@ pub async fn measure(
         rss_mib: status_kib(pid, "VmRSS:").unwrap_or(0.0) / 1024.0,
         rss_anon_mib: status_kib(pid, "RssAnon:").unwrap_or(0.0) / 1024.0,
         aws_requests: crate::http_requests(moto)?,
+        api_requests: 0,
+        api_writes: 0,
     };
     drop(child);
+    // Its watches end with it: only then does the audit log record them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let own: Vec<_> = control_plane
+        .audit_events()?
+        .into_iter()
+        .filter(|e| e.acting_user() == OPERATOR_USER)
+        .collect();
+    let figures = ProcessFigures {
+        api_requests: own.len(),
+        api_writes: own.iter().filter(|e| e.is_write()).count(),
+        ..figures
+    };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(figures)
 }

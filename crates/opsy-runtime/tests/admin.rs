@@ -98,20 +98,26 @@ async fn the_operator_waits_until_its_crd_is_established() {
         .create(&PostParams::default(), &crd)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), wait_for_crd(&admin, NAME, interval))
-        .await
-        .expect("started once the CRD was established")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_for_crd(&admin, NAME, interval),
+    )
+    .await
+    .expect("started once the CRD was established")
+    .unwrap();
 
     // Without the right to read it, the wait fails at once and names the permission.
     let nobody = cp
         .client_as("nobody", &["system:authenticated"])
         .await
         .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), wait_for_crd(&nobody, NAME, interval))
-        .await
-        .expect("no waiting on a refusal")
-        .unwrap_err();
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        wait_for_crd(&nobody, NAME, interval),
+    )
+    .await
+    .expect("no waiting on a refusal")
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("grant `get` on customresourcedefinitions"),

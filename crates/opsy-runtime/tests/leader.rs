@@ -10,8 +10,8 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use opsy_testkit::ControlPlane;
 use opsy_runtime::leader::{Leadership, LeaseTiming};
+use opsy_testkit::ControlPlane;
 
 const LEASE: &str = "packer-builder-operator";
 const FAST: LeaseTiming = LeaseTiming {
@@ -39,7 +39,10 @@ async fn one_replica_leads_and_the_standby_takes_over_when_it_lets_go() {
         .await
         .unwrap();
     assert!(a.is_leader());
-    assert_eq!(holder(&client, namespace).await.as_deref(), Some("replica-a"));
+    assert_eq!(
+        holder(&client, namespace).await.as_deref(),
+        Some("replica-a")
+    );
 
     let b = tokio::spawn({
         let client = client.clone();
@@ -53,7 +56,10 @@ async fn one_replica_leads_and_the_standby_takes_over_when_it_lets_go() {
         !b.is_finished(),
         "the standby became leader while the leader renewed"
     );
-    assert_eq!(holder(&client, namespace).await.as_deref(), Some("replica-a"));
+    assert_eq!(
+        holder(&client, namespace).await.as_deref(),
+        Some("replica-a")
+    );
 
     a.release().await;
     let b = tokio::time::timeout(Duration::from_secs(15), b)
@@ -62,7 +68,10 @@ async fn one_replica_leads_and_the_standby_takes_over_when_it_lets_go() {
         .unwrap()
         .unwrap();
     assert!(b.is_leader());
-    assert_eq!(holder(&client, namespace).await.as_deref(), Some("replica-b"));
+    assert_eq!(
+        holder(&client, namespace).await.as_deref(),
+        Some("replica-b")
+    );
     b.release().await;
 }
 

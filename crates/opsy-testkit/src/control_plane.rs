@@ -341,6 +341,32 @@ impl ControlPlane {
         .await
     }
 
+    /// Writes a kubeconfig at `path` with which a process acts as `user` in `groups` (the admin
+    /// impersonating them), in namespace `namespace`: the audit log then tells its requests
+    /// apart, and RBAC judges them as that user's.
+    pub fn write_kubeconfig_as(
+        &self,
+        path: &Path,
+        user: &str,
+        groups: &[&str],
+        namespace: &str,
+    ) -> Result<(), ControlPlaneError> {
+        let groups: Vec<String> = groups.iter().map(|g| format!("'{g}'")).collect();
+        fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: as\n\
+                 clusters: [{{name: local, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\n\
+                 users: [{{name: as, user: {{token: '{ADMIN_TOKEN}', as: '{user}', as-groups: [{}]}}}}]\n\
+                 contexts: [{{name: as, context: {{cluster: local, user: as, namespace: '{namespace}'}}}}]\n",
+                self.server,
+                self.dir.path().join("serving.crt").display(),
+                groups.join(", ")
+            ),
+        )
+        .map_err(io("writing a kubeconfig"))
+    }
+
     /// The admin's client configuration.
     pub async fn config(&self) -> Result<Config, ControlPlaneError> {
         // The process links two rustls providers (the AWS SDK brings aws-lc); as in the
@@ -510,8 +536,11 @@ pub struct AuditEvent {
     pub verb: String,
     /// The request's URI.
     pub request_u_r_i: String,
-    /// Who made it.
+    /// Who authenticated.
     pub user: AuditUser,
+    /// Whom the request impersonated, if anyone: then the request was judged as this user's.
+    #[serde(default)]
+    pub impersonated_user: Option<AuditUser>,
     /// What it addressed, when it addressed an object or a collection.
     #[serde(default)]
     pub object_ref: Option<AuditObjectRef>,
@@ -558,6 +587,15 @@ pub struct AuditStatus {
 }
 
 impl AuditEvent {
+    /// The user the request acted as: the impersonated one, else the authenticated one.
+    pub fn acting_user(&self) -> &str {
+        self.impersonated_user
+            .as_ref()
+            .unwrap_or(&self.user)
+            .username
+            .as_str()
+    }
+
     /// `true` for requests that change something.
     pub fn is_write(&self) -> bool {
         matches!(

@@ -57,7 +57,10 @@ async fn a_watched_packer_builder_is_reconciled_into_a_job_and_a_status_write() 
             let status = builders.get("pb").await.unwrap().status.unwrap_or_default();
             if status.job_name.is_some()
                 && operator.health.is_ready()
-                && metrics.render().lines().any(|l| l.starts_with("opsy_reconciles_total "))
+                && metrics
+                    .render()
+                    .lines()
+                    .any(|l| l.starts_with("opsy_reconciles_total "))
             {
                 break status;
             }
