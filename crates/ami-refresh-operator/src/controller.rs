@@ -7,10 +7,8 @@ use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::{Action, Config},
-        reflector::{self, reflector},
-        watcher::{self, watcher},
     },
 };
 use opsy_api::AMIRefresher;
@@ -39,12 +37,8 @@ pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, ctx: Arc<Context>) ->
 /// ready once the first cache sync is done.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
     let refreshers: Api<AMIRefresher> = Api::all(ctx.client.clone());
-    let (cache, writer) = reflector::store();
-    let events = operator.ready_after_first_list(watcher(
-        refreshers,
-        watcher::Config::default().any_semantic(),
-    ));
-    Controller::for_stream(reflector(writer, events).applied_objects(), cache)
+    let (cache, changes) = operator.watch_spec_changes(refreshers);
+    Controller::for_stream(changes, cache)
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(operator.shutdown())
         .run(reconcile, error_policy, ctx)

@@ -6,8 +6,16 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use futures::{Stream, StreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{Api, Client, runtime::watcher};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        PredicateConfig, WatchStreamExt, predicates,
+        reflector::{self, Store, reflector},
+        watcher::{self, watcher},
+    },
+};
 use opsy_aws::ClientSet;
+use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -121,6 +129,36 @@ impl Operator {
             clock,
             self.metrics.clone(),
         )
+    }
+
+    /// Watches every object of `api` into a store, and yields an object when it is first seen
+    /// and whenever its `metadata.generation` changes (its spec, or its deletion) — not when
+    /// only its status or metadata changes, so that an operator's own status write does not
+    /// come back as another reconcile. The process turns ready once the first complete list
+    /// is in. Timers (requeues) and owned objects trigger reconciles besides these.
+    pub fn watch_spec_changes<K>(
+        &self,
+        api: Api<K>,
+    ) -> (
+        Store<K>,
+        impl Stream<Item = watcher::Result<K>> + Send + use<K>,
+    )
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (store, writer) = reflector::store();
+        let events =
+            self.ready_after_first_list(watcher(api, watcher::Config::default().any_semantic()));
+        let changes = reflector(writer, events)
+            .applied_objects()
+            .predicate_filter(predicates::generation, PredicateConfig::default());
+        (store, changes)
     }
 
     /// Passes a watcher's events through, marking the process ready once the first complete

@@ -8,10 +8,9 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, ResourceExt,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::{Action, Config},
-        reflector::{self, reflector},
-        watcher::{self, watcher},
+        watcher,
     },
 };
 use opsy_api::{PackerBuilder, tags::labels};
@@ -47,10 +46,8 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
         labels::COMPONENT,
         labels::COMPONENT_PACKER_BUILD
     ));
-    let (cache, writer) = reflector::store();
-    let events = operator
-        .ready_after_first_list(watcher(builders, watcher::Config::default().any_semantic()));
-    Controller::for_stream(reflector(writer, events).applied_objects(), cache)
+    let (cache, changes) = operator.watch_spec_changes(builders);
+    Controller::for_stream(changes, cache)
         .owns(jobs, job_watch)
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(operator.shutdown())
