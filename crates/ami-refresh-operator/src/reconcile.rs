@@ -39,6 +39,17 @@ pub use opsy_runtime::context::{Clock, Context};
 /// Reconciles one AMIRefresher. Failures are also reported on the object.
 pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let amr = match opsy_runtime::latest(&ctx.client, amr.as_ref()).await {
+        Ok(Some(latest)) => Arc::new(latest),
+        // Deleted: its Jobs go with it (owner references); nothing to do.
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => {
+            let error = Error::from(e);
+            ctx.metrics
+                .reconciled(started.elapsed(), Some(error.category()));
+            return Err(error);
+        }
+    };
     let result = Box::pin(reconcile_inner(amr.clone(), ctx.clone())).await;
     ctx.metrics.reconciled(
         started.elapsed(),

@@ -47,7 +47,24 @@ pub async fn publish_event<K>(
     }
 }
 
-/// Writes `status` on `object` through the status subresource, as field manager `manager`.
+/// The object as the API server holds it now (`None` once it is gone). A reconcile starts
+/// from this, not from the controller's cache, which can lag behind the status the previous
+/// reconcile wrote: acting on such a copy would repeat a transition, with its notification and
+/// Event, and then overwrite the newer status.
+pub async fn latest<K>(client: &Client, object: &K) -> Result<Option<K>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    api.get_opt(&object.name_any()).await
+}
+
+/// Writes `status` on `object` through the status subresource, as field manager `manager`,
+/// only if the object is still at the version it was read at: a writer holding an older copy
+/// gets `409 Conflict` and changes nothing.
 pub async fn patch_status<K, S>(
     client: &Client,
     object: &K,
@@ -62,7 +79,10 @@ where
     S: Serialize,
 {
     let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": object.resource_version() },
+        "status": status,
+    });
     api.patch_status(
         &object.name_any(),
         &PatchParams::apply(manager),

@@ -59,6 +59,17 @@ fn identity(pb: &PackerBuilder) -> BuildIdentity {
 /// condition and a Warning event naming the cause — before it is returned for the retry.
 pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let pb = match opsy_runtime::latest(&ctx.client, pb.as_ref()).await {
+        Ok(Some(latest)) => Arc::new(latest),
+        // Deleted: its Jobs go with it (owner references); nothing to do.
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => {
+            let error = Error::from(e);
+            ctx.metrics
+                .reconciled(started.elapsed(), Some(error.category()));
+            return Err(error);
+        }
+    };
     let result = Box::pin(reconcile_inner(pb.clone(), ctx.clone())).await;
     ctx.metrics.reconciled(
         started.elapsed(),

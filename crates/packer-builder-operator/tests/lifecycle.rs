@@ -800,3 +800,82 @@ async fn aws_errors_are_reported_on_the_object() {
         ("False", "Recovered")
     );
 }
+
+#[tokio::test]
+async fn a_reconcile_from_a_stale_copy_repeats_nothing_and_overwrites_nothing() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true})))
+        .mount(&slack)
+        .await;
+    let mut world = World::new(pb_manifest(serde_json::json!({
+        "notifier": {"slack": {"channelIDs": ["C0123456789"], "secret": "slack-token"}},
+    })))
+    .await;
+    world.slack_api = slack.uri();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("slack-token".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), ByteString(b"xoxb-test-token".to_vec()))].into()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(world.client.clone(), &world.ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    let built = world.build_image("al2023-hardened-1").await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    // The copy a lagging cache would still hold: the build running.
+    let stale = world.pb().await;
+    world.reconcile().await;
+    let done = world.pb().await;
+    assert_eq!(
+        done.status.as_ref().unwrap().job_status.as_deref(),
+        Some("completed")
+    );
+    let sent_before = sent(&slack).await.len();
+    let events_before = world.events().await.len();
+
+    reconcile(Arc::new(stale.clone()), world.context())
+        .await
+        .unwrap();
+    assert_eq!(
+        sent(&slack).await.len(),
+        sent_before,
+        "a notification was resent"
+    );
+    assert_eq!(
+        world.events().await.len(),
+        events_before,
+        "an Event was repeated"
+    );
+    // The newer status stands: the build stays recorded once, as succeeded and notified.
+    let (now, then) = (world.status().await, done.status.clone().unwrap());
+    assert_eq!(now.history, then.history);
+    assert_eq!(now.active_image, then.active_image);
+    assert_eq!(now.job_status.as_deref(), Some("completed"));
+    assert_eq!(now.last_notified, then.last_notified);
+
+    // A status write from the stale copy is refused by the API server.
+    let err = opsy_runtime::patch_status(
+        &world.client,
+        &stale,
+        packer_builder_operator::reconcile::MANAGER,
+        &stale.status,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 409),
+        "{err}"
+    );
+    assert_eq!(world.status().await.history, then.history);
+}
