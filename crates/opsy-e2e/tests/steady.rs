@@ -7,108 +7,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{sync::Arc, time::Duration};
+mod support;
+
+use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::{Api, Client, api::PostParams};
 use opsy_api::{AMIRefresher, PackerBuilder};
-use opsy_aws::{AwsOptions, ClientSet};
-use opsy_runtime::operator::Operator;
-use opsy_testkit::{ACCOUNT_ID, ControlPlane, Fixture, Moto, NodeGroupSpec};
+use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec};
+use support::{CLUSTER, Kind, REGION, counts, start, wait_for, writes_by};
 
-const REGION: &str = "us-west-2";
-const CLUSTER: &str = "prod-east";
 /// How long the operators are watched once they have settled.
 const QUIET: Duration = Duration::from_secs(60);
 /// Both objects' `controllerTimer`.
 const TIMER_SECS: u64 = 20;
-
-/// An operator running its controller in this process, as the user `user` (so that the audit
-/// log tells its requests apart).
-struct Running {
-    operator: Arc<Operator>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn start_builder(cp: &ControlPlane, moto: &Moto, user: &str) -> Running {
-    let client = cp.client_as(user, &["system:masters"]).await.unwrap();
-    let operator = Arc::new(Operator::new(
-        client,
-        ClientSet::new(AwsOptions::emulator(moto.endpoint())),
-    ));
-    let ctx = operator.context(
-        packer_builder_operator::reconcile::MANAGER,
-        Arc::new(Timestamp::now),
-    );
-    let task = tokio::spawn({
-        let operator = operator.clone();
-        async move { packer_builder_operator::controller::run(ctx, 4, &operator).await }
-    });
-    Running { operator, task }
-}
-
-async fn start_refresher(cp: &ControlPlane, moto: &Moto, user: &str) -> Running {
-    let client = cp.client_as(user, &["system:masters"]).await.unwrap();
-    let operator = Arc::new(Operator::new(
-        client,
-        ClientSet::new(AwsOptions::emulator(moto.endpoint())),
-    ));
-    let ctx = operator.context(
-        ami_refresh_operator::reconcile::MANAGER,
-        Arc::new(Timestamp::now),
-    );
-    let task = tokio::spawn({
-        let operator = operator.clone();
-        async move { ami_refresh_operator::controller::run(ctx, 4, &operator).await }
-    });
-    Running { operator, task }
-}
-
-/// (reconciles, AWS calls) the operator has made so far.
-fn counts(operator: &Operator) -> (u64, u64) {
-    let reconciles = operator
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("opsy_reconciles_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    (reconciles, operator.aws.calls().snapshot().values().sum())
-}
-
-/// Writes (create, update, patch, delete) the audit log has recorded for `user`.
-fn writes_by(cp: &ControlPlane, user: &str) -> Vec<String> {
-    cp.audit_events()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.acting_user() == user && e.is_write())
-        .map(|e| format!("{} {}", e.verb, e.request_u_r_i))
-        .collect()
-}
-
-async fn wait_for<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} within 30 s");
-}
 
 #[tokio::test]
 async fn both_operators_are_quiet_in_steady_state() {
@@ -139,25 +51,7 @@ async fn both_operators_are_quiet_in_steady_state() {
         )
         .await
         .unwrap();
-    let pb: PackerBuilder = serde_json::from_value(serde_json::json!({
-        "apiVersion": "ami.refresh.ops/v1alpha1",
-        "kind": "PackerBuilder",
-        "metadata": {"name": "al2023-hardened"},
-        "spec": {
-            "region": REGION,
-            "clusterName": CLUSTER,
-            "amiFilters": [
-                {"name": "name", "values": ["base-al2023-*"]},
-                {"name": "owner-id", "values": [ACCOUNT_ID]},
-            ],
-            "timeOuts": {"expiresIn": "30d", "controllerTimer": format!("{TIMER_SECS}s")},
-            "builder": {
-                "repoURL": "https://github.com/example-org/eks-node-images",
-                "branch": "main",
-            },
-        },
-    }))
-    .unwrap();
+    let pb = support::packer_builder("al2023-hardened", &format!("{TIMER_SECS}s"));
     // An AMIRefresher whose every group already runs its target.
     fixture.create_cluster(CLUSTER).await.unwrap();
     for name in ["a", "b"] {
@@ -170,14 +64,7 @@ async fn both_operators_are_quiet_in_steady_state() {
         .create_self_managed_group(CLUSTER, "self-1", &active, &[])
         .await
         .unwrap();
-    let amr: AMIRefresher = serde_json::from_value(serde_json::json!({
-        "apiVersion": "ami.refresh.ops/v1alpha1",
-        "kind": "AMIRefresher",
-        "metadata": {"name": "prod-rollout"},
-        "spec": {"region": REGION, "clusterName": CLUSTER, "ami": active, "expiresIn": "30d",
-                 "timeOuts": {"controllerTimer": format!("{TIMER_SECS}s")}},
-    }))
-    .unwrap();
+    let amr = support::refresher("prod-rollout", &active, &format!("{TIMER_SECS}s"));
     let client: Client = ns.client.clone();
     let builders: Api<PackerBuilder> = Api::namespaced(client.clone(), &ns.name);
     let refreshers: Api<AMIRefresher> = Api::namespaced(client.clone(), &ns.name);
@@ -187,9 +74,10 @@ async fn both_operators_are_quiet_in_steady_state() {
         .await
         .unwrap();
 
-    let builder = start_builder(cp, &moto, "steady-builder").await;
-    let refresher = start_refresher(cp, &moto, "steady-refresher").await;
-    wait_for("the PackerBuilder adopts its AMI", || async {
+    let poll = Duration::from_secs(30);
+    let builder = start(cp, &moto, Kind::Builder, "steady-builder", poll).await;
+    let refresher = start(cp, &moto, Kind::Refresher, "steady-refresher", poll).await;
+    wait_for("the PackerBuilder adopts its AMI", 30, || async {
         builders
             .get("al2023-hardened")
             .await
@@ -199,15 +87,19 @@ async fn both_operators_are_quiet_in_steady_state() {
             .is_some_and(|a| a.id == active)
     })
     .await;
-    wait_for("the AMIRefresher finds every group on target", || async {
-        refreshers
-            .get("prod-rollout")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.progress)
-            .is_some_and(|p| p == "3/3 on target")
-    })
+    wait_for(
+        "the AMIRefresher finds every group on target",
+        30,
+        || async {
+            refreshers
+                .get("prod-rollout")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.progress)
+                .is_some_and(|p| p == "3/3 on target")
+        },
+    )
     .await;
     // The first reconciles' own status writes come back through the watches; let that settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
