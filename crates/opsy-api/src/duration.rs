@@ -16,9 +16,16 @@ const UNITS: &str = "nanoseconds|nanosecond|nsec|ns|microseconds|microsecond|use
 /// The longest duration text accepted; keeps CEL cost estimates small.
 pub const MAX_LEN: usize = 64;
 
-/// Regular expression (RE2 syntax, as the API server evaluates it) for a duration.
+/// The most digits a number in a duration may have.
+const MAX_DIGITS: usize = 10;
+
+/// Regular expression (RE2 syntax, as the API server evaluates it) for a duration. Numbers are
+/// whole and at most ten digits long so that every text the API server accepts also parses:
+/// a longer number, or a fraction (humantime counts fractional terms in nanoseconds, which
+/// overflow past 584 years and underflow below 1 ns), makes the parser fail, and an object
+/// the operator cannot read would stall its watch.
 pub fn pattern() -> String {
-    format!(r"^\s*([0-9]+(\.[0-9]+)?\s*({UNITS})\s*)+$")
+    format!(r"^\s*([0-9]{{1,{MAX_DIGITS}}}\s*({UNITS})\s*)+$")
 }
 
 /// Why a duration text was rejected.
@@ -57,6 +64,19 @@ impl Duration {
     pub fn parse(text: &str) -> Result<Self, DurationError> {
         if text.len() > MAX_LEN {
             return Err(DurationError::TooLong);
+        }
+        let syntax = |reason: &str| DurationError::Syntax {
+            text: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if text.contains('.') {
+            return Err(syntax("fractions are not supported (write 90m, not 1.5h)"));
+        }
+        if text
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|number| number.len() > MAX_DIGITS)
+        {
+            return Err(syntax("a number has more than 10 digits"));
         }
         let value = humantime::parse_duration(text.trim()).map_err(|e| DurationError::Syntax {
             text: text.to_owned(),
@@ -177,7 +197,6 @@ mod tests {
             ("1h30m", 5400),
             ("30 days", 30 * DAY),
             ("720h", 30 * DAY),
-            ("1.5h", 5400),
         ];
         for (text, secs) in cases {
             let d = Duration::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -219,6 +238,25 @@ mod tests {
                 Duration::parse(text).is_ok(),
                 "pattern and parser disagree on {text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_text_the_pattern_accepts_parses_even_at_its_bounds() {
+        let re = regex_lite(&pattern());
+        for text in [
+            "9999999999y",
+            "9999999999years",
+            "9999999999y 9999999999y 9999999999y 9999999999y 9999999999y",
+            "9999999999ns",
+        ] {
+            assert!(re.is_match(text), "{text:?}");
+            assert!(Duration::parse(text).is_ok(), "{text:?}: {:?}", Duration::parse(text));
+        }
+        // Beyond the bounds the API server refuses what would overflow the parser.
+        for text in ["99999999999999999999999y", "1000.5y", "0.5ns", "1.5h"] {
+            assert!(!re.is_match(text), "{text:?}");
+            assert!(Duration::parse(text).is_err(), "{text:?}");
         }
     }
 
