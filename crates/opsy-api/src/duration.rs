@@ -251,7 +251,11 @@ mod tests {
             "9999999999ns",
         ] {
             assert!(re.is_match(text), "{text:?}");
-            assert!(Duration::parse(text).is_ok(), "{text:?}: {:?}", Duration::parse(text));
+            assert!(
+                Duration::parse(text).is_ok(),
+                "{text:?}: {:?}",
+                Duration::parse(text)
+            );
         }
         // Beyond the bounds the API server refuses what would overflow the parser.
         for text in ["99999999999999999999999y", "1000.5y", "0.5ns", "1.5h"] {

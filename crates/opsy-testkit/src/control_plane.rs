@@ -128,6 +128,16 @@ impl ControlPlane {
 
     /// Starts a control plane of its own, with the project's CRDs installed and Established.
     pub fn start() -> Result<Self, ControlPlaneError> {
+        Self::start_with(true)
+    }
+
+    /// Starts a control plane of its own without the project's CRDs (for installing them
+    /// another way, e.g. with the Helm charts).
+    pub fn start_without_crds() -> Result<Self, ControlPlaneError> {
+        Self::start_with(false)
+    }
+
+    fn start_with(crds: bool) -> Result<Self, ControlPlaneError> {
         let bin = bin_dir();
         for name in [
             "etcd",
@@ -223,20 +233,22 @@ impl ControlPlane {
         )?;
         plane.lock().etcd = Some(etcd);
         plane.start_apiserver()?;
-        plane.kubectl(
-            &["apply", "--server-side", "-f"],
-            &workspace_root().join("deploy/crds"),
-        )?;
-        plane.kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "--all",
-            ],
-            Path::new(""),
-        )?;
+        if crds {
+            plane.kubectl(
+                &["apply", "--server-side", "-f"],
+                &workspace_root().join("deploy/crds"),
+            )?;
+            plane.kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd",
+                    "--all",
+                ],
+                Path::new(""),
+            )?;
+        }
         // After the CRDs: the garbage collector then knows their kinds from its first discovery.
         let controller_manager = plane.spawn(
             "kube-controller-manager",
