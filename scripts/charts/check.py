@@ -62,7 +62,8 @@ def assemble(name: str, into: Path) -> Path:
     """Copies chart `name` into `into`, with its file:// dependencies vendored under charts/
     (what `helm dependency build` does), recursively."""
     target = into / name
-    shutil.copytree(CHARTS / name, target)
+    # A charts/ left by `helm dependency build` would shadow the sources being checked.
+    shutil.copytree(CHARTS / name, target, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
     meta = yaml.safe_load((target / "Chart.yaml").read_text())
     for dep in meta.get("dependencies") or []:
         repo = dep.get("repository", "")

@@ -34,7 +34,7 @@ fn run(command: &mut Command) -> String {
 fn helm(cp: &ControlPlane) -> Command {
     let mut command = Command::new(cp.binary("helm"));
     command
-        .current_dir(root())
+        .current_dir(charts().path())
         .arg("--kubeconfig")
         .arg(cp.kubeconfig());
     command
@@ -45,6 +45,19 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
         .args(args))
+}
+
+/// A copy of `charts/` (so that `helm dependency build` leaves the sources alone).
+fn charts() -> &'static tempfile::TempDir {
+    static COPY: OnceLock<tempfile::TempDir> = OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        run(Command::new("cp")
+            .arg("-r")
+            .arg(root().join("charts"))
+            .arg(dir.path()));
+        dir
+    })
 }
 
 /// `helm dependency build` for every chart, once per test binary and in order (the umbrella

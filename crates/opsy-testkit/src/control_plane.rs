@@ -203,6 +203,9 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", p("sa.key")),
             // No serviceaccount controller runs: Pods need no ServiceAccount object.
             "--disable-admission-plugins=ServiceAccount".into(),
+            // As in EKS: setting a blocking owner reference needs `update` on the owner's
+            // finalizers.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
             "--endpoint-reconciler-type=none".into(),
             "--allow-privileged=true".into(),
             format!("--audit-policy-file={}", p("audit-policy.yaml")),

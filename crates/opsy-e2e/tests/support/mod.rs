@@ -44,6 +44,11 @@ pub async fn start(
     poll: Duration,
 ) -> Running {
     let client = cp.client_as(user, &["system:masters"]).await.unwrap();
+    start_with(client, moto, kind, poll)
+}
+
+/// Starts the `kind` controller with `client`.
+pub fn start_with(client: kube::Client, moto: &Moto, kind: Kind, poll: Duration) -> Running {
     let operator = Arc::new(Operator::new(
         client,
         ClientSet::new(AwsOptions::emulator(moto.endpoint())),

@@ -1,0 +1,300 @@
+//! RBAC is exactly enough: both operators run as the ServiceAccounts their chart creates, with
+//! the ClusterRoles and Roles it installs (`deploy/kustomize/both`, rendered from the umbrella
+//! chart), through a whole build (with a notification Secret) and a whole rollout, plus the
+//! CRD wait and the leader Lease. From the API server's audit log: every request they made was
+//! allowed, and every rule the charts grant was used.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    ByteString,
+    api::{
+        core::v1::{Namespace, Secret},
+        rbac::v1::{ClusterRole, Role},
+    },
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use opsy_api::{AMIRefresher, PackerBuilder};
+use opsy_runtime::{
+    leader::{Leadership, LeaseTiming},
+    operator::wait_for_crd,
+};
+use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, kubelet, seed::ids};
+use support::{CLUSTER, Kind, REGION, start_with, wait_for};
+
+const SYSTEM: &str = "opsy-system";
+const BUILDER: &str = "opsy-packer-builder-operator";
+const REFRESHER: &str = "opsy-ami-refresh-operator";
+
+/// (apiGroup, resource[/subresource], verb)
+type Use = (String, String, String);
+
+/// What `user` did, from the audit log; fails on any request that was refused.
+fn used_by(cp: &ControlPlane, user: &str) -> BTreeSet<Use> {
+    let mut used = BTreeSet::new();
+    for event in cp.audit_events().unwrap() {
+        if event.acting_user() != user {
+            continue;
+        }
+        let code = event.response_status.as_ref().map_or(0, |s| s.code);
+        assert_ne!(
+            code, 403,
+            "{user} was refused {} {}",
+            event.verb, event.request_u_r_i
+        );
+        let Some(object) = &event.object_ref else {
+            continue;
+        };
+        let resource = if object.subresource.is_empty() {
+            object.resource.clone()
+        } else {
+            format!("{}/{}", object.resource, object.subresource)
+        };
+        used.insert((object.api_group.clone(), resource, event.verb.clone()));
+    }
+    used
+}
+
+/// What the chart's ClusterRole and Role grant the operator `name`.
+async fn granted(client: &kube::Client, name: &str) -> BTreeSet<Use> {
+    let mut rules = Api::<ClusterRole>::all(client.clone())
+        .get(name)
+        .await
+        .unwrap()
+        .rules
+        .unwrap_or_default();
+    rules.extend(
+        Api::<Role>::namespaced(client.clone(), SYSTEM)
+            .get(&format!("{name}-leader-election"))
+            .await
+            .unwrap()
+            .rules
+            .unwrap_or_default(),
+    );
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// Rules that no request shows: `update` on `packerbuilders/finalizers` is what the
+/// OwnerReferencesPermissionEnforcement admission plugin (on in EKS, and in the test's API
+/// server) checks when a Job names its PackerBuilder as a blocking owner.
+fn checked_by_admission(used: &Use) -> bool {
+    used.1.ends_with("/finalizers") && used.2 == "update"
+}
+
+#[tokio::test]
+async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
+    let cp = ControlPlane::shared().unwrap();
+    let ns = cp.namespace("rbac").await.unwrap();
+    let admin = ns.client.clone();
+    let system = Namespace {
+        metadata: ObjectMeta {
+            name: Some(SYSTEM.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap();
+    let manifests =
+        opsy_testkit::moto::workspace_root().join("deploy/kustomize/both/manifests.yaml");
+    let out = Command::new(cp.binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let builder_user = format!("system:serviceaccount:{SYSTEM}:{BUILDER}");
+    let refresher_user = format!("system:serviceaccount:{SYSTEM}:{REFRESHER}");
+    let builder_client = cp.client_as_service_account(SYSTEM, BUILDER).await.unwrap();
+    let refresher_client = cp
+        .client_as_service_account(SYSTEM, REFRESHER)
+        .await
+        .unwrap();
+
+    // Start-up as the binaries do it: the CRD wait, then the leader Lease.
+    let timing = LeaseTiming {
+        duration_seconds: 2,
+        renew_before_seconds: 1,
+    };
+    for (client, crd, lease) in [
+        (
+            &builder_client,
+            "packerbuilders.ami.refresh.ops",
+            "packer-builder-operator",
+        ),
+        (
+            &refresher_client,
+            "amirefreshers.ami.refresh.ops",
+            "ami-refresh-operator",
+        ),
+    ] {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_for_crd(client, crd, Duration::from_millis(100)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let leader = Leadership::acquire(client.clone(), SYSTEM, lease, "rbac-test", timing)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await; // renewed at least once
+        leader.release().await;
+    }
+
+    // A whole build, with a Slack notification whose token is read from a Secret.
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    fixture.register_image("base-al2023-v1", &[]).await.unwrap();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("slack-token".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), ByteString(b"xoxb-test".to_vec()))].into()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut pb = support::packer_builder("pb", "10m");
+    pb.spec.notifier = serde_json::from_value(serde_json::json!(
+        {"slack": {"channelIDs": ["C0123456789"], "secret": "slack-token"}}
+    ))
+    .unwrap();
+    let builders: Api<PackerBuilder> = Api::namespaced(admin.clone(), &ns.name);
+    builders.create(&PostParams::default(), &pb).await.unwrap();
+    let poll = Duration::from_secs(1);
+    let builder = start_with(builder_client, &moto, Kind::Builder, poll);
+    wait_for("a build Job", 30, || async {
+        builders
+            .get("pb")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.job_name)
+            .is_some()
+    })
+    .await;
+    let job = builders
+        .get("pb")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .job_name
+        .unwrap();
+    let built = fixture
+        .register_image("al2023-hardened-1", &[])
+        .await
+        .unwrap();
+    kubelet::finish_build_job(
+        &admin,
+        &ns.name,
+        &job,
+        0,
+        &kubelet::artifact_line(REGION, &built),
+    )
+    .await
+    .unwrap();
+    wait_for("the built AMI active", 60, || async {
+        builders
+            .get("pb")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.active_image)
+            .is_some_and(|a| a.id == built)
+    })
+    .await;
+
+    // A whole rollout of an active AMI to two managed groups and a self-managed one.
+    let now = Timestamp::now().to_string();
+    let target = fixture
+        .register_image(
+            "hardened-2",
+            &[("status", "active"), ("create-timestamp", now.as_str())],
+        )
+        .await
+        .unwrap();
+    fixture.create_cluster(CLUSTER).await.unwrap();
+    for name in ["a", "b"] {
+        fixture
+            .create_node_group(
+                CLUSTER,
+                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+            )
+            .await
+            .unwrap();
+    }
+    fixture
+        .create_self_managed_group(CLUSTER, "self-1", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    let mut amr = support::refresher("amr", &target, "10m");
+    amr.spec.notifier = pb.spec.notifier.clone();
+    let refreshers: Api<AMIRefresher> = Api::namespaced(admin.clone(), &ns.name);
+    refreshers
+        .create(&PostParams::default(), &amr)
+        .await
+        .unwrap();
+    let refresher = start_with(refresher_client, &moto, Kind::Refresher, poll);
+    wait_for("the rollout done", 90, || async {
+        refreshers
+            .get("amr")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.progress)
+            .is_some_and(|p| p == "3/3 on target")
+    })
+    .await;
+
+    // Watches are audited when they end: stop both operators first.
+    drop((builder, refresher));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, user) in [(BUILDER, &builder_user), (REFRESHER, &refresher_user)] {
+        let used = used_by(cp, user);
+        let granted = granted(&admin, name).await;
+        let unused: Vec<&Use> = granted
+            .iter()
+            .filter(|g| !used.contains(*g) && !checked_by_admission(g))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "{name}: granted but never used: {unused:#?}\nused: {used:#?}"
+        );
+        let ungranted: Vec<&Use> = used.iter().filter(|u| !granted.contains(*u)).collect();
+        assert!(
+            ungranted.is_empty(),
+            "{name}: used without a rule: {ungranted:#?}"
+        );
+    }
+}
