@@ -12,6 +12,10 @@ pub struct RunArgs {
     /// Send AWS requests here instead of AWS (an emulator).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// How often node-group updates, instance refreshes and builds in flight are checked
+    /// (humantime: `30s`, `1m`).
+    #[arg(long, env = "OPSY_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_interval: std::time::Duration,
     /// Custom resources reconciled at the same time.
     #[arg(long, env = "OPSY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,

@@ -38,6 +38,7 @@ pub struct Operator {
     /// Readiness, served at `/readyz`.
     pub health: Health,
     leadership: Option<Leadership>,
+    poll_interval: Duration,
 }
 
 impl std::fmt::Debug for Operator {
@@ -59,6 +60,7 @@ impl Operator {
             aws,
             health: Health::default(),
             leadership: None,
+            poll_interval: Duration::from_secs(30),
         }
     }
 
@@ -117,18 +119,23 @@ impl Operator {
             metrics,
             health,
             leadership,
+            poll_interval: args.poll_interval,
         })
     }
 
     /// The reconcile context of controller `manager` on this operator's clients and metrics.
     pub fn context(&self, manager: &str, clock: Clock) -> Arc<Context> {
-        Context::new(
+        let mut context = Context::new(
             manager,
             self.client.clone(),
             self.aws.clone(),
             clock,
             self.metrics.clone(),
-        )
+        );
+        if let Some(context) = Arc::get_mut(&mut context) {
+            context.poll_interval = self.poll_interval;
+        }
+        context
     }
 
     /// Watches every object of `api` into a store, and yields an object when it is first seen
