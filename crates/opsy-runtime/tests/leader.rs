@@ -11,7 +11,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use opsy_runtime::leader::{Leadership, LeaseTiming};
-use opsy_testkit::ControlPlane;
+use opsy_testkit::{ControlPlane, partition::Partition};
 
 const LEASE: &str = "packer-builder-operator";
 const FAST: LeaseTiming = LeaseTiming {
@@ -100,4 +100,43 @@ async fn a_leader_whose_lease_is_taken_learns_it() {
         .await
         .expect("the leader noticed it lost the Lease");
     assert!(!a.is_leader());
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_gives_up_before_its_lease_can_expire() {
+    let cp = ControlPlane::shared().unwrap();
+    let ns = cp.namespace("partition").await.unwrap();
+    let partition = Partition::start(cp.address().unwrap()).await.unwrap();
+    let cut_off = cp.client_via(partition.address()).await.unwrap();
+    let timing = LeaseTiming {
+        duration_seconds: 6,
+        renew_before_seconds: 2,
+    };
+    let a = Leadership::acquire(cut_off, &ns.name, LEASE, "replica-a", timing)
+        .await
+        .unwrap();
+    let lost = a.lost();
+    // Let it renew once or twice, then drop every packet between it and the API server.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    partition.cut();
+    let cut = jiff::Timestamp::now();
+    tokio::time::timeout(Duration::from_secs(15), lost)
+        .await
+        .expect("the cut-off leader noticed");
+    let gave_up = jiff::Timestamp::now();
+    assert!(!a.is_leader());
+    // The last renewal the API server has, and when the Lease it extends could expire.
+    let lease = Api::<Lease>::namespaced(ns.client.clone(), &ns.name)
+        .get(LEASE)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(lease.holder_identity.as_deref(), Some("replica-a"));
+    let expires = lease.renew_time.unwrap().0 + jiff::SignedDuration::from_secs(6);
+    assert!(
+        gave_up < expires,
+        "gave up at {gave_up}, {} after the cut; the Lease could expire at {expires}",
+        gave_up.duration_since(cut)
+    );
 }

@@ -339,6 +339,33 @@ impl ControlPlane {
         Client::try_from(config).map_err(kube_error("building the client"))
     }
 
+    /// The API server's loopback address (e.g. for a [`crate::partition::Partition`]).
+    pub fn address(&self) -> Result<std::net::SocketAddr, ControlPlaneError> {
+        self.server
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ControlPlaneError::Io {
+                what: "parsing the API server's address".into(),
+                source: std::io::Error::other(e),
+            })
+    }
+
+    /// An admin client that reaches the API server through `address` (a proxy on loopback).
+    pub async fn client_via(
+        &self,
+        address: std::net::SocketAddr,
+    ) -> Result<Client, ControlPlaneError> {
+        let mut config = self.config().await?;
+        config.cluster_url =
+            format!("https://{address}")
+                .parse()
+                .map_err(|e| ControlPlaneError::Io {
+                    what: "building the proxy's URL".into(),
+                    source: std::io::Error::other(format!("{e}")),
+                })?;
+        Client::try_from(config).map_err(kube_error("building the client"))
+    }
+
     /// A client acting as ServiceAccount `namespace/name`.
     pub async fn client_as_service_account(
         &self,

@@ -9,6 +9,7 @@ pub mod iam;
 pub mod kube;
 pub mod kubelet;
 pub mod moto;
+pub mod partition;
 pub mod process;
 pub mod seed;
 
