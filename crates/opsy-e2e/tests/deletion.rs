@@ -39,24 +39,7 @@ async fn a_deleted_packer_builder_takes_its_build_job_and_pods_with_it() {
         Duration::from_secs(1),
     )
     .await;
-    wait_for("a build Job", 30, || async {
-        builders
-            .get("pb")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.job_name)
-            .is_some()
-    })
-    .await;
-    let job = builders
-        .get("pb")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .job_name
-        .unwrap();
+    let job = support::build_started(&builders, "pb").await;
     let pods = kubelet::build_pods(&ns.client, &ns.name, &job)
         .await
         .unwrap();

@@ -28,7 +28,7 @@ use opsy_runtime::{
     operator::wait_for_crd,
 };
 use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, kubelet, seed::ids};
-use support::{CLUSTER, Kind, REGION, start_with, wait_for};
+use support::{CLUSTER, Kind, REGION, start_with};
 
 const SYSTEM: &str = "opsy-system";
 const BUILDER: &str = "opsy-packer-builder-operator";
@@ -193,24 +193,7 @@ async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
     builders.create(&PostParams::default(), &pb).await.unwrap();
     let poll = Duration::from_secs(1);
     let builder = start_with(builder_client, &moto, Kind::Builder, poll);
-    wait_for("a build Job", 30, || async {
-        builders
-            .get("pb")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.job_name)
-            .is_some()
-    })
-    .await;
-    let job = builders
-        .get("pb")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .job_name
-        .unwrap();
+    let job = support::build_started(&builders, "pb").await;
     let built = fixture
         .register_image("al2023-hardened-1", &[])
         .await
@@ -224,16 +207,7 @@ async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
     )
     .await
     .unwrap();
-    wait_for("the built AMI active", 60, || async {
-        builders
-            .get("pb")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.active_image)
-            .is_some_and(|a| a.id == built)
-    })
-    .await;
+    support::active(&builders, "pb", &built, 60).await;
 
     // A whole rollout of an active AMI to two managed groups and a self-managed one.
     let now = Timestamp::now().to_string();
@@ -266,16 +240,7 @@ async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
         .await
         .unwrap();
     let refresher = start_with(refresher_client, &moto, Kind::Refresher, poll);
-    wait_for("the rollout done", 90, || async {
-        refreshers
-            .get("amr")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.progress)
-            .is_some_and(|p| p == "3/3 on target")
-    })
-    .await;
+    support::rolled_out(&refreshers, "amr", "3/3 on target", 90).await;
 
     // Watches are audited when they end: stop both operators first.
     drop((builder, refresher));

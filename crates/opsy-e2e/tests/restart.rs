@@ -72,16 +72,7 @@ async fn both_operators_carry_on_after_an_api_server_restart() {
     let poll = Duration::from_secs(1);
     let _builder = start(cp, &moto, Kind::Builder, "restart-builder", poll).await;
     let _refresher = start(cp, &moto, Kind::Refresher, "restart-refresher", poll).await;
-    wait_for("a build Job", 30, || async {
-        builders
-            .get("pb")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.job_name)
-            .is_some()
-    })
-    .await;
+    let job = support::build_started(&builders, "pb").await;
     wait_for("a node group update in flight", 30, || async {
         refreshers
             .get("amr")
@@ -98,14 +89,6 @@ async fn both_operators_carry_on_after_an_api_server_restart() {
 
     cp.restart_apiserver().unwrap();
 
-    let job = builders
-        .get("pb")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .job_name
-        .unwrap();
     let built = fixture
         .register_image("al2023-hardened-1", &[])
         .await
@@ -119,26 +102,8 @@ async fn both_operators_carry_on_after_an_api_server_restart() {
     )
     .await
     .unwrap();
-    wait_for("the built AMI active after the restart", 90, || async {
-        builders
-            .get("pb")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.active_image)
-            .is_some_and(|a| a.id == built)
-    })
-    .await;
-    wait_for("the rollout done after the restart", 90, || async {
-        refreshers
-            .get("amr")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.progress)
-            .is_some_and(|p| p == "2/2 on target")
-    })
-    .await;
+    support::active(&builders, "pb", &built, 90).await;
+    support::rolled_out(&refreshers, "amr", "2/2 on target", 90).await;
 
     let jobs = Api::<Job>::namespaced(ns.client.clone(), &ns.name)
         .list(&ListParams::default())
@@ -151,17 +116,9 @@ async fn both_operators_carry_on_after_an_api_server_restart() {
         2,
         "one version per group"
     );
-    for group in ["a", "b"] {
-        let updates = fixture
-            .eks
-            .list_updates()
-            .name(CLUSTER)
-            .nodegroup_name(group)
-            .send()
-            .await
-            .unwrap()
-            .update_ids
-            .unwrap_or_default();
-        assert_eq!(updates.len(), 1, "node group {group}: {updates:?}");
-    }
+    assert_eq!(
+        support::updates(&fixture, &["a", "b"]).await,
+        [1, 1],
+        "one update per group"
+    );
 }

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use kube::{Api, Client, api::PostParams};
 use opsy_api::{AMIRefresher, PackerBuilder};
 use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec};
-use support::{CLUSTER, Kind, REGION, counts, start, wait_for, writes_by};
+use support::{CLUSTER, Kind, REGION, counts, start, writes_by};
 
 /// How long the operators are watched once they have settled.
 const QUIET: Duration = Duration::from_secs(60);
@@ -77,30 +77,8 @@ async fn both_operators_are_quiet_in_steady_state() {
     let poll = Duration::from_secs(30);
     let builder = start(cp, &moto, Kind::Builder, "steady-builder", poll).await;
     let refresher = start(cp, &moto, Kind::Refresher, "steady-refresher", poll).await;
-    wait_for("the PackerBuilder adopts its AMI", 30, || async {
-        builders
-            .get("al2023-hardened")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.active_image)
-            .is_some_and(|a| a.id == active)
-    })
-    .await;
-    wait_for(
-        "the AMIRefresher finds every group on target",
-        30,
-        || async {
-            refreshers
-                .get("prod-rollout")
-                .await
-                .unwrap()
-                .status
-                .and_then(|s| s.progress)
-                .is_some_and(|p| p == "3/3 on target")
-        },
-    )
-    .await;
+    support::active(&builders, "al2023-hardened", &active, 30).await;
+    support::rolled_out(&refreshers, "prod-rollout", "3/3 on target", 30).await;
     // The first reconciles' own status writes come back through the watches; let that settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
 

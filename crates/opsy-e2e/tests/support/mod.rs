@@ -149,3 +149,77 @@ pub fn refresher(name: &str, ami: &str, controller_timer: &str) -> AMIRefresher 
     }))
     .unwrap()
 }
+
+/// Waits until PackerBuilder `name` has a build Job recorded; returns its name.
+pub async fn build_started(builders: &kube::Api<PackerBuilder>, name: &str) -> String {
+    wait_for("a build Job", 30, || async {
+        builders
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.job_name)
+            .is_some()
+    })
+    .await;
+    builders
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .job_name
+        .unwrap()
+}
+
+/// Waits until PackerBuilder `name` records `ami` as its active AMI.
+pub async fn active(builders: &kube::Api<PackerBuilder>, name: &str, ami: &str, secs: u64) {
+    wait_for(&format!("{ami} active"), secs, || async {
+        builders
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.active_image)
+            .is_some_and(|a| a.id == ami)
+    })
+    .await;
+}
+
+/// Waits until AMIRefresher `name` reports `progress` (e.g. `3/3 on target`).
+pub async fn rolled_out(
+    refreshers: &kube::Api<AMIRefresher>,
+    name: &str,
+    progress: &str,
+    secs: u64,
+) {
+    wait_for(progress, secs, || async {
+        refreshers
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.progress)
+            .is_some_and(|p| p == progress)
+    })
+    .await;
+}
+
+/// How many EKS updates each of `groups` of [`CLUSTER`] has had.
+pub async fn updates(fixture: &opsy_testkit::Fixture, groups: &[&str]) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for group in groups {
+        let ids = fixture
+            .eks
+            .list_updates()
+            .name(CLUSTER)
+            .nodegroup_name(*group)
+            .send()
+            .await
+            .unwrap()
+            .update_ids
+            .unwrap_or_default();
+        counts.push(ids.len());
+    }
+    counts
+}
