@@ -138,6 +138,7 @@ impl ControlPlane {
     }
 
     fn start_with(crds: bool) -> Result<Self, ControlPlaneError> {
+        let started = Instant::now();
         let bin = bin_dir();
         for name in [
             "etcd",
@@ -265,6 +266,11 @@ impl ControlPlane {
             ],
         )?;
         plane.lock().controller_manager = Some(controller_manager);
+        eprintln!(
+            "control plane at {} ready in {:.1?}",
+            plane.server,
+            started.elapsed()
+        );
         Ok(plane)
     }
 
