@@ -41,7 +41,7 @@ pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Acti
     let started = std::time::Instant::now();
     let amr = match opsy_runtime::latest(&ctx.client, amr.as_ref()).await {
         Ok(Some(latest)) => Arc::new(latest),
-        // Deleted: its Jobs go with it (owner references); nothing to do.
+        // Deleted since the event: nothing to do.
         Ok(None) => return Ok(Action::await_change()),
         Err(e) => {
             let error = Error::from(e);
