@@ -10,7 +10,6 @@ mod support;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use jiff::Timestamp;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -27,7 +26,7 @@ use opsy_runtime::{
     leader::{Leadership, LeaseTiming},
     operator::wait_for_crd,
 };
-use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, kubelet, seed::ids};
+use opsy_testkit::{ControlPlane, Fixture, Moto, kubelet, seed::ids};
 use support::{CLUSTER, Kind, REGION, start_with};
 
 const SYSTEM: &str = "opsy-system";
@@ -210,24 +209,8 @@ async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
     support::active(&builders, "pb", &built, 60).await;
 
     // A whole rollout of an active AMI to two managed groups and a self-managed one.
-    let now = Timestamp::now().to_string();
-    let target = fixture
-        .register_image(
-            "hardened-2",
-            &[("status", "active"), ("create-timestamp", now.as_str())],
-        )
-        .await
-        .unwrap();
-    fixture.create_cluster(CLUSTER).await.unwrap();
-    for name in ["a", "b"] {
-        fixture
-            .create_node_group(
-                CLUSTER,
-                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-            )
-            .await
-            .unwrap();
-    }
+    let target = support::active_ami(&fixture, "hardened-2").await;
+    support::cluster(&fixture, &["a", "b"], ids::AL2023_130_SEP).await;
     fixture
         .create_self_managed_group(CLUSTER, "self-1", ids::AL2023_130_SEP, &[])
         .await

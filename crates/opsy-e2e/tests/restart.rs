@@ -8,15 +8,14 @@ mod support;
 
 use std::time::Duration;
 
-use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api,
     api::{ListParams, PostParams},
 };
 use opsy_api::{AMIRefresher, PackerBuilder, ami_refresher::NodeGroupPhase};
-use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, kubelet, seed::ids};
-use support::{CLUSTER, Kind, REGION, start, wait_for};
+use opsy_testkit::{ControlPlane, Fixture, Moto, kubelet, seed::ids};
+use support::{Kind, REGION, start, wait_for};
 
 fn requests(moto: &Moto, action: &str) -> u64 {
     moto.requests()
@@ -34,24 +33,8 @@ async fn both_operators_carry_on_after_an_api_server_restart() {
     let moto = Moto::start().unwrap();
     let fixture = Fixture::new(&moto, REGION).await;
     fixture.register_image("base-al2023-v1", &[]).await.unwrap();
-    let now = Timestamp::now().to_string();
-    let target = fixture
-        .register_image(
-            "hardened-1",
-            &[("status", "active"), ("create-timestamp", now.as_str())],
-        )
-        .await
-        .unwrap();
-    fixture.create_cluster(CLUSTER).await.unwrap();
-    for name in ["a", "b"] {
-        fixture
-            .create_node_group(
-                CLUSTER,
-                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-            )
-            .await
-            .unwrap();
-    }
+    let target = support::active_ami(&fixture, "hardened-1").await;
+    support::cluster(&fixture, &["a", "b"], ids::AL2023_130_SEP).await;
     let builders: Api<PackerBuilder> = Api::namespaced(ns.client.clone(), &ns.name);
     let refreshers: Api<AMIRefresher> = Api::namespaced(ns.client.clone(), &ns.name);
     builders

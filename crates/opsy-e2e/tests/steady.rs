@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::{Api, Client, api::PostParams};
 use opsy_api::{AMIRefresher, PackerBuilder};
-use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec};
+use opsy_testkit::{ControlPlane, Fixture, Moto};
 use support::{CLUSTER, Kind, REGION, counts, start, writes_by};
 
 /// How long the operators are watched once they have settled.
@@ -53,13 +53,7 @@ async fn both_operators_are_quiet_in_steady_state() {
         .unwrap();
     let pb = support::packer_builder("al2023-hardened", &format!("{TIMER_SECS}s"));
     // An AMIRefresher whose every group already runs its target.
-    fixture.create_cluster(CLUSTER).await.unwrap();
-    for name in ["a", "b"] {
-        fixture
-            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, &active))
-            .await
-            .unwrap();
-    }
+    support::cluster(&fixture, &["a", "b"], &active).await;
     fixture
         .create_self_managed_group(CLUSTER, "self-1", &active, &[])
         .await

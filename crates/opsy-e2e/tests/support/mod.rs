@@ -223,3 +223,29 @@ pub async fn updates(fixture: &opsy_testkit::Fixture, groups: &[&str]) -> Vec<us
     }
     counts
 }
+
+/// An AMI tagged `status=active`, created now, as a rollout target.
+pub async fn active_ami(fixture: &opsy_testkit::Fixture, name: &str) -> String {
+    let now = Timestamp::now().to_string();
+    fixture
+        .register_image(
+            name,
+            &[("status", "active"), ("create-timestamp", now.as_str())],
+        )
+        .await
+        .unwrap()
+}
+
+/// Cluster [`CLUSTER`] with managed node groups `groups`, each on `image`.
+pub async fn cluster(fixture: &opsy_testkit::Fixture, groups: &[&str], image: &str) {
+    fixture.create_cluster(CLUSTER).await.unwrap();
+    for name in groups {
+        fixture
+            .create_node_group(
+                CLUSTER,
+                &opsy_testkit::NodeGroupSpec::with_image(name, image),
+            )
+            .await
+            .unwrap();
+    }
+}
