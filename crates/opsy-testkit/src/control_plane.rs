@@ -32,6 +32,10 @@ use crate::{moto::workspace_root, process::Running};
 
 /// The admin's bearer token (user `opsy-admin`, group `system:masters`).
 pub const ADMIN_TOKEN: &str = "opsy-testkit-admin-token";
+/// The control planes' directories: `<tmpfs or temp>/opsy-control-plane-*`.
+const DIR_PREFIX: &str = "opsy-control-plane-";
+/// The file in such a directory naming the process that started the control plane.
+const OWNER: &str = "owner.pid";
 /// How long the API server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -102,13 +106,14 @@ struct Components {
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
+    // Dropped first: the processes stop before their directory goes.
+    components: Mutex<Components>,
     dir: TempDir,
     bin: PathBuf,
     server: String,
     kubeconfig: PathBuf,
     audit_log: PathBuf,
     apiserver_args: Vec<String>,
-    components: Mutex<Components>,
 }
 
 static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
@@ -154,17 +159,21 @@ impl ControlPlane {
         }
         // etcd's data on tmpfs where there is one: it fsyncs far less, but still writes.
         let shm = Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::Builder::new()
-                .prefix("opsy-control-plane-")
-                .tempdir_in(shm)
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
         } else {
-            tempfile::Builder::new()
-                .prefix("opsy-control-plane-")
-                .tempdir()
-        }
-        .map_err(io("creating the control plane's directory"))?;
+            std::env::temp_dir()
+        };
+        sweep_stale(&parent);
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir_in(&parent)
+            .map_err(io("creating the control plane's directory"))?;
         let path = dir.path().to_path_buf();
+        // The shared control plane is never dropped (a static): a later start removes its
+        // directory once this process is gone.
+        fs::write(path.join(OWNER), std::process::id().to_string())
+            .map_err(io("writing owner.pid"))?;
         fs::create_dir_all(path.join("logs")).map_err(io("creating logs/"))?;
         write_pki(&path)?;
         let port = free_port()?;
@@ -685,6 +694,25 @@ fn spawn_from_keeper(mut command: Command) -> std::io::Result<Child> {
         })?;
     rx.recv()
         .map_err(|_| std::io::Error::other("the spawning thread ended"))?
+}
+
+/// Removes the directories of control planes whose process has ended (etcd's data is about
+/// 120 MB each, in memory on tmpfs).
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let Ok(owner) = fs::read_to_string(entry.path().join(OWNER)) else {
+            continue;
+        };
+        if !Path::new("/proc").join(owner.trim()).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A loopback port that was free a moment ago.
