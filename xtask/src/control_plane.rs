@@ -82,7 +82,7 @@ fn helm_ldflags() -> String {
 }
 
 /// Every binary the tests need, by name.
-pub fn binaries() -> impl Iterator<Item = &'static str> {
+fn binaries() -> impl Iterator<Item = &'static str> {
     MODULES
         .iter()
         .flat_map(|m| m.binaries.iter().map(|(_, name)| *name))

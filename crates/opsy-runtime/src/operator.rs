@@ -170,7 +170,7 @@ impl Operator {
 
     /// Passes a watcher's events through, marking the process ready once the first complete
     /// list is in (the controller's cache has synced).
-    pub fn ready_after_first_list<K, S>(&self, events: S) -> impl Stream<Item = S::Item> + use<K, S>
+    fn ready_after_first_list<K, S>(&self, events: S) -> impl Stream<Item = S::Item> + use<K, S>
     where
         S: Stream<Item = watcher::Result<watcher::Event<K>>>,
     {
