@@ -6,18 +6,32 @@ Each follows the AWS API reference:
 - EC2 CreateLaunchTemplateVersion: SourceVersion inheritance (the new version starts from the
   source version's data; LaunchTemplateData overrides it key by key).
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
-- EKS UpdateNodegroupVersion, DescribeUpdate, ListUpdates; UpdateNodegroupConfig updates are
-  recorded too; ListNodegroups of a missing cluster is ResourceNotFoundException (not a 500). An update is InProgress for a few DescribeUpdate polls, then Successful (the
-  node group then uses the new launch template version) or Failed. DescribeNodegroup of the
-  group counts as a poll too.
-- Auto Scaling StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, which
-  progress the same way.
+- EKS UpdateNodegroupVersion and UpdateNodegroupConfig are asynchronous: an update is
+  InProgress for a few polls (DescribeUpdate, or DescribeNodegroup of its group), the group is
+  UPDATING meanwhile, and any other update of the group fails with ResourceInUseException. Then
+  it is Successful (only now does the group take the new launch template version or
+  configuration, and its nodes are replaced) or Failed with DescribeUpdate errors
+  (PodEvictionFailure, NodeCreationFailure, ...; the group is DEGRADED with health issues when
+  nodes failed). ListUpdates paginates. A managed node group with a launch template runs its
+  nodes in an Auto Scaling group tagged eks:nodegroup-name, as EKS does. ListNodegroups of a
+  missing cluster is ResourceNotFoundException (not a 500).
+- Auto Scaling StartInstanceRefresh (Preferences: MinHealthyPercentage, SkipMatching,
+  AutoRollback; DesiredConfiguration), DescribeInstanceRefreshes, CancelInstanceRefresh:
+  Pending -> InProgress -> Successful | Failed | Cancelled, or RollbackInProgress ->
+  RollbackSuccessful with AutoRollback. Instances are replaced in batches that keep
+  MinHealthyPercentage in service; each instance reports the launch template version it was
+  launched from; the group's own template changes only when a refresh with a
+  DesiredConfiguration succeeds. InstanceRefreshInProgress while one runs; AutoRollback without
+  a DesiredConfiguration or with $Latest/$Default is a ValidationError.
+
+Each behaviour has a contract test in tests/ (run by `cargo xtask ci`).
 
 Test controls:
-- node group tag or ASG tag ``opsy.test/outcome``: ``Failed`` makes updates of that group fail;
-  so does ``POST /opsy-ext/fail`` with ``{"group": "<name>", "fail": true}`` (``false`` clears it),
-  for updates started afterwards.
-- node group tag or ASG tag ``opsy.test/polls``: polls before an update finishes (default 2).
+- node group tag or ASG tag ``opsy.test/outcome``, or ``POST /opsy-ext/fail`` with
+  ``{"group": "<name>", "fail": true, "code": "PodEvictionFailure"}`` (``false`` clears it):
+  updates of that group started afterwards fail with that code (``Failed``: NodeCreationFailure).
+- node group tag or ASG tag ``opsy.test/polls``: polls before an update finishes, or before an
+  instance refresh replaces its first batch (default 2).
 
 Two HTTP endpoints beside moto's own ``/moto-api``:
 - ``POST /opsy-ext/inject-error`` with JSON ``{"match": "DescribeImages", "code": "...",
@@ -41,7 +55,7 @@ from urllib.parse import parse_qs
 
 OUTCOME_TAG = "opsy.test/outcome"
 # Node groups and Auto Scaling groups whose updates fail, set over HTTP (POST /opsy-ext/fail).
-FAILING: set[str] = set()
+FAILING: dict[str, str] = {}
 POLLS_TAG = "opsy.test/polls"
 DEFAULT_POLLS = 2
 
@@ -139,6 +153,98 @@ def _patch_ec2() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Failure injection shared by EKS and Auto Scaling
+# --------------------------------------------------------------------------------------------
+
+# What an injected EKS failure looks like: the DescribeUpdate error (EKS API reference,
+# "ErrorDetail": errorCode is one of its documented values) and the node group health issue it
+# leaves behind (EKS API reference, "Issue": code), if any.
+EKS_FAILURES: dict[str, tuple[str, str, str | None]] = {
+    "NodeCreationFailure": (
+        "NodeCreationFailure",
+        "Instances failed to join the kubernetes cluster",
+        "NodeCreationFailure",
+    ),
+    "PodEvictionFailure": (
+        "PodEvictionFailure",
+        "Reached max retries while trying to evict pods from nodes in node group {group}",
+        None,
+    ),
+    "AsgInstanceLaunchFailures": (
+        "NodeCreationFailure",
+        "Could not launch On-Demand Instances. InsufficientInstanceCapacity",
+        "AsgInstanceLaunchFailures",
+    ),
+}
+
+
+def _failure(name: str, tags: dict[str, str] | None) -> str | None:
+    """The failure injected for group `name`: POST /opsy-ext/fail, else its outcome tag."""
+    code = FAILING.get(name) or (tags or {}).get(OUTCOME_TAG)
+    if not code:
+        return None
+    return "NodeCreationFailure" if code == "Failed" else code
+
+
+def _launch(asg: Any, count: int, template: Any = None, version: str | None = None) -> list[Any]:
+    """Launches `count` instances into `asg` from `template`/`version` (default: the group's
+    own launch template), as Auto Scaling does during a scale-out or an instance refresh."""
+    if count <= 0:
+        return []
+    saved = (asg.ec2_launch_template, asg.launch_template_version)
+    if template is not None:
+        asg.ec2_launch_template, asg.launch_template_version = template, version
+    before = len(asg.instance_states)
+    try:
+        asg.replace_autoscaling_group_instances(count, asg.get_propagated_tags())
+    finally:
+        asg.ec2_launch_template, asg.launch_template_version = saved
+    return asg.instance_states[before:]
+
+
+def _terminate(asg: Any, states: list[Any]) -> None:
+    ids = {s.instance.id for s in states}
+    if not ids:
+        return
+    asg.instance_states = [s for s in asg.instance_states if s.instance.id not in ids]
+    asg.autoscaling_backend.ec2_backend.terminate_instances(sorted(ids))
+
+
+def _instance_template(state: Any) -> dict[str, str] | None:
+    return getattr(state, "opsy_launch_template", None)
+
+
+def _patch_instances() -> None:
+    """Auto Scaling instances carry the launch template version they were launched from
+    (Auto Scaling API reference, "Instance": LaunchTemplate), not the template's default
+    version as moto reports; the version is resolved to its number at launch."""
+    from moto.autoscaling.models import FakeAutoScalingGroup, InstanceState
+
+    original_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
+
+    def replace_autoscaling_group_instances(self, count_needed, propagated_tags):  # type: ignore[no-untyped-def]
+        before = len(self.instance_states)
+        original_replace(self, count_needed, propagated_tags)
+        if self.ec2_launch_template is None:
+            return
+        version = self.ec2_launch_template.get_version(self.launch_template_version)
+        for state in self.instance_states[before:]:
+            state.opsy_launch_template = {
+                "LaunchTemplateId": self.ec2_launch_template.id,
+                "LaunchTemplateName": self.ec2_launch_template.name,
+                "Version": str(version.number),
+            }
+
+    original_launch_template = InstanceState.launch_template
+
+    def launch_template(self):  # type: ignore[no-untyped-def]
+        return _instance_template(self) or original_launch_template.fget(self)
+
+    FakeAutoScalingGroup.replace_autoscaling_group_instances = replace_autoscaling_group_instances
+    InstanceState.launch_template = property(launch_template)
+
+
+# --------------------------------------------------------------------------------------------
 # EKS
 # --------------------------------------------------------------------------------------------
 
@@ -151,6 +257,7 @@ def _polls(tags: dict[str, str] | None) -> int:
 
 
 def _patch_eks() -> None:
+    from moto.autoscaling.models import autoscaling_backends
     from moto.core.responses import ActionResult
     from moto.eks import urls
     from moto.eks.exceptions import (
@@ -159,6 +266,7 @@ def _patch_eks() -> None:
         ResourceInUseException,
         ResourceNotFoundException,
     )
+    from moto.eks.models import EKSBackend
     from moto.eks.responses import EKSResponse
 
     base = "{0}/clusters/(?P<name>[^/]+)"
@@ -190,6 +298,89 @@ def _patch_eks() -> None:
             )
         return group
 
+    def backing_group(backend: Any, group: Any) -> Any:
+        """The Auto Scaling group behind a managed node group (its nodes)."""
+        names = [g["name"] for g in group.resources.get("autoScalingGroups", [])]
+        asgs = autoscaling_backends[backend.account_id][backend.region_name].autoscaling_groups
+        return next((asgs[n] for n in names if n in asgs), None)
+
+    original_create_nodegroup = EKSBackend.create_nodegroup
+
+    def create_nodegroup(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # EKS runs a managed node group's nodes in an Auto Scaling group of its own, tagged
+        # eks:nodegroup-name and eks:cluster-name (EKS User Guide, "Managed node groups": "Amazon
+        # EKS tags managed node group resources"). Here too, for groups with a launch template
+        # that names an AMI, so that tests can see which image the nodes run.
+        group = original_create_nodegroup(self, *args, **kwargs)
+        template = group.launch_template or {}
+        if not template:
+            return group
+        from moto.autoscaling.models import autoscaling_backends as asg_backends
+
+        asgs = asg_backends[self.account_id][self.region_name]
+        spec = {"Version": str(template.get("version", "$Default"))}
+        if template.get("id"):
+            spec["LaunchTemplateId"] = template["id"]
+        else:
+            spec["LaunchTemplateName"] = template.get("name")
+        try:
+            lt = (
+                asgs.ec2_backend.get_launch_template(spec["LaunchTemplateId"])
+                if "LaunchTemplateId" in spec
+                else asgs.ec2_backend.get_launch_template_by_name(spec["LaunchTemplateName"])
+            )
+            if not lt.get_version(spec["Version"]).image_id:
+                return group
+        except Exception:  # noqa: BLE001 - a template moto cannot resolve: no nodes modelled
+            return group
+        name = group.resources["autoScalingGroups"][0]["name"]
+        size = group.scaling_config
+        tags = [
+            {"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": name,
+             "ResourceType": "auto-scaling-group"}
+            for k, v in (
+                ("eks:nodegroup-name", group.nodegroup_name),
+                ("eks:cluster-name", group.cluster_name),
+                (f"kubernetes.io/cluster/{group.cluster_name}", "owned"),
+            )
+        ]
+        asgs.create_auto_scaling_group(
+            name=name,
+            availability_zones=[f"{self.region_name}a"],
+            desired_capacity=size.get("desiredSize"),
+            max_size=size.get("maxSize"),
+            min_size=size.get("minSize"),
+            launch_config_name=None,  # type: ignore[arg-type]
+            launch_template=spec,
+            vpc_zone_identifier=None,
+            default_cooldown=None,
+            health_check_period=None,
+            health_check_type=None,
+            load_balancers=[],
+            target_group_arns=[],
+            placement_group=None,
+            termination_policies=[],
+            tags=tags,
+        )
+        return group
+
+    def busy(backend: Any, cluster_name: str, group: Any) -> None:
+        # UpdateNodegroupConfig / UpdateNodegroupVersion, "Errors": ResourceInUseException while
+        # another update of the node group is in progress.
+        for entry in updates(backend).values():
+            if (
+                entry["cluster"] == cluster_name
+                and entry["nodegroup"] == group.nodegroup_name
+                and entry["update"]["status"] == "InProgress"
+            ):
+                raise ResourceInUseException(
+                    clusterName=cluster_name,
+                    nodegroupName=group.nodegroup_name,
+                    addonName=None,
+                    message=f"Nodegroup {group.nodegroup_name} is currently being updated "
+                    f"(update {entry['update']['id']})",
+                )
+
     def record(backend: Any, cluster: str, group: Any, kind: str, params: list, apply) -> dict:  # type: ignore[type-arg]
         update = {
             "id": str(uuid.uuid4()),
@@ -204,29 +395,22 @@ def _patch_eks() -> None:
             "cluster": cluster,
             "nodegroup": group.nodegroup_name,
             "polls_left": _polls(group.tags),
-            "fail": (group.tags or {}).get(OUTCOME_TAG) == "Failed" or group.nodegroup_name in FAILING,
+            "failure": _failure(group.nodegroup_name, group.tags),
             "apply": apply,
         }
-        if apply is not None:
-            group.status = "UPDATING"
+        # DescribeNodegroup, "status": UPDATING while an update runs.
+        group.status = "UPDATING"
         return update
 
     def update_nodegroup_version(self):  # type: ignore[no-untyped-def]
+        # EKS API reference, UpdateNodegroupVersion: asynchronous; the node group moves to the
+        # launch template version only when the update succeeds.
+        backend = self.eks_backend
         cluster_name = self._get_param("name")
-        group = nodegroup(self.eks_backend, cluster_name, self._get_param("nodegroupName"))
+        group = nodegroup(backend, cluster_name, self._get_param("nodegroupName"))
         template = self._get_param("launchTemplate")
         force = bool(self._get_param("force"))
-        for entry in updates(self.eks_backend).values():
-            if (
-                entry["nodegroup"] == group.nodegroup_name
-                and entry["update"]["status"] == "InProgress"
-                and entry["apply"] is not None
-            ):
-                raise ResourceInUseException(
-                    clusterName=cluster_name,
-                    nodegroupName=group.nodegroup_name,
-                    message="Nodegroup cannot be updated as it is currently not in Active State",
-                )
+        busy(backend, cluster_name, group)
         params: list[dict[str, str]] = []
         new_template = None
         if template:
@@ -253,31 +437,66 @@ def _patch_eks() -> None:
         params.append({"type": "Force", "value": str(force).lower()})
 
         def apply(group=group, new_template=new_template):  # type: ignore[no-untyped-def]
-            if new_template is not None:
-                group.launch_template = new_template
+            if new_template is None:
+                return
+            group.launch_template = new_template
+            # The nodes are replaced with nodes of the new version.
+            asg = backing_group(backend, group)
+            if asg is not None:
+                asg.launch_template_version = new_template["version"]
+                asg.provided_launch_template_version = new_template["version"]
+                old = list(asg.instance_states)
+                _launch(asg, len(old))
+                _terminate(asg, old)
 
-        update = record(self.eks_backend, cluster_name, group, "VersionUpdate", params, apply)
+        update = record(backend, cluster_name, group, "VersionUpdate", params, apply)
         return ActionResult({"update": update})
 
-    original_update_config = EKSResponse.update_nodegroup_config
-
     def update_nodegroup_config(self):  # type: ignore[no-untyped-def]
-        result = original_update_config(self)
+        # EKS API reference, UpdateNodegroupConfig: asynchronous like a version update; the
+        # new configuration applies when the update succeeds. UpdateParam types as documented
+        # ("UpdateParam": MaxUnavailable, MaxUnavailablePercentage, MinSize, ...).
+        backend = self.eks_backend
         cluster_name = self._get_param("name")
-        group = nodegroup(self.eks_backend, cluster_name, self._get_param("nodegroupName"))
-        update = dict(result.result["update"])
-        update.setdefault("id", str(uuid.uuid4()))
-        update["status"] = "Successful"
-        update.setdefault("createdAt", _now())
-        update.setdefault("errors", [])
-        updates(self.eks_backend)[update["id"]] = {
-            "update": update,
-            "cluster": cluster_name,
-            "nodegroup": group.nodegroup_name,
-            "polls_left": 0,
-            "fail": False,
-            "apply": None,
+        group = nodegroup(backend, cluster_name, self._get_param("nodegroupName"))
+        busy(backend, cluster_name, group)
+        changes = {
+            "labels": self._get_param("labels"),
+            "taints": self._get_param("taints"),
+            "scaling_config": self._get_param("scalingConfig"),
+            "update_config": self._get_param("updateConfig"),
+            "node_repair_config": self._get_param("nodeRepairConfig"),
         }
+        params: list[dict[str, str]] = []
+        names = {
+            ("update_config", "maxUnavailable"): "MaxUnavailable",
+            ("update_config", "maxUnavailablePercentage"): "MaxUnavailablePercentage",
+            ("scaling_config", "minSize"): "MinSize",
+            ("scaling_config", "maxSize"): "MaxSize",
+            ("scaling_config", "desiredSize"): "DesiredSize",
+            ("labels", "addOrUpdateLabels"): "LabelsToAdd",
+            ("labels", "removeLabels"): "LabelsToRemove",
+            ("taints", "addOrUpdateTaints"): "TaintsToAdd",
+            ("taints", "removeTaints"): "TaintsToRemove",
+        }
+        for (arg, key), kind in names.items():
+            value = (changes[arg] or {}).get(key)
+            if value is not None:
+                text = value if isinstance(value, str) else json.dumps(value)
+                params.append({"type": kind, "value": text})
+        if changes["node_repair_config"]:
+            params.append({"type": "NodeRepairEnabled", "value": json.dumps(changes["node_repair_config"])})
+        if not params:
+            raise InvalidParameterException(message="No changes needed")
+
+        def apply():  # type: ignore[no-untyped-def]
+            backend.update_nodegroup_config(
+                cluster_name=cluster_name,
+                nodegroup_name=group.nodegroup_name,
+                **{k: v for k, v in changes.items() if v},
+            )
+
+        update = record(backend, cluster_name, group, "ConfigUpdate", params, apply)
         return ActionResult({"update": update})
 
     def advance(backend: Any, entry: dict[str, Any]) -> None:
@@ -289,20 +508,31 @@ def _patch_eks() -> None:
             entry["polls_left"] -= 1
             return
         group = nodegroup(backend, entry["cluster"], entry["nodegroup"])
-        if entry["fail"]:
+        failure = entry["failure"]
+        if failure:
+            code, message, issue = EKS_FAILURES.get(
+                failure, ("NodeCreationFailure", f"injected {failure}", None)
+            )
+            message = message.format(group=entry["nodegroup"])
             update["status"] = "Failed"
             update["errors"] = [
-                {
-                    "errorCode": "NodeCreationFailure",
-                    "errorMessage": "Instances failed to join the kubernetes cluster",
-                    "resourceIds": [entry["nodegroup"]],
-                }
+                {"errorCode": code, "errorMessage": message, "resourceIds": [entry["nodegroup"]]}
             ]
-        else:
-            update["status"] = "Successful"
-            if entry["apply"] is not None:
-                entry["apply"]()
+            if issue:
+                # DescribeNodegroup, "status": DEGRADED with health issues.
+                group.status = "DEGRADED"
+                group.health = {
+                    "issues": [
+                        {"code": issue, "message": message, "resourceIds": [entry["nodegroup"]]}
+                    ]
+                }
+            else:
+                group.status = "ACTIVE"
+            return
+        update["status"] = "Successful"
+        entry["apply"]()
         group.status = "ACTIVE"
+        group.health = {"issues": []}
 
     def describe_update(self):  # type: ignore[no-untyped-def]
         cluster_name = self._get_param("name")
@@ -332,6 +562,7 @@ def _patch_eks() -> None:
         return original_describe_nodegroup(self)
 
     def list_updates(self):  # type: ignore[no-untyped-def]
+        # EKS API reference, ListUpdates: maxResults (1-100, default 50) and nextToken.
         cluster_name = self._get_param("name")
         group_name = self._get_param("nodegroupName")
         if cluster_name not in self.eks_backend.clusters:
@@ -344,7 +575,16 @@ def _patch_eks() -> None:
             if entry["cluster"] == cluster_name
             and (not group_name or entry["nodegroup"] == group_name)
         ]
-        return ActionResult({"updateIds": ids})
+        size = int(self._get_param("maxResults") or 50)
+        if not 1 <= size <= 100:
+            raise InvalidParameterException(message="maxResults must be between 1 and 100")
+        token = self._get_param("nextToken")
+        start = int(token) if token else 0
+        page = ids[start : start + size]
+        result: dict[str, Any] = {"updateIds": page}
+        if start + size < len(ids):
+            result["nextToken"] = str(start + size)
+        return ActionResult(result)
 
     original_list_nodegroups = EKSResponse.list_nodegroups
 
@@ -357,6 +597,7 @@ def _patch_eks() -> None:
             )
         return original_list_nodegroups(self)
 
+    EKSBackend.create_nodegroup = create_nodegroup
     EKSResponse.list_nodegroups = list_nodegroups
     EKSResponse.describe_nodegroup = describe_nodegroup
     EKSResponse.update_nodegroup_version = update_nodegroup_version
@@ -369,11 +610,26 @@ def _patch_eks() -> None:
 # Auto Scaling
 # --------------------------------------------------------------------------------------------
 
+# DescribeInstanceRefreshes, "InstanceRefresh": Status values of a refresh that has not ended.
+REFRESH_ACTIVE = ("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking")
+
 
 def _patch_autoscaling() -> None:
-    from moto.autoscaling.exceptions import ResourceContentionError, ValidationError
+    from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
     from moto.autoscaling.responses import AutoScalingResponse
     from moto.core.responses import ActionResult
+
+    class InstanceRefreshInProgress(AutoscalingClientError):
+        # StartInstanceRefresh, "Errors": InstanceRefreshInProgress (HTTP 400).
+        code = "InstanceRefreshInProgress"
+        message = (
+            "An Instance Refresh is already in progress and blocks the execution of this "
+            "Instance Refresh."
+        )
+
+    class ActiveInstanceRefreshNotFound(AutoscalingClientError):
+        # CancelInstanceRefresh, "Errors": ActiveInstanceRefreshNotFound (HTTP 400).
+        code = "ActiveInstanceRefreshNotFound"
 
     def refreshes(backend: Any) -> dict[str, list[dict[str, Any]]]:
         if not hasattr(backend, "opsy_refreshes"):
@@ -389,48 +645,153 @@ def _patch_autoscaling() -> None:
             raise ValidationError(f"AutoScalingGroup name not found - {name}")
         return group
 
+    def flag(value: Any) -> bool:
+        return str(value).lower() == "true"
+
     def start_instance_refresh(self):  # type: ignore[no-untyped-def]
+        # Auto Scaling API reference, StartInstanceRefresh; RefreshPreferences (AutoRollback,
+        # MinHealthyPercentage, SkipMatching) and DesiredConfiguration.
         backend = self.autoscaling_backend
         name = self._get_param("AutoScalingGroupName")
         group = get_group(backend, name)
         entries = refreshes(backend).setdefault(name, [])
-        if any(e["Status"] in ("Pending", "InProgress") for e in entries):
-            raise ResourceContentionError()
-        tags = group_tags(group)
+        if any(e["Status"] in REFRESH_ACTIVE for e in entries):
+            raise InstanceRefreshInProgress()
+        preferences = self._get_param("Preferences", {}) or {}
+        desired = self._get_param("DesiredConfiguration", {}) or {}
+        desired_template = desired.get("LaunchTemplate")
+        auto_rollback = flag(preferences.get("AutoRollback", False))
+        if auto_rollback:
+            # RefreshPreferences, AutoRollback: "A rollback is not supported in the following
+            # situations: There is no desired configuration specified for the instance refresh.
+            # [...] The Auto Scaling group uses the launch template's $Latest or $Default
+            # version."
+            if not desired_template:
+                raise ValidationError(
+                    "AutoRollback is not supported when no DesiredConfiguration is specified."
+                )
+            versions = {
+                str(group.provided_launch_template_version or "$Default"),
+                str(desired_template.get("Version") or "$Default"),
+            }
+            if versions & {"$Latest", "$Default"}:
+                raise ValidationError(
+                    "AutoRollback is not supported when the Auto Scaling group or the desired "
+                    "configuration uses the launch template's $Latest or $Default version."
+                )
+        if desired_template:
+            ec2 = backend.ec2_backend
+            if desired_template.get("LaunchTemplateId"):
+                template = ec2.get_launch_template(desired_template["LaunchTemplateId"])
+            else:
+                template = ec2.get_launch_template_by_name(desired_template.get("LaunchTemplateName"))
+            version = str(desired_template.get("Version") or "$Default")
+        else:
+            template, version = group.ec2_launch_template, group.launch_template_version
+        resolved = str(template.get_version(version).number) if template is not None else None
         entry = {
             "InstanceRefreshId": str(uuid.uuid4()),
             "AutoScalingGroupName": name,
-            "Status": "InProgress",
-            "StatusReason": "Waiting for instances to warm up before continuing.",
+            "Status": "Pending",
+            "StatusReason": None,
             "StartTime": _now(),
             "PercentageComplete": 0,
-            "InstancesToUpdate": group.desired_capacity or 0,
-            "Preferences": self._get_param("Preferences", {}),
-            "DesiredConfiguration": self._get_param("DesiredConfiguration", {}),
-            "_polls_left": _polls(tags),
-            "_polls_total": max(1, _polls(tags)),
-            "_fail": tags.get(OUTCOME_TAG) == "Failed" or name in FAILING,
+            "InstancesToUpdate": len(group.instance_states),
+            "Preferences": preferences,
+            "DesiredConfiguration": desired or None,
+            "_template": template,
+            "_version": version,
+            "_resolved": resolved,
+            "_min_healthy": int(preferences.get("MinHealthyPercentage", 90)),
+            "_skip_matching": flag(preferences.get("SkipMatching", False)),
+            "_auto_rollback": auto_rollback,
+            "_replaced": [],
+            "_total": None,
+            "_polls_left": _polls(group_tags(group)),
+            "_failure": _failure(name, group_tags(group)),
         }
         entries.insert(0, entry)
         return ActionResult({"InstanceRefreshId": entry["InstanceRefreshId"]})
 
-    def advance(entry: dict[str, Any]) -> None:
-        if entry["Status"] != "InProgress":
+    def matches(entry: dict[str, Any], state: Any) -> bool:
+        lt = _instance_template(state) or {}
+        template = entry["_template"]
+        return (
+            template is not None
+            and lt.get("LaunchTemplateId") == template.id
+            and lt.get("Version") == entry["_resolved"]
+        )
+
+    def end(entry: dict[str, Any], status: str, reason: str | None) -> None:
+        entry["Status"] = status
+        entry["StatusReason"] = reason
+        entry["EndTime"] = _now()
+
+    def advance(group: Any, entry: dict[str, Any]) -> None:
+        """One poll of a refresh (DescribeInstanceRefreshes counts as one)."""
+        status = entry["Status"]
+        if status == "Pending":
+            entry["Status"] = "InProgress"
+            return
+        if status == "Cancelling":
+            end(entry, "Cancelled", "The instance refresh was cancelled.")
+            return
+        if status == "RollbackInProgress":
+            # Rollback: the instances replaced so far are replaced again with the group's own
+            # configuration, which the refresh never changed.
+            new = [s for s in group.instance_states if s.instance.id in entry["_replaced"]]
+            _launch(group, len(new))
+            _terminate(group, new)
+            end(entry, "RollbackSuccessful", entry["StatusReason"])
+            return
+        if status != "InProgress":
             return
         if entry["_polls_left"] > 0:
             entry["_polls_left"] -= 1
-            done = entry["_polls_total"] - entry["_polls_left"]
-            entry["PercentageComplete"] = int(100 * done / (entry["_polls_total"] + 1))
             return
-        entry["EndTime"] = _now()
-        if entry["_fail"]:
-            entry["Status"] = "Failed"
-            entry["StatusReason"] = "Instances failed to pass health checks."
-        else:
-            entry["Status"] = "Successful"
-            entry["StatusReason"] = None
+        todo = [
+            s
+            for s in group.instance_states
+            if s.instance.id not in entry["_replaced"]
+            and not (entry["_skip_matching"] and matches(entry, s))
+        ]
+        if entry["_total"] is None:
+            entry["_total"] = len(todo)
+        if not todo:
+            # Only a successful refresh with a desired configuration changes the group.
+            desired = (entry["DesiredConfiguration"] or {}).get("LaunchTemplate")
+            if desired:
+                group.ec2_launch_template = entry["_template"]
+                group.launch_template_version = entry["_version"]
+                group.provided_launch_template_version = entry["_version"]
             entry["PercentageComplete"] = 100
             entry["InstancesToUpdate"] = 0
+            end(entry, "Successful", None)
+            return
+        # Batches keep MinHealthyPercentage of the group in service.
+        size = len(group.instance_states)
+        batch = max(1, (size * (100 - entry["_min_healthy"])) // 100)
+        old = todo[:batch]
+        new = _launch(group, len(old), entry["_template"], entry["_version"])
+        _terminate(group, old)
+        entry["_replaced"].extend(s.instance.id for s in new)
+        done = entry["_total"] - len(todo) + len(old)
+        entry["PercentageComplete"] = int(100 * done / max(1, entry["_total"]))
+        entry["InstancesToUpdate"] = entry["_total"] - done
+        failure = entry["_failure"]
+        if failure:
+            reason = f"{failure}: the new instances failed their health checks."
+            if entry["_auto_rollback"]:
+                entry["Status"] = "RollbackInProgress"
+                entry["StatusReason"] = f"Rolling back: {reason}"
+                entry["RollbackDetails"] = {
+                    "RollbackReason": reason,
+                    "RollbackStartTime": _now(),
+                    "PercentageCompleteOnRollback": entry["PercentageComplete"],
+                    "InstancesToUpdateOnRollback": len(entry["_replaced"]),
+                }
+            else:
+                end(entry, "Failed", reason)
 
     def public(entry: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in entry.items() if not k.startswith("_") and v is not None}
@@ -438,25 +799,28 @@ def _patch_autoscaling() -> None:
     def describe_instance_refreshes(self):  # type: ignore[no-untyped-def]
         backend = self.autoscaling_backend
         name = self._get_param("AutoScalingGroupName")
-        get_group(backend, name)
+        group = get_group(backend, name)
         wanted = set(self._get_param("InstanceRefreshIds", []))
         entries = [
             e for e in refreshes(backend).get(name, []) if not wanted or e["InstanceRefreshId"] in wanted
         ]
         for entry in entries:
-            advance(entry)
+            advance(group, entry)
         return ActionResult({"InstanceRefreshes": [public(e) for e in entries]})
 
     def cancel_instance_refresh(self):  # type: ignore[no-untyped-def]
+        # CancelInstanceRefresh: the refresh goes to Cancelling, then Cancelled; instances
+        # already replaced stay replaced.
         backend = self.autoscaling_backend
         name = self._get_param("AutoScalingGroupName")
         get_group(backend, name)
         for entry in refreshes(backend).get(name, []):
             if entry["Status"] in ("Pending", "InProgress"):
-                entry["Status"] = "Cancelled"
-                entry["EndTime"] = _now()
+                entry["Status"] = "Cancelling"
                 return ActionResult({"InstanceRefreshId": entry["InstanceRefreshId"]})
-        raise ValidationError(f"No in progress or pending Instance Refresh found for Auto Scaling group {name}")
+        raise ActiveInstanceRefreshNotFound(
+            f"No in progress or pending Instance Refresh found for Auto Scaling group {name}"
+        )
 
     AutoScalingResponse.start_instance_refresh = start_instance_refresh
     AutoScalingResponse.describe_instance_refreshes = describe_instance_refreshes
@@ -514,9 +878,9 @@ class Middleware:
             body = json.loads(environ["wsgi.input"].read(length) or b"{}")
             with self.lock:
                 if body.get("fail", True):
-                    FAILING.add(body["group"])
+                    FAILING[body["group"]] = body.get("code") or "Failed"
                 else:
-                    FAILING.discard(body["group"])
+                    FAILING.pop(body["group"], None)
             return self._json(start_response, "200 OK", {"failing": sorted(FAILING)})
         if path == "/opsy-ext/publish-image":
             # An image published by another account (e.g. a new EKS-optimised AMI), which the
@@ -598,5 +962,6 @@ class Middleware:
 def install() -> None:
     """Applies every patch. Call before the server handles its first request."""
     _patch_ec2()
+    _patch_instances()
     _patch_eks()
     _patch_autoscaling()

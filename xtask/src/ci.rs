@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::Command, time::Instant};
 
-use crate::{charts, crds, run};
+use crate::{charts, crds, moto, run};
 
 pub fn run_all(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -30,6 +30,10 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     step(
         "charts: lint, render, validate, install paths, kustomize drift",
         || charts::check(root, false),
+    )?;
+    step(
+        "AWS emulator contract tests (scripts/moto/tests)",
+        || moto::contract_tests(root),
     )?;
     step("doc tests", || {
         run(cargo(root).args(["test", "--workspace", "--doc", "--locked", "--quiet"]))

@@ -47,3 +47,10 @@ pub fn setup(root: &Path) -> anyhow::Result<()> {
     fs::write(&stamp, wanted).context("writing .venv/.opsy-requirements")?;
     Ok(())
 }
+
+/// The emulator's contract tests: each AWS behaviour it adds, checked through boto3 over HTTP.
+pub fn contract_tests(root: &Path) -> anyhow::Result<()> {
+    run(Command::new(root.join(".venv/bin/python"))
+        .current_dir(root)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "scripts/moto/tests"]))
+}

@@ -1,0 +1,62 @@
+"""EC2 additions: injectable throttling that the SDKs classify as AWS's own, DescribeImages
+pagination, CreateLaunchTemplateVersion SourceVersion (EC2 API reference)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from conftest import REGION
+
+
+@pytest.mark.parametrize(
+    ("service", "match", "code", "call"),
+    [
+        ("ec2", "DescribeImages", "RequestLimitExceeded", lambda c: c.describe_images(Owners=["self"])),
+        ("ec2", "DescribeLaunchTemplates", "RequestLimitExceeded", lambda c: c.describe_launch_templates()),
+        ("autoscaling", "DescribeAutoScalingGroups", "Throttling", lambda c: c.describe_auto_scaling_groups()),
+        ("eks", "GET /clusters", "ThrottlingException", lambda c: c.list_clusters()),
+    ],
+)
+def test_throttling_is_retried_by_the_sdk_as_aws_throttling(
+    aws: Any, service: str, match: str, code: str, call: Any
+) -> None:
+    aws.inject(match, code, count=1)
+    once = boto3.client(service, region_name=REGION, endpoint_url=aws.url, config=Config(retries={"total_max_attempts": 1}))
+    with pytest.raises(ClientError) as refused:
+        call(once)
+    assert refused.value.response["Error"]["Code"] == code
+    # botocore's standard retry mode retries what it classifies as throttling.
+    aws.inject(match, code, count=2)
+    retrying = boto3.client(
+        service, region_name=REGION, endpoint_url=aws.url,
+        config=Config(retries={"total_max_attempts": 3, "mode": "standard"}),
+    )
+    call(retrying)
+
+
+def test_describe_images_paginates(aws: Any) -> None:
+    ids = sorted(aws.image(f"img-{n}") for n in range(5))
+    pages = aws.ec2.get_paginator("describe_images").paginate(
+        Owners=["self"], PaginationConfig={"PageSize": 2}
+    )
+    sizes = []
+    seen = []
+    for page in pages:
+        sizes.append(len(page["Images"]))
+        seen += [i["ImageId"] for i in page["Images"]]
+    assert sorted(seen) == ids and sizes == [2, 2, 1]
+
+
+def test_a_launch_template_version_starts_from_its_source_version(aws: Any) -> None:
+    template = aws.template("t", aws.image("old"))
+    new = aws.image("new")
+    version = aws.ec2.create_launch_template_version(
+        LaunchTemplateId=template, SourceVersion="1", LaunchTemplateData={"ImageId": new}
+    )["LaunchTemplateVersion"]
+    assert version["VersionNumber"] == 2
+    assert version["LaunchTemplateData"] == {"ImageId": new, "InstanceType": "t3.medium"}
