@@ -31,10 +31,9 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         "charts: lint, render, validate, install paths, kustomize drift",
         || charts::check(root, false),
     )?;
-    step(
-        "AWS emulator contract tests (scripts/moto/tests)",
-        || moto::contract_tests(root),
-    )?;
+    step("AWS emulator contract tests (scripts/moto/tests)", || {
+        moto::contract_tests(root)
+    })?;
     step("doc tests", || {
         run(cargo(root).args(["test", "--workspace", "--doc", "--locked", "--quiet"]))
     })?;

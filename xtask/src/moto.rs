@@ -52,5 +52,12 @@ pub fn setup(root: &Path) -> anyhow::Result<()> {
 pub fn contract_tests(root: &Path) -> anyhow::Result<()> {
     run(Command::new(root.join(".venv/bin/python"))
         .current_dir(root)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "scripts/moto/tests"]))
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "scripts/moto/tests",
+        ]))
 }

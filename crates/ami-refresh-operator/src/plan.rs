@@ -16,8 +16,10 @@ pub enum GroupImage {
     },
     /// The group runs `image_id` from `version` of launch template `template_id`.
     Runs {
-        /// Its AMI.
+        /// The AMI its nodes run (most of them, when `others` is not empty).
         image_id: String,
+        /// Other AMIs some of its nodes still run (a self-managed group part-way refreshed).
+        others: Vec<String>,
         /// `lt-…`
         template_id: String,
         /// The template version in use.
@@ -34,6 +36,8 @@ pub struct Group {
     pub kind: NodeGroupKind,
     /// What it runs.
     pub image: GroupImage,
+    /// An update of the group is running on AWS (EKS reports the group `UPDATING`).
+    pub busy: bool,
 }
 
 /// The rollout's next step.
@@ -55,6 +59,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
             image_id,
             template_id,
             version,
+            ..
         } => (
             Some(template_id.clone()),
             Some(version.to_string()),
@@ -72,6 +77,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         from_image: image,
         to_image: None,
         update_id: None,
+        update_type: None,
         message: None,
         started: None,
         finished: None,
@@ -191,7 +197,8 @@ pub fn plan(
 }
 
 fn runs(group: &Group, target: &str) -> bool {
-    matches!(&group.image, GroupImage::Runs { image_id, .. } if image_id == target)
+    matches!(&group.image, GroupImage::Runs { image_id, others, .. }
+        if image_id == target && others.is_empty())
 }
 
 #[cfg(test)]
@@ -212,9 +219,11 @@ mod tests {
             kind: NodeGroupKind::Managed,
             image: GroupImage::Runs {
                 image_id: image.into(),
+                others: Vec::new(),
                 template_id: format!("lt-{name}"),
                 version: 1,
             },
+            busy: false,
         }
     }
 
@@ -240,6 +249,7 @@ mod tests {
                 image: GroupImage::NotManageable {
                     reason: "no launch template".into(),
                 },
+                busy: false,
             },
         ];
         let s = spec(

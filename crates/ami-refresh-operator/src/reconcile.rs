@@ -2,7 +2,7 @@
 //! in flight → [`plan`] → start the next wave → status and events. All rollout state lives in
 //! status (per group: versions, images, update id, phase), so a restart resumes it.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -12,12 +12,12 @@ use kube::{
 };
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus, ImageRef,
-    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus},
+    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, UpdateType},
     conditions,
 };
 use opsy_aws::{
     AwsClients, AwsError,
-    autoscaling::RefreshSettings,
+    autoscaling::{GroupInstance, GroupTemplate, RefreshSettings},
     eks::{MaxUnavailable, NodeGroupImage},
     launch_templates::TemplateRef,
 };
@@ -56,6 +56,16 @@ pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Acti
         result.as_ref().err().map(Error::category),
     );
     if let Err(error) = &result {
+        // The reconcile may have written status already (an update it started): report on
+        // top of what is stored now, never over it.
+        let amr = match opsy_runtime::latest(&ctx.client, amr.as_ref()).await {
+            Ok(Some(latest)) => Arc::new(latest),
+            Ok(None) => return result,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the object to report the error");
+                return result;
+            }
+        };
         let reason = match error {
             Error::Aws(AwsError::NotFound { .. }) => "ClusterNotFound",
             Error::Aws(AwsError::AccessDenied { .. }) => "AwsAccessDenied",
@@ -94,9 +104,10 @@ pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
-async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Action, Error> {
     amr.namespace().ok_or(Error::MissingNamespace)?;
-    let spec = &amr.spec;
+    // `amr` is replaced by what each status write returns; the spec is the one read.
+    let spec = &amr.spec.clone();
     let now = (ctx.clock)();
     let generation = amr.meta().generation;
     let aws = ctx.aws.region(&spec.region).await;
@@ -171,11 +182,24 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
     //    on its new version).
     let mut previous = status.node_groups.clone();
     let mut finished = Vec::new();
-    for entry in previous
-        .iter_mut()
-        .filter(|e| e.phase == NodeGroupPhase::Updating)
-    {
+    for index in 0..previous.len() {
+        let Some(entry) = previous.get_mut(index) else {
+            continue;
+        };
+        if entry.phase != NodeGroupPhase::Updating {
+            continue;
+        }
+        let before = entry.update_id.clone();
         poll(&aws, &amr, &ctx, entry, now).await?;
+        let entry = entry.clone();
+        if entry.update_id != before {
+            // A new update started (the version update after the config update): recorded
+            // before anything else can fail.
+            let mut record = status.clone();
+            upsert_group(&mut record.node_groups, entry.clone());
+            amr = Arc::new(write_status(&ctx, &amr, &record).await?);
+            status.node_groups = record.node_groups;
+        }
         if entry.phase == NodeGroupPhase::Succeeded {
             finished.push(entry.name.clone());
         }
@@ -186,6 +210,8 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
 
     // 4. Plan and start the next wave.
     let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed);
+    // Groups left waiting for someone else's update are checked again at the poll interval.
+    let mut waiting = false;
     for name in plan.start.clone() {
         let Some(group) = groups.iter().find(|g| g.name == name) else {
             continue;
@@ -194,6 +220,15 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
             continue;
         };
         start(&aws, &amr, &ctx, group, entry, &target_id, now).await?;
+        waiting |= entry.phase == NodeGroupPhase::Pending;
+        if entry.update_id.is_some() {
+            // Recorded at once: an error or a crash later in this reconcile must not lose an
+            // update that runs on AWS, or the next wave would overlap it.
+            let mut record = status.clone();
+            upsert_group(&mut record.node_groups, entry.clone());
+            amr = Arc::new(write_status(&ctx, &amr, &record).await?);
+            status.node_groups = record.node_groups;
+        }
     }
     if new_target && !plan.start.is_empty() {
         let message = format!("rolling out {target_id} ({})", target.image.name);
@@ -420,11 +455,22 @@ async fn reconcile_inner(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Ac
     status.last_checked = Some(Time(now));
     write_status(&ctx, &amr, &status).await?;
     ctx.failures.record_success(amr.as_ref());
-    Ok(Action::requeue(if updating > 0 {
+    Ok(Action::requeue(if updating > 0 || waiting {
         ctx.poll_interval
     } else {
         timer
     }))
+}
+
+/// Replaces (or adds) the entry of `entry.name` in `groups`.
+fn upsert_group(groups: &mut Vec<NodeGroupStatus>, entry: NodeGroupStatus) {
+    match groups.iter_mut().find(|g| g.name == entry.name) {
+        Some(existing) => *existing = entry,
+        None => {
+            groups.push(entry);
+            groups.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
 }
 
 /// The cluster's managed node groups and (when enabled) self-managed Auto Scaling groups.
@@ -433,6 +479,7 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
     let mut groups = Vec::new();
     for name in aws.list_nodegroups(cluster).await? {
         let group = aws.describe_nodegroup(cluster, &name).await?;
+        let busy = group.status == "UPDATING";
         let image = match aws.nodegroup_image(&group).await? {
             NodeGroupImage::NoLaunchTemplate { ami_type } => GroupImage::NotManageable {
                 reason: format!(
@@ -446,8 +493,11 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
                     template.template_id, template.version
                 ),
             },
+            // EKS moves a group to a new launch template version only when its nodes have been
+            // replaced: the group's version is what its nodes run.
             NodeGroupImage::Image { template, image_id } => GroupImage::Runs {
                 image_id,
+                others: Vec::new(),
                 template_id: template.template_id,
                 version: template.version,
             },
@@ -456,6 +506,7 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
             name,
             kind: NodeGroupKind::Managed,
             image,
+            busy,
         });
     }
     if amr.spec.self_managed.enabled {
@@ -469,36 +520,90 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
                     reason: "has no launch template (launch configurations are not supported)"
                         .into(),
                 },
-                (Some(t), false) => {
-                    let reference = match (&t.id, &t.name) {
-                        (Some(id), _) => TemplateRef::Id(id.clone()),
-                        (None, Some(name)) => TemplateRef::Name(name.clone()),
-                        (None, None) => TemplateRef::Id(String::new()),
-                    };
-                    let version = aws.launch_template_version(&reference, &t.version).await?;
-                    match version.image_id.clone() {
-                        Some(image_id) => GroupImage::Runs {
-                            image_id,
-                            template_id: version.template_id,
-                            version: version.version,
-                        },
-                        None => GroupImage::NotManageable {
-                            reason: format!(
-                                "launch template {} sets no ImageId",
-                                version.template_id
-                            ),
-                        },
-                    }
-                }
+                (Some(t), false) => self_managed_image(aws, t, &asg.instances).await?,
             };
             groups.push(Group {
                 name: asg.name,
                 kind: NodeGroupKind::SelfManaged,
                 image,
+                busy: false,
             });
         }
     }
     Ok(groups)
+}
+
+fn template_ref(id: Option<&String>, name: Option<&String>) -> TemplateRef {
+    match (id, name) {
+        (Some(id), _) => TemplateRef::Id(id.clone()),
+        (None, Some(name)) => TemplateRef::Name(name.clone()),
+        (None, None) => TemplateRef::Id(String::new()),
+    }
+}
+
+/// What a self-managed group runs, judged from its instances (each launched from some version
+/// of a launch template), not from the group's own template: a refresh that failed or never
+/// ran leaves old instances behind however the group is configured.
+async fn self_managed_image(
+    aws: &AwsClients,
+    template: &GroupTemplate,
+    instances: &[GroupInstance],
+) -> Result<GroupImage, Error> {
+    let own = aws
+        .launch_template_version(
+            &template_ref(template.id.as_ref(), template.name.as_ref()),
+            &template.version,
+        )
+        .await?;
+    let Some(own_image) = own.image_id.clone() else {
+        return Ok(GroupImage::NotManageable {
+            reason: format!("launch template {} sets no ImageId", own.template_id),
+        });
+    };
+    // Image per (template, version), looked up once each.
+    let mut known: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
+    known.insert(
+        (Some(own.template_id.clone()), own.version.to_string()),
+        own_image.clone(),
+    );
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for instance in instances {
+        let image = match &instance.launch_template {
+            None => "unknown (not launched from a launch template)".to_owned(),
+            Some(t) => {
+                let key = (t.id.clone(), t.version.clone());
+                match known.get(&key) {
+                    Some(image) => image.clone(),
+                    None => {
+                        let version = aws
+                            .launch_template_version(
+                                &template_ref(t.id.as_ref(), t.name.as_ref()),
+                                &t.version,
+                            )
+                            .await?;
+                        let image = version
+                            .image_id
+                            .unwrap_or_else(|| "unknown (template sets no ImageId)".to_owned());
+                        known.insert(key, image.clone());
+                        image
+                    }
+                }
+            }
+        };
+        *counts.entry(image).or_default() += 1;
+    }
+    // The image most instances run; the others are listed. No instances: what the group
+    // would launch.
+    let mut by_count: Vec<(String, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut images = by_count.into_iter().map(|(image, _)| image);
+    let image_id = images.next().unwrap_or(own_image);
+    Ok(GroupImage::Runs {
+        image_id,
+        others: images.collect(),
+        template_id: own.template_id,
+        version: own.version,
+    })
 }
 
 /// Brings an `Updating` entry up to date with AWS.
@@ -510,17 +615,32 @@ async fn poll(
     now: Timestamp,
 ) -> Result<(), Error> {
     let cluster = &amr.spec.cluster_name;
-    let (finished, success, detail) = match (entry.kind, entry.update_id.as_deref()) {
+    let (finished, success, detail) = match (entry.kind, entry.update_id.clone()) {
         (NodeGroupKind::Managed, Some(id)) => {
-            let progress = aws.describe_update(cluster, &entry.name, id).await?;
-            (
-                progress.is_finished(),
-                progress.is_successful(),
-                progress.errors.join("; "),
-            )
+            let progress = aws.describe_update(cluster, &entry.name, &id).await?;
+            let errors = progress.errors.join("; ");
+            if entry.update_type == Some(UpdateType::ConfigUpdate) {
+                if !progress.is_finished() {
+                    return Ok(());
+                }
+                if progress.is_successful() {
+                    // The node group takes the new updateConfig; now its version update.
+                    return start_version_update(aws, amr, ctx, entry).await;
+                }
+                (
+                    true,
+                    false,
+                    format!(
+                        "changing the node group's updateConfig failed ({}): {errors}",
+                        progress.status
+                    ),
+                )
+            } else {
+                (progress.is_finished(), progress.is_successful(), errors)
+            }
         }
         (NodeGroupKind::Managed, None) => {
-            // An update found running after a restart: follow the group itself.
+            // An entry of an older status without an update id: follow the group itself.
             let group = aws.describe_nodegroup(cluster, &entry.name).await?;
             let version = group.launch_template.map(|t| t.version);
             let arrived = version.is_some() && version == entry.to_version;
@@ -535,11 +655,21 @@ async fn poll(
             )
         }
         (NodeGroupKind::SelfManaged, Some(id)) => {
-            let progress = aws.describe_instance_refresh(&entry.name, id).await?;
+            let progress = aws.describe_instance_refresh(&entry.name, &id).await?;
+            if !progress.is_finished() {
+                if let Some(percent) = progress.percentage_complete {
+                    entry.message = Some(format!(
+                        "moving to {} (instance refresh {percent}% done)",
+                        entry.to_image.as_deref().unwrap_or_default()
+                    ));
+                }
+                return Ok(());
+            }
+            let reason = progress.reason.clone().unwrap_or_default();
             (
-                progress.is_finished(),
+                true,
                 progress.is_successful(),
-                progress.reason.unwrap_or_default(),
+                format!("instance refresh {}: {reason}", progress.status),
             )
         }
         (NodeGroupKind::SelfManaged, None) => {
@@ -586,19 +716,33 @@ async fn poll(
     Ok(())
 }
 
-/// The launch template version that runs `target`: the newest version when this operator
-/// already made it (a restart must not add another), else a new one from `from`.
+/// The launch template version this operator made for `target` from `from`, if there is one
+/// (the newest version, so a restart reuses it instead of adding another).
+async fn existing_target_version(
+    aws: &AwsClients,
+    template_id: &str,
+    from: i64,
+    target: &str,
+) -> Result<Option<i64>, Error> {
+    let latest = aws
+        .launch_template_version(&TemplateRef::Id(template_id.to_owned()), "$Latest")
+        .await?;
+    Ok(
+        (latest.version > from && latest.image_id.as_deref() == Some(target))
+            .then_some(latest.version),
+    )
+}
+
+/// The launch template version that runs `target`: the one this operator already made, else a
+/// new one from `from`.
 async fn target_version(
     aws: &AwsClients,
     template_id: &str,
     from: i64,
     target: &str,
 ) -> Result<i64, Error> {
-    let latest = aws
-        .launch_template_version(&TemplateRef::Id(template_id.to_owned()), "$Latest")
-        .await?;
-    if latest.version > from && latest.image_id.as_deref() == Some(target) {
-        return Ok(latest.version);
+    if let Some(version) = existing_target_version(aws, template_id, from, target).await? {
+        return Ok(version);
     }
     let description = format!("{VERSION_DESCRIPTION}: {target}");
     Ok(aws
@@ -606,7 +750,96 @@ async fn target_version(
         .await?)
 }
 
-/// Starts the update of one group and records it in `entry`.
+/// `spec.refreshConfig`'s `updateConfig` for managed groups, if it sets one.
+fn wanted_update_config(spec: &opsy_api::AMIRefresherSpec) -> Option<MaxUnavailable> {
+    let refresh = spec.refresh_config.clone().unwrap_or_default();
+    refresh
+        .max_unavailable
+        .map(MaxUnavailable::Count)
+        .or(refresh
+            .max_unavailable_percentage
+            .map(MaxUnavailable::Percentage))
+}
+
+/// Leaves `entry` waiting for an update that someone else runs on the group.
+fn wait_for_theirs(entry: &mut NodeGroupStatus, what: &str) {
+    entry.phase = NodeGroupPhase::Pending;
+    entry.update_id = None;
+    entry.update_type = None;
+    entry.started = None;
+    entry.message = Some(format!(
+        "waiting: {what}, started outside this operator, is still running"
+    ));
+}
+
+/// Records in `entry` that update `id` of type `kind` runs for it.
+fn updating(entry: &mut NodeGroupStatus, id: String, kind: UpdateType, message: String) {
+    entry.update_id = Some(id);
+    entry.update_type = Some(kind);
+    entry.phase = NodeGroupPhase::Updating;
+    entry.message = Some(message);
+}
+
+/// Starts the version update of a managed group whose entry names the template version.
+async fn start_version_update(
+    aws: &AwsClients,
+    amr: &AMIRefresher,
+    ctx: &Context,
+    entry: &mut NodeGroupStatus,
+) -> Result<(), Error> {
+    let cluster = &amr.spec.cluster_name;
+    let force = amr.spec.refresh_config.as_ref().is_some_and(|c| c.force);
+    let (Some(template_id), Some(version)) = (
+        entry.launch_template_id.clone(),
+        entry
+            .to_version
+            .as_deref()
+            .and_then(|v| v.parse::<i64>().ok()),
+    ) else {
+        entry.phase = NodeGroupPhase::Failed;
+        entry.message = Some("status lost the launch template version to move to".into());
+        return Ok(());
+    };
+    let target = entry.to_image.clone().unwrap_or_default();
+    match aws
+        .update_nodegroup_version(cluster, &entry.name, &template_id, version, force)
+        .await
+    {
+        Ok(id) => {
+            updating(
+                entry,
+                id,
+                UpdateType::VersionUpdate,
+                format!("moving to {target} (launch template version {version})"),
+            );
+            let message = format!(
+                "{}: moving to {target} with launch template {template_id} version {version}",
+                entry.name
+            );
+            event(
+                ctx,
+                amr,
+                EventType::Normal,
+                "NodeGroupUpdateStarted",
+                &message,
+            )
+            .await;
+            Ok(())
+        }
+        // Someone else's update got in first: try again on the next poll.
+        Err(AwsError::Conflict { message, .. }) => {
+            entry.message = Some(format!(
+                "updateConfig changed; the version update waits for the node group: {message}"
+            ));
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Starts the update of one group and records it in `entry`. An update that runs already is
+/// adopted when it is this operator's (its start was not recorded: a crash) and waited for when
+/// it is someone else's.
 async fn start(
     aws: &AwsClients,
     amr: &AMIRefresher,
@@ -626,42 +859,107 @@ async fn start(
     };
     let spec = &amr.spec;
     let cluster = &spec.cluster_name;
-    let to_version = target_version(aws, template_id, *version, target).await?;
-    entry.to_version = Some(to_version.to_string());
     entry.to_image = Some(target.to_owned());
-    entry.started = Some(Time(now));
     entry.finished = None;
-    let started = match group.kind {
+    match group.kind {
         NodeGroupKind::Managed => {
-            let refresh = spec.refresh_config.clone().unwrap_or_default();
-            let wanted = refresh
-                .max_unavailable
-                .map(MaxUnavailable::Count)
-                .or(refresh
-                    .max_unavailable_percentage
-                    .map(MaxUnavailable::Percentage));
-            if let Some(wanted) = wanted {
+            if group.busy {
+                let ours = existing_target_version(aws, template_id, *version, target).await?;
+                let running = aws.running_updates(cluster, &group.name).await?;
+                let wanted = wanted_update_config(spec);
+                let mine = running.iter().find(|u| {
+                    let version = u.param("LaunchTemplateVersion");
+                    (u.kind == "VersionUpdate"
+                        && ours.is_some_and(|v| version == Some(v.to_string().as_str())))
+                        || (u.kind == "ConfigUpdate" && wanted.is_some_and(|w| w.matches(u)))
+                });
+                if let Some(update) = mine {
+                    let kind = if update.kind == "ConfigUpdate" {
+                        UpdateType::ConfigUpdate
+                    } else {
+                        UpdateType::VersionUpdate
+                    };
+                    entry.to_version = ours.map(|v| v.to_string());
+                    entry.started = Some(Time(now));
+                    updating(
+                        entry,
+                        update.id.clone(),
+                        kind,
+                        format!(
+                            "moving to {target}: following update {} found running",
+                            update.id
+                        ),
+                    );
+                    return Ok(());
+                }
+                let what = running
+                    .first()
+                    .map(|u| format!("update {} ({})", u.id, u.kind))
+                    .unwrap_or_else(|| "an update of the node group".to_owned());
+                wait_for_theirs(entry, &what);
+                return Ok(());
+            }
+            let to_version = target_version(aws, template_id, *version, target).await?;
+            entry.to_version = Some(to_version.to_string());
+            entry.started = Some(Time(now));
+            if let Some(wanted) = wanted_update_config(spec) {
                 let current = aws
                     .describe_nodegroup(cluster, &group.name)
                     .await?
                     .max_unavailable;
                 if current != Some(wanted) {
-                    aws.update_nodegroup_config(cluster, &group.name, wanted)
-                        .await?;
+                    // EKS runs one update of a group at a time: the version update starts when
+                    // this one has ended (see `poll`).
+                    match aws
+                        .update_nodegroup_config(cluster, &group.name, wanted)
+                        .await
+                    {
+                        Ok(id) => {
+                            updating(
+                                entry,
+                                id,
+                                UpdateType::ConfigUpdate,
+                                format!(
+                                    "setting updateConfig to {wanted} before moving to {target}"
+                                ),
+                            );
+                            return Ok(());
+                        }
+                        Err(AwsError::Conflict { message, .. }) => {
+                            wait_for_theirs(entry, &format!("another update ({message})"));
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
-            aws.update_nodegroup_version(
-                cluster,
-                &group.name,
-                template_id,
-                to_version,
-                refresh.force,
-            )
-            .await
+            match aws
+                .update_nodegroup_version(
+                    cluster,
+                    &group.name,
+                    template_id,
+                    to_version,
+                    spec.refresh_config.as_ref().is_some_and(|c| c.force),
+                )
+                .await
+            {
+                Ok(id) => updating(
+                    entry,
+                    id,
+                    UpdateType::VersionUpdate,
+                    format!("moving to {target} (launch template version {to_version})"),
+                ),
+                Err(AwsError::Conflict { message, .. }) => {
+                    wait_for_theirs(entry, &format!("another update ({message})"));
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         NodeGroupKind::SelfManaged => {
-            aws.set_group_template_version(&group.name, template_id, to_version)
-                .await?;
+            let to_version = target_version(aws, template_id, *version, target).await?;
+            entry.to_version = Some(to_version.to_string());
+            entry.started = Some(Time(now));
             let settings = RefreshSettings {
                 min_healthy_percentage: spec.self_managed.min_healthy_percentage,
                 instance_warmup: spec
@@ -672,39 +970,75 @@ async fn start(
                 skip_matching: spec.self_managed.skip_matching,
                 auto_rollback: spec.self_managed.auto_rollback,
             };
-            aws.start_instance_refresh(&group.name, &settings).await
+            match aws
+                .start_instance_refresh(&group.name, template_id, to_version, &settings)
+                .await
+            {
+                Ok(id) => updating(
+                    entry,
+                    id,
+                    UpdateType::InstanceRefresh,
+                    format!("moving to {target} (launch template version {to_version})"),
+                ),
+                Err(AwsError::Conflict { .. }) => {
+                    let running = aws.running_instance_refreshes(&group.name).await?;
+                    let version = to_version.to_string();
+                    let mine = running.iter().find(|r| {
+                        r.desired.as_ref().is_some_and(|d| {
+                            d.id.as_deref() == Some(template_id.as_str()) && d.version == version
+                        })
+                    });
+                    match mine {
+                        Some(refresh) => updating(
+                            entry,
+                            refresh.id.clone(),
+                            UpdateType::InstanceRefresh,
+                            format!(
+                                "moving to {target}: following instance refresh {} found running",
+                                refresh.id
+                            ),
+                        ),
+                        None => {
+                            let what = running
+                                .first()
+                                .map(|r| format!("instance refresh {}", r.id))
+                                .unwrap_or_else(|| "an instance refresh".to_owned());
+                            wait_for_theirs(entry, &what);
+                        }
+                    }
+                    return Ok(());
+                }
+                // AWS refused these settings for this group (e.g. autoRollback on a group that
+                // uses $Latest): the group fails with AWS's reason; the others go on.
+                Err(AwsError::InvalidRequest { message, .. }) => {
+                    entry.phase = NodeGroupPhase::Failed;
+                    entry.finished = Some(Time(now));
+                    entry.message = Some(format!("StartInstanceRefresh refused: {message}"));
+                    let note = format!(
+                        "{}: {}",
+                        group.name,
+                        entry.message.as_deref().unwrap_or_default()
+                    );
+                    event(ctx, amr, EventType::Warning, "NodeGroupUpdateFailed", &note).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-    };
-    match started {
-        Ok(id) => {
-            entry.update_id = Some(id);
-            entry.phase = NodeGroupPhase::Updating;
-            entry.message = Some(format!(
-                "moving to {target} (launch template version {to_version})"
-            ));
-            let message = format!(
-                "{}: moving to {target} with launch template {template_id} version {to_version}",
-                group.name
-            );
-            event(
-                ctx,
-                amr,
-                EventType::Normal,
-                "NodeGroupUpdateStarted",
-                &message,
-            )
-            .await;
-        }
-        // Already updating (e.g. started before a restart): follow it.
-        Err(AwsError::Conflict { message, .. }) => {
-            entry.update_id = None;
-            entry.phase = NodeGroupPhase::Updating;
-            entry.message = Some(format!(
-                "an update is already running ({message}); following it"
-            ));
-        }
-        Err(e) => return Err(e.into()),
     }
+    let message = format!(
+        "{}: moving to {target} with launch template {template_id} version {}",
+        group.name,
+        entry.to_version.as_deref().unwrap_or_default()
+    );
+    event(
+        ctx,
+        amr,
+        EventType::Normal,
+        "NodeGroupUpdateStarted",
+        &message,
+    )
+    .await;
     Ok(())
 }
 
@@ -737,6 +1071,6 @@ async fn write_status(
     ctx: &Context,
     amr: &AMIRefresher,
     status: &AMIRefresherStatus,
-) -> Result<(), Error> {
+) -> Result<AMIRefresher, Error> {
     Ok(opsy_runtime::patch_status(&ctx.client, amr, MANAGER, status).await?)
 }

@@ -300,6 +300,18 @@ pub enum NodeGroupKind {
     SelfManaged,
 }
 
+/// Which AWS operation a node group's update is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum UpdateType {
+    /// `UpdateNodegroupConfig` (the group's `updateConfig` from `spec.refreshConfig`), which
+    /// must end before the version update can start.
+    ConfigUpdate,
+    /// `UpdateNodegroupVersion` to the new launch template version.
+    VersionUpdate,
+    /// An Auto Scaling instance refresh to the new launch template version.
+    InstanceRefresh,
+}
+
 /// Where a node group stands.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum NodeGroupPhase {
@@ -347,6 +359,9 @@ pub struct NodeGroupStatus {
     /// EKS update id or instance refresh id.
     #[serde(default, rename = "updateID", skip_serializing_if = "Option::is_none")]
     pub update_id: Option<String>,
+    /// Which operation `updateID` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_type: Option<UpdateType>,
     /// Details for humans (why skipped, why failed, progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

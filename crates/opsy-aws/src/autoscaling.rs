@@ -1,6 +1,8 @@
 //! Self-managed node groups: the cluster's Auto Scaling groups and their instance refreshes.
 
-use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, RefreshPreferences};
+use aws_sdk_autoscaling::types::{
+    DesiredConfiguration, Filter, LaunchTemplateSpecification, RefreshPreferences,
+};
 
 use crate::{AwsClients, AwsError};
 
@@ -17,6 +19,17 @@ pub struct AutoScalingGroup {
     pub launch_template: Option<GroupTemplate>,
     /// Whether it uses a mixed instances policy (not supported: reported as skipped).
     pub mixed_instances: bool,
+    /// Its instances, each with the launch template version it was launched from.
+    pub instances: Vec<GroupInstance>,
+}
+
+/// An instance of an Auto Scaling group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInstance {
+    /// `i-…`
+    pub id: String,
+    /// The launch template it was launched from, when it was launched from one.
+    pub launch_template: Option<GroupTemplate>,
 }
 
 /// The launch template an Auto Scaling group uses.
@@ -46,6 +59,10 @@ pub struct RefreshSettings {
 /// Where an instance refresh stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshProgress {
+    /// The refresh id.
+    pub id: String,
+    /// The launch template version of its `DesiredConfiguration`, if it has one.
+    pub desired: Option<GroupTemplate>,
     /// `Pending`, `InProgress`, `Successful`, `Failed`, `Cancelling`, `Cancelled`,
     /// `RollbackInProgress`, `RollbackFailed`, `RollbackSuccessful`, `Baking`.
     pub status: String,
@@ -101,8 +118,22 @@ impl AwsClients {
                 if managed_by_eks {
                     continue;
                 }
+                let instances = group
+                    .instances
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| GroupInstance {
+                        id: i.instance_id.unwrap_or_default(),
+                        launch_template: i.launch_template.map(|t| GroupTemplate {
+                            id: t.launch_template_id,
+                            name: t.launch_template_name,
+                            version: t.version.unwrap_or_else(|| "$Default".to_owned()),
+                        }),
+                    })
+                    .collect();
                 groups.push(AutoScalingGroup {
                     name: group.auto_scaling_group_name.unwrap_or_default(),
+                    instances,
                     mixed_instances: group.mixed_instances_policy.is_some(),
                     launch_template: group.launch_template.map(|t| GroupTemplate {
                         id: t.launch_template_id,
@@ -120,31 +151,15 @@ impl AwsClients {
         Ok(groups)
     }
 
-    /// Points `group` at `version` of launch template `template_id` (new instances use it).
-    pub async fn set_group_template_version(
+    /// Starts replacing the instances of `group` with instances of `version` of launch template
+    /// `template_id`, given as the refresh's `DesiredConfiguration`: the group itself moves to
+    /// that version only when the refresh succeeds, and `AutoRollback` can undo it. Returns the
+    /// refresh id.
+    pub async fn start_instance_refresh(
         &self,
         group: &str,
         template_id: &str,
         version: i64,
-    ) -> Result<(), AwsError> {
-        const OP: &str = "UpdateAutoScalingGroup";
-        let request = self
-            .autoscaling
-            .update_auto_scaling_group()
-            .auto_scaling_group_name(group)
-            .launch_template(
-                LaunchTemplateSpecification::builder()
-                    .launch_template_id(template_id)
-                    .version(version.to_string())
-                    .build(),
-            );
-        self.call("autoscaling", OP, request.send()).await.map(drop)
-    }
-
-    /// Starts replacing the instances of `group`; returns the refresh id.
-    pub async fn start_instance_refresh(
-        &self,
-        group: &str,
         settings: &RefreshSettings,
     ) -> Result<String, AwsError> {
         const OP: &str = "StartInstanceRefresh";
@@ -154,17 +169,46 @@ impl AwsClients {
             .skip_matching(settings.skip_matching)
             .auto_rollback(settings.auto_rollback)
             .build();
+        let desired = DesiredConfiguration::builder()
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_id(template_id)
+                    .version(version.to_string())
+                    .build(),
+            )
+            .build();
         let request = self
             .autoscaling
             .start_instance_refresh()
             .auto_scaling_group_name(group)
-            .preferences(preferences);
+            .preferences(preferences)
+            .desired_configuration(desired);
         let response = self.call("autoscaling", OP, request.send()).await?;
         response.instance_refresh_id.ok_or(AwsError::MissingField {
             service: "autoscaling",
             operation: OP,
             field: "InstanceRefreshId",
         })
+    }
+
+    /// The refreshes of `group` that have not ended (normally at most one).
+    pub async fn running_instance_refreshes(
+        &self,
+        group: &str,
+    ) -> Result<Vec<RefreshProgress>, AwsError> {
+        const OP: &str = "DescribeInstanceRefreshes";
+        let request = self
+            .autoscaling
+            .describe_instance_refreshes()
+            .auto_scaling_group_name(group);
+        let response = self.call("autoscaling", OP, request.send()).await?;
+        Ok(response
+            .instance_refreshes
+            .unwrap_or_default()
+            .into_iter()
+            .map(progress)
+            .filter(|p| !p.is_finished())
+            .collect())
     }
 
     /// Where refresh `id` of `group` stands.
@@ -180,25 +224,18 @@ impl AwsClients {
             .auto_scaling_group_name(group)
             .instance_refresh_ids(id);
         let response = self.call("autoscaling", OP, request.send()).await?;
-        let refresh = response
+        response
             .instance_refreshes
             .unwrap_or_default()
             .into_iter()
             .find(|r| r.instance_refresh_id.as_deref() == Some(id))
+            .map(progress)
             .ok_or_else(|| AwsError::NotFound {
                 service: "autoscaling",
                 operation: OP,
                 code: "InstanceRefreshNotFound".into(),
                 message: format!("no instance refresh {id} on {group}"),
-            })?;
-        Ok(RefreshProgress {
-            status: refresh
-                .status
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default(),
-            percentage_complete: refresh.percentage_complete,
-            reason: refresh.status_reason,
-        })
+            })
     }
 
     /// Cancels the running refresh of `group`; returns its id.
@@ -214,5 +251,25 @@ impl AwsClients {
             operation: OP,
             field: "InstanceRefreshId",
         })
+    }
+}
+
+fn progress(refresh: aws_sdk_autoscaling::types::InstanceRefresh) -> RefreshProgress {
+    RefreshProgress {
+        id: refresh.instance_refresh_id.unwrap_or_default(),
+        desired: refresh
+            .desired_configuration
+            .and_then(|d| d.launch_template)
+            .map(|t| GroupTemplate {
+                id: t.launch_template_id,
+                name: t.launch_template_name,
+                version: t.version.unwrap_or_else(|| "$Default".to_owned()),
+            }),
+        status: refresh
+            .status
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        percentage_complete: refresh.percentage_complete,
+        reason: refresh.status_reason,
     }
 }

@@ -59,6 +59,12 @@ pub enum NodeGroupImage {
 /// Where an EKS update stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateProgress {
+    /// The update id.
+    pub id: String,
+    /// `VersionUpdate`, `ConfigUpdate`, ...
+    pub kind: String,
+    /// Its parameters, `(type, value)`: `LaunchTemplateVersion`, `Force`, `MaxUnavailable`, ...
+    pub params: Vec<(String, String)>,
     /// `InProgress`, `Successful`, `Failed` or `Cancelled`.
     pub status: String,
     /// `code: message` of each error EKS reports.
@@ -75,6 +81,14 @@ impl UpdateProgress {
     pub fn is_successful(&self) -> bool {
         self.status == UpdateStatus::Successful.as_str()
     }
+
+    /// The value of parameter `kind` (e.g. `LaunchTemplateVersion`).
+    pub fn param(&self, kind: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `updateConfig` of a node group.
@@ -84,6 +98,26 @@ pub enum MaxUnavailable {
     Count(i32),
     /// At most this percentage of nodes.
     Percentage(i32),
+}
+
+impl MaxUnavailable {
+    /// Whether config update `update` sets exactly this.
+    pub fn matches(&self, update: &UpdateProgress) -> bool {
+        let (kind, value) = match self {
+            Self::Count(n) => ("MaxUnavailable", n),
+            Self::Percentage(p) => ("MaxUnavailablePercentage", p),
+        };
+        update.kind == "ConfigUpdate" && update.param(kind) == Some(value.to_string().as_str())
+    }
+}
+
+impl std::fmt::Display for MaxUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "maxUnavailable {n}"),
+            Self::Percentage(p) => write!(f, "maxUnavailablePercentage {p}"),
+        }
+    }
 }
 
 impl AwsClients {
@@ -246,6 +280,22 @@ impl AwsClients {
             field: "update",
         })?;
         Ok(UpdateProgress {
+            id: update.id.unwrap_or_else(|| id.to_owned()),
+            kind: update
+                .r#type
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
+            params: update
+                .params
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.r#type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                        p.value.unwrap_or_default(),
+                    )
+                })
+                .collect(),
             status: update
                 .status
                 .map(|s| s.as_str().to_owned())
@@ -265,6 +315,45 @@ impl AwsClients {
                 })
                 .collect(),
         })
+    }
+}
+
+impl AwsClients {
+    /// The updates of `group` that are still in progress, whoever started them
+    /// (`ListUpdates`, every page, then `DescribeUpdate` of each).
+    pub async fn running_updates(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<UpdateProgress>, AwsError> {
+        const OP: &str = "ListUpdates";
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .eks
+                .list_updates()
+                .name(cluster)
+                .nodegroup_name(group)
+                .set_max_results(self.page_size)
+                .set_next_token(token.take());
+            let page = self.call("eks", OP, request.send()).await?;
+            ids.extend(page.update_ids.unwrap_or_default());
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        let mut running = Vec::new();
+        // ListUpdates lists ended updates too and says nothing of their state: each is
+        // described. Callers ask only when the group is UPDATING.
+        for id in &ids {
+            let update = self.describe_update(cluster, group, id).await?;
+            if !update.is_finished() {
+                running.push(update);
+            }
+        }
+        Ok(running)
     }
 }
 

@@ -65,8 +65,30 @@ async fn only_the_clusters_self_managed_groups_are_found() {
     );
 }
 
+async fn finish(aws: &opsy_aws::AwsClients, group: &str, id: &str) -> Vec<String> {
+    let mut statuses = Vec::new();
+    loop {
+        let progress = aws.describe_instance_refresh(group, id).await.unwrap();
+        assert_eq!(progress.id, id);
+        statuses.push(progress.status.clone());
+        if progress.is_finished() {
+            return statuses;
+        }
+        assert!(statuses.len() < 20, "{statuses:?}");
+    }
+}
+
+async fn group(aws: &opsy_aws::AwsClients, name: &str) -> opsy_aws::autoscaling::AutoScalingGroup {
+    aws.cluster_auto_scaling_groups(CLUSTER)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name == name)
+        .unwrap()
+}
+
 #[tokio::test]
-async fn an_instance_refresh_rolls_the_group_to_a_new_template_version() {
+async fn an_instance_refresh_moves_instances_then_the_group_to_the_desired_version() {
     let moto = Moto::start().unwrap();
     let fixture = Fixture::new(&moto, REGION).await;
     let template = fixture
@@ -78,44 +100,70 @@ async fn an_instance_refresh_rolls_the_group_to_a_new_template_version() {
         .create_template_version_with_image(&template.id, 1, ids::AL2023_130_OCT, "roll out")
         .await
         .unwrap();
-    aws.set_group_template_version("asg-a", &template.id, version)
-        .await
-        .unwrap();
-    let group = &aws.cluster_auto_scaling_groups(CLUSTER).await.unwrap()[0];
-    assert_eq!(
-        group.launch_template.as_ref().unwrap().version,
-        version.to_string()
+    let before = group(&aws, "asg-a").await;
+    assert_eq!(before.instances.len(), 2);
+    assert!(
+        before
+            .instances
+            .iter()
+            .all(|i| i.launch_template.as_ref().unwrap().version == "1")
     );
 
     let id = aws
-        .start_instance_refresh("asg-a", &settings())
+        .start_instance_refresh("asg-a", &template.id, version, &settings())
         .await
         .unwrap();
     let again = aws
-        .start_instance_refresh("asg-a", &settings())
+        .start_instance_refresh("asg-a", &template.id, version, &settings())
         .await
         .unwrap_err();
     assert_eq!(again.category(), "conflict", "{again}");
+    let running = aws.running_instance_refreshes("asg-a").await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].id, id);
+    let desired = running[0].desired.as_ref().unwrap();
+    assert_eq!(desired.id.as_deref(), Some(template.id.as_str()));
+    assert_eq!(desired.version, version.to_string());
+    assert_eq!(
+        group(&aws, "asg-a").await.launch_template.unwrap().version,
+        "1",
+        "the group changes only when the refresh succeeds"
+    );
 
-    let mut statuses = Vec::new();
-    loop {
-        let progress = aws.describe_instance_refresh("asg-a", &id).await.unwrap();
-        statuses.push(progress.status.clone());
-        if progress.is_finished() {
-            assert!(progress.is_successful());
-            assert_eq!(progress.percentage_complete, Some(100));
-            break;
-        }
-        assert!(statuses.len() < 10, "{statuses:?}");
-    }
-    assert_eq!(statuses, ["InProgress", "InProgress", "Successful"]);
+    let statuses = finish(&aws, "asg-a", &id).await;
+    assert_eq!(statuses.last().map(String::as_str), Some("Successful"));
+    let after = group(&aws, "asg-a").await;
+    assert_eq!(
+        after.launch_template.as_ref().unwrap().version,
+        version.to_string()
+    );
+    assert!(
+        after
+            .instances
+            .iter()
+            .all(|i| i.launch_template.as_ref().unwrap().version == version.to_string()),
+        "{after:?}"
+    );
+    assert!(
+        !after
+            .instances
+            .iter()
+            .any(|i| before.instances.iter().any(|b| b.id == i.id)),
+        "every instance was replaced"
+    );
+    assert!(
+        aws.running_instance_refreshes("asg-a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
-async fn refreshes_can_fail_and_be_cancelled() {
+async fn refreshes_can_fail_roll_back_and_be_cancelled() {
     let moto = Moto::start().unwrap();
     let fixture = Fixture::new(&moto, REGION).await;
-    fixture
+    let flaky = fixture
         .create_self_managed_group(
             CLUSTER,
             "flaky",
@@ -124,22 +172,50 @@ async fn refreshes_can_fail_and_be_cancelled() {
         )
         .await
         .unwrap();
-    fixture
+    let slow = fixture
         .create_self_managed_group(CLUSTER, "slow", ids::AL2023_130_SEP, &[])
         .await
         .unwrap();
     let aws = clients(&moto).await;
-
-    let id = aws
-        .start_instance_refresh("flaky", &settings())
+    let flaky_version = aws
+        .create_template_version_with_image(&flaky.id, 1, ids::AL2023_130_OCT, "roll out")
         .await
         .unwrap();
+
+    let id = aws
+        .start_instance_refresh("flaky", &flaky.id, flaky_version, &settings())
+        .await
+        .unwrap();
+    finish(&aws, "flaky", &id).await;
     let progress = aws.describe_instance_refresh("flaky", &id).await.unwrap();
     assert_eq!(progress.status, "Failed");
     assert!(progress.reason.unwrap().contains("health checks"));
 
+    let rollback = RefreshSettings {
+        auto_rollback: true,
+        ..settings()
+    };
     let id = aws
-        .start_instance_refresh("slow", &settings())
+        .start_instance_refresh("flaky", &flaky.id, flaky_version, &rollback)
+        .await
+        .unwrap();
+    let statuses = finish(&aws, "flaky", &id).await;
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("RollbackSuccessful"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        group(&aws, "flaky").await.launch_template.unwrap().version,
+        "1"
+    );
+
+    let slow_version = aws
+        .create_template_version_with_image(&slow.id, 1, ids::AL2023_130_OCT, "roll out")
+        .await
+        .unwrap();
+    let id = aws
+        .start_instance_refresh("slow", &slow.id, slow_version, &settings())
         .await
         .unwrap();
     assert_eq!(aws.cancel_instance_refresh("slow").await.unwrap(), id);
@@ -151,5 +227,5 @@ async fn refreshes_can_fail_and_be_cancelled() {
         "Cancelled"
     );
     let nothing = aws.cancel_instance_refresh("slow").await.unwrap_err();
-    assert_eq!(nothing.category(), "invalid_request", "{nothing}");
+    assert_eq!(nothing.category(), "not_found", "{nothing}");
 }

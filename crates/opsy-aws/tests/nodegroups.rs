@@ -253,7 +253,8 @@ async fn an_injected_failure_is_reported_with_the_eks_errors() {
 }
 
 #[tokio::test]
-async fn updating_a_group_without_a_launch_template_is_refused_and_config_updates_work() {
+async fn updating_a_group_without_a_launch_template_is_refused_and_config_updates_are_asynchronous()
+{
     let moto = Moto::start().unwrap();
     let fixture = Fixture::new(&moto, REGION).await;
     fixture.create_cluster(CLUSTER).await.unwrap();
@@ -272,15 +273,42 @@ async fn updating_a_group_without_a_launch_template_is_refused_and_config_update
         .unwrap_err();
     assert_eq!(err.category(), "invalid_request", "{err}");
 
+    let wanted = MaxUnavailable::Percentage(25);
     let update = aws
-        .update_nodegroup_config(CLUSTER, "system", MaxUnavailable::Percentage(25))
+        .update_nodegroup_config(CLUSTER, "system", wanted)
         .await
         .unwrap();
-    let progress = aws
-        .describe_update(CLUSTER, "system", &update)
+    // Found again by listing the group's updates, and recognised by its parameters.
+    let running = aws.running_updates(CLUSTER, "system").await.unwrap();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].id, update);
+    assert!(wanted.matches(&running[0]), "{running:?}");
+    assert!(!MaxUnavailable::Count(25).matches(&running[0]));
+    let busy = aws
+        .update_nodegroup_config(CLUSTER, "system", MaxUnavailable::Count(1))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(busy.category(), "conflict", "{busy}");
+    let mut polls = 0;
+    let progress = loop {
+        let progress = aws
+            .describe_update(CLUSTER, "system", &update)
+            .await
+            .unwrap();
+        if progress.is_finished() {
+            break progress;
+        }
+        polls += 1;
+        assert!(polls < 10, "{progress:?}");
+    };
     assert!(progress.is_successful(), "{progress:?}");
+    assert_eq!(progress.kind, "ConfigUpdate");
+    assert!(
+        aws.running_updates(CLUSTER, "system")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let described = fixture
         .eks
         .describe_nodegroup()

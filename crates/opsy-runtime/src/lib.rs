@@ -64,13 +64,14 @@ where
 
 /// Writes `status` on `object` through the status subresource, as field manager `manager`,
 /// only if the object is still at the version it was read at: a writer holding an older copy
-/// gets `409 Conflict` and changes nothing.
+/// gets `409 Conflict` and changes nothing. Returns the object as written, whose
+/// `resourceVersion` a further write in the same reconcile must carry.
 pub async fn patch_status<K, S>(
     client: &Client,
     object: &K,
     manager: &str,
     status: &S,
-) -> Result<(), kube::Error>
+) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -88,8 +89,7 @@ where
         &PatchParams::apply(manager),
         &Patch::Merge(&patch),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Delay before retry `attempt` (1-based) of a failing object: 15s doubling to 10 minutes.

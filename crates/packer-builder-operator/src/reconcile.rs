@@ -779,5 +779,6 @@ async fn write_status(
     pb: &PackerBuilder,
     status: &PackerBuilderStatus,
 ) -> Result<(), Error> {
-    Ok(opsy_runtime::patch_status(&ctx.client, pb, MANAGER, status).await?)
+    opsy_runtime::patch_status(&ctx.client, pb, MANAGER, status).await?;
+    Ok(())
 }
