@@ -194,6 +194,113 @@ impl World {
             .unwrap();
     }
 
+    /// Every EKS update of managed group `name`, oldest first: (type, params, status).
+    async fn updates(&self, name: &str) -> Vec<(String, BTreeMap<String, String>, String)> {
+        let ids = self
+            .fixture
+            .eks
+            .list_updates()
+            .name(CLUSTER)
+            .nodegroup_name(name)
+            .send()
+            .await
+            .unwrap()
+            .update_ids
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for id in ids {
+            let update = self
+                .fixture
+                .eks
+                .describe_update()
+                .name(CLUSTER)
+                .nodegroup_name(name)
+                .update_id(id)
+                .send()
+                .await
+                .unwrap()
+                .update
+                .unwrap();
+            let params = update
+                .params
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.r#type.unwrap().as_str().to_owned(),
+                        p.value.unwrap_or_default(),
+                    )
+                })
+                .collect();
+            out.push((
+                update.r#type.unwrap().as_str().to_owned(),
+                params,
+                update.status.unwrap().as_str().to_owned(),
+            ));
+        }
+        out
+    }
+
+    /// The launch template version of Auto Scaling group `name` and, per instance, the version
+    /// it was launched from and the image it runs (sorted).
+    async fn asg(&self, name: &str) -> (String, Vec<(String, String)>) {
+        let group = self
+            .fixture
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .unwrap()
+            .auto_scaling_groups
+            .unwrap()
+            .remove(0);
+        let version = group.launch_template.unwrap().version.unwrap();
+        let mut instances = Vec::new();
+        for instance in group.instances.unwrap_or_default() {
+            let id = instance.instance_id.unwrap();
+            let image = self
+                .fixture
+                .ec2
+                .describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .unwrap()
+                .reservations
+                .unwrap()[0]
+                .instances
+                .as_ref()
+                .unwrap()[0]
+                .image_id
+                .clone()
+                .unwrap();
+            let from = instance.launch_template.unwrap().version.unwrap();
+            instances.push((from, image));
+        }
+        instances.sort();
+        (version, instances)
+    }
+
+    /// Reconciles until no group is Updating (at most `limit` times).
+    async fn settle(&self, limit: usize) {
+        for _ in 0..limit {
+            self.reconcile().await.unwrap();
+            if !self.phases().await.values().any(|p| *p == Updating) {
+                return;
+            }
+        }
+    }
+
+    async fn entry(&self, name: &str) -> opsy_api::ami_refresher::NodeGroupStatus {
+        self.status()
+            .await
+            .node_groups
+            .into_iter()
+            .find(|g| g.name == name)
+            .unwrap()
+    }
+
     async fn nodegroup_version(&self, name: &str) -> String {
         self.fixture
             .eks
@@ -731,5 +838,331 @@ async fn a_group_moved_off_the_target_is_brought_back() {
         world.requests("CreateLaunchTemplateVersion"),
         1,
         "no new version for the drift"
+    );
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_changed_update_config_ends_before_the_version_update_starts() {
+    let world = World::new().await;
+    let first = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("a", ids::AL2023_130_SEP),
+        )
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": first,
+            "refreshConfig": {"maxUnavailable": 2, "force": true},
+        })))
+        .await;
+    world.reconcile().await.unwrap();
+    let a = world.entry("a").await;
+    assert_eq!(a.phase, Updating);
+    assert_eq!(
+        a.update_type,
+        Some(opsy_api::ami_refresher::UpdateType::ConfigUpdate)
+    );
+    assert_eq!(
+        world.requests("/update-version"),
+        0,
+        "EKS runs one update at a time"
+    );
+
+    world.settle(12).await;
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    let version = world.nodegroup_version("a").await;
+    assert_eq!(
+        world.updates("a").await,
+        [
+            (
+                "ConfigUpdate".to_owned(),
+                params(&[("MaxUnavailable", "2")]),
+                "Successful".to_owned()
+            ),
+            (
+                "VersionUpdate".to_owned(),
+                params(&[
+                    ("Force", "true"),
+                    ("LaunchTemplateId", a.launch_template_id.as_deref().unwrap()),
+                    ("LaunchTemplateVersion", version.as_str()),
+                ]),
+                "Successful".to_owned()
+            ),
+        ]
+    );
+
+    // A percentage, no force, a new AMI: the same order, the new values.
+    let second = world.active_ami("hardened-2").await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": second,
+            "refreshConfig": {"maxUnavailablePercentage": 50},
+        })))
+        .await;
+    world.settle(12).await;
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    let updates = world.updates("a").await;
+    assert_eq!(updates.len(), 4, "{updates:?}");
+    assert_eq!(
+        (updates[2].0.as_str(), &updates[2].1),
+        (
+            "ConfigUpdate",
+            &params(&[("MaxUnavailablePercentage", "50")])
+        )
+    );
+    assert_eq!(updates[3].0, "VersionUpdate");
+    assert_eq!(updates[3].1.get("Force").map(String::as_str), Some("false"));
+    assert!(updates.iter().all(|u| u.2 == "Successful"), "{updates:?}");
+}
+
+#[tokio::test]
+async fn an_update_someone_else_started_is_waited_for_and_never_counted_as_ours() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("a", ids::AL2023_130_SEP),
+        )
+        .await
+        .unwrap();
+    // Someone scales the group; the update runs for a few polls.
+    let theirs = world
+        .fixture
+        .eks
+        .update_nodegroup_config()
+        .cluster_name(CLUSTER)
+        .nodegroup_name("a")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .desired_size(3)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .update
+        .unwrap()
+        .id
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({"ami": target})))
+        .await;
+    world.reconcile().await.unwrap();
+    let a = world.entry("a").await;
+    assert_eq!(a.phase, Pending, "{a:?}");
+    assert!(a.update_id.is_none(), "{a:?}");
+    let message = a.message.unwrap();
+    assert!(
+        message.contains(&theirs) && message.contains("started outside this operator"),
+        "{message}"
+    );
+    assert_eq!(world.requests("/update-version"), 0);
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.status, "False", "waiting is not a failure");
+
+    for _ in 0..12 {
+        world.reconcile().await.unwrap();
+        if world.phases().await == map(&[("a", Succeeded)]) {
+            break;
+        }
+    }
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    let updates = world.updates("a").await;
+    let kinds: Vec<&str> = updates.iter().map(|u| u.0.as_str()).collect();
+    assert_eq!(kinds, ["ConfigUpdate", "VersionUpdate"]);
+    assert_ne!(
+        world.entry("a").await.update_id.as_deref(),
+        Some(theirs.as_str())
+    );
+}
+
+#[tokio::test]
+async fn an_update_started_is_recorded_before_a_later_error_can_lose_it() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    for name in ["a", "b"] {
+        world
+            .fixture
+            .create_node_group(
+                CLUSTER,
+                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+            )
+            .await
+            .unwrap();
+    }
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "rollout": {"maxInFlight": 2}}),
+        ))
+        .await;
+    // a's update starts; b's start then fails.
+    world
+        .moto
+        .inject_error(
+            &format!("POST /clusters/{CLUSTER}/node-groups/b/update-version"),
+            "ClientException",
+            400,
+            1,
+        )
+        .unwrap();
+    let error = world.reconcile().await.unwrap_err();
+    assert!(error.to_string().contains("ClientException"), "{error}");
+
+    let a = world.entry("a").await;
+    assert_eq!(a.phase, Updating, "{a:?}");
+    let started = a.update_id.clone().unwrap();
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.status, "True", "the error is reported too");
+
+    world.settle(12).await;
+    assert_eq!(
+        world.phases().await,
+        map(&[("a", Succeeded), ("b", Succeeded)])
+    );
+    assert_eq!(world.entry("a").await.update_id, Some(started));
+    for name in ["a", "b"] {
+        assert_eq!(world.updates(name).await.len(), 1, "{name}: one update");
+    }
+}
+
+#[tokio::test]
+async fn self_managed_groups_use_a_desired_configuration_and_roll_back_on_failure() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_self_managed_group(CLUSTER, "s", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    world.moto.set_failing("s", true).unwrap();
+    // The spec of examples/ami-refresher-waves.yaml: autoRollback on.
+    let spec = |min_healthy: i32| {
+        manifest(serde_json::json!({
+            "ami": target,
+            "selfManaged": {"enabled": true, "autoRollback": true, "minHealthyPercentage": min_healthy},
+        }))
+    };
+    world.apply(spec(90)).await;
+    world.settle(12).await;
+    let s = world.entry("s").await;
+    assert_eq!(s.phase, Failed, "{s:?}");
+    assert!(
+        s.message.as_deref().unwrap().contains("RollbackSuccessful"),
+        "{s:?}"
+    );
+    assert_eq!(
+        world.asg("s").await,
+        (
+            "1".to_owned(),
+            vec![
+                ("1".to_owned(), ids::AL2023_130_SEP.to_owned()),
+                ("1".to_owned(), ids::AL2023_130_SEP.to_owned())
+            ]
+        ),
+        "rolled back: the group and its instances as before"
+    );
+
+    world.moto.set_failing("s", false).unwrap();
+    world.apply(spec(50)).await;
+    world.settle(12).await;
+    assert_eq!(world.phases().await, map(&[("s", Succeeded)]));
+    assert_eq!(
+        world.asg("s").await,
+        (
+            "2".to_owned(),
+            vec![
+                ("2".to_owned(), target.clone()),
+                ("2".to_owned(), target.clone())
+            ]
+        )
+    );
+    assert_eq!(world.requests("CreateLaunchTemplateVersion"), 1, "reused");
+    assert_eq!(world.requests("StartInstanceRefresh"), 2);
+    assert_eq!(world.requests("UpdateAutoScalingGroup"), 0);
+}
+
+#[tokio::test]
+async fn a_self_managed_group_is_on_target_only_when_its_instances_are() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_self_managed_group(CLUSTER, "s", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    world.moto.set_failing("s", true).unwrap();
+    let spec = |min_healthy: i32| {
+        manifest(serde_json::json!({
+            "ami": target,
+            "selfManaged": {"enabled": true, "minHealthyPercentage": min_healthy},
+        }))
+    };
+    world.apply(spec(50)).await;
+    world.settle(12).await;
+    let s = world.entry("s").await;
+    assert_eq!(s.phase, Failed, "{s:?}");
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("instance refresh Failed"),
+        "{s:?}"
+    );
+    // One batch was replaced before the failure: the group is half on the target.
+    let (version, instances) = world.asg("s").await;
+    assert_eq!(version, "1");
+    assert_eq!(
+        instances,
+        [
+            ("1".to_owned(), ids::AL2023_130_SEP.to_owned()),
+            ("2".to_owned(), target.clone())
+        ]
+    );
+
+    // Someone points the group at the new version by hand: its template says "target", half
+    // its instances do not.
+    world
+        .fixture
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name("s")
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_id(s.launch_template_id.clone().unwrap())
+                .version("2")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    world.moto.set_failing("s", false).unwrap();
+    world.apply(spec(60)).await;
+    world.reconcile().await.unwrap();
+    let s = world.entry("s").await;
+    assert_eq!(
+        s.phase, Updating,
+        "not on target while an instance runs the old AMI: {s:?}"
+    );
+    world.settle(12).await;
+    assert_eq!(world.phases().await, map(&[("s", Succeeded)]));
+    let (_, instances) = world.asg("s").await;
+    assert!(
+        instances.iter().all(|(_, image)| *image == target),
+        "{instances:?}"
     );
 }
