@@ -29,7 +29,8 @@ Each behaviour has a contract test in tests/ (run by `cargo xtask ci`).
 Test controls:
 - node group tag or ASG tag ``opsy.test/outcome``, or ``POST /opsy-ext/fail`` with
   ``{"group": "<name>", "fail": true, "code": "PodEvictionFailure"}`` (``false`` clears it):
-  updates of that group started afterwards fail with that code (``Failed``: NodeCreationFailure).
+  updates of that group started afterwards fail with that code (``Failed``: NodeCreationFailure);
+  for EKS only version updates, which replace nodes, fail.
 - node group tag or ASG tag ``opsy.test/polls``: polls before an update finishes, or before an
   instance refresh replaces its first batch (default 2).
 
@@ -395,7 +396,9 @@ def _patch_eks() -> None:
             "cluster": cluster,
             "nodegroup": group.nodegroup_name,
             "polls_left": _polls(group.tags),
-            "failure": _failure(group.nodegroup_name, group.tags),
+            # Injected failures are of node replacement (evicting pods, launching nodes), which
+            # only a version update does.
+            "failure": _failure(group.nodegroup_name, group.tags) if kind == "VersionUpdate" else None,
             "apply": apply,
         }
         # DescribeNodegroup, "status": UPDATING while an update runs.

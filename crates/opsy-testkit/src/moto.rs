@@ -200,10 +200,17 @@ impl Moto {
     }
 
     /// Makes updates of node group or Auto Scaling group `group` started from now on fail
-    /// (`fail = false` lets them succeed again).
+    /// (`fail = false` lets them succeed again); EKS reports `NodeCreationFailure`.
     pub fn set_failing(&self, group: &str, fail: bool) -> Result<(), MotoError> {
+        self.fail_with(group, fail.then_some("NodeCreationFailure"))
+    }
+
+    /// Makes updates of `group` started from now on fail with EKS error `code`
+    /// (`PodEvictionFailure`, `NodeCreationFailure`, `AsgInstanceLaunchFailures`); `None` lets
+    /// them succeed again.
+    pub fn fail_with(&self, group: &str, code: Option<&str>) -> Result<(), MotoError> {
         const PATH: &str = "/opsy-ext/fail";
-        let body = serde_json::json!({"group": group, "fail": fail});
+        let body = serde_json::json!({"group": group, "fail": code.is_some(), "code": code});
         ureq::post(format!("{}{PATH}", self.endpoint))
             .header("Content-Type", "application/json")
             .send(body.to_string())

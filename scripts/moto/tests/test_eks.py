@@ -125,6 +125,11 @@ def test_a_failed_update_reports_its_error_and_changes_nothing(
     template = group(aws, "ng", old)
     version = aws.new_version(template, new)
     aws.fail("ng", code)
+    # A config update replaces no node: it is not what fails.
+    config = aws.eks.update_nodegroup_config(
+        clusterName=CLUSTER, nodegroupName="ng", updateConfig={"maxUnavailable": 2}
+    )["update"]
+    assert follow(aws, "ng", config["id"])["status"] == "Successful"
 
     update = aws.eks.update_nodegroup_version(
         clusterName=CLUSTER, nodegroupName="ng", launchTemplate={"id": template, "version": str(version)}
