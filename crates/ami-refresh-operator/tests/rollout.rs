@@ -1166,3 +1166,33 @@ async fn a_self_managed_group_is_on_target_only_when_its_instances_are() {
         "{instances:?}"
     );
 }
+
+#[tokio::test]
+async fn a_crash_between_the_new_version_and_the_refresh_adds_no_second_version() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world
+        .fixture
+        .create_self_managed_group(CLUSTER, "s", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "selfManaged": {"enabled": true}}),
+        ))
+        .await;
+    // The version is created, then the refresh cannot start (as if the operator died there).
+    world
+        .moto
+        .inject_error("StartInstanceRefresh", "InternalFailure", 400, 1)
+        .unwrap();
+    world.reconcile().await.unwrap_err();
+    assert_eq!(world.requests("CreateLaunchTemplateVersion"), 1);
+    assert_eq!(world.asg("s").await.0, "1", "the group is untouched");
+
+    world.settle(12).await;
+    assert_eq!(world.phases().await, map(&[("s", Succeeded)]));
+    assert_eq!(world.requests("CreateLaunchTemplateVersion"), 1, "reused");
+    assert_eq!(world.entry("s").await.to_version.as_deref(), Some("2"));
+    assert_eq!(world.asg("s").await.0, "2");
+}
