@@ -30,7 +30,7 @@ pub fn error_policy(pb: Arc<PackerBuilder>, error: &Error, ctx: Arc<Context>) ->
         Error::Aws(e) if !e.is_transient() => {
             Action::requeue(backoff(attempt).max(Duration::from_secs(300)))
         }
-        Error::MissingNamespace => Action::await_change(),
+        Error::MissingNamespace | Error::Finalizer(_) => Action::await_change(),
         _ => Action::requeue(backoff(attempt)),
     }
 }

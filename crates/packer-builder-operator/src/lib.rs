@@ -27,6 +27,9 @@ pub enum Error {
     /// The object has no namespace (PackerBuilders are namespaced).
     #[error("the PackerBuilder has no namespace")]
     MissingNamespace,
+    /// The object cannot carry the finalizer (no name, or a malformed finalizer list).
+    #[error("cannot manage the finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -35,7 +38,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Aws(e) => e.category(),
-            Error::MissingNamespace => "invalid_object",
+            Error::MissingNamespace | Error::Finalizer(_) => "invalid_object",
         }
     }
 }

@@ -12,7 +12,11 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, PostParams},
-    runtime::{controller::Action, events::EventType},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer},
+    },
 };
 use opsy_api::{
     ImageRef, PackerBuilder, PackerBuilderStatus, conditions,
@@ -34,6 +38,9 @@ use crate::{
     notify,
     state::observe,
 };
+
+/// Held by every PackerBuilder until its last reconcile has tagged what its builds produced.
+pub const FINALIZER: &str = "ami.refresh.ops/built-images";
 
 /// Field manager of every write.
 pub const MANAGER: &str = "packer-builder-operator";
@@ -70,7 +77,7 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
             return Err(error);
         }
     };
-    let result = Box::pin(reconcile_inner(pb.clone(), ctx.clone())).await;
+    let result = Box::pin(with_finalizer(pb.clone(), ctx.clone())).await;
     ctx.metrics.reconciled(
         started.elapsed(),
         result.as_ref().err().map(Error::category),
@@ -81,11 +88,66 @@ pub async fn reconcile(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
+/// Keeps a PackerBuilder from disappearing while a build it ran has produced an AMI that is not
+/// yet tagged: with the finalizer in place, a deleted PackerBuilder's last reconcile tags what
+/// its finished build made (see [`reconcile_inner`]) before the object and its Jobs go. A build
+/// still running is left to the garbage collector, which deletes its Job and Pods (Packer then
+/// removes what it created).
+async fn with_finalizer(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<PackerBuilder> = Api::namespaced(
+        ctx.client.clone(),
+        &pb.namespace().ok_or(Error::MissingNamespace)?,
+    );
+    let mut pb = pb;
+    if pb.meta().deletion_timestamp.is_none() && !pb.finalizers().iter().any(|f| f == FINALIZER) {
+        // Added first (the helper only adds it, then waits for the watch event that a
+        // metadata-only change does not produce here); then the reconcile proceeds at once.
+        finalizer(&api, FINALIZER, pb.clone(), |_| async {
+            Ok::<_, Error>(Action::await_change())
+        })
+        .await
+        .map_err(from_finalizer)?;
+        pb = match opsy_runtime::latest(&ctx.client, pb.as_ref()).await? {
+            Some(latest) => Arc::new(latest),
+            None => return Ok(Action::await_change()),
+        };
+    }
+    finalizer(&api, FINALIZER, pb, |event| async move {
+        match event {
+            FinalizerEvent::Apply(pb) | FinalizerEvent::Cleanup(pb) => {
+                reconcile_inner(pb, ctx).await
+            }
+        }
+    })
+    .await
+    .map_err(from_finalizer)
+}
+
+fn from_finalizer(error: FinalizerError<Error>) -> Error {
+    match error {
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+        FinalizerError::AddFinalizer(e) | FinalizerError::RemoveFinalizer(e) => Error::Kube(e),
+        e @ (FinalizerError::UnnamedObject | FinalizerError::InvalidFinalizer) => {
+            Error::Finalizer(e.to_string())
+        }
+    }
+}
+
 /// Best effort: the error is returned either way.
 async fn report_error(pb: &PackerBuilder, ctx: &Context, error: &Error) {
     if pb.namespace().is_none() {
         return;
     }
+    // The reconcile may have written already (the finalizer): report on what is stored now.
+    let latest = match opsy_runtime::latest(&ctx.client, pb).await {
+        Ok(Some(latest)) => latest,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the object to report the error");
+            return;
+        }
+    };
+    let pb = &latest;
     let reason = match error.category() {
         "access_denied" => "AwsAccessDenied",
         "throttled" => "AwsThrottled",
@@ -176,6 +238,11 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         max_failures: pb.spec.max_failed_builds,
     });
     tracing::debug!(name = %pb.name_any(), ?decision, "decided");
+    // Being deleted: only an AMI already built is seen to (tagged, so that it is never left
+    // untagged); nothing new starts.
+    if pb.meta().deletion_timestamp.is_some() && !matches!(decision, Decision::Complete { .. }) {
+        return Ok(Action::await_change());
+    }
 
     status.base_image = base.as_ref().map(|b| ImageRef {
         id: b.id.clone(),
