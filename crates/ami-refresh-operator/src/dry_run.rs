@@ -46,6 +46,10 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
         .select_target(
             spec.ami.as_deref(),
             spec.ami_filters.as_deref(),
+            opsy_aws::managed::Scope {
+                cluster_name: &spec.cluster_name,
+                accept_from: &spec.accept_from,
+            },
             spec.effective_expires_in().as_std(),
             now,
         )

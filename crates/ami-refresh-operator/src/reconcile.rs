@@ -121,6 +121,10 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .select_target(
             spec.ami.as_deref(),
             spec.ami_filters.as_deref(),
+            opsy_aws::managed::Scope {
+                cluster_name: &spec.cluster_name,
+                accept_from: &spec.accept_from,
+            },
             spec.effective_expires_in().as_std(),
             now,
         )
@@ -231,7 +235,19 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         }
     }
     if new_target && !plan.start.is_empty() {
-        let message = format!("rolling out {target_id} ({})", target.image.name);
+        let mut message = format!("rolling out {target_id} ({})", target.image.name);
+        let passed: Vec<String> = selection
+            .passed_over()
+            .take(opsy_aws::managed::Selection::EXPLAINED)
+            .map(opsy_aws::managed::Candidate::describe)
+            .collect();
+        if !passed.is_empty() {
+            message.push_str(&format!(
+                "; passed over {} newer: {}",
+                selection.passed_over().count(),
+                passed.join("; ")
+            ));
+        }
         event(&ctx, &amr, EventType::Normal, "RolloutStarted", &message).await;
     }
     if !plan.unknown.is_empty() && plan.unknown != status.unknown_groups {

@@ -69,11 +69,36 @@ async fn nothing_eligible_then_each_groups_action() {
     );
 
     let now = jiff::Timestamp::now().to_string();
+    // Another cluster's AMI is passed over, and the plan says how to accept it.
+    fixture
+        .register_image(
+            "hardened-staging",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "staging"),
+                ("created-by", "pb-staging"),
+                ("status", "active"),
+                ("base-ami", ids::AL2023_130_OCT),
+                ("create-timestamp", now.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    let report = plan(&moto, &example());
+    assert!(report["target"].is_null(), "{report}");
+    let selection = report["selection"].as_str().unwrap();
+    assert!(
+        selection.contains("built for cluster staging by PackerBuilder pb-staging")
+            && selection.contains("add {clusterName: staging} to spec.acceptFrom"),
+        "{report}"
+    );
+
     let built = fixture
         .register_image(
             "hardened",
             &[
                 ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "ibeify-gitops"),
                 ("status", "active"),
                 ("base-ami", ids::AL2023_130_OCT),
                 ("create-timestamp", now.as_str()),

@@ -590,6 +590,7 @@ async fn a_newer_eligible_ami_rolls_out_and_an_expired_one_never_does() {
                     &name,
                     &[
                         ("brought-to-you-by", "opsy-the-ami-operator"),
+                        ("cluster-name", CLUSTER),
                         ("status", "active"),
                         ("base-ami", ids::AL2023_130_OCT),
                         ("create-timestamp", created.as_str()),
@@ -1195,4 +1196,82 @@ async fn a_crash_between_the_new_version_and_the_refresh_adds_no_second_version(
     assert_eq!(world.requests("CreateLaunchTemplateVersion"), 1, "reused");
     assert_eq!(world.entry("s").await.to_version.as_deref(), Some("2"));
     assert_eq!(world.asg("s").await.0, "2");
+}
+
+#[tokio::test]
+async fn another_clusters_newer_ami_is_passed_over_until_accepted() {
+    let world = World::new().await;
+    world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("a", ids::AL2023_130_SEP),
+        )
+        .await
+        .unwrap();
+    let managed = |name: &str, cluster: &str, created: Timestamp| {
+        let fixture = world.fixture.clone();
+        let (name, cluster, created) = (name.to_owned(), cluster.to_owned(), created.to_string());
+        async move {
+            fixture
+                .register_image(
+                    &name,
+                    &[
+                        ("brought-to-you-by", "opsy-the-ami-operator"),
+                        ("cluster-name", cluster.as_str()),
+                        ("created-by", "pb-gpu"),
+                        ("status", "active"),
+                        ("base-ami", ids::AL2023_130_OCT),
+                        ("create-timestamp", created.as_str()),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let now = Timestamp::now();
+    let ours = managed(
+        "hardened-prod",
+        CLUSTER,
+        now - jiff::SignedDuration::from_hours(1),
+    )
+    .await;
+    // Another team's GPU image, built from the same base, newer.
+    let theirs = managed("hardened-gpu", "gpu-east", now).await;
+    let spec = |accept: serde_json::Value| {
+        manifest(serde_json::json!({
+            "amiFilters": [
+                {"name": "name", "values": ["amazon-eks-node-al2023-x86_64-standard-1.30*"]},
+                {"name": "owner-id", "values": ["602401143452"]},
+            ],
+            "acceptFrom": accept,
+        }))
+    };
+    world.apply(spec(serde_json::json!([]))).await;
+    world.settle(8).await;
+    assert_eq!(world.status().await.target_image.unwrap().id, ours);
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+    let events: Api<Event> = Api::namespaced(world.client.clone(), &world.ns.name);
+    let started = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("RolloutStarted"))
+        .unwrap()
+        .note
+        .unwrap();
+    assert!(
+        started.contains(&format!("passed over 1 newer: {theirs}"))
+            && started.contains("add {clusterName: gpu-east} to spec.acceptFrom"),
+        "{started}"
+    );
+
+    world
+        .apply(spec(serde_json::json!([{"clusterName": "gpu-east"}])))
+        .await;
+    world.settle(8).await;
+    assert_eq!(world.status().await.target_image.unwrap().id, theirs);
+    assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
 }

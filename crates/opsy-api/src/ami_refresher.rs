@@ -110,6 +110,34 @@ pub struct AMIRefresherSpec {
     /// Start no new node group updates. Updates already running are followed to the end.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+
+    /// Managed AMIs built elsewhere that may be rolled out too, e.g. to promote what the
+    /// staging cluster's PackerBuilder built. By default (with `amiFilters`) only the managed
+    /// AMIs built for `clusterName` are candidates; an AMI of another cluster, PackerBuilder or
+    /// repository is passed over, and status and Events say how to accept it here. An entry
+    /// matches an AMI when every field it sets matches the AMI's tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub accept_from: Vec<AcceptFrom>,
+}
+
+/// Managed AMIs of another origin that an AMIRefresher accepts (all set fields must match).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clusterName) || has(self.packerBuilder) || has(self.repository)").message("an acceptFrom entry names at least one of clusterName, packerBuilder or repository").reason(kube::core::Reason::FieldValueInvalid))]
+pub struct AcceptFrom {
+    /// The cluster the AMI was built for (its `cluster-name` tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100), regex(pattern = CLUSTER_NAME_PATTERN))]
+    pub cluster_name: Option<String>,
+    /// The PackerBuilder that built it (its `created-by` tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub packer_builder: Option<String>,
+    /// The Packer repository it was built from (its `packer-repo` tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub repository: Option<String>,
 }
 
 impl AMIRefresherSpec {

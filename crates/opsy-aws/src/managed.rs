@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use aws_sdk_ec2::{primitives::DateTime, types::Tag};
 use jiff::{SignedDuration, Timestamp};
-use opsy_api::{AmiFilter, tags};
+use opsy_api::{AmiFilter, ami_refresher::AcceptFrom, tags};
 
 use crate::{
     AwsClients, AwsError,
@@ -43,6 +43,14 @@ pub enum Ineligible {
     },
     /// Neither a readable `create-timestamp` tag nor a creation date.
     NoCreationTime,
+    /// A managed AMI built for another cluster (or by a PackerBuilder or repository) that the
+    /// AMIRefresher does not accept.
+    BuiltElsewhere {
+        /// Its `cluster-name` tag.
+        cluster: String,
+        /// Its `created-by` tag (the PackerBuilder).
+        created_by: String,
+    },
 }
 
 impl fmt::Display for Ineligible {
@@ -55,7 +63,53 @@ impl fmt::Display for Ineligible {
             Ineligible::NoCreationTime => {
                 write!(f, "has no create-timestamp tag and no creation date")
             }
+            Ineligible::BuiltElsewhere {
+                cluster,
+                created_by,
+            } => write!(
+                f,
+                "built for cluster {cluster} by PackerBuilder {created_by}, not for this \
+                 cluster; to roll it out here, add {{clusterName: {cluster}}} to spec.acceptFrom"
+            ),
         }
+    }
+}
+
+/// Whose managed AMIs an AMIRefresher rolls out: those built for its own cluster, and those
+/// that an `acceptFrom` entry names.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// `spec.clusterName`.
+    pub cluster_name: &'a str,
+    /// `spec.acceptFrom`.
+    pub accept_from: &'a [AcceptFrom],
+}
+
+impl Scope<'_> {
+    /// Why `image` is not this refresher's to roll out, if it is not. Images that are not
+    /// managed AMIs (the base images the filters match) are not this rule's business.
+    pub fn refuses(&self, image: &Image) -> Option<Ineligible> {
+        if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE) {
+            return None;
+        }
+        let cluster = image.tag(tags::CLUSTER_NAME);
+        let created_by = image.tag(tags::CREATED_BY);
+        let repo = image.tag(tags::PACKER_REPO);
+        if cluster == Some(self.cluster_name) {
+            return None;
+        }
+        let matches = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        let accepted = self.accept_from.iter().any(|a| {
+            matches(&a.cluster_name, cluster)
+                && matches(&a.packer_builder, created_by)
+                && matches(&a.repository, repo)
+        });
+        (!accepted).then(|| Ineligible::BuiltElsewhere {
+            cluster: cluster.unwrap_or("(none)").to_owned(),
+            created_by: created_by.unwrap_or("(unknown)").to_owned(),
+        })
     }
 }
 
@@ -157,18 +211,45 @@ impl Selection {
         Self { chosen, candidates }
     }
 
-    /// Why nothing was chosen: `"3 images matched; none is eligible: ami-1 (n): expired at …; …"`.
+    /// Why nothing was chosen: `"3 image(s) matched, 0 eligible: ami-1 (n): expired at …; …"`,
+    /// naming the newest [`Self::EXPLAINED`] candidates and counting the rest.
     pub fn explain(&self) -> String {
         if self.candidates.is_empty() {
             return "no image matched".to_owned();
         }
-        let reasons: Vec<String> = self.candidates.iter().map(Candidate::describe).collect();
+        let reasons: Vec<String> = self
+            .candidates
+            .iter()
+            .take(Self::EXPLAINED)
+            .map(Candidate::describe)
+            .collect();
         let eligible = self.candidates.iter().filter(|c| c.is_eligible()).count();
-        format!(
+        let mut text = format!(
             "{} image(s) matched, {eligible} eligible: {}",
             self.candidates.len(),
             reasons.join("; ")
-        )
+        );
+        let more = self.candidates.len().saturating_sub(Self::EXPLAINED);
+        if more > 0 {
+            text.push_str(&format!("; and {more} older"));
+        }
+        text
+    }
+
+    /// How many candidates [`Self::explain`] names.
+    pub const EXPLAINED: usize = 5;
+
+    /// Managed AMIs passed over because they were built elsewhere, newer than the chosen one
+    /// (all of them when none was chosen), newest first.
+    pub fn passed_over(&self) -> impl Iterator<Item = &Candidate> {
+        let chosen = self
+            .chosen
+            .as_ref()
+            .map(|c| (c.created, &c.image.name, &c.image.id));
+        self.candidates.iter().filter(move |c| {
+            matches!(c.rejected, Some(Ineligible::BuiltElsewhere { .. }))
+                && chosen.is_none_or(|k| (c.created, &c.image.name, &c.image.id) > k)
+        })
     }
 }
 
@@ -322,11 +403,13 @@ impl AwsClients {
     }
 
     /// The AMIRefresher's target: the explicit `ami`, or the images matching `filters` plus
-    /// the managed AMIs (of this account) built from them; the newest eligible one wins.
+    /// the managed AMIs (of this account) built from them that `scope` accepts; the newest
+    /// eligible one wins. An explicit `ami` is the user's choice and is not scoped.
     pub async fn select_target(
         &self,
         ami: Option<&str>,
         filters: Option<&[AmiFilter]>,
+        scope: Scope<'_>,
         expires_in: Duration,
         now: Timestamp,
     ) -> Result<Selection, AwsError> {
@@ -363,7 +446,20 @@ impl AwsClients {
             }
             (None, None) => Vec::new(),
         };
-        Ok(Selection::from_images(images, expires_in, now))
+        let mut selection = Selection::from_images(images, expires_in, now);
+        if ami.is_none() {
+            for candidate in &mut selection.candidates {
+                if let Some(refused) = scope.refuses(&candidate.image) {
+                    candidate.rejected = Some(refused);
+                }
+            }
+            selection.chosen = selection
+                .candidates
+                .iter()
+                .find(|c| c.is_eligible())
+                .cloned();
+        }
+        Ok(selection)
     }
 }
 

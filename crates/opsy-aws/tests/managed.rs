@@ -8,10 +8,10 @@ mod support;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use opsy_api::AmiFilter;
+use opsy_api::{AmiFilter, ami_refresher::AcceptFrom};
 use opsy_aws::{
     ImageQuery,
-    managed::{BuildFacts, BuildIdentity, adoption_tags},
+    managed::{BuildFacts, BuildIdentity, Scope, adoption_tags},
 };
 use opsy_testkit::{
     Fixture, Moto,
@@ -20,6 +20,15 @@ use opsy_testkit::{
 use support::{REGION, clients};
 
 const DAY: Duration = Duration::from_secs(86_400);
+const CLUSTER: &str = "prod-east";
+
+/// An AMIRefresher of [`CLUSTER`] that accepts nothing else.
+fn scope() -> Scope<'static> {
+    Scope {
+        cluster_name: CLUSTER,
+        accept_from: &[],
+    }
+}
 
 fn identity() -> BuildIdentity {
     BuildIdentity {
@@ -219,7 +228,7 @@ async fn target_selection_by_id_requires_an_active_unexpired_ami() {
         .await
         .unwrap();
     let chosen = aws
-        .select_target(Some(&fresh), None, DAY, now)
+        .select_target(Some(&fresh), None, scope(), DAY, now)
         .await
         .unwrap()
         .chosen
@@ -228,7 +237,7 @@ async fn target_selection_by_id_requires_an_active_unexpired_ami() {
 
     // A public EKS image carries no status tag.
     let public = aws
-        .select_target(Some(ids::AL2023_130_OCT), None, DAY, now)
+        .select_target(Some(ids::AL2023_130_OCT), None, scope(), DAY, now)
         .await
         .unwrap();
     assert!(public.chosen.is_none());
@@ -239,7 +248,7 @@ async fn target_selection_by_id_requires_an_active_unexpired_ami() {
     );
 
     let missing = aws
-        .select_target(Some("ami-0123456789abcdef0"), None, DAY, now)
+        .select_target(Some("ami-0123456789abcdef0"), None, scope(), DAY, now)
         .await
         .unwrap();
     assert_eq!(missing.explain(), "no image matched");
@@ -257,6 +266,7 @@ async fn target_selection_by_filters_includes_managed_amis_built_from_the_matche
             "hardened-from-oct",
             &[
                 ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", CLUSTER),
                 ("status", "active"),
                 ("base-ami", ids::AL2023_130_OCT),
                 ("create-timestamp", created.as_str()),
@@ -286,7 +296,7 @@ async fn target_selection_by_filters_includes_managed_amis_built_from_the_matche
         },
     ];
     let selection = aws
-        .select_target(None, Some(&filters), DAY, now)
+        .select_target(None, Some(&filters), scope(), DAY, now)
         .await
         .unwrap();
     assert_eq!(selection.chosen.as_ref().unwrap().image.id, derived);
@@ -453,4 +463,105 @@ async fn builds_finishing_together_keep_the_cached_answer_current_without_re_rea
     let for_a = aws.managed_images(&a, 7 * DAY, now()).await.unwrap();
     assert_eq!(aws.calls.count("ec2", "DescribeImages"), before + 1);
     assert!(for_a.candidates.iter().any(|c| c.image.id == unseen));
+}
+
+#[tokio::test]
+async fn another_clusters_ami_is_passed_over_unless_accepted() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    let now = Timestamp::now();
+    let older = now
+        .checked_sub(jiff::SignedDuration::from_hours(1))
+        .unwrap()
+        .to_string();
+    let newer = now.to_string();
+    let managed = |cluster: &'static str, by: &'static str, created: String| {
+        vec![
+            ("brought-to-you-by", "opsy-the-ami-operator".to_owned()),
+            ("cluster-name", cluster.to_owned()),
+            ("created-by", by.to_owned()),
+            (
+                "packer-repo",
+                "https://github.com/example-org/gpu-images".to_owned(),
+            ),
+            ("status", "active".to_owned()),
+            ("base-ami", ids::AL2023_130_OCT.to_owned()),
+            ("create-timestamp", created),
+        ]
+    };
+    let register = |name: &'static str, tags: Vec<(&'static str, String)>| {
+        let fixture = &fixture;
+        async move {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fixture.register_image(name, &tags).await.unwrap()
+        }
+    };
+    let ours = register("ours", managed(CLUSTER, "pb-prod", older)).await;
+    let theirs = register("theirs", managed("staging-gpu", "pb-gpu", newer)).await;
+    let filters = [
+        AmiFilter {
+            name: "name".into(),
+            values: vec!["amazon-eks-node-al2023-x86_64-standard-1.30*".into()],
+        },
+        AmiFilter {
+            name: "owner-id".into(),
+            values: vec![EKS_OWNER.into()],
+        },
+    ];
+
+    let selection = aws
+        .select_target(None, Some(&filters), scope(), DAY, now)
+        .await
+        .unwrap();
+    assert_eq!(selection.chosen.as_ref().unwrap().image.id, ours);
+    let passed: Vec<&str> = selection
+        .passed_over()
+        .map(|c| c.image.id.as_str())
+        .collect();
+    assert_eq!(passed, [theirs.as_str()]);
+    let why = selection.passed_over().next().unwrap().describe();
+    assert!(
+        why.contains("built for cluster staging-gpu by PackerBuilder pb-gpu")
+            && why.contains("add {clusterName: staging-gpu} to spec.acceptFrom"),
+        "{why}"
+    );
+
+    // Accepted by cluster, or by PackerBuilder and repository together.
+    let by_cluster = [AcceptFrom {
+        cluster_name: Some("staging-gpu".into()),
+        ..AcceptFrom::default()
+    }];
+    let by_builder = [AcceptFrom {
+        packer_builder: Some("pb-gpu".into()),
+        repository: Some("https://github.com/example-org/gpu-images".into()),
+        ..AcceptFrom::default()
+    }];
+    let wrong_repo = [AcceptFrom {
+        packer_builder: Some("pb-gpu".into()),
+        repository: Some("https://github.com/example-org/other".into()),
+        ..AcceptFrom::default()
+    }];
+    for (accept, chosen) in [
+        (&by_cluster[..], &theirs),
+        (&by_builder[..], &theirs),
+        (&wrong_repo[..], &ours),
+    ] {
+        let scope = Scope {
+            cluster_name: CLUSTER,
+            accept_from: accept,
+        };
+        let selection = aws
+            .select_target(None, Some(&filters), scope, DAY, now)
+            .await
+            .unwrap();
+        assert_eq!(&selection.chosen.unwrap().image.id, chosen, "{accept:?}");
+    }
+
+    // An explicit AMI id is the user's choice: not scoped.
+    let explicit = aws
+        .select_target(Some(&theirs), None, scope(), DAY, now)
+        .await
+        .unwrap();
+    assert_eq!(explicit.chosen.unwrap().image.id, theirs);
 }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     runtime::events::{Recorder, Reporter},
 };
 use opsy_api::{
@@ -263,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
     let pb: PackerBuilder = with_namespace(serde_saphyr::from_str(UPSTREAM_PB)?);
     let amr: AMIRefresher = with_namespace(serde_saphyr::from_str(UPSTREAM_AMR)?);
     let cluster = amr.spec.cluster_name.clone();
+    let builder_cluster = pb.spec.cluster_name.clone();
     let keep = std::env::args().skip(1).any(|a| a == "--keep");
     let control_plane = ControlPlane::start().context("starting the Kubernetes control plane")?;
     let client = control_plane.client().await?;
@@ -350,6 +351,30 @@ async fn main() -> anyhow::Result<()> {
             .map(|c| c.message.clone())
             .unwrap_or_default()
     ));
+
+    sandbox.step(&format!(
+        "AMIRefresher: {first} was built for cluster {builder_cluster}, not {cluster}: passed over"
+    ));
+    let amr = sandbox.reconcile_refresher().await?;
+    let status = amr.status.unwrap_or_default();
+    detail(
+        opsy_api::conditions::find(&status.conditions, opsy_api::conditions::DEGRADED)
+            .map(|c| c.message.as_str())
+            .unwrap_or("(no condition)"),
+    );
+    sandbox.step(&format!(
+        "The one-line change that accepts it: spec.acceptFrom: [{{clusterName: {builder_cluster}}}]"
+    ));
+    Api::<AMIRefresher>::namespaced(sandbox.client.clone(), NAMESPACE)
+        .patch(
+            "node-group-ami-refresh",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": {"acceptFrom": [{"clusterName": builder_cluster}]}
+            })),
+        )
+        .await
+        .context("accepting the builder's cluster")?;
 
     sandbox.step(&format!(
         "AMIRefresher: roll {first} out, one group at a time"

@@ -272,6 +272,11 @@ impl ControlPlane {
                 "--controllers=job-controller,garbage-collector-controller,\
                  ttl-after-finished-controller,namespace-controller"
                     .into(),
+                // The defaults (20 requests/s, 5 Job workers) suit a real cluster's shared API
+                // server; the benchmarks create a thousand Jobs at once.
+                "--kube-api-qps=500".into(),
+                "--kube-api-burst=1000".into(),
+                "--concurrent-job-syncs=50".into(),
             ],
         )?;
         plane.lock().controller_manager = Some(controller_manager);
