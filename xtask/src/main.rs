@@ -69,7 +69,8 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Crds { check } => crds::run(&root, check),
         Task::Charts { write } => {
-            moto::setup(&root)?;
+            // kubernetes-validate from .venv/, helm from the control plane's build.
+            setup(&root)?;
             charts::check(&root, write)
         }
         Task::Setup => setup(&root),
