@@ -331,6 +331,10 @@ pub struct JobSettings {
     /// How long a finished Job (and its logs) is kept, e.g. `1d`.
     #[serde(default = "default_ttl_after_finished")]
     pub ttl_after_finished: Duration,
+    /// How long a stopped build (deadline, eviction, deletion) has to let Packer remove the
+    /// instance, key pair and security group it created, e.g. `10m`.
+    #[serde(default = "default_termination_grace_period")]
+    pub termination_grace_period: Duration,
     /// Resources of the Packer container. Defaults: requests 250m CPU / 256Mi, limit 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -347,6 +351,7 @@ impl Default for JobSettings {
         Self {
             deadline: default_build_deadline(),
             ttl_after_finished: default_ttl_after_finished(),
+            termination_grace_period: default_termination_grace_period(),
             resources: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
@@ -356,6 +361,10 @@ impl Default for JobSettings {
 
 fn default_build_deadline() -> Duration {
     Duration::literal("2h", 2 * 3600)
+}
+
+fn default_termination_grace_period() -> Duration {
+    Duration::literal("10m", 600)
 }
 
 fn default_ttl_after_finished() -> Duration {

@@ -20,12 +20,30 @@ use sha2::{Digest, Sha256};
 
 use crate::commands::{Step, display};
 
-/// The build container copies Packer's artifact lines into its termination message. The
-/// script is fixed; Packer's arguments arrive as `"$@"`, so no user string is ever parsed by
-/// the shell.
-pub const BUILD_SCRIPT: &str = r#"{ packer "$@" 2>&1; echo $? > /tmp/packer.rc; } | tee /tmp/packer.out
-grep ',artifact,' /tmp/packer.out | grep ',id,' | tail -n 20 > /dev/termination-log || true
-exit "$(cat /tmp/packer.rc)""#;
+/// The build container runs Packer in the background with its output through `tee` (to the
+/// log and a file), passes SIGTERM and SIGINT on to it and waits for it: Packer removes the
+/// instance, key pair and security group it created when signalled, within the pod's
+/// termination grace period. Then it copies Packer's artifact lines into the termination
+/// message and exits with Packer's status. The script is fixed; Packer's arguments arrive as
+/// `"$@"`, so no user string is ever parsed by the shell. (`OPSY_BUILD_DIR` and
+/// `OPSY_TERMINATION_LOG` exist for its tests.)
+pub const BUILD_SCRIPT: &str = r#"dir=${OPSY_BUILD_DIR:-/tmp}
+log=${OPSY_TERMINATION_LOG:-/dev/termination-log}
+rm -f "$dir/packer.fifo" && mkfifo "$dir/packer.fifo" || exit 1
+tee "$dir/packer.out" < "$dir/packer.fifo" &
+tee_pid=$!
+packer "$@" > "$dir/packer.fifo" 2>&1 &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null' TERM
+trap 'kill -INT "$pid" 2>/dev/null' INT
+while :; do
+  wait "$pid"
+  rc=$?
+  kill -0 "$pid" 2>/dev/null || break
+done
+wait "$tee_pid"
+grep ',artifact,' "$dir/packer.out" | grep ',id,' | tail -n 20 > "$log" || true
+exit "$rc""#;
 
 /// UID and GID the build pod runs as.
 const RUN_AS: i64 = 65532;
@@ -155,6 +173,11 @@ pub fn build_job(pb: &PackerBuilder, request: &JobRequest) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    // Time for Packer to remove what it created when the pod is stopped (the
+                    // deadline, an eviction, the PackerBuilder's deletion).
+                    termination_grace_period_seconds: Some(secs(
+                        spec.builder.job.termination_grace_period.as_std(),
+                    )),
                     service_account_name: spec.builder.job_service_account_name.clone(),
                     init_containers: Some(init_containers),
                     containers: build.into_iter().collect(),
