@@ -13,13 +13,13 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use k8s_openapi::{
     ByteString,
     api::{
-        core::v1::{Namespace, Secret},
+        core::v1::{Namespace, Pod, Secret},
         rbac::v1::{ClusterRole, Role},
     },
 };
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use opsy_api::{AMIRefresher, PackerBuilder};
 use opsy_runtime::{
@@ -192,6 +192,36 @@ async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
     builders.create(&PostParams::default(), &pb).await.unwrap();
     let poll = Duration::from_secs(1);
     let builder = start_with(builder_client, &moto, Kind::Builder, poll);
+    let first = support::build_started(&builders, "pb").await;
+    // The first build's pod cannot start: the operator gives up on it, deletes its Job and
+    // builds again.
+    let pod = kubelet::build_pods(&admin, &ns.name, &first)
+        .await
+        .unwrap()
+        .remove(0);
+    let stuck = serde_json::json!({"status": {"initContainerStatuses": [{
+        "name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.2", "imageID": "",
+        "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"git\" not found"}},
+    }]}});
+    Api::<Pod>::namespaced(admin.clone(), &ns.name)
+        .patch_status(
+            &pod.metadata.name.clone().unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(stuck),
+        )
+        .await
+        .unwrap();
+    support::wait_for("a second build", 60, || async {
+        builders
+            .get("pb")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.job_name)
+            .is_some_and(|j| j != first)
+    })
+    .await;
     let job = support::build_started(&builders, "pb").await;
     let built = fixture
         .register_image("al2023-hardened-1", &[])

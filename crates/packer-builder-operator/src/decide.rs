@@ -102,6 +102,9 @@ pub enum Decision {
         job_id: String,
         /// Why.
         reason: String,
+        /// The Job has not ended (its pod cannot start): it is deleted, so that it cannot run
+        /// beside the next build once the cause clears.
+        abandon: bool,
     },
     /// Start a build.
     Build {
@@ -152,13 +155,21 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
                             "the build succeeded but reported no AMI in {} (no `artifact,0,id` line in its output)",
                             observed.region
                         ),
+                        abandon: false,
                     },
                 }
             }
-            JobState::Failed { reason } | JobState::Stuck { reason } => Decision::Fail {
+            JobState::Failed { reason } => Decision::Fail {
                 job: job.name.clone(),
                 job_id: job.job_id.clone(),
                 reason: reason.clone(),
+                abandon: false,
+            },
+            JobState::Stuck { reason } => Decision::Fail {
+                job: job.name.clone(),
+                job_id: job.job_id.clone(),
+                reason: reason.clone(),
+                abandon: true,
             },
         };
     }
@@ -167,6 +178,7 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
             job: name.to_owned(),
             job_id: String::new(),
             reason: format!("Job {name} was deleted before it finished"),
+            abandon: false,
         };
     }
     if observed.has_filters && observed.base.is_none() {

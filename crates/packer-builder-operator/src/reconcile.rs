@@ -11,7 +11,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     runtime::{
         controller::Action,
         events::EventType,
@@ -214,6 +214,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         &jobs,
         &Api::namespaced(ctx.client.clone(), &namespace),
         &status,
+        now,
     )
     .await?;
     let recorded_running = match (
@@ -295,7 +296,17 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             job,
             job_id,
             reason,
+            abandon,
         } => {
+            if abandon {
+                // Given up on: deleted with its Pods before another build can start, so that
+                // it never runs beside that build once its cause clears.
+                match jobs.delete(&job, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             status.failed_job_count += 1;
             status.job_status = Some("failed".into());
             status.last_run_status = Some("failed".into());
@@ -577,6 +588,7 @@ async fn open_job(
     jobs: &Api<Job>,
     pods: &Api<Pod>,
     status: &PackerBuilderStatus,
+    now: Timestamp,
 ) -> Result<Option<OpenJob>, Error> {
     let selector = format!("{}={}", labels::PACKER_BUILDER, pb.name_any());
     let list = jobs.list(&ListParams::default().labels(&selector)).await?;
@@ -609,7 +621,7 @@ async fn open_job(
             .cloned()
             .unwrap_or_default(),
         base_ami: job.annotations().get("ami.refresh.ops/base-ami").cloned(),
-        state: observe(&job, &pods),
+        state: observe(&job, &pods, now),
         name,
     }))
 }

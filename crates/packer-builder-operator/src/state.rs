@@ -5,6 +5,13 @@ use k8s_openapi::api::{
     core::v1::{ContainerStatus, Pod},
 };
 
+/// How long an image pull may keep failing before the build counts as failed: registries
+/// throttle and recover.
+pub const IMAGE_PULL_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Image pull failures, which get [`IMAGE_PULL_GRACE`].
+const PULL_REASONS: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
+
 /// Waiting reasons that never resolve without a person: the pod will not start.
 const STUCK_REASONS: [&str; 6] = [
     "ErrImagePull",
@@ -64,7 +71,7 @@ fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
 }
 
 /// Reads the state of `job` from its status and its pods.
-pub fn observe(job: &Job, pods: &[Pod]) -> JobState {
+pub fn observe(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> JobState {
     if condition(job, "Complete").is_some() || condition(job, "SuccessCriteriaMet").is_some() {
         let output = pods
             .iter()
@@ -110,19 +117,34 @@ pub fn observe(job: &Job, pods: &[Pod]) -> JobState {
         };
         return JobState::Failed { reason };
     }
-    for status in pods.iter().flat_map(statuses) {
-        let Some(waiting) = status.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let reason = waiting.reason.as_deref().unwrap_or_default();
-        if STUCK_REASONS.contains(&reason) {
-            return JobState::Stuck {
-                reason: format!(
-                    "container {} cannot start: {reason}: {}",
-                    status.name,
-                    waiting.message.as_deref().unwrap_or("no details")
-                ),
+    for pod in pods {
+        // A pod whose image pull fails is given time; it is judged from its creation.
+        let young = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| {
+                let grace = jiff::SignedDuration::try_from(IMAGE_PULL_GRACE).ok()?;
+                t.0.checked_add(grace).ok()
+            })
+            .is_some_and(|until| now < until);
+        for status in statuses(pod) {
+            let Some(waiting) = status.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                continue;
             };
+            let reason = waiting.reason.as_deref().unwrap_or_default();
+            if PULL_REASONS.contains(&reason) && young {
+                continue;
+            }
+            if STUCK_REASONS.contains(&reason) {
+                return JobState::Stuck {
+                    reason: format!(
+                        "container {} cannot start: {reason}: {}",
+                        status.name,
+                        waiting.message.as_deref().unwrap_or("no details")
+                    ),
+                };
+            }
         }
     }
     JobState::Running
@@ -184,7 +206,7 @@ mod tests {
 
     #[test]
     fn states() {
-        assert_eq!(observe(&job(None), &[]), JobState::Running);
+        assert_eq!(observe(&job(None), &[], t(0)), JobState::Running);
         assert_eq!(
             observe(
                 &job(Some(("Complete", ""))),
@@ -192,7 +214,8 @@ mod tests {
                     "packer-build",
                     terminated(0, "1,a,artifact,0,id,us-west-2:ami-01234567"),
                     false
-                )]
+                )],
+                t(0)
             ),
             JobState::Succeeded {
                 output: "1,a,artifact,0,id,us-west-2:ami-01234567".into()
@@ -205,14 +228,15 @@ mod tests {
                     "packer-validate",
                     terminated(1, "Error: missing variable\nvar ami_id"),
                     true
-                )]
+                )],
+                t(0)
             ),
             JobState::Failed {
                 reason: "container packer-validate exited with code 1: var ami_id".into()
             }
         );
         assert!(matches!(
-            observe(&job(Some(("Failed", "DeadlineExceeded"))), &[]),
+            observe(&job(Some(("Failed", "DeadlineExceeded"))), &[], t(0)),
             JobState::Failed { reason } if reason.contains("spec.builder.job.deadline")
         ));
         let waiting = ContainerState {
@@ -223,10 +247,37 @@ mod tests {
             ..ContainerState::default()
         };
         assert_eq!(
-            observe(&job(None), &[pod("git-sync", waiting, true)]),
+            observe(&job(None), &[pod("git-sync", waiting, true)], t(0)),
             JobState::Stuck {
                 reason: "container git-sync cannot start: CreateContainerConfigError: secret \"git-sync\" not found".into()
             }
         );
+    }
+
+    fn t(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn an_image_pull_error_gets_a_grace_period() {
+        let backoff = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ImagePullBackOff".into()),
+                message: Some("Back-off pulling image".into()),
+            }),
+            ..ContainerState::default()
+        };
+        let mut stuck = pod("packer-build", backoff, false);
+        stuck.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(0)));
+        let grace = i64::try_from(IMAGE_PULL_GRACE.as_secs()).unwrap();
+        assert_eq!(
+            observe(&job(None), std::slice::from_ref(&stuck), t(grace - 1)),
+            JobState::Running
+        );
+        assert!(matches!(
+            observe(&job(None), &[stuck], t(grace)),
+            JobState::Stuck { reason } if reason.contains("ImagePullBackOff")
+        ));
     }
 }

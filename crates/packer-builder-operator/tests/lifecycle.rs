@@ -528,6 +528,13 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
         )
     );
     assert!(world.events().await.contains(&"BuildFailed".to_owned()));
+    // Given up on, the Job is gone before the next build starts: it cannot run beside it once
+    // the Secret appears.
+    let abandoned = world.jobs().get_opt(&job).await.unwrap();
+    assert!(
+        abandoned.is_none_or(|j| j.metadata.deletion_timestamp.is_some()),
+        "the abandoned Job is deleted"
+    );
 
     // The next attempt's Job is deleted by someone before it finishes.
     world.reconcile().await;
@@ -545,6 +552,52 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
         status.last_run_message.as_deref(),
         Some(format!("Job {second} was deleted before it finished").as_str())
     );
+}
+
+#[tokio::test]
+async fn an_image_pull_error_is_given_time_before_the_build_counts_as_failed() {
+    let mut world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.now = Timestamp::now();
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
+    let pod = kubelet::build_pods(&world.client, &world.ns.name, &job)
+        .await
+        .unwrap()
+        .remove(0);
+    let pulling = serde_json::json!({"status": {"containerStatuses": [{
+        "name": "packer-build", "image": "hashicorp/packer:1.11", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+    }]}});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(pulling),
+    )
+    .await
+    .unwrap();
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.failed_job_count, 0, "still within the grace period");
+    assert_eq!(status.job_status.as_deref(), Some("running"));
+    assert!(world.jobs().get_opt(&job).await.unwrap().is_some());
+
+    world.now = Timestamp::now()
+        + jiff::SignedDuration::try_from(packer_builder_operator::state::IMAGE_PULL_GRACE).unwrap();
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.failed_job_count, 1);
+    assert!(
+        status
+            .last_run_message
+            .as_deref()
+            .unwrap()
+            .contains("ImagePullBackOff"),
+        "{status:?}"
+    );
+    let abandoned = world.jobs().get_opt(&job).await.unwrap();
+    assert!(abandoned.is_none_or(|j| j.metadata.deletion_timestamp.is_some()));
 }
 
 #[tokio::test]
