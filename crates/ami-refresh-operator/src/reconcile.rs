@@ -114,7 +114,10 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let mut status = amr.status.clone().unwrap_or_default();
     let spec_changed =
         status.observed_generation.is_some() && status.observed_generation != generation;
-    let timer = spec.effective_controller_timer().as_std();
+    let timer = spec
+        .effective_controller_timer()
+        .as_std()
+        .max(opsy_api::packer_builder::MIN_CONTROLLER_TIMER);
 
     // 1. Target.
     let selection = aws

@@ -181,8 +181,9 @@ pub struct RefresherTimeOuts {
     /// How long after its creation an AMI stays eligible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<Duration>,
-    /// How often node groups are re-checked (and drift corrected), e.g. `5m`.
+    /// How often node groups are re-checked (and drift corrected), e.g. `5m`; at least `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::packer_builder::controller_timer_rule())]
     pub controller_timer: Option<Duration>,
 }
 

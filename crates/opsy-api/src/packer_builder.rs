@@ -125,8 +125,10 @@ pub struct TimeOuts {
     /// minutes; months are `M` or `months`.
     #[serde(default = "default_expires_in")]
     pub expires_in: Duration,
-    /// How often the base AMI and the managed AMIs are re-checked, e.g. `5m`, `1h`.
+    /// How often the base AMI and the managed AMIs are re-checked, e.g. `5m`, `1h`; at least
+    /// `30s`.
     #[serde(default = "default_controller_timer")]
+    #[x_kube(validation = controller_timer_rule())]
     pub controller_timer: Duration,
 }
 
@@ -192,16 +194,19 @@ fn default_git_sync_name() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Builder {
-    /// Git URL of the repository holding the Packer project (`https://…` or `git@…`).
+    /// Git URL of the repository holding the Packer project: `https://…`, `ssh://…` or
+    /// `git@…`, never with credentials in it (they go in the Secret `secret` names).
     #[serde(rename = "repoURL")]
     #[schemars(
         length(min = 1, max = 2048),
-        regex(pattern = r"^(https://|http://|ssh://|git@|file://)\S+$")
+        regex(pattern = r"^(https://|ssh://|git@)\S+$")
     )]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^https://[^/]*@')").message("repoURL must not carry credentials (user:token@host): they would show in Job arguments, AMI tags and Events; put them in the Secret named by builder.secret"))]
     pub repo_url: String,
     /// Branch (or tag) to build from.
     #[serde(default = "default_branch")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s~^:?*\[\\]+$"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.startsWith('-')").message("must not start with '-': git would read it as an option"))]
     pub branch: String,
     /// Directory of the Packer project inside the repository (relative, no `..`).
     #[serde(default = "default_dir")]
@@ -252,6 +257,19 @@ fn default_packer_image() -> String {
 }
 
 /// CEL rule: a relative path inside the repository.
+/// The shortest re-check interval the operators use, whatever `controllerTimer` says.
+pub const MIN_CONTROLLER_TIMER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `controllerTimer` is at least 30 seconds: a shorter timer re-reads AWS in a hot loop. The
+/// rule refuses sub-second terms and a single seconds term under 30 (what people write); the
+/// operator also never waits less than 30 seconds.
+pub(crate) fn controller_timer_rule() -> kube::core::Rule {
+    kube::core::Rule::new(
+        r#"!self.matches('^\\s*([0-9]{1,10}\\s*(nanoseconds|nanosecond|nsec|ns|microseconds|microsecond|usec|us|milliseconds|millisecond|msec|ms)\\s*)+$') && (!self.matches('^\\s*[0-9]{1,10}\\s*(seconds|second|secs|sec|s)\\s*$') || int(self.find('[0-9]+')) >= 30)"#,
+    )
+    .message("controllerTimer must be at least 30s: a shorter timer re-reads AWS in a hot loop")
+}
+
 fn relative_path_rule() -> kube::core::Rule {
     kube::core::Rule::new("!self.startsWith('/') && !self.split('/').exists(s, s == '..')")
         .message("must be a relative path inside the repository, without '..'")
@@ -288,6 +306,7 @@ pub enum OnError {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.onError) || self.subCommand == 'build'").message("onError applies only to subCommand build"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.args) || !self.args.exists(a, a == '-debug' || a == '--debug' || a.startsWith('-on-error') || a.startsWith('--on-error'))").message("args must not carry -debug or -on-error: in a Job nobody answers Packer's prompts; use the debug and onError fields"))]
 pub struct Command {
     /// `init`, `validate` or `build`.
     pub sub_command: SubCommand,

@@ -1,6 +1,6 @@
 //! Steady state is quiet: a PackerBuilder whose AMI is active and an AMIRefresher whose groups
 //! all run the target, with both controllers running and their watches open for 60 s, reconcile
-//! only when their `controllerTimer` (20 s here) asks, and make no AWS call and no API write
+//! only when their `controllerTimer` (30 s here, the shortest the CRDs accept) asks, and make no AWS call and no API write
 //! beyond what those reconciles need. In particular, an operator's own status write must not
 //! come back through its watch as another reconcile. Counted from the operators' reconcile
 //! and AWS call counters and the API server's audit log.
@@ -20,7 +20,7 @@ use support::{CLUSTER, Kind, REGION, counts, start, writes_by};
 /// How long the operators are watched once they have settled.
 const QUIET: Duration = Duration::from_secs(60);
 /// Both objects' `controllerTimer`.
-const TIMER_SECS: u64 = 20;
+const TIMER_SECS: u64 = 30;
 
 #[tokio::test]
 async fn both_operators_are_quiet_in_steady_state() {

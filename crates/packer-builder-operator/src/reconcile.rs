@@ -251,7 +251,12 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         created: b.creation_date.map(time),
         expires: None,
     });
-    let timer = pb.spec.time_outs.controller_timer.as_std();
+    let timer = pb
+        .spec
+        .time_outs
+        .controller_timer
+        .as_std()
+        .max(opsy_api::packer_builder::MIN_CONTROLLER_TIMER);
 
     let mut requeue = timer;
     let mut notification: Option<(String, Message)> = None;
