@@ -831,18 +831,8 @@ async fn start_version_update(
                 UpdateType::VersionUpdate,
                 format!("moving to {target} (launch template version {version})"),
             );
-            let message = format!(
-                "{}: moving to {target} with launch template {template_id} version {version}",
-                entry.name
-            );
-            event(
-                ctx,
-                amr,
-                EventType::Normal,
-                "NodeGroupUpdateStarted",
-                &message,
-            )
-            .await;
+            let version = version.to_string();
+            update_started(ctx, amr, &entry.name, &target, &template_id, &version).await;
             Ok(())
         }
         // Someone else's update got in first: try again on the next poll.
@@ -1045,11 +1035,22 @@ async fn start(
             }
         }
     }
-    let message = format!(
-        "{}: moving to {target} with launch template {template_id} version {}",
-        group.name,
-        entry.to_version.as_deref().unwrap_or_default()
-    );
+    let version = entry.to_version.as_deref().unwrap_or_default();
+    update_started(ctx, amr, &group.name, target, template_id, version).await;
+    Ok(())
+}
+
+/// The Normal Event of a started update.
+async fn update_started(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    group: &str,
+    target: &str,
+    template_id: &str,
+    version: &str,
+) {
+    let message =
+        format!("{group}: moving to {target} with launch template {template_id} version {version}");
     event(
         ctx,
         amr,
@@ -1058,7 +1059,6 @@ async fn start(
         &message,
     )
     .await;
-    Ok(())
 }
 
 fn set(

@@ -196,90 +196,20 @@ impl World {
 
     /// Every EKS update of managed group `name`, oldest first: (type, params, status).
     async fn updates(&self, name: &str) -> Vec<(String, BTreeMap<String, String>, String)> {
-        let ids = self
-            .fixture
-            .eks
-            .list_updates()
-            .name(CLUSTER)
-            .nodegroup_name(name)
-            .send()
+        self.fixture
+            .nodegroup_updates(CLUSTER, name)
             .await
             .unwrap()
-            .update_ids
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        for id in ids {
-            let update = self
-                .fixture
-                .eks
-                .describe_update()
-                .name(CLUSTER)
-                .nodegroup_name(name)
-                .update_id(id)
-                .send()
-                .await
-                .unwrap()
-                .update
-                .unwrap();
-            let params = update
-                .params
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| {
-                    (
-                        p.r#type.unwrap().as_str().to_owned(),
-                        p.value.unwrap_or_default(),
-                    )
-                })
-                .collect();
-            out.push((
-                update.r#type.unwrap().as_str().to_owned(),
-                params,
-                update.status.unwrap().as_str().to_owned(),
-            ));
-        }
-        out
+            .into_iter()
+            .map(|u| (u.kind, u.params, u.status))
+            .collect()
     }
 
     /// The launch template version of Auto Scaling group `name` and, per instance, the version
     /// it was launched from and the image it runs (sorted).
     async fn asg(&self, name: &str) -> (String, Vec<(String, String)>) {
-        let group = self
-            .fixture
-            .autoscaling
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(name)
-            .send()
-            .await
-            .unwrap()
-            .auto_scaling_groups
-            .unwrap()
-            .remove(0);
-        let version = group.launch_template.unwrap().version.unwrap();
-        let mut instances = Vec::new();
-        for instance in group.instances.unwrap_or_default() {
-            let id = instance.instance_id.unwrap();
-            let image = self
-                .fixture
-                .ec2
-                .describe_instances()
-                .instance_ids(&id)
-                .send()
-                .await
-                .unwrap()
-                .reservations
-                .unwrap()[0]
-                .instances
-                .as_ref()
-                .unwrap()[0]
-                .image_id
-                .clone()
-                .unwrap();
-            let from = instance.launch_template.unwrap().version.unwrap();
-            instances.push((from, image));
-        }
-        instances.sort();
-        (version, instances)
+        let group = self.fixture.auto_scaling_group(name).await.unwrap();
+        (group.version, group.instances)
     }
 
     /// Reconciles until no group is Updating (at most `limit` times).

@@ -13,13 +13,13 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 use k8s_openapi::{
     ByteString,
     api::{
-        core::v1::{Namespace, Pod, Secret},
+        core::v1::{Namespace, Secret},
         rbac::v1::{ClusterRole, Role},
     },
 };
 use kube::{
     Api,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ObjectMeta, PostParams},
 };
 use opsy_api::{AMIRefresher, PackerBuilder};
 use opsy_runtime::{
@@ -199,19 +199,17 @@ async fn the_operators_need_every_rule_their_charts_grant_and_no_other() {
         .await
         .unwrap()
         .remove(0);
-    let stuck = serde_json::json!({"status": {"initContainerStatuses": [{
-        "name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.2", "imageID": "",
-        "ready": false, "restartCount": 0,
-        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"git\" not found"}},
-    }]}});
-    Api::<Pod>::namespaced(admin.clone(), &ns.name)
-        .patch_status(
-            &pod.metadata.name.clone().unwrap(),
-            &PatchParams::default(),
-            &Patch::Merge(stuck),
-        )
-        .await
-        .unwrap();
+    kubelet::container_waiting(
+        &admin,
+        &ns.name,
+        &pod.metadata.name.clone().unwrap(),
+        "git-sync",
+        true,
+        "CreateContainerConfigError",
+        "secret \"git\" not found",
+    )
+    .await
+    .unwrap();
     support::wait_for("a second build", 60, || async {
         builders
             .get("pb")

@@ -43,77 +43,16 @@ async fn entries(refreshers: &Api<AMIRefresher>) -> BTreeMap<String, NodeGroupSt
         .collect()
 }
 
-/// Each EKS update of managed group `name`: (id, type, status).
-async fn eks_updates(fixture: &Fixture, name: &str) -> Vec<(String, String, String)> {
-    let ids = fixture
-        .eks
-        .list_updates()
-        .name(CLUSTER)
-        .nodegroup_name(name)
-        .send()
-        .await
-        .unwrap()
-        .update_ids
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for id in ids {
-        let update = fixture
-            .eks
-            .describe_update()
-            .name(CLUSTER)
-            .nodegroup_name(name)
-            .update_id(&id)
-            .send()
-            .await
-            .unwrap()
-            .update
-            .unwrap();
-        out.push((
-            id,
-            update.r#type.unwrap().as_str().to_owned(),
-            update.status.unwrap().as_str().to_owned(),
-        ));
-    }
-    out
-}
-
 /// The launch template version of Auto Scaling group `name` and the images its instances run.
 async fn asg(fixture: &Fixture, name: &str) -> (String, Vec<String>) {
-    let group = fixture
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(name)
-        .send()
-        .await
-        .unwrap()
-        .auto_scaling_groups
-        .unwrap()
-        .remove(0);
-    let ids: Vec<String> = group
+    let group = fixture.auto_scaling_group(name).await.unwrap();
+    let mut images: Vec<String> = group
         .instances
-        .unwrap_or_default()
         .into_iter()
-        .map(|i| i.instance_id.unwrap())
+        .map(|(_, image)| image)
         .collect();
-    let mut images = Vec::new();
-    if !ids.is_empty() {
-        let reservations = fixture
-            .ec2
-            .describe_instances()
-            .set_instance_ids(Some(ids))
-            .send()
-            .await
-            .unwrap()
-            .reservations
-            .unwrap_or_default();
-        for reservation in reservations {
-            for instance in reservation.instances.unwrap_or_default() {
-                images.push(instance.image_id.unwrap());
-            }
-        }
-    }
     images.sort();
-    (group.launch_template.unwrap().version.unwrap(), images)
+    (group.version, images)
 }
 
 /// The Auto Scaling group EKS runs managed group `name`'s nodes in.
@@ -242,8 +181,8 @@ async fn a_whole_cluster_rolls_out_through_failures_and_a_restart_and_aws_agrees
     // the group's version and its nodes' image as status says.
     for name in MANAGED {
         let entry = &entries[name];
-        let updates = eks_updates(&fixture, name).await;
-        let kinds: Vec<&str> = updates.iter().map(|u| u.1.as_str()).collect();
+        let updates = fixture.nodegroup_updates(CLUSTER, name).await.unwrap();
+        let kinds: Vec<&str> = updates.iter().map(|u| u.kind.as_str()).collect();
         assert_eq!(
             kinds,
             ["ConfigUpdate", "VersionUpdate"],
@@ -251,7 +190,7 @@ async fn a_whole_cluster_rolls_out_through_failures_and_a_restart_and_aws_agrees
         );
         assert_eq!(
             entry.update_id.as_deref(),
-            Some(updates[1].0.as_str()),
+            Some(updates[1].id.as_str()),
             "{name}"
         );
         let (version, nodes) = nodes_of(&fixture, name).await;
@@ -263,11 +202,11 @@ async fn a_whole_cluster_rolls_out_through_failures_and_a_restart_and_aws_agrees
             "{name}: no extra version"
         );
         if name == "m3" {
-            assert_eq!(updates[1].2, "Failed");
+            assert_eq!(updates[1].status, "Failed");
             assert_eq!(version, "1", "{name} stays on its version");
             assert_eq!(images, [ids::AL2023_130_SEP; 2], "{name}");
         } else {
-            assert_eq!(updates[1].2, "Successful");
+            assert_eq!(updates[1].status, "Successful");
             assert_eq!(
                 Some(version.as_str()),
                 entry.to_version.as_deref(),

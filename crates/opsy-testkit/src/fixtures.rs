@@ -260,4 +260,122 @@ impl Fixture {
         }
         Ok(id)
     }
+
+    /// Every EKS update of managed node group `group` of `cluster`, as EKS lists them.
+    pub async fn nodegroup_updates(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<UpdateRecord>, FixtureError> {
+        let ids = self
+            .eks
+            .list_updates()
+            .name(cluster)
+            .nodegroup_name(group)
+            .send()
+            .await?
+            .update_ids
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for id in ids {
+            let update = self
+                .eks
+                .describe_update()
+                .name(cluster)
+                .nodegroup_name(group)
+                .update_id(&id)
+                .send()
+                .await?
+                .update
+                .ok_or("DescribeUpdate without an update")?;
+            out.push(UpdateRecord {
+                id,
+                kind: update
+                    .r#type
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
+                params: update
+                    .params
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            p.r#type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                            p.value.unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                status: update
+                    .status
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Auto Scaling group `name`: its launch template version and, per instance (sorted), the
+    /// version it was launched from and the image it runs.
+    pub async fn auto_scaling_group(&self, name: &str) -> Result<GroupNodes, FixtureError> {
+        let group = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await?
+            .auto_scaling_groups
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no Auto Scaling group {name}"))?;
+        let version = group
+            .launch_template
+            .and_then(|t| t.version)
+            .unwrap_or_default();
+        let mut instances = Vec::new();
+        for instance in group.instances.unwrap_or_default() {
+            let id = instance.instance_id.unwrap_or_default();
+            let image = self
+                .ec2
+                .describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await?
+                .reservations
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|r| r.instances.unwrap_or_default())
+                .find_map(|i| i.image_id)
+                .unwrap_or_default();
+            let from = instance
+                .launch_template
+                .and_then(|t| t.version)
+                .unwrap_or_default();
+            instances.push((from, image));
+        }
+        instances.sort();
+        Ok(GroupNodes { version, instances })
+    }
+}
+
+/// One EKS update, as `DescribeUpdate` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRecord {
+    /// Its id.
+    pub id: String,
+    /// `ConfigUpdate`, `VersionUpdate`, ...
+    pub kind: String,
+    /// `(type, value)` of each parameter, as EKS records them.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// `InProgress`, `Successful`, `Failed`, ...
+    pub status: String,
+}
+
+/// An Auto Scaling group's launch template version and its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupNodes {
+    /// The group's launch template version.
+    pub version: String,
+    /// `(launch template version it was launched from, image)` per instance, sorted.
+    pub instances: Vec<(String, String)>,
 }

@@ -56,6 +56,32 @@ pub async fn build_pods(
     }
 }
 
+/// Leaves container `container` of Pod `pod` waiting with `reason` and `message`, as the kubelet
+/// reports a pod that cannot start (`ImagePullBackOff`, `CreateContainerConfigError`, ...).
+pub async fn container_waiting(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    init: bool,
+    reason: &str,
+    message: &str,
+) -> Result<(), KubeletError> {
+    let field = if init {
+        "initContainerStatuses"
+    } else {
+        "containerStatuses"
+    };
+    let status = serde_json::json!({"status": {field: [{
+        "name": container, "image": "placeholder", "imageID": "", "ready": false,
+        "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}},
+    }]}});
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .patch_status(pod, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(())
+}
+
 /// Ends Job `job`: its build Pod terminates with `exit_code` and `message` (what the build
 /// script copies into the termination message), and the Job controller marks the Job
 /// `Complete` (exit code 0) or `Failed`; this returns once it has.

@@ -14,6 +14,6 @@ pub mod process;
 pub mod seed;
 
 pub use control_plane::{ControlPlane, ControlPlaneError, TestNamespace};
-pub use fixtures::{Fixture, NodeGroupSpec};
+pub use fixtures::{Fixture, GroupNodes, NodeGroupSpec, UpdateRecord};
 pub use moto::{ACCESS_KEY_ID, ACCOUNT_ID, Moto, MotoError, MotoOptions, SECRET_ACCESS_KEY};
 pub use seed::SeedAmi;

@@ -507,14 +507,14 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
         .await
         .unwrap()
         .remove(0);
-    let stuck = serde_json::json!({"status": {"initContainerStatuses": [{
-        "name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.2", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"git-sync\" not found"}},
-    }]}});
-    pods.patch_status(
+    kubelet::container_waiting(
+        &world.client,
+        &world.ns.name,
         &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(stuck),
+        "git-sync",
+        true,
+        "CreateContainerConfigError",
+        "secret \"git-sync\" not found",
     )
     .await
     .unwrap();
@@ -566,14 +566,14 @@ async fn an_image_pull_error_is_given_time_before_the_build_counts_as_failed() {
         .await
         .unwrap()
         .remove(0);
-    let pulling = serde_json::json!({"status": {"containerStatuses": [{
-        "name": "packer-build", "image": "hashicorp/packer:1.11", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
-    }]}});
-    pods.patch_status(
+    kubelet::container_waiting(
+        &world.client,
+        &world.ns.name,
         &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(pulling),
+        "packer-build",
+        false,
+        "ImagePullBackOff",
+        "Back-off pulling image",
     )
     .await
     .unwrap();
