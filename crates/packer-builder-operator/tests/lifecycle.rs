@@ -8,10 +8,10 @@
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod, events::v1::Event};
+use k8s_openapi::api::{batch::v1::Job, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, PostParams},
     runtime::events::{Recorder, Reporter},
 };
 use opsy_api::{PackerBuilder, PackerBuilderStatus};
@@ -502,7 +502,6 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
     world.reconcile().await;
     let job = world.status().await.job_name.unwrap();
     // The git credentials Secret does not exist: the pod never starts.
-    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
     let pod = kubelet::build_pods(&world.client, &world.ns.name, &job)
         .await
         .unwrap()
@@ -561,7 +560,6 @@ async fn an_image_pull_error_is_given_time_before_the_build_counts_as_failed() {
     world.now = Timestamp::now();
     world.reconcile().await;
     let job = world.status().await.job_name.unwrap();
-    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
     let pod = kubelet::build_pods(&world.client, &world.ns.name, &job)
         .await
         .unwrap()
