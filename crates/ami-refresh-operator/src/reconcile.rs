@@ -189,23 +189,15 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     //    on its new version).
     let mut previous = status.node_groups.clone();
     let mut finished = Vec::new();
-    for index in 0..previous.len() {
-        let Some(entry) = previous.get_mut(index) else {
-            continue;
-        };
-        if entry.phase != NodeGroupPhase::Updating {
-            continue;
-        }
+    for entry in previous
+        .iter_mut()
+        .filter(|e| e.phase == NodeGroupPhase::Updating)
+    {
         let before = entry.update_id.clone();
         poll(&aws, &amr, &ctx, entry, now).await?;
-        let entry = entry.clone();
         if entry.update_id != before {
-            // A new update started (the version update after the config update): recorded
-            // before anything else can fail.
-            let mut record = status.clone();
-            upsert_group(&mut record.node_groups, entry.clone());
-            amr = Arc::new(write_status(&ctx, &amr, &record).await?);
-            status.node_groups = record.node_groups;
+            // A new update started (the version update after the config update).
+            amr = record_started(&ctx, &amr, &mut status, entry).await?;
         }
         if entry.phase == NodeGroupPhase::Succeeded {
             finished.push(entry.name.clone());
@@ -229,12 +221,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         start(&aws, &amr, &ctx, group, entry, &target_id, now).await?;
         waiting |= entry.phase == NodeGroupPhase::Pending;
         if entry.update_id.is_some() {
-            // Recorded at once: an error or a crash later in this reconcile must not lose an
-            // update that runs on AWS, or the next wave would overlap it.
-            let mut record = status.clone();
-            upsert_group(&mut record.node_groups, entry.clone());
-            amr = Arc::new(write_status(&ctx, &amr, &record).await?);
-            status.node_groups = record.node_groups;
+            amr = record_started(&ctx, &amr, &mut status, entry).await?;
         }
     }
     if new_target && !plan.start.is_empty() {
@@ -481,15 +468,24 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }))
 }
 
-/// Replaces (or adds) the entry of `entry.name` in `groups`.
-fn upsert_group(groups: &mut Vec<NodeGroupStatus>, entry: NodeGroupStatus) {
+/// Writes `entry`, whose update has just started, into the stored status at once: an error or
+/// a crash later in the reconcile must not lose an update that runs on AWS, or the next wave
+/// would overlap it. Returns the object as written (its new `resourceVersion`).
+async fn record_started(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    status: &mut AMIRefresherStatus,
+    entry: &NodeGroupStatus,
+) -> Result<Arc<AMIRefresher>, Error> {
+    let groups = &mut status.node_groups;
     match groups.iter_mut().find(|g| g.name == entry.name) {
-        Some(existing) => *existing = entry,
+        Some(existing) => *existing = entry.clone(),
         None => {
-            groups.push(entry);
+            groups.push(entry.clone());
             groups.sort_by(|a, b| a.name.cmp(&b.name));
         }
     }
+    Ok(Arc::new(write_status(ctx, amr, status).await?))
 }
 
 /// The cluster's managed node groups and (when enabled) self-managed Auto Scaling groups.
@@ -888,7 +884,12 @@ async fn start(
                     } else {
                         UpdateType::VersionUpdate
                     };
-                    entry.to_version = ours.map(|v| v.to_string());
+                    // The version update follows the config update: it needs its version.
+                    let to_version = match ours {
+                        Some(v) => v,
+                        None => target_version(aws, template_id, *version, target).await?,
+                    };
+                    entry.to_version = Some(to_version.to_string());
                     entry.started = Some(Time(now));
                     updating(
                         entry,
