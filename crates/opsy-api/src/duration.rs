@@ -19,6 +19,40 @@ pub const MAX_LEN: usize = 64;
 /// The most digits a number in a duration may have.
 const MAX_DIGITS: usize = 10;
 
+/// The longest duration any setting accepts: ten years (of 365.25 days). Longer values are
+/// mistakes, and added to a timestamp they can overflow the calendar.
+pub const MAX: StdDuration = StdDuration::from_secs(10 * 31_557_600);
+
+/// Seconds per unit, as humantime counts them (a month is 30.44 days, a year 365.25 days);
+/// sub-second units count as zero in the CEL bound below, which never matters next to ten
+/// years.
+const UNIT_SECONDS: &[(&str, u64)] = &[
+    ("years|year|y", 31_557_600),
+    ("months|month|M", 2_630_016),
+    ("weeks|week|w", 604_800),
+    ("days|day|d", 86_400),
+    ("hours|hour|hrs|hr|h", 3_600),
+    ("minutes|minute|mins|min|m", 60),
+    ("seconds|second|secs|sec|s", 1),
+];
+
+/// CEL rule: the duration adds up to at most [`MAX`]. Each `<number><unit>` term is weighed
+/// by its unit and the terms summed (at most five ten-digit terms fit in [`MAX_LEN`], so the
+/// sum cannot overflow a CEL int).
+fn max_rule() -> String {
+    let mut weight = String::new();
+    for (units, secs) in UNIT_SECONDS {
+        weight.push_str(&format!(
+            "t.matches('^[0-9]+\\\\s*({units})$') ? {secs} : "
+        ));
+    }
+    weight.push('0');
+    format!(
+        "self.findAll('[0-9]+\\\\s*[a-zA-Z]+').map(t, int(t.find('^[0-9]+')) * ({weight})).sum() <= {}",
+        MAX.as_secs()
+    )
+}
+
 /// Regular expression (RE2 syntax, as the API server evaluates it) for a duration. Numbers are
 /// whole and at most ten digits long so that every text the API server accepts also parses:
 /// a longer number, or a fraction (humantime counts fractional terms in nanoseconds, which
@@ -44,6 +78,12 @@ pub enum DurationError {
     /// The duration is zero, which no setting of this operator accepts.
     #[error("invalid duration {text:?}: must be greater than zero")]
     Zero {
+        /// The text as written.
+        text: String,
+    },
+    /// The duration is longer than [`MAX`].
+    #[error("invalid duration {text:?}: must be at most 10y (ten years)")]
+    TooLarge {
         /// The text as written.
         text: String,
     },
@@ -84,6 +124,11 @@ impl Duration {
         })?;
         if value.is_zero() {
             return Err(DurationError::Zero {
+                text: text.to_owned(),
+            });
+        }
+        if value > MAX {
+            return Err(DurationError::TooLarge {
                 text: text.to_owned(),
             });
         }
@@ -169,6 +214,9 @@ impl JsonSchema for Duration {
             "x-kubernetes-validations": [{
                 "rule": "!self.matches('^[\\\\s0.]*[a-zA-Z]*([\\\\s0.]+[a-zA-Z]+)*\\\\s*$')",
                 "message": "must be greater than zero",
+            }, {
+                "rule": max_rule(),
+                "message": "must be at most 10y (ten years)",
             }],
         })
     }
@@ -242,7 +290,21 @@ mod tests {
     }
 
     #[test]
-    fn every_text_the_pattern_accepts_parses_even_at_its_bounds() {
+    fn at_most_ten_years() {
+        for text in ["10y", "119months", "3652d 12h", "9999999999ns", "315576000s"] {
+            assert!(Duration::parse(text).is_ok(), "{text}: {:?}", Duration::parse(text));
+        }
+        for text in ["11y", "10y 1s", "9999999999y", "3653d", "315576001s"] {
+            assert_eq!(
+                Duration::parse(text),
+                Err(DurationError::TooLarge { text: text.to_owned() }),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_text_the_pattern_accepts_gets_a_parser_answer_even_at_its_bounds() {
         let re = regex_lite(&pattern());
         for text in [
             "9999999999y",
@@ -251,8 +313,13 @@ mod tests {
             "9999999999ns",
         ] {
             assert!(re.is_match(text), "{text:?}");
+            // Either a value or the ten-year bound (which the CRD's CEL rule also enforces),
+            // never an overflow.
             assert!(
-                Duration::parse(text).is_ok(),
+                matches!(
+                    Duration::parse(text),
+                    Ok(_) | Err(DurationError::TooLarge { .. })
+                ),
                 "{text:?}: {:?}",
                 Duration::parse(text)
             );
