@@ -56,6 +56,7 @@ pub const GROUP_NAME_PATTERN: &str = r"^[0-9A-Za-z][A-Za-z0-9_.:/-]*$";
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.ami) != has(self.amiFilters)").message("set exactly one of spec.ami (an AMI id) or spec.amiFilters (EC2 filters)").reason(kube::core::Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!(has(self.expiresIn) && has(self.timeOuts) && has(self.timeOuts.expiresIn))").message("spec.expiresIn and spec.timeOuts.expiresIn are the same setting; set only one").reason(kube::core::Reason::FieldValueInvalid))]
+#[x_kube(validation = crate::common::owner_rule())]
 pub struct AMIRefresherSpec {
     /// AWS region of the cluster, e.g. `us-west-2`.
     #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
@@ -76,6 +77,11 @@ pub struct AMIRefresherSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20))]
     pub ami_filters: Option<Vec<AmiFilter>>,
+
+    /// Accept `amiFilters` that name no owner (`owner-id` or `owner-alias`). Without an owner
+    /// any account can publish a public AMI whose name matches and become the base.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_any_ami_owner: bool,
 
     /// How long after its creation an AMI stays eligible, e.g. `48h`, `30d`. Default `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,17 @@ pub struct AmiFilter {
     pub values: Vec<String>,
 }
 
+/// CEL rule on a spec with `amiFilters` and `allowAnyAmiOwner`: the filters name the owner
+/// of the base AMI. Without one, any public AMI with a matching name becomes the base (AMI
+/// name squatting).
+pub(crate) fn owner_rule() -> kube::core::Rule {
+    kube::core::Rule::new(
+        "!has(self.amiFilters) || (has(self.allowAnyAmiOwner) && self.allowAnyAmiOwner) || self.amiFilters.exists(f, f.name == 'owner-id' || f.name == 'owner-alias')",
+    )
+    .message("amiFilters must name the AMI owner with an owner-id (e.g. 602401143452 for Amazon EKS) or owner-alias (e.g. amazon) filter, or else anyone can publish a matching AMI; set allowAnyAmiOwner: true to accept that")
+    .reason(kube::core::Reason::FieldValueInvalid)
+}
+
 /// An AMI as recorded in status.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -98,6 +109,10 @@ pub struct WebhookNotifier {
     /// `discord` (Discord webhook).
     #[serde(default)]
     pub format: WebhookFormat,
+    /// Allow an `http://` URL (e.g. a receiver inside the cluster). By default only `https://`
+    /// URLs are used: the payload names clusters, AMIs and accounts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http: bool,
 }
 
 fn default_webhook_key() -> String {

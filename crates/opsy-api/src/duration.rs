@@ -36,20 +36,22 @@ const UNIT_SECONDS: &[(&str, u64)] = &[
     ("seconds|second|secs|sec|s", 1),
 ];
 
-/// CEL rule: the duration adds up to at most [`MAX`]. Each `<number><unit>` term is weighed
-/// by its unit and the terms summed (at most five ten-digit terms fit in [`MAX_LEN`], so the
-/// sum cannot overflow a CEL int).
-fn max_rule() -> String {
+/// CEL rule for a duration field: at most `max_secs` seconds.
+pub(crate) fn at_most_rule(max_secs: u64, message: &str) -> kube::core::Rule {
+    kube::core::Rule::new(sum_at_most(max_secs)).message(message)
+}
+
+/// CEL expression: the duration adds up to at most `max_secs`. Each `<number><unit>` term is
+/// weighed by its unit and the terms summed (at most five ten-digit terms fit in [`MAX_LEN`],
+/// so the sum cannot overflow a CEL int).
+fn sum_at_most(max_secs: u64) -> String {
     let mut weight = String::new();
     for (units, secs) in UNIT_SECONDS {
-        weight.push_str(&format!(
-            "t.matches('^[0-9]+\\\\s*({units})$') ? {secs} : "
-        ));
+        weight.push_str(&format!("t.matches('^[0-9]+\\\\s*({units})$') ? {secs} : "));
     }
     weight.push('0');
     format!(
-        "self.findAll('[0-9]+\\\\s*[a-zA-Z]+').map(t, int(t.find('^[0-9]+')) * ({weight})).sum() <= {}",
-        MAX.as_secs()
+        "self.findAll('[0-9]+\\\\s*[a-zA-Z]+').map(t, int(t.find('^[0-9]+')) * ({weight})).sum() <= {max_secs}"
     )
 }
 
@@ -215,7 +217,7 @@ impl JsonSchema for Duration {
                 "rule": "!self.matches('^[\\\\s0.]*[a-zA-Z]*([\\\\s0.]+[a-zA-Z]+)*\\\\s*$')",
                 "message": "must be greater than zero",
             }, {
-                "rule": max_rule(),
+                "rule": sum_at_most(MAX.as_secs()),
                 "message": "must be at most 10y (ten years)",
             }],
         })
@@ -291,13 +293,25 @@ mod tests {
 
     #[test]
     fn at_most_ten_years() {
-        for text in ["10y", "119months", "3652d 12h", "9999999999ns", "315576000s"] {
-            assert!(Duration::parse(text).is_ok(), "{text}: {:?}", Duration::parse(text));
+        for text in [
+            "10y",
+            "119months",
+            "3652d 12h",
+            "9999999999ns",
+            "315576000s",
+        ] {
+            assert!(
+                Duration::parse(text).is_ok(),
+                "{text}: {:?}",
+                Duration::parse(text)
+            );
         }
         for text in ["11y", "10y 1s", "9999999999y", "3653d", "315576001s"] {
             assert_eq!(
                 Duration::parse(text),
-                Err(DurationError::TooLarge { text: text.to_owned() }),
+                Err(DurationError::TooLarge {
+                    text: text.to_owned()
+                }),
                 "{text}"
             );
         }

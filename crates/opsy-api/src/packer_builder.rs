@@ -43,6 +43,7 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
     status = "PackerBuilderStatus",
     derive = "PartialEq",
     doc = "PackerBuilder builds an EKS node AMI with Packer whenever no valid AMI derived from the current base AMI exists.",
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 50").message("metadata.name must be at most 50 characters: the build Job's name (<name>-<jobID>) and its pods' names derive from it").reason(kube::core::Reason::FieldValueInvalid),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
     printcolumn(
         name = "Base AMI",
@@ -72,6 +73,7 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::common::owner_rule())]
 pub struct PackerBuilderSpec {
     /// AWS region where the base AMI is looked up and the AMI is built, e.g. `us-west-2`.
     #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
@@ -87,6 +89,11 @@ pub struct PackerBuilderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20))]
     pub ami_filters: Option<Vec<AmiFilter>>,
+
+    /// Accept `amiFilters` that name no owner (`owner-id` or `owner-alias`). Without an owner
+    /// any account can publish a public AMI whose name matches and become the base.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_any_ami_owner: bool,
 
     /// How long a built AMI stays valid, and how often the base AMI is re-checked.
     #[serde(default)]
@@ -256,7 +263,6 @@ fn default_packer_image() -> String {
     DEFAULT_PACKER_IMAGE.to_owned()
 }
 
-/// CEL rule: a relative path inside the repository.
 /// The shortest re-check interval the operators use, whatever `controllerTimer` says.
 pub const MIN_CONTROLLER_TIMER: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -270,9 +276,15 @@ pub(crate) fn controller_timer_rule() -> kube::core::Rule {
     .message("controllerTimer must be at least 30s: a shorter timer re-reads AWS in a hot loop")
 }
 
+/// CEL rule: a relative path inside the repository, not starting with `-` (which a tool
+/// would read as an option).
 fn relative_path_rule() -> kube::core::Rule {
-    kube::core::Rule::new("!self.startsWith('/') && !self.split('/').exists(s, s == '..')")
-        .message("must be a relative path inside the repository, without '..'")
+    kube::core::Rule::new(
+        "!self.startsWith('/') && !self.startsWith('-') && !self.split('/').exists(s, s == '..')",
+    )
+    .message(
+        "must be a relative path inside the repository, without '..' and not starting with '-'",
+    )
 }
 
 /// A Packer sub-command.
@@ -344,15 +356,19 @@ pub struct Command {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSettings {
-    /// Longest a build may run before it is stopped and counted as failed, e.g. `2h`.
+    /// Longest a build may run before it is stopped and counted as failed, e.g. `2h`; at most
+    /// `7d`.
     #[serde(default = "default_build_deadline")]
+    #[x_kube(validation = crate::duration::at_most_rule(7 * 86_400, "deadline must be at most 7d"))]
     pub deadline: Duration,
-    /// How long a finished Job (and its logs) is kept, e.g. `1d`.
+    /// How long a finished Job (and its logs) is kept, e.g. `1d`; at most `30d`.
     #[serde(default = "default_ttl_after_finished")]
+    #[x_kube(validation = crate::duration::at_most_rule(30 * 86_400, "ttlAfterFinished must be at most 30d"))]
     pub ttl_after_finished: Duration,
     /// How long a stopped build (deadline, eviction, deletion) has to let Packer remove the
-    /// instance, key pair and security group it created, e.g. `10m`.
+    /// instance, key pair and security group it created, e.g. `10m`; at most `1h`.
     #[serde(default = "default_termination_grace_period")]
+    #[x_kube(validation = crate::duration::at_most_rule(3_600, "terminationGracePeriod must be at most 1h"))]
     pub termination_grace_period: Duration,
     /// Resources of the Packer container. Defaults: requests 250m CPU / 256Mi, limit 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]

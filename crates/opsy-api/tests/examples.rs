@@ -191,3 +191,23 @@ fn upstream_examples_get_the_documented_defaults() {
     assert_eq!(amr.spec.rollout.max_in_flight, 1);
     assert!(amr.spec.rollout.halt_on_failure);
 }
+
+#[test]
+fn filters_without_an_owner_are_accepted_only_with_the_opt_out() {
+    for file in [
+        "examples/upstream-packer-builder.yaml",
+        "examples/upstream-ami-refresher.yaml",
+    ] {
+        let mut object = load(&repo_root().join(file));
+        let filters = object["spec"]["amiFilters"].as_array_mut().unwrap();
+        filters.retain(|f| f["name"] != "owner-id");
+        let errors = schema::check(&crd_for(&object), &object).join("\n");
+        assert!(
+            errors.contains("amiFilters must name the AMI owner"),
+            "{file}: {errors}"
+        );
+        object["spec"]["allowAnyAmiOwner"] = Value::Bool(true);
+        let errors = schema::check(&crd_for(&object), &object);
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+    }
+}

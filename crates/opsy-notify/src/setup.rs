@@ -69,6 +69,35 @@ async fn secret_value(
     Ok(SecretString::from(text.trim().to_owned()))
 }
 
+/// A webhook URL is `https://`, or `http://` when the webhook allows plain HTTP. The error
+/// names the Secret and key, never the URL (it is a credential).
+fn check_scheme(
+    url: &SecretString,
+    hook: &opsy_api::WebhookNotifier,
+    target: &str,
+) -> Result<(), NotifyError> {
+    use secrecy::ExposeSecret;
+    let url = url.expose_secret().to_ascii_lowercase();
+    if url.starts_with("https://") || (hook.allow_plain_http && url.starts_with("http://")) {
+        return Ok(());
+    }
+    let detail = if url.starts_with("http://") {
+        format!(
+            "the URL in Secret {} key {} is http://; use https://, or set allowPlainHttp: true on the webhook to send over plain HTTP",
+            hook.secret, hook.key
+        )
+    } else {
+        format!(
+            "the URL in Secret {} key {} is not an https:// URL",
+            hook.secret, hook.key
+        )
+    };
+    Err(NotifyError::Config {
+        target: target.to_owned(),
+        detail,
+    })
+}
+
 impl Setup {
     /// The destinations of `spec` (of a resource in `namespace` whose own region is `region`),
     /// and the ones that could not be set up.
@@ -107,7 +136,9 @@ impl Setup {
             let built =
                 match secret_value(&self.client, namespace, &hook.secret, &hook.key, &target).await
                 {
-                    Ok(url) => WebhookNotifier::new(url, hook.format, i + 1, settings.clone()),
+                    Ok(url) => check_scheme(&url, hook, &target).and_then(|()| {
+                        WebhookNotifier::new(url, hook.format, i + 1, settings.clone())
+                    }),
                     Err(e) => Err(e),
                 };
             match built {
@@ -144,5 +175,40 @@ impl Setup {
             }),
         }
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(allow_plain_http: bool) -> opsy_api::WebhookNotifier {
+        opsy_api::WebhookNotifier {
+            secret: "hooks".into(),
+            key: "url".into(),
+            allow_plain_http,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn webhooks_need_https_unless_plain_http_is_allowed() {
+        let url = |u: &str| SecretString::from(u.to_owned());
+        let secret_url = "http://user:s3cret@hooks.example/x";
+        assert!(check_scheme(&url("https://hooks.example/x"), &hook(false), "webhook #1").is_ok());
+        let err = check_scheme(&url(secret_url), &hook(false), "webhook #1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Secret hooks key url is http://"), "{err}");
+        assert!(err.contains("allowPlainHttp: true"), "{err}");
+        assert!(
+            !err.contains("s3cret") && !err.contains("hooks.example"),
+            "{err}"
+        );
+        assert!(check_scheme(&url(secret_url), &hook(true), "webhook #1").is_ok());
+        let err = check_scheme(&url("ftp://hooks.example"), &hook(true), "webhook #1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an https:// URL"), "{err}");
     }
 }
