@@ -118,6 +118,22 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .effective_controller_timer()
         .as_std()
         .max(opsy_api::packer_builder::MIN_CONTROLLER_TIMER);
+    let field = if spec.expires_in.is_some() {
+        "spec.expiresIn"
+    } else {
+        "spec.timeOuts.expiresIn"
+    };
+    let warnings: Vec<(&str, String)> = spec
+        .effective_expires_in()
+        .short_expiry_warning(field)
+        .map(|m| ("ShortExpiresIn", m))
+        .into_iter()
+        .collect();
+    if let Some(message) =
+        conditions::record_config_warnings(&mut status.conditions, &warnings, now, generation)
+    {
+        event(&ctx, &amr, EventType::Warning, "ShortExpiresIn", &message).await;
+    }
 
     // 1. Target.
     let selection = aws

@@ -607,6 +607,40 @@ async fn bad_input_is_reported_clearly() {
         "True"
     );
 
+    // The upstream example's `expiresIn: "5m"` (meant as months): accepted, spelled out.
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "expiresIn": "5m"}),
+        ))
+        .await;
+    world.reconcile().await.unwrap();
+    let warning = opsy_api::conditions::find(&world.status().await.conditions, "ConfigWarning")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (warning.status.as_str(), warning.reason.as_str()),
+        ("True", "ShortExpiresIn")
+    );
+    assert!(
+        warning
+            .message
+            .contains("spec.expiresIn is \"5m\", which is 5 minute(s)")
+            && warning.message.contains("5 month(s) is \"5months\""),
+        "{}",
+        warning.message
+    );
+    assert!(world.events().await.contains(&"ShortExpiresIn".to_owned()));
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "expiresIn": "5months"}),
+        ))
+        .await;
+    world.reconcile().await.unwrap();
+    let warning = opsy_api::conditions::find(&world.status().await.conditions, "ConfigWarning")
+        .unwrap()
+        .clone();
+    assert_eq!(warning.status, "False");
+
     // An explicit AMI that does not exist.
     let missing = manifest(serde_json::json!({"ami": "ami-0123456789abcdef0"}));
     world.apply(missing).await;

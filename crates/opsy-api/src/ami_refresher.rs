@@ -297,7 +297,7 @@ pub struct AMIRefresherStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `NotificationFailed`.
+    /// `Ready`, `Progressing`, `Degraded`, `NotificationFailed`, `ConfigWarning`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

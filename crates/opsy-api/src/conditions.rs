@@ -16,6 +16,9 @@ pub const DEGRADED: &str = "Degraded";
 /// The last notification could not be delivered (never blocks builds or rollouts).
 pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
 
+/// The spec is valid but a setting is probably not what was meant (e.g. `expiresIn: 5m`).
+pub const CONFIG_WARNING: &str = "ConfigWarning";
+
 /// Condition status `True`.
 pub const TRUE: &str = "True";
 /// Condition status `False`.
@@ -80,6 +83,49 @@ pub fn upsert(
             last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
         },
     )
+}
+
+/// Sets [`CONFIG_WARNING`] from `warnings` (the reason and message of each), or clears it if
+/// it was ever set. Returns the message when the warning is new or changed, for a Warning
+/// event (so a steady warning gives one Event, not one per reconcile).
+pub fn record_config_warnings(
+    conditions: &mut Vec<Condition>,
+    warnings: &[(&str, String)],
+    now: jiff::Timestamp,
+    generation: Option<i64>,
+) -> Option<String> {
+    let Some((reason, _)) = warnings.first() else {
+        if find(conditions, CONFIG_WARNING).is_some() {
+            upsert(
+                conditions,
+                CONFIG_WARNING,
+                false,
+                "AsIntended",
+                "no setting looks mistaken",
+                now,
+                generation,
+            );
+        }
+        return None;
+    };
+    let message = warnings
+        .iter()
+        .map(|(_, m)| m.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let before = find(conditions, CONFIG_WARNING)
+        .filter(|c| c.status == TRUE)
+        .map(|c| c.message.clone());
+    upsert(
+        conditions,
+        CONFIG_WARNING,
+        true,
+        reason,
+        &message,
+        now,
+        generation,
+    );
+    (before.as_deref() != Some(message.as_str())).then_some(message)
 }
 
 /// Records the outcome of a notification in [`NOTIFICATION_FAILED`]: cleared after a delivery

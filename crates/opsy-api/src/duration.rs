@@ -160,6 +160,33 @@ impl Duration {
     }
 }
 
+/// Under this, an `expiresIn` is probably a mistake (minutes written for months).
+const SHORT_EXPIRY: StdDuration = StdDuration::from_secs(3_600);
+
+impl Duration {
+    /// A warning when this `expiresIn` (at `field`, e.g. `spec.expiresIn`) is under one hour:
+    /// valid, but AMIs would stop being eligible almost as soon as they are built — usually
+    /// `m` (minutes) written for months.
+    pub fn short_expiry_warning(&self, field: &str) -> Option<String> {
+        if self.value >= SHORT_EXPIRY {
+            return None;
+        }
+        let text = self.text.trim();
+        let minutes = text
+            .strip_suffix('m')
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        Some(match minutes {
+            Some(n) => format!(
+                "{field} is {text:?}, which is {n} minute(s): an AMI stops being eligible {n} minute(s) after it is built. `m` is minutes; {n} month(s) is \"{n}months\" (or \"{n}M\")"
+            ),
+            None => format!(
+                "{field} is {text:?}, under one hour: an AMI stops being eligible that soon after it is built. Write days (\"30d\"), weeks (\"2w\") or months (\"6months\") if that is what you mean"
+            ),
+        })
+    }
+}
+
 impl fmt::Debug for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Duration({:?} = {:?})", self.text, self.value)
@@ -289,6 +316,26 @@ mod tests {
                 "pattern and parser disagree on {text:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_expiry_under_an_hour_is_spelled_out() {
+        let warn = |t: &str| {
+            Duration::parse(t)
+                .unwrap()
+                .short_expiry_warning("spec.expiresIn")
+        };
+        let w = warn("5m").unwrap();
+        assert!(
+            w.contains("spec.expiresIn is \"5m\", which is 5 minute(s)"),
+            "{w}"
+        );
+        assert!(w.contains("5 month(s) is \"5months\""), "{w}");
+        let w = warn("30s").unwrap();
+        assert!(w.contains("under one hour"), "{w}");
+        assert_eq!(warn("1h"), None);
+        assert_eq!(warn("48h"), None);
+        assert_eq!(warn("6months"), None);
     }
 
     #[test]

@@ -420,7 +420,7 @@ pub struct PackerBuilderStatus {
     /// The Packer commands of the last build, for humans (they are run without a shell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// `Ready`, `Progressing`, `Degraded`, `NotificationFailed`.
+    /// `Ready`, `Progressing`, `Degraded`, `NotificationFailed`, `ConfigWarning`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

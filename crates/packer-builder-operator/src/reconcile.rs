@@ -190,6 +190,19 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         status.failed_job_count = 0;
     }
     status.build_id = pb.meta().uid.clone();
+    let warnings: Vec<(&str, String)> = pb
+        .spec
+        .time_outs
+        .expires_in
+        .short_expiry_warning("spec.timeOuts.expiresIn")
+        .map(|m| ("ShortExpiresIn", m))
+        .into_iter()
+        .collect();
+    if let Some(message) =
+        conditions::record_config_warnings(&mut status.conditions, &warnings, now, generation)
+    {
+        event(&ctx, &pb, EventType::Warning, "ShortExpiresIn", &message).await;
+    }
 
     // Observe.
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());

@@ -496,6 +496,27 @@ async fn filters_that_match_nothing_are_reported() {
 }
 
 #[tokio::test]
+async fn an_expiry_in_minutes_is_spelled_out_in_a_warning() {
+    let world = World::new(pb_manifest(
+        serde_json::json!({"timeOuts": {"expiresIn": "6m", "controllerTimer": "5m"}}),
+    ))
+    .await;
+    world.reconcile().await;
+    let status = world.status().await;
+    let warning = opsy_api::conditions::find(&status.conditions, "ConfigWarning").unwrap();
+    assert_eq!(warning.status, "True");
+    assert!(
+        warning
+            .message
+            .contains("spec.timeOuts.expiresIn is \"6m\", which is 6 minute(s)")
+            && warning.message.contains("6 month(s) is \"6months\""),
+        "{}",
+        warning.message
+    );
+    assert!(world.events().await.contains(&"ShortExpiresIn".to_owned()));
+}
+
+#[tokio::test]
 async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_cause() {
     let world = World::new(pb_manifest(serde_json::json!({}))).await;
     world.publish_base("base-al2023-v1").await;
