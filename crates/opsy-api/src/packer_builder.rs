@@ -172,8 +172,10 @@ pub struct GitSync {
     )]
     pub name: String,
     /// Name of a Secret with git credentials, for private repositories: keys `username` and
-    /// `token` (or `password`) for HTTPS, or `ssh` (a private key) and optionally `known_hosts`.
-    /// Values reach git-sync as environment variables or files, never as arguments.
+    /// `token` (or `password`) for an `https://` repoURL; `ssh` (the private key) and
+    /// `known_hosts` (the host is always verified) for an SSH repoURL. Checked before a build
+    /// starts (a missing Secret or key is a `SecretMissing` condition and Event). Values reach
+    /// git-sync as environment variables or files, never as arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret: Option<String>,

@@ -12,7 +12,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::{
+    api::{batch::v1::Job, core::v1::Secret},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -334,6 +337,50 @@ async fn main() -> anyhow::Result<()> {
         degraded
             .map(|c| c.message.as_str())
             .unwrap_or("(no condition)"),
+    );
+
+    if let Some(warning) =
+        opsy_api::conditions::find(&status.conditions, opsy_api::conditions::CONFIG_WARNING)
+    {
+        detail(&format!("ConfigWarning: {}", warning.message));
+    }
+
+    sandbox.step("PackerBuilder: the example names Secrets git-sync and aws-creds; without them no build starts");
+    let pb = sandbox.reconcile_builder().await?;
+    detail(
+        pb.status
+            .as_ref()
+            .and_then(|s| opsy_api::conditions::find(&s.conditions, opsy_api::conditions::DEGRADED))
+            .map(|c| c.message.as_str())
+            .unwrap_or("(no condition)"),
+    );
+    let secrets: Api<Secret> = Api::namespaced(sandbox.client.clone(), NAMESPACE);
+    for (name, keys) in [
+        ("git-sync", &["username", "token"][..]),
+        (
+            "aws-creds",
+            &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"][..],
+        ),
+    ] {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            string_data: Some(
+                keys.iter()
+                    .map(|k| ((*k).to_owned(), "placeholder".to_owned()))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .with_context(|| format!("creating Secret {name}"))?;
+    }
+    detail(
+        "created them (placeholder values): git-sync {username, token}, aws-creds {AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY}",
     );
 
     sandbox.step("PackerBuilder: find the base AMI, start a build");

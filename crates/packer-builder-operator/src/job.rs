@@ -8,8 +8,9 @@ use k8s_openapi::{
         batch::v1::{Job, JobSpec},
         core::v1::{
             Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-            PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-            SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+            KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
+            SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
@@ -18,7 +19,10 @@ use kube::{Resource, ResourceExt};
 use opsy_api::{PackerBuilder, tags::labels};
 use sha2::{Digest, Sha256};
 
-use crate::commands::{Step, display};
+use crate::{
+    commands::{Step, display},
+    credentials::GitAuth,
+};
 
 /// The build container runs Packer in the background with its output through `tee` (to the
 /// log and a file), passes SIGTERM and SIGINT on to it and waits for it: Packer removes the
@@ -47,6 +51,11 @@ exit "$rc""#;
 
 /// UID and GID the build pod runs as.
 const RUN_AS: i64 = 65532;
+/// UID and GID of the git-sync image's own user: SSH refuses to run as a UID without a
+/// `/etc/passwd` entry, and the read-only root filesystem rules out git-sync's `--add-user`.
+const GIT_SYNC_USER: i64 = 65533;
+/// Where the SSH key and known_hosts of an SSH repository are mounted.
+const GIT_SECRET_DIR: &str = "/etc/git-secret";
 
 /// Everything a Job needs besides the PackerBuilder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +66,8 @@ pub struct JobRequest {
     pub steps: Vec<Step>,
     /// Base AMI, recorded as an annotation.
     pub base_ami: Option<String>,
+    /// How git-sync authenticates (checked against the Secret before the Job starts).
+    pub git_auth: GitAuth,
 }
 
 /// The deterministic id of the build that `inputs` call for: the same situation always gives
@@ -138,7 +149,7 @@ pub fn build_job(pb: &PackerBuilder, request: &JobRequest) -> Job {
         },
     ];
 
-    let mut init_containers = vec![git_sync(pb, &mounts)];
+    let mut init_containers = vec![git_sync(pb, &request.git_auth, &mounts)];
     let mut build = None;
     for step in &request.steps {
         let container = packer_container(pb, step, &mounts);
@@ -181,18 +192,7 @@ pub fn build_job(pb: &PackerBuilder, request: &JobRequest) -> Job {
                     service_account_name: spec.builder.job_service_account_name.clone(),
                     init_containers: Some(init_containers),
                     containers: build.into_iter().collect(),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "workspace".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                    ]),
+                    volumes: Some(volumes(pb, &request.git_auth)),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),
@@ -249,7 +249,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.into(),
                 key: key.into(),
-                optional: Some(true),
+                optional: Some(false),
             }),
             ..EnvVarSource::default()
         }),
@@ -257,14 +257,79 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// git-sync, once: clones `repoURL` at `branch` into `/workspace/repo`. Credentials come from
-/// the Secret as environment variables, never as arguments.
-fn git_sync(pb: &PackerBuilder, mounts: &[VolumeMount]) -> Container {
+/// The pod's volumes: the workspace, `/tmp`, and for an SSH repository the key and
+/// known_hosts from the git Secret (read-only, group-readable for git-sync).
+fn volumes(pb: &PackerBuilder, auth: &GitAuth) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "workspace".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    if let (GitAuth::Ssh, Some(secret)) = (auth, &pb.spec.git_sync.secret) {
+        volumes.push(Volume {
+            name: "git-secret".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                default_mode: Some(0o440),
+                items: Some(
+                    ["ssh", "known_hosts"]
+                        .into_iter()
+                        .map(|key| KeyToPath {
+                            key: key.into(),
+                            path: key.into(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
+/// git-sync, once: clones `repoURL` at `branch` into `/workspace/repo`, group-writable so that
+/// Packer (another UID of the same group) can write in it. Credentials come from the Secret
+/// as environment variables (HTTPS) or files (SSH), never as arguments.
+fn git_sync(pb: &PackerBuilder, auth: &GitAuth, mounts: &[VolumeMount]) -> Container {
     let spec = &pb.spec;
-    let mut vars = vec![env("GITSYNC_ROOT", "/workspace"), env("HOME", "/tmp")];
-    if let Some(secret) = &spec.git_sync.secret {
-        vars.push(secret_env("GITSYNC_USERNAME", secret, "username"));
-        vars.push(secret_env("GITSYNC_PASSWORD", secret, "token"));
+    let mut vars = vec![
+        env("GITSYNC_ROOT", "/workspace"),
+        env("GITSYNC_GROUP_WRITE", "true"),
+        env("HOME", "/tmp"),
+    ];
+    let mut mounts = mounts.to_vec();
+    match (auth, &spec.git_sync.secret) {
+        (GitAuth::Https { password_key }, Some(secret)) => {
+            vars.push(secret_env("GITSYNC_USERNAME", secret, "username"));
+            vars.push(secret_env("GITSYNC_PASSWORD", secret, password_key));
+        }
+        (GitAuth::Ssh, Some(_)) => {
+            vars.push(env(
+                "GITSYNC_SSH_KEY_FILE",
+                &format!("{GIT_SECRET_DIR}/ssh"),
+            ));
+            vars.push(env("GITSYNC_SSH_KNOWN_HOSTS", "true"));
+            vars.push(env(
+                "GITSYNC_SSH_KNOWN_HOSTS_FILE",
+                &format!("{GIT_SECRET_DIR}/known_hosts"),
+            ));
+            mounts.push(VolumeMount {
+                name: "git-secret".into(),
+                mount_path: GIT_SECRET_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        _ => {}
     }
     Container {
         name: spec.git_sync.name.clone(),
@@ -278,8 +343,12 @@ fn git_sync(pb: &PackerBuilder, mounts: &[VolumeMount]) -> Container {
             "--depth=1".into(),
         ]),
         env: Some(vars),
-        volume_mounts: Some(mounts.to_vec()),
-        security_context: Some(hardened()),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(GIT_SYNC_USER),
+            run_as_group: Some(GIT_SYNC_USER),
+            ..hardened()
+        }),
         resources: Some(small_resources()),
         ..Container::default()
     }

@@ -8,6 +8,7 @@
 pub mod artifact;
 pub mod commands;
 pub mod controller;
+pub mod credentials;
 pub mod decide;
 pub mod dry_run;
 pub mod job;

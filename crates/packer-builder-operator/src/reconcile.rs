@@ -33,6 +33,7 @@ use opsy_notify::{Event as NotifyEvent, Message};
 use crate::{
     Error,
     commands::{BaseVars, display, plan},
+    credentials,
     decide::{Decision, Observed, OpenJob, decide},
     job::{JobRequest, build_job, job_id, job_name, owned_by},
     notify,
@@ -46,6 +47,8 @@ pub const FINALIZER: &str = "ami.refresh.ops/built-images";
 pub const MANAGER: &str = "packer-builder-operator";
 /// How many builds `status.history` keeps.
 const HISTORY: usize = 10;
+/// How soon a build that waits for a missing Secret looks again (Secrets are not watched).
+const SECRET_RECHECK: Duration = Duration::from_secs(60);
 
 pub use opsy_runtime::context::{Clock, Context};
 
@@ -380,7 +383,21 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             notification = Some((format!("BuildFailed:{job}"), msg));
             requeue = Duration::from_secs(30).min(timer);
         }
-        Decision::Build { reason } => {
+        Decision::Build { reason } => 'build: {
+            let secrets = Api::namespaced(ctx.client.clone(), &namespace);
+            let git_auth = match credentials::check(&secrets, &pb.spec, &namespace).await? {
+                Ok(auth) => auth,
+                Err(missing) => {
+                    let message = format!(
+                        "a build is needed ({}) but cannot start: {missing}",
+                        reason.describe()
+                    );
+                    stalled(&ctx, &pb, &mut status, "SecretMissing", &message, now).await;
+                    // Secrets are not watched: look again soon.
+                    requeue = requeue.min(SECRET_RECHECK);
+                    break 'build;
+                }
+            };
             let base_vars = base.as_ref().map(|b| BaseVars {
                 ami_id: b.id.clone(),
                 region: pb.spec.region.clone(),
@@ -402,6 +419,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 job_id: id.clone(),
                 steps: steps.clone(),
                 base_ami: base.as_ref().map(|b| b.id.clone()),
+                git_auth,
             };
             let name = job_name(&pb, &id);
             match jobs

@@ -676,6 +676,181 @@ async fn hostile_values_reach_git_sync_and_packer_as_literal_arguments() {
 }
 
 #[tokio::test]
+async fn git_credentials_are_checked_before_the_job_and_reach_git_sync_as_git_sync_expects() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    let world = World::new(pb_manifest(serde_json::json!({
+        "gitSync": {"secret": "git-creds"},
+        "builder": {"repoURL": "https://git.example/org/images.git", "secret": "aws-creds"},
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &world.ns.name);
+    let put = |name: &str, keys: &[&str]| {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(
+                keys.iter()
+                    .map(|k| ((*k).to_owned(), ByteString(b"s3cret-value".to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let secrets = secrets.clone();
+        async move {
+            let _ = secrets
+                .delete(
+                    secret.metadata.name.as_deref().unwrap(),
+                    &Default::default(),
+                )
+                .await;
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .unwrap();
+        }
+    };
+    let degraded = || async {
+        opsy_api::conditions::find(&world.status().await.conditions, "Degraded")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+
+    // Neither Secret exists: no Job; the condition names the Secret, its field and the fix.
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = degraded().await;
+    assert_eq!(reason, "SecretMissing");
+    assert!(
+        message.contains("Secret \"aws-creds\" (spec.builder.secret) does not exist"),
+        "{message}"
+    );
+    assert!(world.events().await.contains(&"SecretMissing".to_owned()));
+
+    // The git Secret lacks the token.
+    put("aws-creds", &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]).await;
+    put("git-creds", &["username"]).await;
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (_, message) = degraded().await;
+    assert!(
+        message.contains("Secret \"git-creds\" (spec.gitSync.secret) has no key token or password"),
+        "{message}"
+    );
+
+    // Complete: the Job starts; git-sync gets the username and the password from the Secret
+    // by reference, never the values.
+    put("git-creds", &["username", "password"]).await;
+    world.reconcile().await;
+    let job = world
+        .jobs()
+        .get(&world.status().await.job_name.unwrap())
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&job).unwrap();
+    assert!(!text.contains("s3cret"), "{text}");
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let git = &pod.init_containers.as_ref().unwrap()[0];
+    let from_secret = |var: &str| {
+        git.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == var)
+            .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+            .map(|r| (r.name, r.key))
+    };
+    assert_eq!(
+        from_secret("GITSYNC_USERNAME"),
+        Some(("git-creds".into(), "username".into()))
+    );
+    assert_eq!(
+        from_secret("GITSYNC_PASSWORD"),
+        Some(("git-creds".into(), "password".into()))
+    );
+}
+
+#[tokio::test]
+async fn an_ssh_repository_gets_its_key_and_known_hosts_as_files() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    let world = World::new(pb_manifest(serde_json::json!({
+        "gitSync": {"secret": "git-ssh"},
+        "builder": {"repoURL": "git@github.com:example-org/images.git"},
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("git-ssh".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                ("ssh", "KEY"),
+                ("known_hosts", "github.com ssh-ed25519 AAAA"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+        ),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(world.client.clone(), &world.ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    world.reconcile().await;
+    let job = world
+        .jobs()
+        .get(&world.status().await.job_name.unwrap())
+        .await
+        .unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "git-secret")
+        .unwrap();
+    let source = volume.secret.as_ref().unwrap();
+    assert_eq!(source.secret_name.as_deref(), Some("git-ssh"));
+    assert_eq!(source.default_mode, Some(0o440));
+    let git = &pod.init_containers.as_ref().unwrap()[0];
+    let var = |name: &str| {
+        git.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        var("GITSYNC_SSH_KEY_FILE").as_deref(),
+        Some("/etc/git-secret/ssh")
+    );
+    assert_eq!(var("GITSYNC_SSH_KNOWN_HOSTS").as_deref(), Some("true"));
+    assert!(
+        git.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "git-secret" && m.read_only == Some(true))
+    );
+    // The Packer containers never see the key.
+    assert!(
+        pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|m| m.name != "git-secret")
+    );
+}
+
+#[tokio::test]
 async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_builds() {
     use k8s_openapi::{ByteString, api::core::v1::Secret};
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
