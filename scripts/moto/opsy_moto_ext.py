@@ -81,6 +81,25 @@ def _patch_ec2() -> None:
 
     def describe_images(self):  # type: ignore[no-untyped-def]
         result = original_describe_images(self)
+        # EC2 API reference, DescribeImages, Request Parameters: ImageId.N, Owner.N and Filter.N
+        # combine — "Owners: Scopes the results to images with the specified owners", also
+        # when ImageIds are given (moto drops owners and filters once ids are given, so a
+        # lookup by id with Owners=self returned other accounts' public images).
+        ids = self._get_param("ImageIds", [])
+        owners = self._get_param("Owners", [])
+        filters = self._filters_from_querystring()
+        if ids and (owners or filters):
+            from moto.ec2.utils import generic_filter
+
+            wanted = {self.current_account if o == "self" else o for o in owners}
+            images = [
+                i
+                for i in result.result["Images"]
+                if not wanted or i.owner_id in wanted or i.owner_alias in wanted
+            ]
+            if filters:
+                images = generic_filter(filters, images)
+            result = ActionResult({"Images": images})
         max_results = self._get_int_param("MaxResults")
         token = self._get_param("NextToken")
         if not max_results and not token:

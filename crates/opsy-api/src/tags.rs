@@ -13,6 +13,10 @@ pub const BROUGHT_TO_YOU_BY_VALUE: &str = "opsy-the-ami-operator";
 pub const CLUSTER_NAME: &str = "cluster-name";
 /// The name of the PackerBuilder that built the AMI.
 pub const CREATED_BY: &str = "created-by";
+/// The namespace of the PackerBuilder that built the AMI. AMIs without it (built by the
+/// project this one replaces, or before this tag existed) are adopted by the PackerBuilder of
+/// the same name, cluster, repository and branch, which then writes it.
+pub const CREATED_BY_NAMESPACE: &str = "created-by-namespace";
 /// The Packer repository the AMI was built from (`spec.builder.repoURL`).
 pub const PACKER_REPO: &str = "packer-repo";
 /// The branch of the Packer repository (`spec.builder.branch`).

@@ -260,6 +260,8 @@ pub struct BuildIdentity {
     pub cluster_name: String,
     /// The PackerBuilder's name.
     pub created_by: String,
+    /// The PackerBuilder's namespace.
+    pub namespace: String,
     /// `spec.builder.repoURL`.
     pub packer_repo: String,
     /// `spec.builder.branch`.
@@ -267,6 +269,17 @@ pub struct BuildIdentity {
 }
 
 impl BuildIdentity {
+    /// The identity of `pb`'s builds.
+    pub fn of(pb: &opsy_api::PackerBuilder) -> Self {
+        Self {
+            cluster_name: pb.spec.cluster_name.clone(),
+            created_by: pb.metadata.name.clone().unwrap_or_default(),
+            namespace: pb.metadata.namespace.clone().unwrap_or_default(),
+            packer_repo: pb.spec.builder.repo_url.clone(),
+            packer_repo_branch: pb.spec.builder.branch.clone(),
+        }
+    }
+
     /// The query for the managed AMIs of this identity's cluster (owned by this account).
     ///
     /// It names the cluster, not the PackerBuilder: every PackerBuilder of a cluster asks the
@@ -285,14 +298,31 @@ impl BuildIdentity {
             )
     }
 
-    /// Whether this identity built `image`: same cluster, PackerBuilder, repository and branch.
+    /// Whether this identity built `image`: same cluster, PackerBuilder (namespace and name),
+    /// repository and branch. An AMI without the namespace tag (the replaced project's, or
+    /// older) belongs to the PackerBuilder of that name in any namespace until one adopts it.
     pub fn owns(&self, image: &Image) -> bool {
         let tag = |key: &str| image.tags.get(key).map(String::as_str);
         tag(tags::BROUGHT_TO_YOU_BY) == Some(tags::BROUGHT_TO_YOU_BY_VALUE)
             && tag(tags::CLUSTER_NAME) == Some(self.cluster_name.as_str())
             && tag(tags::CREATED_BY) == Some(self.created_by.as_str())
+            && tag(tags::CREATED_BY_NAMESPACE).is_none_or(|ns| ns == self.namespace)
             && tag(tags::PACKER_REPO) == Some(self.packer_repo.as_str())
             && tag(tags::PACKER_REPO_BRANCH) == Some(self.packer_repo_branch.as_str())
+    }
+
+    /// The tags to write when adopting `image` (found by the tag contract but not recorded in
+    /// status): the namespace tag when it is missing, and `create-timestamp` only when missing,
+    /// from the image's creation date — adopting never extends an AMI's life.
+    pub fn adoption_tags(&self, image: &Image) -> BTreeMap<String, String> {
+        let mut tags = adoption_tags(image);
+        if image.tag(tags::CREATED_BY_NAMESPACE).is_none() {
+            tags.insert(
+                tags::CREATED_BY_NAMESPACE.to_owned(),
+                self.namespace.clone(),
+            );
+        }
+        tags
     }
 
     /// The full tag set of an AMI this identity built.
@@ -304,6 +334,7 @@ impl BuildIdentity {
         put(tags::BROUGHT_TO_YOU_BY, tags::BROUGHT_TO_YOU_BY_VALUE);
         put(tags::CLUSTER_NAME, &self.cluster_name);
         put(tags::CREATED_BY, &self.created_by);
+        put(tags::CREATED_BY_NAMESPACE, &self.namespace);
         put(tags::PACKER_REPO, &self.packer_repo);
         put(tags::PACKER_REPO_BRANCH, &self.packer_repo_branch);
         put(tags::STATUS, tags::STATUS_ACTIVE);
@@ -606,10 +637,50 @@ mod tests {
     }
 
     #[test]
+    fn a_builder_owns_by_namespace_and_adopts_what_has_no_namespace() {
+        let identity = |namespace: &str| BuildIdentity {
+            cluster_name: "prod".into(),
+            created_by: "pb".into(),
+            namespace: namespace.into(),
+            packer_repo: "https://example.com/r".into(),
+            packer_repo_branch: "main".into(),
+        };
+        let contract = [
+            ("brought-to-you-by", "opsy-the-ami-operator"),
+            ("cluster-name", "prod"),
+            ("created-by", "pb"),
+            ("packer-repo", "https://example.com/r"),
+            ("packer-repo-branch", "main"),
+            ("create-timestamp", "2024-11-02T00:00:00Z"),
+        ];
+        let mut tagged = contract.to_vec();
+        tagged.push(("created-by-namespace", "team-a"));
+        let team_a = image("a", "2024-11-01T00:00:00Z", &tagged);
+        assert!(identity("team-a").owns(&team_a));
+        assert!(
+            !identity("team-b").owns(&team_a),
+            "same name, other namespace"
+        );
+        assert!(identity("team-a").adoption_tags(&team_a).is_empty());
+
+        // The replaced project's AMI: no namespace tag; adopting it writes one.
+        let legacy = image("b", "2024-11-01T00:00:00Z", &contract);
+        assert!(identity("team-b").owns(&legacy));
+        assert_eq!(
+            identity("team-b")
+                .adoption_tags(&legacy)
+                .get("created-by-namespace")
+                .map(String::as_str),
+            Some("team-b")
+        );
+    }
+
+    #[test]
     fn build_tags_are_the_full_contract() {
         let identity = BuildIdentity {
             cluster_name: "prod".into(),
             created_by: "pb".into(),
+            namespace: "images".into(),
             packer_repo: "https://example.com/r".into(),
             packer_repo_branch: "main".into(),
         };
@@ -629,6 +700,7 @@ mod tests {
                 "cluster-name",
                 "create-timestamp",
                 "created-by",
+                "created-by-namespace",
                 "job-id",
                 "packer-repo",
                 "packer-repo-branch",

@@ -34,6 +34,7 @@ fn identity() -> BuildIdentity {
     BuildIdentity {
         cluster_name: "prod-east".into(),
         created_by: "al2023-hardened".into(),
+        namespace: "images".into(),
         packer_repo: "https://github.com/example-org/eks-node-images".into(),
         packer_repo_branch: "main".into(),
     }

@@ -14,6 +14,8 @@ pub struct OpenJob {
     pub job_id: String,
     /// Base AMI the Job was started for.
     pub base_ami: Option<String>,
+    /// When the Job was created.
+    pub started: Option<jiff::Timestamp>,
     /// Where it stands.
     pub state: JobState,
 }
@@ -370,6 +372,7 @@ mod tests {
             name: "pb-abcde".into(),
             job_id: "abcde".into(),
             base_ami: Some("ami-base2".into()),
+            started: None,
             state: JobState::Running,
         };
         let o = observed(Some(&base), &empty);

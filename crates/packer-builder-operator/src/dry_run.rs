@@ -55,12 +55,7 @@ pub async fn report(
         Some(filters) => aws.resolve_base_image(filters).await?,
         None => None,
     };
-    let identity = BuildIdentity {
-        cluster_name: pb.spec.cluster_name.clone(),
-        created_by: pb.name_any(),
-        packer_repo: pb.spec.builder.repo_url.clone(),
-        packer_repo_branch: pb.spec.builder.branch.clone(),
-    };
+    let identity = BuildIdentity::of(pb);
     let managed = aws
         .managed_images(&identity, pb.spec.time_outs.expires_in.as_std(), now)
         .await?;

@@ -25,13 +25,13 @@ use opsy_api::{
 };
 use opsy_aws::{
     ImageQuery,
-    managed::{BuildFacts, BuildIdentity, Selection, adoption_tags},
+    managed::{BuildFacts, BuildIdentity, Selection},
 };
 
 use opsy_notify::{Event as NotifyEvent, Message};
 
 use crate::{
-    Error,
+    Error, artifact,
     commands::{BaseVars, display, plan},
     credentials,
     decide::{Decision, Observed, OpenJob, decide},
@@ -57,12 +57,7 @@ fn time(t: Timestamp) -> Time {
 }
 
 fn identity(pb: &PackerBuilder) -> BuildIdentity {
-    BuildIdentity {
-        cluster_name: pb.spec.cluster_name.clone(),
-        created_by: pb.name_any(),
-        packer_repo: pb.spec.builder.repo_url.clone(),
-        packer_repo_branch: pb.spec.builder.branch.clone(),
-    }
+    BuildIdentity::of(pb)
 }
 
 /// Reconciles one PackerBuilder. A failure is also reported on the object — a `Degraded`
@@ -466,7 +461,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         Decision::Adopt { image } => {
             let found = managed.candidates.iter().find(|c| c.image.id == image);
             if let Some(candidate) = found {
-                aws.tag_image(&image, &adoption_tags(&candidate.image))
+                aws.tag_image(&image, &builds.adoption_tags(&candidate.image))
                     .await?;
                 status.active_image = Some(image_ref(candidate));
             }
@@ -657,6 +652,7 @@ async fn open_job(
             .cloned()
             .unwrap_or_default(),
         base_ami: job.annotations().get("ami.refresh.ops/base-ami").cloned(),
+        started: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
         state: observe(&job, &pods, now),
         name,
     }))
@@ -674,39 +670,56 @@ async fn complete(
     now: Timestamp,
 ) -> Result<Result<(), String>, Error> {
     let generation = pb.meta().generation;
+    // Owned by this account (`self`): a build that reports a public AMI gets nothing.
     let found = aws
-        .describe_images(&ImageQuery::default().ids([image_id]))
+        .describe_images(&ImageQuery::default().owner("self").ids([image_id]))
         .await?;
-    let Some(image) = found.first() else {
-        // Recorded as a failure so the same Job is not looked at again.
-        let reason = format!(
-            "the build reported {image_id}, which does not exist in {}",
-            pb.spec.region
-        );
-        status.failed_job_count += 1;
-        status.job_status = Some("failed".into());
-        let entry = BuildRecord {
-            job_id: job.job_id.clone(),
-            base_image_id: job.base_ami.clone(),
-            built_image_id: Some(image_id.to_owned()),
-            result: "failed".into(),
-            message: Some(reason.clone()),
-            started: status.last_run.clone(),
-            finished: Some(time(now)),
-        };
-        record(status, entry);
-        set(
-            status,
-            conditions::DEGRADED,
-            true,
+    let checked = match found.first() {
+        None => Err((
             "BuiltImageMissing",
-            &reason,
-            now,
-            generation,
-        );
-        event(ctx, pb, EventType::Warning, "BuiltImageMissing", &reason).await;
-        status.last_run_message = Some(reason.clone());
-        return Ok(Err(reason));
+            format!(
+                "the build reported {image_id}, which this account does not own in {}",
+                pb.spec.region
+            ),
+        )),
+        Some(image) => artifact::verify(image, &identity(pb), &job.job_id, job.started)
+            .map(|()| image)
+            .map_err(|why| {
+                (
+                    "BuiltImageRejected",
+                    format!("the build reported {image_id}, which is not tagged: {why}"),
+                )
+            }),
+    };
+    let image = match checked {
+        Ok(image) => image,
+        Err((code, reason)) => {
+            // Recorded as a failure so the same Job is not looked at again.
+            status.failed_job_count += 1;
+            status.job_status = Some("failed".into());
+            let entry = BuildRecord {
+                job_id: job.job_id.clone(),
+                base_image_id: job.base_ami.clone(),
+                built_image_id: Some(image_id.to_owned()),
+                result: "failed".into(),
+                message: Some(reason.clone()),
+                started: status.last_run.clone(),
+                finished: Some(time(now)),
+            };
+            record(status, entry);
+            set(
+                status,
+                conditions::DEGRADED,
+                true,
+                code,
+                &reason,
+                now,
+                generation,
+            );
+            event(ctx, pb, EventType::Warning, code, &reason).await;
+            status.last_run_message = Some(reason.clone());
+            return Ok(Err(reason));
+        }
     };
     let facts = BuildFacts {
         created: image.creation_date.unwrap_or(now),

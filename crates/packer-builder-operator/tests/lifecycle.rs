@@ -851,6 +851,72 @@ async fn an_ssh_repository_gets_its_key_and_known_hosts_as_files() {
 }
 
 #[tokio::test]
+async fn a_reported_ami_that_is_not_this_builds_is_never_tagged() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    // A PackerBuilder of the same name in another namespace built this one.
+    let theirs = world
+        .fixture
+        .register_image(
+            "their-hardened-1",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "prod-east"),
+                ("created-by", "al2023-hardened"),
+                ("created-by-namespace", "someone-else"),
+                (
+                    "packer-repo",
+                    "https://github.com/example-org/eks-node-images",
+                ),
+                ("packer-repo-branch", "main"),
+                ("status", "deprecated"),
+            ],
+        )
+        .await
+        .unwrap();
+    let rejected = |expected_reason: &'static str, needle: String| {
+        let world = &world;
+        async move {
+            let status = world.status().await;
+            let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+            assert_eq!(degraded.reason, expected_reason, "{}", degraded.message);
+            assert!(degraded.message.contains(&needle), "{}", degraded.message);
+            assert_eq!(status.active_image, None);
+            assert!(world.events().await.contains(&expected_reason.to_owned()));
+        }
+    };
+
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    world.finish_job(&job, 0, &artifact(&theirs)).await;
+    world.reconcile().await;
+    rejected(
+        "BuiltImageRejected",
+        format!("{theirs} belongs to PackerBuilder someone-else/al2023-hardened"),
+    )
+    .await;
+    assert_eq!(world.image_tags(&theirs).await["status"], "deprecated");
+    assert_eq!(
+        world.image_tags(&theirs).await["created-by-namespace"],
+        "someone-else"
+    );
+
+    // The next build reports a public EKS AMI (another account's).
+    world.reconcile().await;
+    let second = world.status().await.job_name.unwrap();
+    assert_ne!(second, job);
+    let public = opsy_testkit::seed::ids::AL2023_130_SEP;
+    world.finish_job(&second, 0, &artifact(public)).await;
+    world.reconcile().await;
+    rejected(
+        "BuiltImageMissing",
+        format!("{public}, which this account does not own"),
+    )
+    .await;
+    assert_eq!(world.status().await.failed_job_count, 2);
+}
+
+#[tokio::test]
 async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_builds() {
     use k8s_openapi::{ByteString, api::core::v1::Secret};
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};

@@ -71,6 +71,9 @@ def aws(endpoint: str) -> Any:
         def inject(self, match: str, code: str, count: int = 1, status: int = 400) -> None:
             post(endpoint, "/opsy-ext/inject-error", {"match": match, "code": code, "count": count, "status": status})
 
+        def publish(self, image_id: str, name: str, owner_id: str) -> str:
+            return post(endpoint, "/opsy-ext/publish-image", {"region": REGION, "id": image_id, "name": name, "owner_id": owner_id})["ImageId"]
+
         def image(self, name: str) -> str:
             return self.ec2.register_image(Name=name, RootDeviceName="/dev/xvda")["ImageId"]
 

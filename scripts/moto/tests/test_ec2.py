@@ -60,3 +60,16 @@ def test_a_launch_template_version_starts_from_its_source_version(aws: Any) -> N
     )["LaunchTemplateVersion"]
     assert version["VersionNumber"] == 2
     assert version["LaunchTemplateData"] == {"ImageId": new, "InstanceType": "t3.medium"}
+
+
+def test_owners_and_filters_scope_a_lookup_by_id(aws: Any) -> None:
+    ours = aws.image("ours")
+    public = aws.publish("ami-0a1302024090000aa", "amazon-eks-node-al2023-x86_64-standard-1.30-v1", "602401143452")
+    both = [ours, public]
+    found = aws.ec2.describe_images(ImageIds=both, Owners=["self"])["Images"]
+    assert [i["ImageId"] for i in found] == [ours]
+    found = aws.ec2.describe_images(ImageIds=both, Owners=["602401143452"])["Images"]
+    assert [i["ImageId"] for i in found] == [public]
+    found = aws.ec2.describe_images(ImageIds=both, Filters=[{"Name": "name", "Values": ["amazon-eks-*"]}])["Images"]
+    assert [i["ImageId"] for i in found] == [public]
+    assert len(aws.ec2.describe_images(ImageIds=both)["Images"]) == 2
