@@ -3,7 +3,7 @@
 
     check.py            lint and render every chart, validate what they render, and fail when
                         deploy/kustomize/ differs from what the charts render
-    check.py --write    the same, but (re)write deploy/kustomize/
+    check.py --write    the same, but (re)write deploy/kustomize/ and deploy/namespaced/
 
 Runs in the project's .venv with the helm that `cargo xtask setup` builds from
 test/control-plane/helm (`HELM` names another): `helm lint --strict` and `helm template`, no
@@ -28,6 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = ROOT / "charts"
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
+NAMESPACED = ROOT / "deploy" / "namespaced" / "manifests.yaml"
+# The namespace the namespaced example (and its RBAC test) reconciles.
+WATCHED = "ami-builds"
 KUBE_VERSION = "1.32.0"
 RELEASE = "opsy"
 NAMESPACE = "opsy-system"
@@ -242,7 +245,36 @@ def check_umbrella(workdir: Path, builder: list[dict], refresher: list[dict]) ->
         fail("the umbrella's single-operator installs render other CRDs than the operator charts")
     if len(set(names(both))) != len(both):
         fail("the umbrella renders two objects with the same kind and name")
-    return {BUILDER: only_builder, REFRESHER: only_refresher, "both": both}
+    namespaced = check_namespaced(chart)
+    return {BUILDER: only_builder, REFRESHER: only_refresher, "both": both, "namespaced": namespaced}
+
+
+def check_namespaced(chart: Path) -> list[dict]:
+    """watchNamespaces: Roles in the watched namespace hold every namespaced rule; the
+    ClusterRoles keep only the CRD read; the Deployments are told which namespace to watch."""
+    values = {op: {"watchNamespaces": [WATCHED]} for op in (BUILDER, REFRESHER)}
+    objects = render(chart, values)
+    validate_builtin("namespaced", objects)
+    check_rbac("namespaced", objects)
+    for o in objects:
+        if o["kind"] == "ClusterRole":
+            resources = {r for rule in o["rules"] for r in rule.get("resources", [])}
+            if resources != {"customresourcedefinitions"}:
+                fail(f"namespaced: ClusterRole {o['metadata']['name']} still grants {sorted(resources)}")
+        if o["kind"] == "Deployment":
+            env = {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]}
+            if env.get("OPSY_WATCH_NAMESPACES") != WATCHED:
+                fail(f"namespaced: Deployment {o['metadata']['name']} does not watch {WATCHED}")
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"].get("namespace") == WATCHED]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"].get("namespace") == WATCHED]
+    if len(roles) != 2 or len(bindings) != 2:
+        fail(f"namespaced: expected a Role and a RoleBinding per operator in {WATCHED}")
+    for role in roles:
+        if not any("secrets" in r.get("resources", []) for r in role["rules"]):
+            fail(f"namespaced: Role {role['metadata']['name']} cannot read Secrets in {WATCHED}")
+    expect_refused(chart, {BUILDER: {"watchNamespaces": ["Not A Namespace"]}}, "an invalid namespace")
+    print(f"  ok   namespaced: Roles in {WATCHED} only, ClusterRoles read their CRD only")
+    return objects
 
 
 def manifests_text(objects: list[dict]) -> str:
@@ -270,6 +302,18 @@ metadata:
 
 def sync_kustomize(installs: dict[str, list[dict]], write: bool) -> None:
     print("deploy/kustomize:")
+    # Plain manifests (kustomize would move the Roles into its one namespace).
+    namespaced = installs.pop("namespaced")
+    text = manifests_text(namespaced).replace(
+        "with default values", f"with watchNamespaces: [{WATCHED}]"
+    )
+    if not (NAMESPACED.exists() and NAMESPACED.read_text() == text):
+        if write:
+            NAMESPACED.parent.mkdir(parents=True, exist_ok=True)
+            NAMESPACED.write_text(text)
+            print(f"  wrote {NAMESPACED.relative_to(ROOT)}")
+        else:
+            fail(f"{NAMESPACED.relative_to(ROOT)} differs from the charts; run `cargo xtask charts --write`")
     for name, objects in installs.items():
         directory = KUSTOMIZE / name
         files = {

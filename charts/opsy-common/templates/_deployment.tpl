@@ -67,6 +67,10 @@ spec:
               value: {{ $values.logFormat | quote }}
             - name: RUST_LOG
               value: {{ $values.logLevel | quote }}
+            {{- with $values.watchNamespaces }}
+            - name: OPSY_WATCH_NAMESPACES
+              value: {{ join "," . | quote }}
+            {{- end }}
             {{- with $values.aws.region }}
             - name: AWS_REGION
               value: {{ . | quote }}

@@ -35,8 +35,21 @@ pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, ctx: Arc<Context>) ->
 
 /// Runs the controller until a shutdown signal or the loss of the leader Lease; the process is
 /// ready once the first cache sync is done.
-pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
-    let refreshers: Api<AMIRefresher> = Api::all(ctx.client.clone());
+pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator, namespaces: &[String]) {
+    let scopes = opsy_runtime::cli::watch_scopes(namespaces);
+    futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| run_in(ctx.clone(), concurrency, operator, scope)),
+    )
+    .await;
+}
+
+async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope: Option<String>) {
+    let refreshers: Api<AMIRefresher> = match &scope {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
     let (cache, changes) = operator.watch_spec_changes(refreshers);
     Controller::for_stream(changes, cache)
         .with_config(Config::default().concurrency(concurrency))

@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             let crd = Kind::AMIRefresher.crd().metadata.name.unwrap_or_default();
             let operator = Operator::start(&args, MANAGER, &crd).await?;
             let ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
-            controller::run(ctx, args.concurrency, &operator).await;
+            controller::run(ctx, args.concurrency, &operator, &args.watch_namespaces).await;
             operator.stop().await?;
         }
     }

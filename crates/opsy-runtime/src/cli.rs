@@ -31,6 +31,27 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "OPSY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Watch custom resources only in these namespaces (comma-separated), for an install whose
+    /// RBAC is Roles in those namespaces; empty: every namespace (a ClusterRole).
+    #[arg(long, env = "OPSY_WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
+    pub watch_namespaces: Vec<String>,
+}
+
+/// The scopes a controller watches: every namespace (`None`), or one per listed namespace.
+pub fn watch_scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    let mut listed: Vec<Option<String>> = namespaces
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| Some(n.to_owned()))
+        .collect();
+    listed.sort();
+    listed.dedup();
+    if listed.is_empty() {
+        vec![None]
+    } else {
+        listed
+    }
 }
 
 /// Log format of `run`.
@@ -117,4 +138,32 @@ pub fn print_report<R: Serialize>(
         anyhow::bail!("plan made a mutating AWS call; this is a bug");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn watch_namespaces_default_to_every_namespace() {
+        let cli = Cli::try_parse_from(["op"]).unwrap();
+        assert_eq!(watch_scopes(&cli.run.watch_namespaces), [None]);
+        let cli =
+            Cli::try_parse_from(["op", "--watch-namespaces", "builds,team-a,builds"]).unwrap();
+        assert_eq!(
+            watch_scopes(&cli.run.watch_namespaces),
+            [Some("builds".to_owned()), Some("team-a".to_owned())]
+        );
+        // The chart's empty value.
+        assert_eq!(watch_scopes(&[String::new()]), [None]);
+    }
 }

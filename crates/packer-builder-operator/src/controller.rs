@@ -35,12 +35,28 @@ pub fn error_policy(pb: Arc<PackerBuilder>, error: &Error, ctx: Arc<Context>) ->
     }
 }
 
-/// Runs the controller until a shutdown signal or the loss of the leader Lease; the process is
-/// ready once the first cache sync is done.
-pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator) {
+/// Runs the controller until a shutdown signal or the loss of the leader Lease, over every
+/// namespace or only the listed ones (one watch each); the process is ready once the first
+/// cache sync is done.
+pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator, namespaces: &[String]) {
+    let scopes = opsy_runtime::cli::watch_scopes(namespaces);
+    futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| run_in(ctx.clone(), concurrency, operator, scope)),
+    )
+    .await;
+}
+
+async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope: Option<String>) {
     let client = ctx.client.clone();
-    let builders: Api<PackerBuilder> = Api::all(client.clone());
-    let jobs: Api<Job> = Api::all(client);
+    let (builders, jobs): (Api<PackerBuilder>, Api<Job>) = match &scope {
+        Some(namespace) => (
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client, namespace),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
     let job_watch = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::COMPONENT,

@@ -47,7 +47,7 @@ async fn a_watched_packer_builder_is_reconciled_into_a_job_and_a_status_write() 
     assert!(!operator.health.is_ready());
     let running = tokio::spawn({
         let operator = operator.clone();
-        async move { controller::run(ctx, 2, &operator).await }
+        async move { controller::run(ctx, 2, &operator, &[]).await }
     });
 
     // The reconcile ends with its status write; then it is counted. The process turns ready

@@ -12,6 +12,8 @@ use opsy_aws::{AwsOptions, ClientSet};
 use opsy_runtime::{context::Context, operator::Operator};
 use opsy_testkit::{ACCOUNT_ID, ControlPlane, Moto};
 
+pub mod rbac;
+
 pub const REGION: &str = "us-west-2";
 pub const CLUSTER: &str = "prod-east";
 
@@ -49,6 +51,17 @@ pub async fn start(
 
 /// Starts the `kind` controller with `client`.
 pub fn start_with(client: kube::Client, moto: &Moto, kind: Kind, poll: Duration) -> Running {
+    start_watching(client, moto, kind, poll, Vec::new())
+}
+
+/// [`start_with`], watching only `namespaces` (every namespace when empty).
+pub fn start_watching(
+    client: kube::Client,
+    moto: &Moto,
+    kind: Kind,
+    poll: Duration,
+    namespaces: Vec<String>,
+) -> Running {
     let operator = Arc::new(Operator::new(
         client,
         ClientSet::new(AwsOptions::emulator(moto.endpoint())),
@@ -63,14 +76,18 @@ pub fn start_with(client: kube::Client, moto: &Moto, kind: Kind, poll: Duration)
         // No Slack here: a notification fails fast without leaving the machine.
         ctx.slack_api = "http://127.0.0.1:9".into();
     }
-    let task = tokio::spawn(run(kind, ctx, operator.clone()));
+    let task = tokio::spawn(run(kind, ctx, operator.clone(), namespaces));
     Running { operator, task }
 }
 
-async fn run(kind: Kind, ctx: Arc<Context>, operator: Arc<Operator>) {
+async fn run(kind: Kind, ctx: Arc<Context>, operator: Arc<Operator>, namespaces: Vec<String>) {
     match kind {
-        Kind::Builder => packer_builder_operator::controller::run(ctx, 4, &operator).await,
-        Kind::Refresher => ami_refresh_operator::controller::run(ctx, 4, &operator).await,
+        Kind::Builder => {
+            packer_builder_operator::controller::run(ctx, 4, &operator, &namespaces).await;
+        }
+        Kind::Refresher => {
+            ami_refresh_operator::controller::run(ctx, 4, &operator, &namespaces).await;
+        }
     }
 }
 

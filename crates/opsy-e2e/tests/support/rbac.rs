@@ -1,0 +1,293 @@
+//! The RBAC scenario both install modes share: both operators run as the ServiceAccounts
+//! their chart creates, with the ClusterRoles and Roles it installs, through a whole build
+//! (with a notification Secret) and a whole rollout, plus the CRD wait and the leader Lease.
+//! From the API server's audit log: every request they made was allowed, and every rule the
+//! install grants was used.
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use super::{CLUSTER, Kind, REGION, start_watching};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        core::v1::{Namespace, Secret},
+        rbac::v1::{ClusterRole, Role},
+    },
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use opsy_api::{AMIRefresher, PackerBuilder};
+use opsy_runtime::{
+    leader::{Leadership, LeaseTiming},
+    operator::wait_for_crd,
+};
+use opsy_testkit::{ControlPlane, Fixture, Moto, kubelet, seed::ids};
+
+pub const SYSTEM: &str = "opsy-system";
+const BUILDER: &str = "opsy-packer-builder-operator";
+const REFRESHER: &str = "opsy-ami-refresh-operator";
+
+/// (apiGroup, resource[/subresource], verb)
+type Use = (String, String, String);
+
+/// What `user` did, from the audit log; fails on any request that was refused.
+fn used_by(cp: &ControlPlane, user: &str) -> BTreeSet<Use> {
+    let mut used = BTreeSet::new();
+    for event in cp.audit_events().unwrap() {
+        if event.acting_user() != user {
+            continue;
+        }
+        let code = event.response_status.as_ref().map_or(0, |s| s.code);
+        assert_ne!(
+            code, 403,
+            "{user} was refused {} {}",
+            event.verb, event.request_u_r_i
+        );
+        let Some(object) = &event.object_ref else {
+            continue;
+        };
+        let resource = if object.subresource.is_empty() {
+            object.resource.clone()
+        } else {
+            format!("{}/{}", object.resource, object.subresource)
+        };
+        used.insert((object.api_group.clone(), resource, event.verb.clone()));
+    }
+    used
+}
+
+/// What the install's ClusterRole and Roles (the leader Lease's, and one per watched
+/// namespace) grant the operator `name`.
+async fn granted(client: &kube::Client, name: &str, watched: &[String]) -> BTreeSet<Use> {
+    let mut rules = Api::<ClusterRole>::all(client.clone())
+        .get(name)
+        .await
+        .unwrap()
+        .rules
+        .unwrap_or_default();
+    rules.extend(
+        Api::<Role>::namespaced(client.clone(), SYSTEM)
+            .get(&format!("{name}-leader-election"))
+            .await
+            .unwrap()
+            .rules
+            .unwrap_or_default(),
+    );
+    for namespace in watched {
+        rules.extend(
+            Api::<Role>::namespaced(client.clone(), namespace)
+                .get(name)
+                .await
+                .unwrap()
+                .rules
+                .unwrap_or_default(),
+        );
+    }
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// Rules that no request shows: `update` on `packerbuilders/finalizers` is what the
+/// OwnerReferencesPermissionEnforcement admission plugin (on in EKS, and in the test's API
+/// server) checks when a Job names its PackerBuilder as a blocking owner.
+fn checked_by_admission(used: &Use) -> bool {
+    used.1.ends_with("/finalizers") && used.2 == "update"
+}
+
+/// Installs `manifests` (from the workspace root), then runs the scenario in namespace
+/// `work` (whose client is `admin`) with both operators watching `watched` (every namespace
+/// when empty), and checks the audit log against what the install grants.
+pub async fn operators_need_every_rule_granted(
+    cp: &ControlPlane,
+    admin: kube::Client,
+    work: &str,
+    manifests: &str,
+    watched: Vec<String>,
+) {
+    let system = Namespace {
+        metadata: ObjectMeta {
+            name: Some(SYSTEM.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap();
+    let manifests = opsy_testkit::moto::workspace_root().join(manifests);
+    let out = Command::new(cp.binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let builder_user = format!("system:serviceaccount:{SYSTEM}:{BUILDER}");
+    let refresher_user = format!("system:serviceaccount:{SYSTEM}:{REFRESHER}");
+    let builder_client = cp.client_as_service_account(SYSTEM, BUILDER).await.unwrap();
+    let refresher_client = cp
+        .client_as_service_account(SYSTEM, REFRESHER)
+        .await
+        .unwrap();
+
+    // Start-up as the binaries do it: the CRD wait, then the leader Lease.
+    let timing = LeaseTiming {
+        duration_seconds: 2,
+        renew_before_seconds: 1,
+    };
+    for (client, crd, lease) in [
+        (
+            &builder_client,
+            "packerbuilders.ami.refresh.ops",
+            "packer-builder-operator",
+        ),
+        (
+            &refresher_client,
+            "amirefreshers.ami.refresh.ops",
+            "ami-refresh-operator",
+        ),
+    ] {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_for_crd(client, crd, Duration::from_millis(100)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let leader = Leadership::acquire(client.clone(), SYSTEM, lease, "rbac-test", timing)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await; // renewed at least once
+        leader.release().await;
+    }
+
+    // A whole build, with a Slack notification whose token is read from a Secret.
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    fixture.register_image("base-al2023-v1", &[]).await.unwrap();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("slack-token".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), ByteString(b"xoxb-test".to_vec()))].into()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(admin.clone(), work)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut pb = super::packer_builder("pb", "10m");
+    pb.spec.notifier = serde_json::from_value(serde_json::json!(
+        {"slack": {"channelIDs": ["C0123456789"], "secret": "slack-token"}}
+    ))
+    .unwrap();
+    let builders: Api<PackerBuilder> = Api::namespaced(admin.clone(), work);
+    builders.create(&PostParams::default(), &pb).await.unwrap();
+    let poll = Duration::from_secs(1);
+    let builder = start_watching(builder_client, &moto, Kind::Builder, poll, watched.clone());
+    let first = super::build_started(&builders, "pb").await;
+    // The first build's pod cannot start: the operator gives up on it, deletes its Job and
+    // builds again.
+    let pod = kubelet::build_pods(&admin, work, &first)
+        .await
+        .unwrap()
+        .remove(0);
+    kubelet::container_waiting(
+        &admin,
+        work,
+        &pod.metadata.name.clone().unwrap(),
+        "git-sync",
+        true,
+        "CreateContainerConfigError",
+        "secret \"git\" not found",
+    )
+    .await
+    .unwrap();
+    super::wait_for("a second build", 60, || async {
+        builders
+            .get("pb")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.job_name)
+            .is_some_and(|j| j != first)
+    })
+    .await;
+    let job = super::build_started(&builders, "pb").await;
+    let built = fixture
+        .register_image("al2023-hardened-1", &[])
+        .await
+        .unwrap();
+    kubelet::finish_build_job(
+        &admin,
+        work,
+        &job,
+        0,
+        &kubelet::artifact_line(REGION, &built),
+    )
+    .await
+    .unwrap();
+    super::active(&builders, "pb", &built, 60).await;
+
+    // A whole rollout of an active AMI to two managed groups and a self-managed one.
+    let target = super::active_ami(&fixture, "hardened-2").await;
+    super::cluster(&fixture, &["a", "b"], ids::AL2023_130_SEP).await;
+    fixture
+        .create_self_managed_group(CLUSTER, "self-1", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    let mut amr = super::refresher("amr", &target, "10m");
+    amr.spec.notifier = pb.spec.notifier.clone();
+    let refreshers: Api<AMIRefresher> = Api::namespaced(admin.clone(), work);
+    refreshers
+        .create(&PostParams::default(), &amr)
+        .await
+        .unwrap();
+    let refresher = start_watching(
+        refresher_client,
+        &moto,
+        Kind::Refresher,
+        poll,
+        watched.clone(),
+    );
+    super::rolled_out(&refreshers, "amr", "3/3 on target", 90).await;
+
+    // Watches are audited when they end: stop both operators first.
+    drop((builder, refresher));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, user) in [(BUILDER, &builder_user), (REFRESHER, &refresher_user)] {
+        let used = used_by(cp, user);
+        let granted = granted(&admin, name, &watched).await;
+        let unused: Vec<&Use> = granted
+            .iter()
+            .filter(|g| !used.contains(*g) && !checked_by_admission(g))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "{name}: granted but never used: {unused:#?}\nused: {used:#?}"
+        );
+        let ungranted: Vec<&Use> = used.iter().filter(|u| !granted.contains(*u)).collect();
+        assert!(
+            ungranted.is_empty(),
+            "{name}: used without a rule: {ungranted:#?}"
+        );
+    }
+}
