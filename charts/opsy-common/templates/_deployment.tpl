@@ -67,6 +67,10 @@ spec:
               value: {{ $values.logFormat | quote }}
             - name: RUST_LOG
               value: {{ $values.logLevel | quote }}
+            {{- with ($values.builds).allowedImages }}
+            - name: OPSY_ALLOWED_BUILD_IMAGES
+              value: {{ join "," . | quote }}
+            {{- end }}
             {{- with $values.watchNamespaces }}
             - name: OPSY_WATCH_NAMESPACES
               value: {{ join "," . | quote }}

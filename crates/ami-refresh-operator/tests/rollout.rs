@@ -108,6 +108,7 @@ impl World {
             slack_api: self.slack_api.clone(),
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
+            build_policy: Default::default(),
         })
     }
 

@@ -232,10 +232,19 @@ pub struct Builder {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret: Option<String>,
-    /// Service account of the build Job's pod, usually bound to an IAM role for Packer.
+    /// Service account of the build Job's pod, usually bound to an IAM role for Packer. It must
+    /// allow builds with the annotation `ami.refresh.ops/packer-builders` (`*`, or this
+    /// PackerBuilder's name in a comma-separated list): whoever may create a PackerBuilder may
+    /// not borrow any service account of the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub job_service_account_name: Option<String>,
+    /// Packer variables whose values are secret (tokens, passwords): each is read from a
+    /// Secret's key and reaches Packer as the environment variable `PKR_VAR_<name>`, never in
+    /// its arguments, the Job's spec or status. Checked before a build starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub secret_variables: Vec<SecretVariable>,
     /// Packer commands. Always run in the order `init`, `validate`, `build`; each at most once.
     /// Empty: all three with defaults. Only `build`: `init` and `validate` are added in the
     /// build's working directory.
@@ -245,6 +254,24 @@ pub struct Builder {
     /// Settings of the build Job.
     #[serde(default)]
     pub job: JobSettings,
+}
+
+/// A Packer variable whose value comes from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVariable {
+    /// The Packer variable, e.g. `vault_token`.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = "^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    /// The Secret in the PackerBuilder's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: String,
+    /// The key of the Secret holding the value.
+    #[schemars(length(min = 1, max = 253), regex(pattern = "^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 fn commands_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -35,6 +35,29 @@ pub struct RunArgs {
     /// RBAC is Roles in those namespaces; empty: every namespace (a ClusterRole).
     #[arg(long, env = "OPSY_WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
     pub watch_namespaces: Vec<String>,
+    /// PackerBuilder operator: the images build Jobs may run (comma-separated repositories,
+    /// or prefixes ending in `*`); empty: the default Packer and git-sync repositories.
+    #[arg(long, env = "OPSY_ALLOWED_BUILD_IMAGES", value_delimiter = ',', num_args = 0..)]
+    pub allowed_build_images: Vec<String>,
+}
+
+impl RunArgs {
+    /// The build policy these arguments set.
+    pub fn build_policy(&self) -> crate::context::BuildPolicy {
+        let listed: Vec<String> = self
+            .allowed_build_images
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        if listed.is_empty() {
+            crate::context::BuildPolicy::default()
+        } else {
+            crate::context::BuildPolicy {
+                allowed_images: listed,
+            }
+        }
+    }
 }
 
 /// The scopes a controller watches: every namespace (`None`), or one per listed namespace.

@@ -34,6 +34,69 @@ pub struct Context {
     pub failures: Failures,
     /// Reconciles, errors, durations and transitions, served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// What build Jobs may run (PackerBuilder operator).
+    pub build_policy: BuildPolicy,
+}
+
+/// The images a build Job may run, set by whoever installs the operator: whoever can create a
+/// PackerBuilder must not be able to run any image with the Job's service account and Secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildPolicy {
+    /// Image repositories (`hashicorp/packer`: any tag or digest of it) or prefixes ending in
+    /// `*` (`123456789012.dkr.ecr.us-west-2.amazonaws.com/packer/*`).
+    pub allowed_images: Vec<String>,
+}
+
+impl Default for BuildPolicy {
+    /// The repositories of the default Packer and git-sync images.
+    fn default() -> Self {
+        Self {
+            allowed_images: DEFAULT_ALLOWED_IMAGES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// The repositories of [`opsy_api::packer_builder::DEFAULT_PACKER_IMAGE`] and
+/// [`opsy_api::packer_builder::DEFAULT_GIT_SYNC_IMAGE`].
+pub const DEFAULT_ALLOWED_IMAGES: &[&str] =
+    &["hashicorp/packer", "registry.k8s.io/git-sync/git-sync"];
+
+/// The repository of an image reference, without tag or digest, Docker Hub written short:
+/// `docker.io/hashicorp/packer:1.11@sha256:…` → `hashicorp/packer`; `busybox` →
+/// `library/busybox`.
+pub fn image_repository(image: &str) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let (path, last) = match without_digest.rsplit_once('/') {
+        Some((path, last)) => (Some(path), last),
+        None => (None, without_digest),
+    };
+    let last = last.split(':').next().unwrap_or(last);
+    let full = match path {
+        Some(path) => format!("{path}/{last}"),
+        None => format!("library/{last}"),
+    };
+    let short = full
+        .strip_prefix("docker.io/")
+        .or_else(|| full.strip_prefix("index.docker.io/"))
+        .unwrap_or(&full);
+    short.to_owned()
+}
+
+impl BuildPolicy {
+    /// Whether a build Job may run `image`.
+    pub fn allows_image(&self, image: &str) -> bool {
+        let repository = image_repository(image);
+        self.allowed_images.iter().any(|allowed| {
+            let allowed = allowed.trim();
+            match allowed.strip_suffix('*') {
+                Some(prefix) => image.starts_with(prefix) || repository.starts_with(prefix),
+                None => image_repository(allowed) == repository,
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -67,6 +130,45 @@ impl Context {
             slack_api: opsy_notify::slack::SLACK_API.to_owned(),
             failures: Failures::default(),
             metrics,
+            build_policy: BuildPolicy::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_allowed_by_repository_or_prefix() {
+        let policy = BuildPolicy::default();
+        for image in [
+            opsy_api::packer_builder::DEFAULT_PACKER_IMAGE,
+            opsy_api::packer_builder::DEFAULT_GIT_SYNC_IMAGE,
+            "hashicorp/packer:latest",
+            "docker.io/hashicorp/packer:1.11.2",
+            "hashicorp/packer@sha256:0123",
+            "registry.k8s.io/git-sync/git-sync:v4.2.3",
+        ] {
+            assert!(policy.allows_image(image), "{image}");
+        }
+        for image in [
+            "evil/packer:1",
+            "hashicorp/packer-evil:1",
+            "registry.k8s.io/git-sync/git-sync-fork:v1",
+            "busybox",
+            "attacker.example/hashicorp/packer:1",
+        ] {
+            assert!(!policy.allows_image(image), "{image}");
+        }
+        let ecr = BuildPolicy {
+            allowed_images: vec!["123456789012.dkr.ecr.us-west-2.amazonaws.com/packer/*".into()],
+        };
+        assert!(ecr.allows_image("123456789012.dkr.ecr.us-west-2.amazonaws.com/packer/al2023:7"));
+        assert!(!ecr.allows_image("123456789012.dkr.ecr.us-west-2.amazonaws.com/other:7"));
+        assert_eq!(
+            image_repository("localhost:5000/packer:1"),
+            "localhost:5000/packer"
+        );
     }
 }

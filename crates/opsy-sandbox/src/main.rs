@@ -88,6 +88,7 @@ impl Sandbox {
             // No Slack in the sandbox: notifications fail fast and show in status.
             slack_api: "http://127.0.0.1:9".into(),
             failures: Default::default(),
+            build_policy: Default::default(),
         });
         Box::pin(packer_builder_operator::reconcile::reconcile(
             Arc::new(pb),
@@ -111,6 +112,7 @@ impl Sandbox {
             poll_interval: Duration::from_secs(30),
             slack_api: "http://127.0.0.1:9".into(),
             failures: Default::default(),
+            build_policy: Default::default(),
         });
         Box::pin(ami_refresh_operator::reconcile::reconcile(
             Arc::new(amr),

@@ -104,7 +104,35 @@ pub fn builder_secret(
     }
 }
 
-/// Reads the keys (never the values' use beyond their names) of Secret `name`.
+/// Each secret Packer variable's Secret exists and has its key (`keys_of(name)` gives the keys
+/// of Secret `name`).
+pub fn secret_variables<'a>(
+    spec: &PackerBuilderSpec,
+    namespace: &str,
+    keys_of: impl Fn(&str) -> &'a Keys,
+) -> Result<(), String> {
+    for (i, variable) in spec.builder.secret_variables.iter().enumerate() {
+        let name = &variable.secret;
+        match keys_of(name) {
+            None => {
+                return Err(format!(
+                    "Secret {name:?} (spec.builder.secretVariables[{i}], variable {}) does not exist in namespace {namespace}",
+                    variable.name
+                ));
+            }
+            Some(keys) if !keys.contains(&variable.key) => {
+                return Err(format!(
+                    "Secret {name:?} (spec.builder.secretVariables[{i}], variable {}) has no key {}",
+                    variable.name, variable.key
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reads the key names (never the values) of Secret `name`.
 async fn keys(secrets: &Api<Secret>, name: Option<&str>) -> Result<Keys, kube::Error> {
     let Some(name) = name else {
         return Ok(None);
@@ -128,7 +156,19 @@ pub async fn check(
 ) -> Result<Result<GitAuth, String>, kube::Error> {
     let git = keys(secrets, spec.git_sync.secret.as_deref()).await?;
     let builder = keys(secrets, spec.builder.secret.as_deref()).await?;
-    Ok(builder_secret(spec, namespace, &builder).and_then(|()| git_auth(spec, namespace, &git)))
+    let mut variables = std::collections::BTreeMap::new();
+    for variable in &spec.builder.secret_variables {
+        if !variables.contains_key(&variable.secret) {
+            let found = keys(secrets, Some(&variable.secret)).await?;
+            variables.insert(variable.secret.clone(), found);
+        }
+    }
+    let none: Keys = None;
+    Ok(builder_secret(spec, namespace, &builder)
+        .and_then(|()| {
+            secret_variables(spec, namespace, |name| variables.get(name).unwrap_or(&none))
+        })
+        .and_then(|()| git_auth(spec, namespace, &git)))
 }
 
 #[cfg(test)]

@@ -397,6 +397,14 @@ fn packer_container(pb: &PackerBuilder, step: &Step, mounts: &[VolumeMount]) -> 
     if step.debug {
         vars.push(env("PACKER_LOG", "1"));
     }
+    // Packer reads `PKR_VAR_<name>` as variable `name`: secret values stay out of its argv.
+    for variable in &spec.builder.secret_variables {
+        vars.push(secret_env(
+            &format!("PKR_VAR_{}", variable.name),
+            &variable.secret,
+            &variable.key,
+        ));
+    }
     let is_build = step.sub_command == opsy_api::packer_builder::SubCommand::Build;
     let (command, args) = if is_build {
         // `sh -c SCRIPT packer <args>`: the args become "$@" of the fixed script.

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod dry_run;
 pub mod job;
 pub mod notify;
+pub mod policy;
 pub mod reconcile;
 pub mod state;
 

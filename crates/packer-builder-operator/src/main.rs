@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let crd = Kind::PackerBuilder.crd().metadata.name.unwrap_or_default();
             let operator = Operator::start(&args, MANAGER, &crd).await?;
-            let ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
+            let mut ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
+            if let Some(ctx) = Arc::get_mut(&mut ctx) {
+                ctx.build_policy = args.build_policy();
+            }
             controller::run(ctx, args.concurrency, &operator, &args.watch_namespaces).await;
             operator.stop().await?;
         }

@@ -36,7 +36,7 @@ use crate::{
     credentials,
     decide::{Decision, Observed, OpenJob, decide},
     job::{JobRequest, build_job, job_id, job_name, owned_by},
-    notify,
+    notify, policy,
     state::observe,
 };
 
@@ -47,7 +47,8 @@ pub const FINALIZER: &str = "ami.refresh.ops/built-images";
 pub const MANAGER: &str = "packer-builder-operator";
 /// How many builds `status.history` keeps.
 const HISTORY: usize = 10;
-/// How soon a build that waits for a missing Secret looks again (Secrets are not watched).
+/// How soon a build that waits for a missing Secret or a ServiceAccount's permission looks
+/// again (neither is watched).
 const SECRET_RECHECK: Duration = Duration::from_secs(60);
 
 pub use opsy_runtime::context::{Clock, Context};
@@ -379,6 +380,18 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             requeue = Duration::from_secs(30).min(timer);
         }
         Decision::Build { reason } => 'build: {
+            let accounts = Api::namespaced(ctx.client.clone(), &namespace);
+            if let Err(refused) =
+                policy::check(&accounts, &pb, &ctx.build_policy, &namespace).await?
+            {
+                let message = format!(
+                    "a build is needed ({}) but cannot start: {refused}",
+                    reason.describe()
+                );
+                stalled(&ctx, &pb, &mut status, "BuildNotAllowed", &message, now).await;
+                requeue = requeue.min(SECRET_RECHECK);
+                break 'build;
+            }
             let secrets = Api::namespaced(ctx.client.clone(), &namespace);
             let git_auth = match credentials::check(&secrets, &pb.spec, &namespace).await? {
                 Ok(auth) => auth,

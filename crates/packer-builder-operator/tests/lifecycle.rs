@@ -116,6 +116,7 @@ impl World {
             slack_api: self.slack_api.clone(),
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
+            build_policy: Default::default(),
         })
     }
 
@@ -769,6 +770,151 @@ async fn git_credentials_are_checked_before_the_job_and_reach_git_sync_as_git_sy
     assert_eq!(
         from_secret("GITSYNC_PASSWORD"),
         Some(("git-creds".into(), "password".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_build_runs_only_allowed_images_as_a_service_account_that_allows_it() {
+    use k8s_openapi::{
+        ByteString,
+        api::core::v1::{Secret, ServiceAccount},
+    };
+    let world = World::new(pb_manifest(serde_json::json!({
+        "builder": {
+            "repoURL": "https://github.com/example-org/eks-node-images",
+            "image": "attacker.example/packer:1",
+            "jobServiceAccountName": "packer",
+            "secretVariables": [{"name": "vault_token", "secret": "vault", "key": "token"}],
+        },
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    let refused = || async {
+        let status = world.status().await;
+        let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+        (degraded.reason.clone(), degraded.message.clone())
+    };
+
+    // An image outside the operator's allow-list: no Job.
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = refused().await;
+    assert_eq!(reason, "BuildNotAllowed");
+    assert!(
+        message.contains("spec.builder.image \"attacker.example/packer:1\" is not an image"),
+        "{message}"
+    );
+
+    // An allowed image, but a service account that does not lend itself to this builder.
+    world
+        .builders()
+        .patch(
+            "al2023-hardened",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"builder": {"image": "hashicorp/packer:1.11.2"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(world.client.clone(), &world.ns.name);
+    let account = |annotation: &str| ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("packer".into()),
+            annotations: Some(
+                [(
+                    "ami.refresh.ops/packer-builders".to_owned(),
+                    annotation.to_owned(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    accounts
+        .create(&PostParams::default(), &account("gpu-builder"))
+        .await
+        .unwrap();
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = refused().await;
+    assert_eq!(reason, "BuildNotAllowed");
+    assert!(
+        message.contains("does not allow builds of PackerBuilder al2023-hardened"),
+        "{message}"
+    );
+
+    // Allowed; the secret variable's Secret is checked, then reaches Packer by reference.
+    accounts
+        .replace("packer", &Default::default(), &{
+            let mut a = account("gpu-builder, al2023-hardened");
+            a.metadata.resource_version = accounts
+                .get("packer")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version;
+            a
+        })
+        .await
+        .unwrap();
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = refused().await;
+    assert_eq!(reason, "SecretMissing");
+    assert!(
+        message.contains("Secret \"vault\" (spec.builder.secretVariables[0], variable vault_token) does not exist"),
+        "{message}"
+    );
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("vault".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("token".to_owned(), ByteString(b"s3cret-token".to_vec()))].into()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(world.client.clone(), &world.ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    world.reconcile().await;
+    let job = world
+        .jobs()
+        .get(&world.status().await.job_name.unwrap())
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&job).unwrap();
+    assert!(!text.contains("s3cret"), "{text}");
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("packer"));
+    let build = &pod.containers[0];
+    let var = build
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "PKR_VAR_vault_token")
+        .unwrap();
+    let reference = var
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (reference.name.as_str(), reference.key.as_str()),
+        ("vault", "token")
+    );
+    assert!(
+        !build
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a.contains("vault_token"))
     );
 }
 

@@ -10,7 +10,7 @@ use super::{CLUSTER, Kind, REGION, start_watching};
 use k8s_openapi::{
     ByteString,
     api::{
-        core::v1::{Namespace, Secret},
+        core::v1::{Namespace, Secret, ServiceAccount},
         rbac::v1::{ClusterRole, Role},
     },
 };
@@ -194,11 +194,31 @@ pub async fn operators_need_every_rule_granted(
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
+    // The build runs as a service account that lends itself to this PackerBuilder.
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("packer".into()),
+            annotations: Some(
+                [(
+                    "ami.refresh.ops/packer-builders".to_owned(),
+                    "pb".to_owned(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), work)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
     let mut pb = super::packer_builder("pb", "10m");
     pb.spec.notifier = serde_json::from_value(serde_json::json!(
         {"slack": {"channelIDs": ["C0123456789"], "secret": "slack-token"}}
     ))
     .unwrap();
+    pb.spec.builder.job_service_account_name = Some("packer".into());
     let builders: Api<PackerBuilder> = Api::namespaced(admin.clone(), work);
     builders.create(&PostParams::default(), &pb).await.unwrap();
     let poll = Duration::from_secs(1);
