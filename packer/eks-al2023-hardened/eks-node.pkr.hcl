@@ -80,12 +80,23 @@ source "amazon-ebs" "eks_node" {
     delete_on_termination = true
   }
 
+  # `opsy-packer-build = true` on everything the build creates: deploy/iam/packer-job.json lets
+  # the build launch, stop and terminate only instances and volumes so tagged, and deregister,
+  # delete or share only images and snapshots so tagged.
   run_tags = {
-    Name = "packer-${var.name_prefix}"
+    Name                = "packer-${var.name_prefix}"
+    "opsy-packer-build" = "true"
+  }
+  run_volume_tags = {
+    "opsy-packer-build" = "true"
+  }
+  snapshot_tags = {
+    "opsy-packer-build" = "true"
   }
   # The operator adds its own tags (status, base-ami, build-id, …) after the build.
   tags = {
-    "base-ami" = var.ami_id
+    "base-ami"          = var.ami_id
+    "opsy-packer-build" = "true"
   }
 }
 

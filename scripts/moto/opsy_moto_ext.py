@@ -34,11 +34,14 @@ Test controls:
 - node group tag or ASG tag ``opsy.test/polls``: polls before an update finishes, or before an
   instance refresh replaces its first batch (default 2).
 
-Two HTTP endpoints beside moto's own ``/moto-api``:
+HTTP endpoints beside moto's own ``/moto-api``:
 - ``POST /opsy-ext/inject-error`` with JSON ``{"match": "DescribeImages", "code": "...",
   "status": 400, "count": 1}``: the next ``count`` requests whose action (query protocols) or
   ``"METHOD /path"`` (REST protocols) starts with ``match`` fail with that error.
 - ``GET /opsy-ext/requests``: requests served so far, by action; ``DELETE`` clears the counts.
+- ``GET /opsy-ext/calls``: what each request asked of IAM — signing key, ``service:Action``,
+  resource ARNs with their current tags, the tags it writes — for the tests' policy checks;
+  ``DELETE`` clears it.
 - ``POST /opsy-ext/publish-image`` with ``{"region", "id", "name", "owner_id"}``: an image of
   another account appears (as when AWS publishes a new EKS-optimised AMI).
 """
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import uuid
 from collections import Counter
@@ -854,6 +858,127 @@ def _patch_autoscaling() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# What each request asks IAM for (for the tests' policy checks)
+# --------------------------------------------------------------------------------------------
+
+_EKS_ROUTES = [
+    ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)$"), "DescribeCluster"),
+    ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)/node-groups$"), "ListNodegroups"),
+    ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)/node-groups/(?P<ng>[^/]+)$"), "DescribeNodegroup"),
+    ("POST", re.compile(r"^/clusters/(?P<c>[^/]+)/node-groups/(?P<ng>[^/]+)/update-version$"), "UpdateNodegroupVersion"),
+    ("POST", re.compile(r"^/clusters/(?P<c>[^/]+)/node-groups/(?P<ng>[^/]+)/update-config$"), "UpdateNodegroupConfig"),
+    ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)/updates$"), "ListUpdates"),
+    ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)/updates/(?P<id>[^/]+)$"), "DescribeUpdate"),
+]
+
+_EC2_ARN_TYPES = {
+    "ami-": "image",
+    "lt-": "launch-template",
+    "i-": "instance",
+    "snap-": "snapshot",
+    "vol-": "volume",
+    "sg-": "security-group",
+}
+
+
+def _ec2_arn(region: str, account: str, resource_id: str) -> str:
+    kind = next((k for p, k in _EC2_ARN_TYPES.items() if resource_id.startswith(p)), "resource")
+    # Images and snapshots have no account in their ARN (Service Authorization Reference, EC2).
+    owner = "" if kind in ("image", "snapshot") else account
+    return f"arn:aws:ec2:{region}:{owner}:{kind}/{resource_id}"
+
+
+def _numbered(params: dict[str, list[str]], prefix: str) -> list[str]:
+    """`Prefix.1`, `Prefix.2`, … of a query request, in order."""
+    found = []
+    n = 1
+    while f"{prefix}.{n}" in params:
+        found.append(params[f"{prefix}.{n}"][0])
+        n += 1
+    return found
+
+
+def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[str]]) -> dict[str, Any] | None:
+    """The IAM view of one request: the signing key, `service:Action`, the resources' ARNs with
+    the tags they carry now, the tags the request writes, and other condition keys (IAM User
+    Guide, "Policy evaluation logic"; resource ARN formats and condition keys from the Service
+    Authorization Reference of EC2, Amazon EKS, Amazon EC2 Auto Scaling and Amazon SNS)."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    m = re.search(r"Credential=([^/]+)/\d{8}/([^/]+)/([^/]+)/", auth)
+    if not m:
+        return None
+    key, region, service = m.groups()
+    from moto.core import DEFAULT_ACCOUNT_ID as account
+
+    first = lambda name: (params.get(name) or [None])[0]  # noqa: E731
+    resources: list[str] = ["*"]
+    resource_tags: dict[str, dict[str, str]] = {}
+    request_tags: dict[str, str] = {}
+    context: dict[str, str] = {}
+    if service == "ec2":
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[account][region]
+        ids: list[str] = []
+        if action == "CreateTags":
+            ids = _numbered(params, "ResourceId")
+            n = 1
+            while f"Tag.{n}.Key" in params:
+                request_tags[params[f"Tag.{n}.Key"][0]] = (params.get(f"Tag.{n}.Value") or [""])[0]
+                n += 1
+        elif action in ("EnableImageDeprecation", "DisableImageDeprecation", "DeregisterImage"):
+            ids = [first("ImageId")]
+        elif action == "CreateLaunchTemplateVersion":
+            lt = first("LaunchTemplateId")
+            if not lt and first("LaunchTemplateName"):
+                try:
+                    lt = backend.get_launch_template_by_name(first("LaunchTemplateName")).id
+                except Exception:  # noqa: BLE001 - moto answers the request itself
+                    lt = None
+            ids = [lt] if lt else []
+        if ids:
+            resources = [_ec2_arn(region, account, i) for i in ids if i]
+            for i in ids:
+                if i:
+                    resource_tags[_ec2_arn(region, account, i)] = dict(backend.tags.get(i, {}))
+    elif service == "eks":
+        for method, pattern, name in _EKS_ROUTES:
+            hit = pattern.match(environ.get("PATH_INFO", ""))
+            if method == environ.get("REQUEST_METHOD") and hit:
+                action = name
+                cluster = hit.group("c")
+                group = hit.groupdict().get("ng") or first("nodegroupName")
+                if group:
+                    resources = [f"arn:aws:eks:{region}:{account}:nodegroup/{cluster}/{group}/*"]
+                else:
+                    resources = [f"arn:aws:eks:{region}:{account}:cluster/{cluster}"]
+                break
+    elif service == "autoscaling":
+        if action in ("StartInstanceRefresh", "CancelInstanceRefresh", "RollbackInstanceRefresh"):
+            from moto.autoscaling.models import autoscaling_backends
+
+            name = first("AutoScalingGroupName")
+            group = autoscaling_backends[account][region].autoscaling_groups.get(name)
+            arn = group.arn if group is not None else (
+                f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{name}"
+            )
+            resources = [arn]
+            if group is not None:
+                resource_tags[arn] = {t["Key"]: t["Value"] for t in group.tags}
+    elif service == "sns":
+        if action == "Publish" and first("TopicArn"):
+            resources = [first("TopicArn")]
+    return {
+        "access_key": key,
+        "action": f"{service}:{action}",
+        "resources": resources,
+        "request_tags": request_tags,
+        "resource_tags": resource_tags,
+        "context": context,
+    }
+
+
 class Middleware:
     """Wraps moto's WSGI application."""
 
@@ -862,12 +987,12 @@ class Middleware:
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.rules: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
 
     @staticmethod
-    def _action(environ: dict[str, Any]) -> str:
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        if "Action" in query:
-            return query["Action"][0]
+    def _action(environ: dict[str, Any]) -> tuple[str, dict[str, list[str]]]:
+        """The action (or `METHOD /path`) and the query and form parameters of a request."""
+        params = parse_qs(environ.get("QUERY_STRING", ""))
         if environ.get("REQUEST_METHOD") == "POST" and "x-www-form-urlencoded" in environ.get(
             "CONTENT_TYPE", ""
         ):
@@ -876,10 +1001,11 @@ class Middleware:
             import io
 
             environ["wsgi.input"] = io.BytesIO(body)
-            form = parse_qs(body.decode("utf-8", "replace"))
-            if "Action" in form:
-                return form["Action"][0]
-        return f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+            for key, values in parse_qs(body.decode("utf-8", "replace")).items():
+                params.setdefault(key, []).extend(values)
+        if "Action" in params:
+            return params["Action"][0], params
+        return f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}", params
 
     @staticmethod
     def _json(start_response: Any, status: str, body: Any) -> list[bytes]:
@@ -895,6 +1021,11 @@ class Middleware:
                 if method == "DELETE":
                     self.counts.clear()
                 return self._json(start_response, "200 OK", dict(self.counts))
+        if path == "/opsy-ext/calls":
+            with self.lock:
+                if method == "DELETE":
+                    self.calls.clear()
+                return self._json(start_response, "200 OK", list(self.calls))
         if path == "/opsy-ext/fail":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -943,12 +1074,19 @@ class Middleware:
             if path == "/moto-api/reset":
                 with self.lock:
                     self.rules.clear()
+                    self.calls.clear()
                     FAILING.clear()
             return self.app(environ, start_response)
 
-        action = self._action(environ)
+        action, params = self._action(environ)
+        try:
+            call = describe_call(environ, action, params)
+        except Exception as e:  # noqa: BLE001 - the request itself is still answered
+            call = {"access_key": "?", "action": f"?:{action}", "resources": [f"error: {e}"]}
         with self.lock:
             self.counts[action] += 1
+            if call is not None:
+                self.calls.append(call)
             rule = next((r for r in self.rules if action.startswith(r["match"]) and r["count"] > 0), None)
             if rule is not None:
                 rule["count"] -= 1

@@ -31,6 +31,9 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         "charts: lint, render, validate, install paths, kustomize drift",
         || charts::check(root, false),
     )?;
+    step("IAM policies: parliament (scripts/iam/lint.py)", || {
+        moto::lint_iam(root)
+    })?;
     step("AWS emulator contract tests (scripts/moto/tests)", || {
         moto::contract_tests(root)
     })?;

@@ -61,3 +61,10 @@ pub fn contract_tests(root: &Path) -> anyhow::Result<()> {
             "scripts/moto/tests",
         ]))
 }
+
+/// The IAM policy linter over `deploy/iam/` (`scripts/iam/lint.py`, parliament in `.venv/`).
+pub fn lint_iam(root: &Path) -> anyhow::Result<()> {
+    run(Command::new(root.join(".venv/bin/python"))
+        .current_dir(root)
+        .arg("scripts/iam/lint.py"))
+}

@@ -365,6 +365,10 @@ async fn groups_roll_in_waves_to_the_target_and_status_tracks_each() {
         .keys()
         .map(|(service, operation, _)| (*service, *operation));
     opsy_testkit::iam::check_calls("ami-refresh-operator", called, 8).unwrap();
+    // … on the resources it acted on, with their tags and the tags it wrote (as the emulator
+    // saw each request).
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 8).unwrap();
 }
 
 #[tokio::test]
@@ -1060,6 +1064,9 @@ async fn self_managed_groups_use_a_desired_configuration_and_roll_back_on_failur
     assert_eq!(world.requests("CreateLaunchTemplateVersion"), 1, "reused");
     assert_eq!(world.requests("StartInstanceRefresh"), 2);
     assert_eq!(world.requests("UpdateAutoScalingGroup"), 0);
+    // The policy allows each call on the Auto Scaling group and launch template it touched.
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 4).unwrap();
 }
 
 #[tokio::test]

@@ -49,3 +49,44 @@ fn every_operation_of_the_aws_layer_is_in_an_operator_policy() {
         "allowed by no policy in deploy/iam/: {in_neither:?}"
     );
 }
+
+#[test]
+fn the_builder_may_write_exactly_the_contract_tags() {
+    use opsy_aws::managed::{BuildFacts, BuildIdentity};
+    let identity = BuildIdentity {
+        cluster_name: "c".into(),
+        created_by: "pb".into(),
+        namespace: "ns".into(),
+        packer_repo: "https://example.com/r".into(),
+        packer_repo_branch: "main".into(),
+    };
+    let written: std::collections::BTreeSet<String> = identity
+        .tags(&BuildFacts {
+            created: "2024-11-19T00:00:00Z".parse().unwrap(),
+            base_ami: Some("ami-base".into()),
+            build_id: "b".into(),
+            job_id: "j".into(),
+        })
+        .into_keys()
+        .collect();
+    let path = opsy_testkit::iam::policy_path("packer-builder-operator");
+    let policy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let allowed: std::collections::BTreeSet<String> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Action"] == serde_json::json!(["ec2:CreateTags"]))
+        .flat_map(|s| {
+            s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        allowed, written,
+        "the policy's aws:TagKeys and the tag contract differ"
+    );
+}

@@ -1,7 +1,10 @@
 //! The IAM policies of `deploy/iam/`, for tests that prove the code calls nothing they do not
 //! allow.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 /// `deploy/iam/<name>.json` of the workspace.
 pub fn policy_path(name: &str) -> PathBuf {
@@ -81,6 +84,256 @@ pub fn check_calls<'a>(
     }
 }
 
+/// One AWS request as the emulator saw it (`GET /opsy-ext/calls`): who made it, the IAM action,
+/// the resources it acts on (ARNs; `*` for actions without resource-level permissions), the
+/// tags it writes and the tags those resources carried, and other condition keys it sets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Call {
+    /// The access key id that signed it.
+    pub access_key: String,
+    /// `service:Operation`, e.g. `ec2:CreateTags`.
+    pub action: String,
+    /// The resources' ARNs.
+    pub resources: Vec<String>,
+    /// Tags the request writes (`aws:RequestTag/…`, `aws:TagKeys`).
+    #[serde(default)]
+    pub request_tags: BTreeMap<String, String>,
+    /// Tags of each resource when the request arrived (`aws:ResourceTag/…`).
+    #[serde(default)]
+    pub resource_tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// Other condition keys, e.g. `ec2:LaunchTemplate`.
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
+}
+
+/// `*` and `?` wildcards, as IAM matches actions (case-insensitive) and resources.
+fn glob(pattern: &str, text: &str, case_insensitive: bool) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = if case_insensitive {
+        (
+            pattern.to_lowercase().chars().collect(),
+            text.to_lowercase().chars().collect(),
+        )
+    } else {
+        (pattern.chars().collect(), text.chars().collect())
+    };
+    // Classic wildcard matching with backtracking over the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < t.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == t[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        serde_json::Value::Bool(b) => vec![b.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// The values of condition key `key` for `call` acting on `resource` (none: absent).
+fn context_values(call: &Call, resource: &str, key: &str) -> Vec<String> {
+    let lower = key.to_lowercase();
+    if let Some(tag) = lower.strip_prefix("aws:requesttag/") {
+        return call
+            .request_tags
+            .iter()
+            .filter(|(k, _)| k.to_lowercase() == tag)
+            .map(|(_, v)| v.clone())
+            .collect();
+    }
+    if lower == "aws:tagkeys" {
+        return call.request_tags.keys().cloned().collect();
+    }
+    if let Some((_, tag)) = lower.split_once(":resourcetag/") {
+        return call
+            .resource_tags
+            .get(resource)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.to_lowercase() == tag)
+            .map(|(_, v)| v.clone())
+            .collect();
+    }
+    call.context
+        .iter()
+        .filter(|(k, _)| k.to_lowercase() == lower)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Whether one condition operator holds (IAM policy reference, "Condition operators"); an
+/// operator this evaluator does not know is an error, so a policy cannot pass by being
+/// misunderstood.
+fn condition_holds(
+    operator: &str,
+    key: &str,
+    wanted: &[String],
+    present: &[String],
+) -> Result<bool, String> {
+    let (set, op) = match operator.split_once(':') {
+        Some((set @ ("ForAllValues" | "ForAnyValue"), op)) => (Some(set), op),
+        _ => (None, operator),
+    };
+    let one = |value: &str| -> Result<bool, String> {
+        Ok(match op {
+            "StringEquals" | "ArnEquals" | "Bool" => wanted.iter().any(|w| w == value),
+            "StringEqualsIgnoreCase" => wanted.iter().any(|w| w.eq_ignore_ascii_case(value)),
+            "StringLike" | "ArnLike" => wanted.iter().any(|w| glob(w, value, false)),
+            "StringNotEquals" | "ArnNotEquals" => wanted.iter().all(|w| w != value),
+            "StringNotLike" | "ArnNotLike" => wanted.iter().all(|w| !glob(w, value, false)),
+            other => {
+                return Err(format!(
+                    "condition operator {other} on {key} is not understood"
+                ));
+            }
+        })
+    };
+    if op == "Null" {
+        let absent = present.is_empty();
+        return Ok(wanted.iter().any(|w| (w == "true") == absent));
+    }
+    let negated = op.contains("Not");
+    match set {
+        Some("ForAllValues") => {
+            for value in present {
+                if !one(value)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Some(_) => {
+            for value in present {
+                if one(value)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        None if present.is_empty() => Ok(negated),
+        None => {
+            for value in present {
+                if one(value)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Whether `statement` applies to `call` on `resource`.
+fn statement_matches(
+    statement: &serde_json::Value,
+    call: &Call,
+    resource: &str,
+) -> Result<bool, String> {
+    let actions = strings(&statement["Action"]);
+    if !actions.iter().any(|a| glob(a, &call.action, true)) {
+        return Ok(false);
+    }
+    let resources = strings(&statement["Resource"]);
+    if !resources.iter().any(|r| glob(r, resource, false)) {
+        return Ok(false);
+    }
+    if let Some(conditions) = statement["Condition"].as_object() {
+        for (operator, keys) in conditions {
+            for (key, wanted) in keys.as_object().into_iter().flatten() {
+                let present = context_values(call, resource, key);
+                if !condition_holds(operator, key, &strings(wanted), &present)? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Why policy `name` refuses `call`, if it does: for every resource, an `Allow` statement must
+/// match (action, resource, every condition) and no `Deny` may.
+pub fn refuses(name: &str, call: &Call) -> Result<Option<String>, String> {
+    let path = policy_path(name);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let policy: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let statements = policy["Statement"].as_array().cloned().unwrap_or_default();
+    for resource in &call.resources {
+        let mut allowed = false;
+        for statement in &statements {
+            if !statement_matches(statement, call, resource)? {
+                continue;
+            }
+            match statement["Effect"].as_str() {
+                Some("Deny") => {
+                    return Ok(Some(format!(
+                        "{} on {resource}: denied by {}",
+                        call.action, statement["Sid"]
+                    )));
+                }
+                Some("Allow") => allowed = true,
+                _ => {}
+            }
+        }
+        if !allowed {
+            return Ok(Some(format!(
+                "{} on {resource} (request tags {:?}, resource tags {:?}): no statement allows it",
+                call.action,
+                call.request_tags,
+                call.resource_tags.get(resource)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks that policy `name` allows each of `calls` on each of its resources, with its tags and
+/// conditions, and that there were at least `at_least` distinct actions among them.
+pub fn check_resource_calls(name: &str, calls: &[Call], at_least: usize) -> Result<(), String> {
+    let actions: BTreeSet<&str> = calls.iter().map(|c| c.action.as_str()).collect();
+    if actions.len() < at_least {
+        return Err(format!(
+            "only {} distinct actions, expected at least {at_least}: {actions:?}",
+            actions.len()
+        ));
+    }
+    let mut refused = Vec::new();
+    for call in calls {
+        if let Some(why) = refuses(name, call)? {
+            refused.push(why);
+        }
+    }
+    refused.sort();
+    refused.dedup();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "deploy/iam/{name}.json refuses:\n{}",
+            refused.join("\n")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -103,5 +356,58 @@ mod tests {
         assert_eq!(missing, ["eks:UpdateNodegroupVersion"]);
         assert!(check_calls("packer-builder-operator", [("ec2", "DescribeImages")], 2).is_err());
         assert!(check_calls("packer-builder-operator", [("ec2", "DescribeImages")], 1).is_ok());
+    }
+
+    fn call(action: &str, resource: &str) -> Call {
+        Call {
+            access_key: "AKIA".into(),
+            action: action.into(),
+            resources: vec![resource.into()],
+            request_tags: BTreeMap::new(),
+            resource_tags: BTreeMap::new(),
+            context: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn resources_tags_and_conditions_are_evaluated() {
+        assert!(glob(
+            "arn:aws:ec2:*::image/*",
+            "arn:aws:ec2:us-west-2::image/ami-1",
+            false
+        ));
+        assert!(!glob(
+            "arn:aws:ec2:*::image/*",
+            "arn:aws:ec2:us-west-2:1:instance/i-1",
+            false
+        ));
+        assert!(glob("ec2:describe*", "ec2:DescribeImages", true));
+        // The refresher may start instance refreshes on Auto Scaling groups only.
+        let start = |arn: &str| call("autoscaling:StartInstanceRefresh", arn);
+        let asg = "arn:aws:autoscaling:us-west-2:123456789012:autoScalingGroup:uuid:autoScalingGroupName/g";
+        assert_eq!(refuses("ami-refresh-operator", &start(asg)).unwrap(), None);
+        assert!(
+            refuses(
+                "ami-refresh-operator",
+                &start("arn:aws:ec2:us-west-2:1:instance/i-1")
+            )
+            .unwrap()
+            .is_some()
+        );
+        // Negated operators hold when the key is absent; ForAllValues holds on no values.
+        assert!(condition_holds("StringNotEquals", "k", &["x".into()], &[]).unwrap());
+        assert!(!condition_holds("StringEquals", "k", &["x".into()], &[]).unwrap());
+        assert!(condition_holds("ForAllValues:StringEquals", "k", &["x".into()], &[]).unwrap());
+        assert!(
+            !condition_holds(
+                "ForAllValues:StringEquals",
+                "k",
+                &["x".into()],
+                &["y".into()]
+            )
+            .unwrap()
+        );
+        assert!(condition_holds("Null", "k", &["true".into()], &[]).unwrap());
+        assert!(condition_holds("NumericLessThan", "k", &["1".into()], &["0".into()]).is_err());
     }
 }

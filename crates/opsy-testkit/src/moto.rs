@@ -21,6 +21,8 @@ use crate::seed::{SeedAmi, eks_amis};
 
 /// Access key the emulator accepts (any value works; this one is recognisable in logs).
 pub const ACCESS_KEY_ID: &str = "AKIAOPSYTESTKIT00000";
+/// Access key id of the operators' emulator credentials (`AwsOptions::emulator`).
+pub const OPERATOR_ACCESS_KEY_ID: &str = "AKIAOPSYEMULATOR0000";
 /// Secret key paired with [`ACCESS_KEY_ID`].
 pub const SECRET_ACCESS_KEY: &str = "opsy-testkit-secret-access-key";
 /// The account id moto uses for resources created through it.
@@ -270,6 +272,33 @@ impl Moto {
             .read_to_string()
             .map_err(|e| api(&e))?;
         serde_json::from_str(&body).map_err(|e| api(&e))
+    }
+
+    /// What each request so far asked of IAM (the signing key, action, resources with their
+    /// tags, request tags), for checking the IAM policies call by call.
+    pub fn calls(&self) -> Result<Vec<crate::iam::Call>, MotoError> {
+        const PATH: &str = "/opsy-ext/calls";
+        let api = |e: &dyn std::fmt::Display| MotoError::Api {
+            path: PATH,
+            message: e.to_string(),
+        };
+        let body = ureq::get(format!("{}{PATH}", self.endpoint))
+            .call()
+            .map_err(|e| api(&e))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| api(&e))?;
+        serde_json::from_str(&body).map_err(|e| api(&e))
+    }
+
+    /// The calls so far signed with the operators' emulator credentials (not the test
+    /// fixtures').
+    pub fn operator_calls(&self) -> Result<Vec<crate::iam::Call>, MotoError> {
+        Ok(self
+            .calls()?
+            .into_iter()
+            .filter(|c| c.access_key == OPERATOR_ACCESS_KEY_ID)
+            .collect())
     }
 
     /// The server's request log so far (one line per request), for debugging failed tests.

@@ -352,6 +352,10 @@ async fn full_lifecycle_build_tag_rebuild_on_new_base_and_deprecate() {
         .keys()
         .map(|(service, operation, _)| (*service, *operation));
     opsy_testkit::iam::check_calls("packer-builder-operator", called, 3).unwrap();
+    // … on the resources it acted on, with their tags and the tags it wrote (as the emulator
+    // saw each request).
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 3).unwrap();
 }
 
 #[tokio::test]

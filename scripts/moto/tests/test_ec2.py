@@ -73,3 +73,26 @@ def test_owners_and_filters_scope_a_lookup_by_id(aws: Any) -> None:
     found = aws.ec2.describe_images(ImageIds=both, Filters=[{"Name": "name", "Values": ["amazon-eks-*"]}])["Images"]
     assert [i["ImageId"] for i in found] == [public]
     assert len(aws.ec2.describe_images(ImageIds=both)["Images"]) == 2
+
+
+def test_each_request_is_logged_with_its_resources_and_tags(aws: Any) -> None:
+    from conftest import post  # noqa: F401 - the same endpoint helper
+
+    image = aws.image("logged")
+    aws.ec2.create_tags(Resources=[image], Tags=[{"Key": "status", "Value": "active"}])
+    aws.ec2.create_tags(Resources=[image], Tags=[{"Key": "job-id", "Value": "j1"}])
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{aws.url}/opsy-ext/calls") as response:
+        calls = json.loads(response.read())
+    tags = [c for c in calls if c["action"] == "ec2:CreateTags"]
+    arn = f"arn:aws:ec2:{REGION}::image/{image}"
+    assert [c["resources"] for c in tags] == [[arn], [arn]]
+    assert tags[0]["request_tags"] == {"status": "active"}
+    assert tags[0]["resource_tags"][arn] == {}
+    # The second request sees the tag the first one wrote.
+    assert tags[1]["resource_tags"][arn] == {"status": "active"}
+    assert all(c["access_key"] for c in calls)
+    describe = next(c for c in calls if c["action"] == "ec2:RegisterImage")
+    assert describe["resources"] == ["*"]
