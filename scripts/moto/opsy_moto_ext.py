@@ -521,6 +521,18 @@ def _patch_eks() -> None:
                 nodegroup_name=group.nodegroup_name,
                 **{k: v for k, v in changes.items() if v},
             )
+            # A new scalingConfig resizes the node group's Auto Scaling group (EKS API
+            # reference, NodegroupScalingConfig: "desiredSize: The current number of nodes
+            # that the managed node group should maintain").
+            size = changes["scaling_config"] or {}
+            asg = backing_group(backend, group)
+            if asg is not None and size:
+                if size.get("minSize") is not None:
+                    asg.min_size = size["minSize"]
+                if size.get("maxSize") is not None:
+                    asg.max_size = size["maxSize"]
+                if size.get("desiredSize") is not None:
+                    asg.set_desired_capacity(size["desiredSize"])
 
         update = record(backend, cluster_name, group, "ConfigUpdate", params, apply)
         return ActionResult({"update": update})

@@ -4,7 +4,8 @@ operator chart passes in (its custom resources, the Secrets its notifiers and bu
 Events), bound to the ServiceAccount. Namespaced (watchNamespaces set): those rules as a Role
 and RoleBinding in each listed namespace only, and a ClusterRole left with the one
 cluster-scoped read (its CRD). Both: a Role in the release namespace for the leader Lease.
-Call as: include "opsy-common.rbac" (dict "root" . "rules" $rules "crd" <name>)
+Call as: include "opsy-common.rbac" (dict "root" . "rules" $rules "crd" <name>), plus
+"clusterRules" for rules on cluster-scoped resources (always in the ClusterRole).
 */}}
 {{- define "opsy-common.namespacedRules" -}}
 {{ .rules }}
@@ -30,6 +31,9 @@ metadata:
 rules:
   {{- if not $namespaces }}
   {{- include "opsy-common.namespacedRules" . | nindent 2 }}
+  {{- end }}
+  {{- with .clusterRules }}
+  {{- . | nindent 2 }}
   {{- end }}
   # Wait at start until the CRD is established.
   - apiGroups: ["apiextensions.k8s.io"]

@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod dry_run;
+pub mod health;
 pub mod plan;
 pub mod reconcile;
 

@@ -38,6 +38,11 @@ pub struct Group {
     pub image: GroupImage,
     /// An update of the group is running on AWS (EKS reports the group `UPDATING`).
     pub busy: bool,
+    /// How many nodes it should have.
+    pub desired: Option<i32>,
+    /// Its instances (`i-…`), for self-managed groups: their nodes are found by
+    /// `spec.providerID`.
+    pub instances: Vec<String>,
 }
 
 /// The rollout's next step.
@@ -81,6 +86,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         message: None,
         started: None,
         finished: None,
+        health: None,
     }
 }
 
@@ -112,7 +118,15 @@ pub fn plan(
                     ..entry(group, NodeGroupPhase::Skipped)
                 },
                 GroupImage::Runs { .. } => match prev {
-                    Some(p) if same_target && p.phase == NodeGroupPhase::Updating => p.clone(),
+                    Some(p)
+                        if same_target
+                            && matches!(
+                                p.phase,
+                                NodeGroupPhase::Updating | NodeGroupPhase::Verifying
+                            ) =>
+                    {
+                        p.clone()
+                    }
                     Some(p)
                         if same_target && p.phase == NodeGroupPhase::Failed && !spec_changed =>
                     {
@@ -159,9 +173,16 @@ pub fn plan(
             .refresh_config
             .as_ref()
             .is_none_or(|c| c.wait_for_completion);
+        // A group whose nodes are still being verified holds its slot: the next wave starts
+        // only after the previous one is healthy.
         let in_flight = if wait {
             out.iter()
-                .filter(|g| g.phase == NodeGroupPhase::Updating)
+                .filter(|g| {
+                    matches!(
+                        g.phase,
+                        NodeGroupPhase::Updating | NodeGroupPhase::Verifying
+                    )
+                })
                 .count()
         } else {
             0
@@ -177,7 +198,11 @@ pub fn plan(
             .filter(|g| is_canary(g))
             .collect();
         let canary_busy = out.iter().any(|g| {
-            is_canary(g) && matches!(g.phase, NodeGroupPhase::Updating | NodeGroupPhase::Failed)
+            is_canary(g)
+                && matches!(
+                    g.phase,
+                    NodeGroupPhase::Updating | NodeGroupPhase::Verifying | NodeGroupPhase::Failed
+                )
         });
         let wave: Vec<&NodeGroupStatus> = if !canary_pending.is_empty() {
             canary_pending
@@ -224,6 +249,8 @@ mod tests {
                 version: 1,
             },
             busy: false,
+            desired: Some(2),
+            instances: Vec::new(),
         }
     }
 
@@ -250,6 +277,8 @@ mod tests {
                     reason: "no launch template".into(),
                 },
                 busy: false,
+                desired: None,
+                instances: Vec::new(),
             },
         ];
         let s = spec(

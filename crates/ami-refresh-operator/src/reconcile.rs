@@ -5,9 +5,10 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
-    Resource, ResourceExt,
+    Api, Resource, ResourceExt,
+    api::ListParams,
     runtime::{controller::Action, events::EventType},
 };
 use opsy_api::{
@@ -26,6 +27,7 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 
 use crate::{
     Error,
+    health::{NodeView, Subject, Verdict, judge},
     plan::{Group, GroupImage, plan},
 };
 
@@ -220,8 +222,9 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         }
     }
 
-    // 3. Groups.
+    // 3. Groups, and the health gate of those AWS reports done.
     let groups = observe_groups(&aws, &amr).await?;
+    finished.extend(verify(&ctx, &amr, &groups, &mut previous, &target_id, now).await?);
 
     // 4. Plan and start the next wave.
     let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed);
@@ -280,7 +283,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .filter(|g| !matches!(g.phase, NodeGroupPhase::Excluded | NodeGroupPhase::Skipped))
         .count();
     let done = count(NodeGroupPhase::UpToDate) + count(NodeGroupPhase::Succeeded);
-    let updating = count(NodeGroupPhase::Updating);
+    let updating = count(NodeGroupPhase::Updating) + count(NodeGroupPhase::Verifying);
     let failed: Vec<&NodeGroupStatus> = plan
         .groups
         .iter()
@@ -538,6 +541,8 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
             kind: NodeGroupKind::Managed,
             image,
             busy,
+            desired: group.desired_size,
+            instances: Vec::new(),
         });
     }
     if amr.spec.self_managed.enabled {
@@ -558,6 +563,8 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
                 kind: NodeGroupKind::SelfManaged,
                 image,
                 busy: false,
+                desired: asg.desired_capacity,
+                instances: asg.instances.iter().map(|i| i.id.clone()).collect(),
             });
         }
     }
@@ -637,6 +644,88 @@ async fn self_managed_image(
     })
 }
 
+/// The health gate of every `Verifying` entry of `entries`: the nodes of its group are read
+/// (one list of the cluster's nodes, only while some group is being verified) and judged.
+/// Returns the groups that turned healthy.
+async fn verify(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    groups: &[Group],
+    entries: &mut [NodeGroupStatus],
+    target: &str,
+    now: Timestamp,
+) -> Result<Vec<String>, Error> {
+    if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
+        return Ok(Vec::new());
+    }
+    let nodes: Vec<NodeView> = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(NodeView::of)
+        .collect();
+    let rollout = &amr.spec.rollout;
+    let mut healthy = Vec::new();
+    for entry in entries
+        .iter_mut()
+        .filter(|e| e.phase == NodeGroupPhase::Verifying)
+    {
+        let group = groups.iter().find(|g| g.name == entry.name);
+        let subject = Subject {
+            name: &entry.name,
+            kind: entry.kind,
+            target: entry.to_image.as_deref().unwrap_or(target),
+            desired: group.and_then(|g| g.desired).unwrap_or(0),
+            instances: group.map_or(&[][..], |g| g.instances.as_slice()),
+            done_at: entry.finished.as_ref().map_or(now, |t| t.0),
+        };
+        let verdict = judge(
+            subject,
+            &nodes,
+            rollout.bake_time.as_ref().map(|d| d.as_std()),
+            rollout.health_timeout.as_std(),
+            now,
+        );
+        match verdict {
+            Verdict::Healthy(health) => {
+                let message = format!(
+                    "runs {}: {} of {} nodes Ready{}",
+                    subject.target,
+                    health.ready,
+                    health.desired,
+                    if rollout.bake_time.is_some() {
+                        ", baked"
+                    } else {
+                        ""
+                    }
+                );
+                entry.phase = NodeGroupPhase::Succeeded;
+                entry.health = Some(health);
+                entry.message = Some(message.clone());
+                healthy.push(entry.name.clone());
+                let note = format!("{} {message}", entry.name);
+                event(ctx, amr, EventType::Normal, "NodeGroupHealthy", &note).await;
+            }
+            Verdict::Waiting(health, message) => {
+                entry.health = Some(health);
+                entry.message = Some(message);
+            }
+            Verdict::Unhealthy(health, message) => {
+                entry.phase = NodeGroupPhase::Failed;
+                entry.health = Some(health);
+                entry.message = Some(message.clone());
+                let note = format!(
+                    "{}: {} on {}: {message}",
+                    entry.name, "not healthy", subject.target
+                );
+                event(ctx, amr, EventType::Warning, "NodeGroupUnhealthy", &note).await;
+            }
+        }
+    }
+    Ok(healthy)
+}
+
 /// Brings an `Updating` entry up to date with AWS.
 async fn poll(
     aws: &AwsClients,
@@ -711,7 +800,20 @@ async fn poll(
         return Ok(());
     }
     entry.finished = Some(Time(now));
-    if success {
+    if success && amr.spec.rollout.health_gate {
+        // AWS only knows that instances launched: the cluster has the last word.
+        entry.phase = NodeGroupPhase::Verifying;
+        entry.message = Some(format!(
+            "AWS finished moving to {}; verifying its nodes",
+            entry.to_image.as_deref().unwrap_or_default()
+        ));
+        let message = format!(
+            "{}: {}",
+            entry.name,
+            entry.message.as_deref().unwrap_or_default()
+        );
+        event(ctx, amr, EventType::Normal, "NodeGroupUpdated", &message).await;
+    } else if success {
         entry.phase = NodeGroupPhase::Succeeded;
         entry.message = Some(format!(
             "runs {}",

@@ -33,6 +33,8 @@ struct World {
     slack_api: String,
     /// Every AWS call of every (fresh) context, for the IAM check.
     calls: CallCounter,
+    /// AMIs whose nodes never become Ready (a bad AMI).
+    broken: std::sync::Mutex<Vec<String>>,
 }
 
 fn manifest(spec: serde_json::Value) -> AMIRefresher {
@@ -67,7 +69,20 @@ impl World {
             fixture,
             client,
             slack_api: "http://127.0.0.1:9".into(),
+            broken: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Plays the kubelets: a Node per instance of the cluster's groups, Ready unless it runs
+    /// an AMI marked broken.
+    async fn sync_nodes(&self) {
+        let broken = self.broken.lock().unwrap().clone();
+        self.fixture
+            .sync_nodes(&self.client, CLUSTER, &move |image| {
+                !broken.iter().any(|b| b == image)
+            })
+            .await
+            .unwrap();
     }
 
     async fn apply(&self, amr: AMIRefresher) {
@@ -113,6 +128,7 @@ impl World {
     }
 
     async fn reconcile(&self) -> Result<(), ami_refresh_operator::Error> {
+        self.sync_nodes().await;
         let amr = self.api().get("prod-rollout").await.unwrap();
         Box::pin(reconcile(Arc::new(amr), self.context()))
             .await
@@ -217,7 +233,12 @@ impl World {
     async fn settle(&self, limit: usize) {
         for _ in 0..limit {
             self.reconcile().await.unwrap();
-            if !self.phases().await.values().any(|p| *p == Updating) {
+            if !self
+                .phases()
+                .await
+                .values()
+                .any(|p| matches!(p, Updating | Verifying))
+            {
                 return;
             }
         }
@@ -305,7 +326,7 @@ async fn groups_roll_in_waves_to_the_target_and_status_tracks_each() {
             .phases()
             .await
             .values()
-            .all(|p| !matches!(p, Updating | Pending))
+            .all(|p| !matches!(p, Updating | Verifying | Pending))
         {
             break;
         }
@@ -369,6 +390,133 @@ async fn groups_roll_in_waves_to_the_target_and_status_tracks_each() {
     // saw each request).
     let calls = world.moto.operator_calls().unwrap();
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 8).unwrap();
+}
+
+/// Reconciles (a second apart) until `done` holds for the phases, at most `limit` times.
+async fn reconcile_until(
+    world: &World,
+    limit: usize,
+    done: impl Fn(&BTreeMap<String, NodeGroupPhase>) -> bool,
+) -> BTreeMap<String, NodeGroupPhase> {
+    for _ in 0..limit {
+        world.reconcile().await.unwrap();
+        let phases = world.phases().await;
+        if done(&phases) {
+            return phases;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    world.phases().await
+}
+
+#[tokio::test]
+async fn each_wave_waits_for_ready_nodes_on_the_target_and_the_bake_time() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    for name in ["a", "b"] {
+        world
+            .fixture
+            .create_node_group(
+                CLUSTER,
+                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+            )
+            .await
+            .unwrap();
+    }
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "bakeTime": "3s"},
+        })))
+        .await;
+    // AWS finishes group a; its nodes are then verified and baked while b waits.
+    let phases = reconcile_until(&world, 20, |p| p.get("a") == Some(&Verifying)).await;
+    assert_eq!(phases, map(&[("a", Verifying), ("b", Pending)]));
+    let phases = reconcile_until(&world, 20, |p| p.get("a") == Some(&Succeeded)).await;
+    assert_eq!(phases["a"], Succeeded);
+    let a = world.entry("a").await;
+    let health = a.health.clone().unwrap();
+    assert_eq!((health.ready, health.desired), (2, 2), "{a:?}");
+    let since = health.ready_since.unwrap().0;
+    assert_eq!(
+        health.bake_until.unwrap().0,
+        since + jiff::SignedDuration::from_secs(3)
+    );
+    assert!(
+        a.message
+            .as_deref()
+            .unwrap()
+            .contains("2 of 2 nodes Ready, baked"),
+        "{a:?}"
+    );
+    // b started only once a was healthy.
+    let b = world.entry("b").await;
+    assert!(
+        b.started
+            .as_ref()
+            .is_none_or(|t| t.0 >= since + jiff::SignedDuration::from_secs(3)),
+        "{b:?}"
+    );
+    let phases = reconcile_until(&world, 30, |p| p.get("b") == Some(&Succeeded)).await;
+    assert_eq!(phases, map(&[("a", Succeeded), ("b", Succeeded)]));
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"NodeGroupHealthy".to_owned())
+    );
+    assert_eq!(
+        world.status().await.progress.as_deref(),
+        Some("2/2 on target")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_and_halts_the_rollout() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-broken").await;
+    world.broken.lock().unwrap().push(target.clone());
+    for name in ["a", "b"] {
+        world
+            .fixture
+            .create_node_group(
+                CLUSTER,
+                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+            )
+            .await
+            .unwrap();
+    }
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "healthTimeout": "4s"},
+        })))
+        .await;
+    // AWS reports a's update successful: its instances launched. They never become Ready.
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Failed)).await;
+    assert_eq!(phases, map(&[("a", Failed), ("b", Pending)]));
+    let a = world.entry("a").await;
+    let message = a.message.clone().unwrap();
+    assert!(
+        message.starts_with("2 of 2 new nodes NotReady: node-i-")
+            && message.contains("KubeletNotReady")
+            && message.ends_with("after 4s (rollout.healthTimeout)"),
+        "{message}"
+    );
+    assert_eq!(a.health.as_ref().unwrap().not_ready.len(), 2);
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "RolloutHalted");
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"NodeGroupUnhealthy".to_owned())
+    );
+    // The rollout stays halted: b is never started.
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await["b"], Pending);
+    assert_eq!(world.requests("/update-version"), 1);
 }
 
 #[tokio::test]
@@ -944,7 +1092,7 @@ async fn an_update_someone_else_started_is_waited_for_and_never_counted_as_ours(
     let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
     assert_eq!(degraded.status, "False", "waiting is not a failure");
 
-    for _ in 0..12 {
+    for _ in 0..16 {
         world.reconcile().await.unwrap();
         if world.phases().await == map(&[("a", Succeeded)]) {
             break;

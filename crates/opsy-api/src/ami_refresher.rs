@@ -236,6 +236,24 @@ pub struct Rollout {
     /// Events and notifications; fix it, then change the spec or the target AMI to resume.
     #[serde(default = "default_true")]
     pub halt_on_failure: bool,
+    /// A group whose update AWS reports done is `Verifying` until the cluster agrees: its nodes
+    /// on the target AMI (managed groups: labels `eks.amazonaws.com/nodegroup` and
+    /// `eks.amazonaws.com/nodegroup-image`; self-managed groups: the Auto Scaling group's
+    /// instances, matched by `spec.providerID`) number at least its desired size, are Ready,
+    /// and have stayed Ready for `bakeTime`. Only then is it `Succeeded` and the next wave may
+    /// start. On by default; `false` trusts AWS's word alone.
+    #[serde(default = "default_true")]
+    pub health_gate: bool,
+    /// How long the nodes must stay Ready before the group counts as healthy, e.g. `10m`.
+    /// Default: healthy as soon as enough nodes are Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::at_most_rule(86_400, "bakeTime must be at most 1d"))]
+    pub bake_time: Option<Duration>,
+    /// How long after AWS reports a group's update done its nodes may take to become healthy;
+    /// then the group fails (and, with `haltOnFailure`, the rollout stops). Default `30m`.
+    #[serde(default = "default_health_timeout")]
+    #[x_kube(validation = crate::duration::at_most_rule(86_400, "healthTimeout must be at most 1d"))]
+    pub health_timeout: Duration,
 }
 
 impl Default for Rollout {
@@ -244,8 +262,15 @@ impl Default for Rollout {
             max_in_flight: default_max_in_flight(),
             canary: Vec::new(),
             halt_on_failure: true,
+            health_gate: true,
+            bake_time: None,
+            health_timeout: default_health_timeout(),
         }
     }
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::literal("30m", 1_800)
 }
 
 fn default_max_in_flight() -> i32 {
@@ -360,6 +385,9 @@ pub enum NodeGroupPhase {
     Pending,
     /// Update started and being followed.
     Updating,
+    /// AWS reports the update done; waiting for the group's nodes to be Ready on the target
+    /// AMI (and the bake time). See `health`.
+    Verifying,
     /// Update finished successfully.
     Succeeded,
     /// Update failed; see `message`.
@@ -406,4 +434,27 @@ pub struct NodeGroupStatus {
     /// When the update finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<Time>,
+    /// What the cluster says about the group's nodes on the target AMI (`rollout.healthGate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<GroupHealth>,
+}
+
+/// The evidence of a group's health gate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupHealth {
+    /// Nodes on the target AMI that are Ready.
+    pub ready: i32,
+    /// Nodes the group should have (its desired size).
+    pub desired: i32,
+    /// Nodes on the target AMI that are not Ready, with the reason (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub not_ready: Vec<String>,
+    /// Since when all of them are Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Time>,
+    /// When the bake time ends (`readySince` + `rollout.bakeTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_until: Option<Time>,
 }

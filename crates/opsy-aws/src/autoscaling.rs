@@ -21,6 +21,8 @@ pub struct AutoScalingGroup {
     pub mixed_instances: bool,
     /// Its instances, each with the launch template version it was launched from.
     pub instances: Vec<GroupInstance>,
+    /// How many instances it should have.
+    pub desired_capacity: Option<i32>,
 }
 
 /// An instance of an Auto Scaling group.
@@ -134,6 +136,7 @@ impl AwsClients {
                 groups.push(AutoScalingGroup {
                     name: group.auto_scaling_group_name.unwrap_or_default(),
                     instances,
+                    desired_capacity: group.desired_capacity,
                     mixed_instances: group.mixed_instances_policy.is_some(),
                     launch_template: group.launch_template.map(|t| GroupTemplate {
                         id: t.launch_template_id,

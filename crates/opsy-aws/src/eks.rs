@@ -20,6 +20,8 @@ pub struct NodeGroup {
     pub launch_template: Option<NodeGroupTemplate>,
     /// Its `updateConfig`.
     pub max_unavailable: Option<MaxUnavailable>,
+    /// `scalingConfig.desiredSize`: how many nodes it should have.
+    pub desired_size: Option<i32>,
 }
 
 /// The launch template a node group uses.
@@ -168,6 +170,7 @@ impl AwsClients {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             ami_type: group.ami_type.map(|t| t.as_str().to_owned()),
+            desired_size: group.scaling_config.as_ref().and_then(|c| c.desired_size),
             max_unavailable: group.update_config.and_then(|c| {
                 match (c.max_unavailable, c.max_unavailable_percentage) {
                     (Some(n), _) => Some(MaxUnavailable::Count(n)),

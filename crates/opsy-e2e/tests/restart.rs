@@ -54,6 +54,8 @@ async fn both_operators_carry_on_after_an_api_server_restart() {
 
     let poll = Duration::from_secs(1);
     let _builder = start(cp, &moto, Kind::Builder, "restart-builder", poll).await;
+    // The nodes of the groups join the cluster Ready (the refresher's health gate).
+    let _kubelets = support::kubelets(ns.client.clone(), &fixture);
     let _refresher = start(cp, &moto, Kind::Refresher, "restart-refresher", poll).await;
     let job = support::build_started(&builders, "pb").await;
     wait_for("a node group update in flight", 30, || async {

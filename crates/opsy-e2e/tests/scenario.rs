@@ -125,6 +125,8 @@ async fn a_whole_cluster_rolls_out_through_failures_and_a_restart_and_aws_agrees
         .unwrap();
 
     let poll = Duration::from_secs(1);
+    // The nodes of the groups join the cluster Ready (the refresher's health gate).
+    let _kubelets = support::kubelets(ns.client.clone(), &fixture);
     let first = start(cp, &moto, Kind::Refresher, "scenario-refresher-1", poll).await;
     // Mid-wave: some groups done or updating, others still waiting.
     wait_for("the second wave under way", 60, || async {

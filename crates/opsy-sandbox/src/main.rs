@@ -36,6 +36,8 @@ const UPSTREAM_PB: &str = include_str!("../../../examples/upstream-packer-builde
 const UPSTREAM_AMR: &str = include_str!("../../../examples/upstream-ami-refresher.yaml");
 
 struct Sandbox {
+    /// The EKS cluster the AMIRefresher updates.
+    cluster: String,
     moto: Moto,
     fixture: Fixture,
     client: Client,
@@ -100,6 +102,12 @@ impl Sandbox {
     }
 
     async fn reconcile_refresher(&self) -> anyhow::Result<AMIRefresher> {
+        // Plays the kubelets: the instances of the cluster's groups join as Ready Nodes (what
+        // the refresher's health gate waits for after AWS reports an update done).
+        self.fixture
+            .sync_nodes(&self.client, &self.cluster, &|_| true)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the nodes: {e}"))?;
         let api: Api<AMIRefresher> = Api::namespaced(self.client.clone(), NAMESPACE);
         let amr = api.get("node-group-ami-refresh").await?;
         let aws = self.aws();
@@ -234,10 +242,12 @@ impl Sandbox {
                     );
                 }
             }
-            let busy = status
-                .node_groups
-                .iter()
-                .any(|g| matches!(g.phase, NodeGroupPhase::Pending | NodeGroupPhase::Updating));
+            let busy = status.node_groups.iter().any(|g| {
+                matches!(
+                    g.phase,
+                    NodeGroupPhase::Pending | NodeGroupPhase::Updating | NodeGroupPhase::Verifying
+                )
+            });
             if !busy {
                 detail(&format!(
                     "rollout done: {}",
@@ -281,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("creating the upstream AMIRefresher example")?;
     let mut sandbox = Sandbox {
+        cluster: cluster.clone(),
         moto,
         fixture,
         client,

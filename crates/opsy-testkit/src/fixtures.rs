@@ -26,6 +26,8 @@ pub struct Fixture {
     pub eks: aws_sdk_eks::Client,
     /// Auto Scaling client.
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// Names this emulator on the Nodes [`Fixture::sync_nodes`] registers (its port).
+    node_owner: String,
 }
 
 /// A managed node group to create.
@@ -102,6 +104,12 @@ impl Fixture {
             ec2: aws_sdk_ec2::Client::new(&config),
             eks: aws_sdk_eks::Client::new(&config),
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            node_owner: moto
+                .endpoint()
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 
@@ -378,4 +386,136 @@ pub struct GroupNodes {
     pub version: String,
     /// `(launch template version it was launched from, image)` per instance, sorted.
     pub instances: Vec<(String, String)>,
+}
+
+/// Label on the Nodes [`Fixture::sync_nodes`] registers (its value: the emulator's port), so
+/// that each test deletes only its own.
+pub const TEST_NODE_LABEL: &str = "opsy.test/node";
+
+impl Fixture {
+    /// Plays the kubelets of `cluster`: one Node per running instance of each of its Auto
+    /// Scaling groups (those EKS keeps for managed node groups too), named after the instance,
+    /// with `spec.providerID`, the labels EKS puts on managed groups' nodes
+    /// (`eks.amazonaws.com/nodegroup`, `eks.amazonaws.com/nodegroup-image`) and a Ready
+    /// condition that is `True` when `ready(image)` says so (else `KubeletNotReady`). Nodes of
+    /// instances that are gone are deleted. Returns how many Nodes there are.
+    pub async fn sync_nodes(
+        &self,
+        client: &kube::Client,
+        cluster: &str,
+        ready: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<usize, FixtureError> {
+        use k8s_openapi::api::core::v1::Node;
+        use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+
+        let nodes: Api<Node> = Api::all(client.clone());
+        let mut wanted = std::collections::BTreeMap::new();
+        let groups = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .send()
+            .await?
+            .auto_scaling_groups
+            .unwrap_or_default();
+        for group in groups {
+            let tags: HashMap<String, String> = group
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
+                .collect();
+            let ours = tags.get("eks:cluster-name").map(String::as_str) == Some(cluster)
+                || tags.contains_key(&format!("kubernetes.io/cluster/{cluster}"));
+            if !ours {
+                continue;
+            }
+            let managed = tags.get("eks:nodegroup-name").cloned();
+            let ids: Vec<String> = group
+                .instances
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| i.instance_id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let reservations = self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(ids))
+                .send()
+                .await?
+                .reservations
+                .unwrap_or_default();
+            for instance in reservations
+                .into_iter()
+                .flat_map(|r| r.instances.unwrap_or_default())
+            {
+                let (Some(id), Some(image)) = (instance.instance_id, instance.image_id) else {
+                    continue;
+                };
+                let zone = instance
+                    .placement
+                    .and_then(|p| p.availability_zone)
+                    .unwrap_or_else(|| format!("{}a", self.region));
+                wanted.insert(format!("node-{id}"), (id, zone, image, managed.clone()));
+            }
+        }
+        let selector = format!("{TEST_NODE_LABEL}={}", self.node_owner);
+        for node in nodes
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+        {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            if !wanted.contains_key(&name) {
+                nodes.delete(&name, &DeleteParams::default()).await?;
+            }
+        }
+        for (name, (id, zone, image, managed)) in &wanted {
+            let mut labels = serde_json::json!({ TEST_NODE_LABEL: self.node_owner });
+            if let Some(group) = managed {
+                labels["eks.amazonaws.com/nodegroup"] = group.clone().into();
+                labels["eks.amazonaws.com/nodegroup-image"] = image.clone().into();
+            }
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"providerID": format!("aws:///{zone}/{id}")},
+            }))?;
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            let is_ready = ready(image);
+            let existing = nodes.get_status(name).await?;
+            let current = existing
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.status == "True");
+            if current == Some(is_ready) {
+                continue;
+            }
+            let (status, reason) = if is_ready {
+                ("True", "KubeletReady")
+            } else {
+                ("False", "KubeletNotReady")
+            };
+            let patch = serde_json::json!({"status": {"conditions": [{
+                "type": "Ready", "status": status, "reason": reason,
+                "message": format!("kubelet is {}", if is_ready { "posting ready status" } else { "not ready: container runtime network not ready" }),
+                "lastHeartbeatTime": jiff_now(), "lastTransitionTime": jiff_now(),
+            }]}});
+            nodes
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Ok(wanted.len())
+    }
+}
+
+fn jiff_now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
 }

@@ -196,3 +196,16 @@ def test_managed_node_groups_run_in_auto_scaling_groups_tagged_by_eks(cluster: A
     assert tags["eks:nodegroup-name"] == "ng"
     assert tags["eks:cluster-name"] == CLUSTER
     assert tags[f"kubernetes.io/cluster/{CLUSTER}"] == "owned"
+
+
+def test_a_new_desired_size_resizes_the_auto_scaling_group_when_the_update_succeeds(cluster: Any) -> None:
+    aws = cluster
+    group(aws, "ng", aws.image("img"))
+    asg = describe(aws, "ng")["resources"]["autoScalingGroups"][0]["name"]
+    update = aws.eks.update_nodegroup_config(
+        clusterName=CLUSTER, nodegroupName="ng", scalingConfig={"desiredSize": 4}
+    )["update"]
+    assert len(aws.instances(asg)) == 3, "only when the update succeeds"
+    assert follow(aws, "ng", update["id"])["status"] == "Successful"
+    assert describe(aws, "ng")["scalingConfig"]["desiredSize"] == 4
+    assert len(aws.instances(asg)) == 4

@@ -281,6 +281,7 @@ pub async fn operators_need_every_rule_granted(
         .create(&PostParams::default(), &amr)
         .await
         .unwrap();
+    let _kubelets = super::kubelets(admin.clone(), &fixture);
     let refresher = start_watching(
         refresher_client,
         &moto,

@@ -1,0 +1,360 @@
+//! The health gate: after AWS reports a group's update done, the group is healthy only when
+//! the cluster agrees — enough of its nodes run the target AMI and are Ready, and have stayed
+//! Ready for the bake time. A pure judgement over the nodes, unit tested without I/O.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time};
+use opsy_api::ami_refresher::{GroupHealth, NodeGroupKind};
+
+/// Label EKS puts on the nodes of a managed node group: its name.
+pub const NODEGROUP_LABEL: &str = "eks.amazonaws.com/nodegroup";
+/// Label EKS puts on the nodes of a managed node group: the AMI they run.
+pub const NODEGROUP_IMAGE_LABEL: &str = "eks.amazonaws.com/nodegroup-image";
+/// Nodes named in a condition message, at most.
+const NAMED: usize = 5;
+
+/// A node, as far as the gate cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// Managed node group (label).
+    pub group: Option<String>,
+    /// AMI (label of managed groups' nodes).
+    pub image: Option<String>,
+    /// EC2 instance id from `spec.providerID` (`aws:///us-west-2a/i-…`).
+    pub instance: Option<String>,
+    /// The Ready condition is `True`.
+    pub ready: bool,
+    /// When the Ready condition last changed.
+    pub since: Option<Timestamp>,
+    /// Why it is not Ready (`KubeletNotReady`, or `NoReadyCondition`).
+    pub reason: String,
+}
+
+impl NodeView {
+    /// The view of `node`.
+    pub fn of(node: &Node) -> Self {
+        let labels = node.metadata.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key)).cloned();
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        Self {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            group: label(NODEGROUP_LABEL),
+            image: label(NODEGROUP_IMAGE_LABEL),
+            instance: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .and_then(|p| p.rsplit('/').next())
+                .filter(|i| i.starts_with("i-"))
+                .map(str::to_owned),
+            ready: ready.is_some_and(|c| c.status == "True"),
+            since: ready.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),
+            reason: ready
+                .and_then(|c| c.reason.clone())
+                .unwrap_or_else(|| "NoReadyCondition".into()),
+        }
+    }
+}
+
+/// The group being verified.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Managed or self-managed.
+    pub kind: NodeGroupKind,
+    /// The AMI its nodes must run.
+    pub target: &'a str,
+    /// Its desired size.
+    pub desired: i32,
+    /// Its instances (self-managed groups; all on the target when AWS reported done).
+    pub instances: &'a [String],
+    /// When AWS reported its update done.
+    pub done_at: Timestamp,
+}
+
+/// The gate's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Enough Ready nodes on the target, baked.
+    Healthy(GroupHealth),
+    /// Not yet; the message says what is awaited.
+    Waiting(GroupHealth, String),
+    /// Not healthy within the timeout; the message names the evidence.
+    Unhealthy(GroupHealth, String),
+}
+
+/// Judges `subject` from `nodes` (all nodes that may belong to it) at `now`.
+pub fn judge(
+    subject: Subject<'_>,
+    nodes: &[NodeView],
+    bake: Option<Duration>,
+    timeout: Duration,
+    now: Timestamp,
+) -> Verdict {
+    let mut on_target: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| match subject.kind {
+            NodeGroupKind::Managed => {
+                n.group.as_deref() == Some(subject.name)
+                    && n.image.as_deref() == Some(subject.target)
+            }
+            NodeGroupKind::SelfManaged => n
+                .instance
+                .as_ref()
+                .is_some_and(|i| subject.instances.contains(i)),
+        })
+        .collect();
+    on_target.sort_by(|a, b| a.name.cmp(&b.name));
+    let ready: Vec<&&NodeView> = on_target.iter().filter(|n| n.ready).collect();
+    let not_ready: Vec<String> = on_target
+        .iter()
+        .filter(|n| !n.ready)
+        .map(|n| format!("{} {}", n.name, n.reason))
+        .collect();
+    let desired = subject.desired.max(0);
+    let count = i32::try_from(ready.len()).unwrap_or(i32::MAX);
+    let enough = count >= desired && not_ready.is_empty();
+    // The last of them to turn Ready starts the bake.
+    let ready_since = enough
+        .then(|| ready.iter().filter_map(|n| n.since).max())
+        .flatten();
+    let bake_until = match (ready_since, bake) {
+        (Some(since), Some(bake)) => SignedDuration::try_from(bake)
+            .ok()
+            .and_then(|b| since.checked_add(b).ok()),
+        (Some(since), None) => Some(since),
+        _ => None,
+    };
+    let health = GroupHealth {
+        ready: count,
+        desired,
+        not_ready: not_ready.iter().take(NAMED).cloned().collect(),
+        ready_since: ready_since.map(Time),
+        bake_until: bake_until.filter(|_| bake.is_some()).map(Time),
+    };
+    if enough && (desired == 0 || bake_until.is_some_and(|until| until <= now)) {
+        return Verdict::Healthy(health);
+    }
+    let waited = now.duration_since(subject.done_at);
+    let timed_out = SignedDuration::try_from(timeout).is_ok_and(|t| waited >= t);
+    let evidence = if not_ready.is_empty() {
+        format!("{count} of {desired} nodes on {} Ready", subject.target)
+    } else {
+        let mut named = not_ready
+            .iter()
+            .take(NAMED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if not_ready.len() > NAMED {
+            named.push_str(&format!(" and {} more", not_ready.len() - NAMED));
+        }
+        format!(
+            "{} of {} new nodes NotReady: {named}",
+            not_ready.len(),
+            on_target.len()
+        )
+    };
+    if timed_out && !enough {
+        let secs = timeout.as_secs();
+        let waited = if secs.is_multiple_of(60) {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{secs}s")
+        };
+        return Verdict::Unhealthy(
+            health,
+            format!("{evidence} after {waited} (rollout.healthTimeout)"),
+        );
+    }
+    let message = match bake_until {
+        Some(until) if enough => format!("{evidence}; baking until {until}"),
+        _ => format!("AWS finished; waiting for the nodes: {evidence}"),
+    };
+    Verdict::Waiting(health, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "ami-target";
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn node(name: &str, image: &str, ready: bool, since: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            group: Some("a".into()),
+            image: Some(image.into()),
+            instance: None,
+            ready,
+            since: Some(at(since)),
+            reason: if ready {
+                "KubeletReady"
+            } else {
+                "KubeletNotReady"
+            }
+            .into(),
+        }
+    }
+
+    fn subject(desired: i32) -> Subject<'static> {
+        Subject {
+            name: "a",
+            kind: NodeGroupKind::Managed,
+            target: T,
+            desired,
+            instances: &[],
+            done_at: at("2024-11-20T10:00:00Z"),
+        }
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn healthy_after_enough_ready_nodes_have_baked() {
+        let nodes = [
+            node("n1", T, true, "2024-11-20T10:01:00Z"),
+            node("n2", T, true, "2024-11-20T10:03:00Z"),
+            node("old", "ami-old", true, "2024-11-01T00:00:00Z"),
+        ];
+        let bake = Some(10 * MIN);
+        match judge(
+            subject(2),
+            &nodes,
+            bake,
+            30 * MIN,
+            at("2024-11-20T10:05:00Z"),
+        ) {
+            Verdict::Waiting(h, m) => {
+                assert_eq!((h.ready, h.desired), (2, 2));
+                assert_eq!(h.bake_until.unwrap().0, at("2024-11-20T10:13:00Z"));
+                assert!(m.contains("baking until 2024-11-20T10:13:00Z"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judge(
+                subject(2),
+                &nodes,
+                bake,
+                30 * MIN,
+                at("2024-11-20T10:13:00Z")
+            ),
+            Verdict::Healthy(_)
+        ));
+        // Without a bake time: healthy as soon as enough are Ready.
+        assert!(matches!(
+            judge(
+                subject(2),
+                &nodes,
+                None,
+                30 * MIN,
+                at("2024-11-20T10:03:00Z")
+            ),
+            Verdict::Healthy(_)
+        ));
+        // Too few nodes on the target (the old one does not count).
+        assert!(matches!(
+            judge(
+                subject(3),
+                &nodes,
+                None,
+                30 * MIN,
+                at("2024-11-20T10:05:00Z")
+            ),
+            Verdict::Waiting(..)
+        ));
+    }
+
+    #[test]
+    fn nodes_that_never_become_ready_fail_the_group_after_the_timeout_with_evidence() {
+        let nodes = [
+            node("ip-10-0-1-23", T, false, "2024-11-20T10:02:00Z"),
+            node("ip-10-0-1-24", T, false, "2024-11-20T10:02:00Z"),
+            node("ip-10-0-1-25", T, true, "2024-11-20T10:02:00Z"),
+        ];
+        assert!(matches!(
+            judge(
+                subject(3),
+                &nodes,
+                None,
+                10 * MIN,
+                at("2024-11-20T10:09:00Z")
+            ),
+            Verdict::Waiting(..)
+        ));
+        match judge(
+            subject(3),
+            &nodes,
+            None,
+            10 * MIN,
+            at("2024-11-20T10:10:00Z"),
+        ) {
+            Verdict::Unhealthy(h, m) => {
+                assert_eq!(
+                    m,
+                    "2 of 3 new nodes NotReady: ip-10-0-1-23 KubeletNotReady, ip-10-0-1-24 KubeletNotReady after 10m (rollout.healthTimeout)"
+                );
+                assert_eq!(h.not_ready.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn self_managed_nodes_are_found_by_provider_id() {
+        let mut n = node("ip-1", "", true, "2024-11-20T10:01:00Z");
+        n.group = None;
+        n.image = None;
+        n.instance = Some("i-1".into());
+        let instances = ["i-1".to_owned()];
+        let s = Subject {
+            kind: NodeGroupKind::SelfManaged,
+            instances: &instances,
+            desired: 1,
+            ..subject(1)
+        };
+        assert!(matches!(
+            judge(s, &[n.clone()], None, 30 * MIN, at("2024-11-20T10:02:00Z")),
+            Verdict::Healthy(_)
+        ));
+        n.instance = Some("i-other".into());
+        assert!(matches!(
+            judge(s, &[n], None, 30 * MIN, at("2024-11-20T10:02:00Z")),
+            Verdict::Waiting(..)
+        ));
+    }
+
+    #[test]
+    fn a_node_is_read_from_its_labels_provider_id_and_ready_condition() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ip-10-0-1-23", "labels": {
+                NODEGROUP_LABEL: "a", NODEGROUP_IMAGE_LABEL: T}},
+            "spec": {"providerID": "aws:///us-west-2a/i-0123456789abcdef0"},
+            "status": {"conditions": [{"type": "Ready", "status": "False",
+                "reason": "KubeletNotReady", "lastTransitionTime": "2024-11-20T10:02:00Z"}]},
+        }))
+        .unwrap();
+        let view = NodeView::of(&node);
+        assert_eq!(view.instance.as_deref(), Some("i-0123456789abcdef0"));
+        assert_eq!(
+            (view.group.as_deref(), view.image.as_deref()),
+            (Some("a"), Some(T))
+        );
+        assert!(!view.ready);
+        assert_eq!(view.reason, "KubeletNotReady");
+    }
+}
