@@ -107,6 +107,8 @@ async fn the_standby_finishes_a_killed_leaders_rollout_without_repeating_it() {
         .await
         .unwrap();
 
+    // The groups' nodes join the cluster Ready (the health gate waits for them).
+    let _kubelets = fixture.play_kubelets(ns.client.clone(), CLUSTER);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     cp.write_kubeconfig_as(&kubeconfig, "leader-test", &["system:masters"], &ns.name)

@@ -516,6 +516,33 @@ impl Fixture {
     }
 }
 
+/// Kubelets played in the background ([`Fixture::play_kubelets`]) until dropped.
+#[derive(Debug)]
+pub struct Kubelets(tokio::task::JoinHandle<()>);
+
+impl Drop for Kubelets {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Fixture {
+    /// Runs [`Fixture::sync_nodes`] for `cluster` every 300 ms (every node Ready) until the
+    /// returned handle is dropped, as kubelets joining the cluster would.
+    pub fn play_kubelets(&self, admin: kube::Client, cluster: &str) -> Kubelets {
+        let fixture = self.clone();
+        let cluster = cluster.to_owned();
+        Kubelets(tokio::spawn(async move {
+            loop {
+                if let Err(e) = fixture.sync_nodes(&admin, &cluster, &|_| true).await {
+                    eprintln!("kubelets: {e}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }))
+    }
+}
+
 fn jiff_now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }

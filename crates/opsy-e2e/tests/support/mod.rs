@@ -267,25 +267,11 @@ pub async fn cluster(fixture: &opsy_testkit::Fixture, groups: &[&str], image: &s
     }
 }
 
-/// Plays the kubelets of [`CLUSTER`] until dropped: every 300 ms, a Ready Node per instance of
-/// its groups (and none for instances that are gone), as the refresher's health gate expects.
-pub struct Kubelets(tokio::task::JoinHandle<()>);
-
-impl Drop for Kubelets {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Starts [`Kubelets`] registering Nodes with `admin` for the instances `fixture` sees.
-pub fn kubelets(admin: kube::Client, fixture: &opsy_testkit::Fixture) -> Kubelets {
-    let fixture = fixture.clone();
-    Kubelets(tokio::spawn(async move {
-        loop {
-            if let Err(e) = fixture.sync_nodes(&admin, CLUSTER, &|_| true).await {
-                eprintln!("kubelets: {e}");
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }))
+/// Plays the kubelets of [`CLUSTER`] until dropped: a Ready Node per instance of its groups,
+/// as the refresher's health gate expects.
+pub fn kubelets(
+    admin: kube::Client,
+    fixture: &opsy_testkit::Fixture,
+) -> opsy_testkit::fixtures::Kubelets {
+    fixture.play_kubelets(admin, CLUSTER)
 }
