@@ -36,12 +36,9 @@ pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, ctx: Arc<Context>) ->
 /// Runs the controller until a shutdown signal or the loss of the leader Lease; the process is
 /// ready once the first cache sync is done.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator, namespaces: &[String]) {
-    let scopes = opsy_runtime::cli::watch_scopes(namespaces);
-    futures::future::join_all(
-        scopes
-            .into_iter()
-            .map(|scope| run_in(ctx.clone(), concurrency, operator, scope)),
-    )
+    opsy_runtime::cli::in_each_scope(namespaces, |scope| {
+        run_in(ctx.clone(), concurrency, operator, scope)
+    })
     .await;
 }
 

@@ -186,6 +186,19 @@ impl World {
             .unwrap()
     }
 
+    /// Managed groups `names`, on the September EKS AMI.
+    async fn managed_groups(&self, names: &[&str]) {
+        for name in names {
+            self.fixture
+                .create_node_group(
+                    CLUSTER,
+                    &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     /// The standard cluster: five managed groups and one self-managed group.
     async fn cluster(&self, target: &str) {
         for name in ["a", "b", "c"] {
@@ -413,16 +426,7 @@ async fn reconcile_until(
 async fn each_wave_waits_for_ready_nodes_on_the_target_and_the_bake_time() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;
-    for name in ["a", "b"] {
-        world
-            .fixture
-            .create_node_group(
-                CLUSTER,
-                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-            )
-            .await
-            .unwrap();
-    }
+    world.managed_groups(&["a", "b"]).await;
     world
         .apply(manifest(serde_json::json!({
             "ami": target, "selfManaged": {"enabled": false},
@@ -476,16 +480,7 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_and_halts_the_
     let world = World::new().await;
     let target = world.active_ami("hardened-broken").await;
     world.broken.lock().unwrap().push(target.clone());
-    for name in ["a", "b"] {
-        world
-            .fixture
-            .create_node_group(
-                CLUSTER,
-                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-            )
-            .await
-            .unwrap();
-    }
+    world.managed_groups(&["a", "b"]).await;
     world
         .apply(manifest(serde_json::json!({
             "ami": target, "selfManaged": {"enabled": false},
@@ -851,16 +846,7 @@ async fn rollouts_are_notified_once_per_transition() {
         .await
         .unwrap();
     let target = world.active_ami("hardened-1").await;
-    for name in ["a", "b"] {
-        world
-            .fixture
-            .create_node_group(
-                CLUSTER,
-                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-            )
-            .await
-            .unwrap();
-    }
+    world.managed_groups(&["a", "b"]).await;
     world.moto.set_failing("b", true).unwrap();
     world
         .apply(manifest(serde_json::json!({
@@ -1112,16 +1098,7 @@ async fn an_update_someone_else_started_is_waited_for_and_never_counted_as_ours(
 async fn an_update_started_is_recorded_before_a_later_error_can_lose_it() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;
-    for name in ["a", "b"] {
-        world
-            .fixture
-            .create_node_group(
-                CLUSTER,
-                &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-            )
-            .await
-            .unwrap();
-    }
+    world.managed_groups(&["a", "b"]).await;
     world
         .apply(manifest(
             serde_json::json!({"ami": target, "rollout": {"maxInFlight": 2}}),

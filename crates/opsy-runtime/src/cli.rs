@@ -60,6 +60,15 @@ impl RunArgs {
     }
 }
 
+/// Runs `run_in(scope)` for each scope of [`watch_scopes`] at the same time, until all end.
+pub async fn in_each_scope<F, Fut>(namespaces: &[String], run_in: F)
+where
+    F: Fn(Option<String>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    futures::future::join_all(watch_scopes(namespaces).into_iter().map(run_in)).await;
+}
+
 /// The scopes a controller watches: every namespace (`None`), or one per listed namespace.
 pub fn watch_scopes(namespaces: &[String]) -> Vec<Option<String>> {
     let mut listed: Vec<Option<String>> = namespaces

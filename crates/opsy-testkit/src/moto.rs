@@ -260,12 +260,16 @@ impl Moto {
     /// Requests the server answered so far, by action (`DescribeImages`) or `"METHOD /path"`,
     /// counted at the HTTP level.
     pub fn requests(&self) -> Result<BTreeMap<String, u64>, MotoError> {
-        const PATH: &str = "/opsy-ext/requests";
+        self.get_json("/opsy-ext/requests")
+    }
+
+    /// `GET path` of the emulator's own endpoints, as JSON.
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, MotoError> {
         let api = |e: &dyn std::fmt::Display| MotoError::Api {
-            path: PATH,
+            path,
             message: e.to_string(),
         };
-        let body = ureq::get(format!("{}{PATH}", self.endpoint))
+        let body = ureq::get(format!("{}{path}", self.endpoint))
             .call()
             .map_err(|e| api(&e))?
             .body_mut()
@@ -277,18 +281,7 @@ impl Moto {
     /// What each request so far asked of IAM (the signing key, action, resources with their
     /// tags, request tags), for checking the IAM policies call by call.
     pub fn calls(&self) -> Result<Vec<crate::iam::Call>, MotoError> {
-        const PATH: &str = "/opsy-ext/calls";
-        let api = |e: &dyn std::fmt::Display| MotoError::Api {
-            path: PATH,
-            message: e.to_string(),
-        };
-        let body = ureq::get(format!("{}{PATH}", self.endpoint))
-            .call()
-            .map_err(|e| api(&e))?
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| api(&e))?;
-        serde_json::from_str(&body).map_err(|e| api(&e))
+        self.get_json("/opsy-ext/calls")
     }
 
     /// The calls so far signed with the operators' emulator credentials (not the test

@@ -380,28 +380,25 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             requeue = Duration::from_secs(30).min(timer);
         }
         Decision::Build { reason } => 'build: {
+            // Who may build what, then the Secrets the build names.
             let accounts = Api::namespaced(ctx.client.clone(), &namespace);
-            if let Err(refused) =
-                policy::check(&accounts, &pb, &ctx.build_policy, &namespace).await?
-            {
-                let message = format!(
-                    "a build is needed ({}) but cannot start: {refused}",
-                    reason.describe()
-                );
-                stalled(&ctx, &pb, &mut status, "BuildNotAllowed", &message, now).await;
-                requeue = requeue.min(SECRET_RECHECK);
-                break 'build;
-            }
             let secrets = Api::namespaced(ctx.client.clone(), &namespace);
-            let git_auth = match credentials::check(&secrets, &pb.spec, &namespace).await? {
+            let checked = match policy::check(&accounts, &pb, &ctx.build_policy, &namespace).await?
+            {
+                Err(refused) => Err(("BuildNotAllowed", refused)),
+                Ok(()) => credentials::check(&secrets, &pb.spec, &namespace)
+                    .await?
+                    .map_err(|missing| ("SecretMissing", missing)),
+            };
+            let git_auth = match checked {
                 Ok(auth) => auth,
-                Err(missing) => {
+                Err((code, why)) => {
                     let message = format!(
-                        "a build is needed ({}) but cannot start: {missing}",
+                        "a build is needed ({}) but cannot start: {why}",
                         reason.describe()
                     );
-                    stalled(&ctx, &pb, &mut status, "SecretMissing", &message, now).await;
-                    // Secrets are not watched: look again soon.
+                    stalled(&ctx, &pb, &mut status, code, &message, now).await;
+                    // Neither Secrets nor ServiceAccounts are watched: look again soon.
                     requeue = requeue.min(SECRET_RECHECK);
                     break 'build;
                 }

@@ -168,6 +168,29 @@ impl World {
             .collect()
     }
 
+    /// Creates (or replaces) Secret `name` with `data`.
+    async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        use k8s_openapi::{ByteString, api::core::v1::Secret};
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let _ = secrets.delete(name, &Default::default()).await;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
     /// Registers a base image in this account (what the filters look for).
     async fn publish_base(&self, name: &str) -> String {
         self.fixture.register_image(name, &[]).await.unwrap()
@@ -682,40 +705,16 @@ async fn hostile_values_reach_git_sync_and_packer_as_literal_arguments() {
 
 #[tokio::test]
 async fn git_credentials_are_checked_before_the_job_and_reach_git_sync_as_git_sync_expects() {
-    use k8s_openapi::{ByteString, api::core::v1::Secret};
     let world = World::new(pb_manifest(serde_json::json!({
         "gitSync": {"secret": "git-creds"},
         "builder": {"repoURL": "https://git.example/org/images.git", "secret": "aws-creds"},
     })))
     .await;
     world.publish_base("base-al2023-v1").await;
-    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &world.ns.name);
-    let put = |name: &str, keys: &[&str]| {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            data: Some(
-                keys.iter()
-                    .map(|k| ((*k).to_owned(), ByteString(b"s3cret-value".to_vec())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        };
-        let secrets = secrets.clone();
-        async move {
-            let _ = secrets
-                .delete(
-                    secret.metadata.name.as_deref().unwrap(),
-                    &Default::default(),
-                )
-                .await;
-            secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .unwrap();
-        }
+    let put = |name: &'static str, keys: &'static [&'static str]| {
+        let data: Vec<(&str, &str)> = keys.iter().map(|k| (*k, "s3cret-value")).collect();
+        let world = &world;
+        async move { world.put_secret(name, &data).await }
     };
     let degraded = || async {
         opsy_api::conditions::find(&world.status().await.conditions, "Degraded")
@@ -779,10 +778,7 @@ async fn git_credentials_are_checked_before_the_job_and_reach_git_sync_as_git_sy
 
 #[tokio::test]
 async fn a_build_runs_only_allowed_images_as_a_service_account_that_allows_it() {
-    use k8s_openapi::{
-        ByteString,
-        api::core::v1::{Secret, ServiceAccount},
-    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
     let world = World::new(pb_manifest(serde_json::json!({
         "builder": {
             "repoURL": "https://github.com/example-org/eks-node-images",
@@ -871,18 +867,9 @@ async fn a_build_runs_only_allowed_images_as_a_service_account_that_allows_it() 
         message.contains("Secret \"vault\" (spec.builder.secretVariables[0], variable vault_token) does not exist"),
         "{message}"
     );
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("vault".into()),
-            ..ObjectMeta::default()
-        },
-        data: Some([("token".to_owned(), ByteString(b"s3cret-token".to_vec()))].into()),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(world.client.clone(), &world.ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    world
+        .put_secret("vault", &[("token", "s3cret-token")])
+        .await;
     world.reconcile().await;
     let job = world
         .jobs()
@@ -924,33 +911,21 @@ async fn a_build_runs_only_allowed_images_as_a_service_account_that_allows_it() 
 
 #[tokio::test]
 async fn an_ssh_repository_gets_its_key_and_known_hosts_as_files() {
-    use k8s_openapi::{ByteString, api::core::v1::Secret};
     let world = World::new(pb_manifest(serde_json::json!({
         "gitSync": {"secret": "git-ssh"},
         "builder": {"repoURL": "git@github.com:example-org/images.git"},
     })))
     .await;
     world.publish_base("base-al2023-v1").await;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("git-ssh".into()),
-            ..Default::default()
-        },
-        data: Some(
-            [
+    world
+        .put_secret(
+            "git-ssh",
+            &[
                 ("ssh", "KEY"),
                 ("known_hosts", "github.com ssh-ed25519 AAAA"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
-            .collect(),
-        ),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(world.client.clone(), &world.ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+            ],
+        )
+        .await;
     world.reconcile().await;
     let job = world
         .jobs()
@@ -1068,7 +1043,6 @@ async fn a_reported_ami_that_is_not_this_builds_is_never_tagged() {
 
 #[tokio::test]
 async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_builds() {
-    use k8s_openapi::{ByteString, api::core::v1::Secret};
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
     let slack = MockServer::start().await;
@@ -1084,19 +1058,9 @@ async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_bu
     })))
     .await;
     world.slack_api = slack.uri();
-    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &world.ns.name);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("slack-token".into()),
-            ..ObjectMeta::default()
-        },
-        data: Some([("token".to_owned(), ByteString(b"xoxb-test-token".to_vec()))].into()),
-        ..Secret::default()
-    };
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    world
+        .put_secret("slack-token", &[("token", "xoxb-test-token")])
+        .await;
     world.publish_base("base-al2023-v1").await;
 
     world.reconcile().await;
@@ -1266,7 +1230,6 @@ async fn aws_errors_are_reported_on_the_object() {
 
 #[tokio::test]
 async fn a_reconcile_from_a_stale_copy_repeats_nothing_and_overwrites_nothing() {
-    use k8s_openapi::{ByteString, api::core::v1::Secret};
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
     let slack = MockServer::start().await;
@@ -1279,18 +1242,9 @@ async fn a_reconcile_from_a_stale_copy_repeats_nothing_and_overwrites_nothing() 
     })))
     .await;
     world.slack_api = slack.uri();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("slack-token".into()),
-            ..ObjectMeta::default()
-        },
-        data: Some([("token".to_owned(), ByteString(b"xoxb-test-token".to_vec()))].into()),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(world.client.clone(), &world.ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    world
+        .put_secret("slack-token", &[("token", "xoxb-test-token")])
+        .await;
     world.publish_base("base-al2023-v1").await;
     world.reconcile().await;
     let job = world.status().await.job_name.unwrap();
