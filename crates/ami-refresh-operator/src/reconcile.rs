@@ -14,7 +14,7 @@ use kube::{
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus, ImageRef,
     ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, UpdateType},
-    conditions,
+    conditions, tags,
 };
 use opsy_aws::{
     AwsClients, AwsError,
@@ -224,7 +224,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
 
     // 3. Groups, and the health gate of those AWS reports done.
     let groups = observe_groups(&aws, &amr).await?;
-    finished.extend(verify(&ctx, &amr, &groups, &mut previous, &target_id, now).await?);
+    let (healthy, unhealthy) = verify(&ctx, &amr, &groups, &mut previous, &target_id, now).await?;
+    finished.extend(healthy);
+    if !unhealthy.is_empty() {
+        quarantine(&ctx, &amr, &aws, &target, &unhealthy, now).await;
+    }
 
     // 4. Plan and start the next wave.
     let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed);
@@ -646,7 +650,8 @@ async fn self_managed_image(
 
 /// The health gate of every `Verifying` entry of `entries`: the nodes of its group are read
 /// (one list of the cluster's nodes, only while some group is being verified) and judged.
-/// Returns the groups that turned healthy.
+/// Returns the groups that turned healthy, and the evidence against the target of those that
+/// did not become healthy in time.
 async fn verify(
     ctx: &Context,
     amr: &AMIRefresher,
@@ -654,9 +659,9 @@ async fn verify(
     entries: &mut [NodeGroupStatus],
     target: &str,
     now: Timestamp,
-) -> Result<Vec<String>, Error> {
+) -> Result<(Vec<String>, Vec<String>), Error> {
     if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let nodes: Vec<NodeView> = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
@@ -667,6 +672,7 @@ async fn verify(
         .collect();
     let rollout = &amr.spec.rollout;
     let mut healthy = Vec::new();
+    let mut unhealthy = Vec::new();
     for entry in entries
         .iter_mut()
         .filter(|e| e.phase == NodeGroupPhase::Verifying)
@@ -716,14 +722,59 @@ async fn verify(
                 entry.health = Some(health);
                 entry.message = Some(message.clone());
                 let note = format!(
-                    "{}: {} on {}: {message}",
-                    entry.name, "not healthy", subject.target
+                    "{}: not healthy on {}: {message}",
+                    entry.name, subject.target
                 );
                 event(ctx, amr, EventType::Warning, "NodeGroupUnhealthy", &note).await;
+                unhealthy.push(format!("{}: {message}", entry.name));
             }
         }
     }
-    Ok(healthy)
+    Ok((healthy, unhealthy))
+}
+
+/// The circuit breaker: the target's nodes failed the health gate, so the AMI (if it is a
+/// managed one) is quarantined — tagged and EC2-deprecated — so that no AMIRefresher selects it
+/// again and its PackerBuilder builds anew. A failure to quarantine is reported, not fatal:
+/// the rollout is halted either way.
+async fn quarantine(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    aws: &AwsClients,
+    target: &opsy_aws::managed::Candidate,
+    evidence: &[String],
+    now: Timestamp,
+) {
+    let image = &target.image;
+    if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
+        || image.tag(tags::STATUS) == Some(tags::STATUS_QUARANTINED)
+    {
+        return;
+    }
+    let reason = format!(
+        "{}/{}: {}",
+        amr.spec.cluster_name,
+        amr.name_any(),
+        evidence.join("; ")
+    );
+    let at = now
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap_or(now);
+    match aws.quarantine_image(&image.id, &reason, at).await {
+        Ok(()) => {
+            let note = format!(
+                "quarantined {} ({}): {}; no AMIRefresher will select it again and its PackerBuilder builds anew",
+                image.id,
+                image.name,
+                evidence.join("; ")
+            );
+            event(ctx, amr, EventType::Warning, "AmiQuarantined", &note).await;
+        }
+        Err(e) => {
+            let note = format!("could not quarantine {}: {e}", image.id);
+            event(ctx, amr, EventType::Warning, "QuarantineFailed", &note).await;
+        }
+    }
 }
 
 /// Brings an `Updating` entry up to date with AWS.

@@ -476,9 +476,23 @@ async fn each_wave_waits_for_ready_nodes_on_the_target_and_the_bake_time() {
 }
 
 #[tokio::test]
-async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_and_halts_the_rollout() {
+async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_rollout_and_is_quarantined()
+ {
     let world = World::new().await;
-    let target = world.active_ami("hardened-broken").await;
+    let now = Timestamp::now().to_string();
+    let target = world
+        .fixture
+        .register_image(
+            "hardened-broken",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", CLUSTER),
+                ("status", "active"),
+                ("create-timestamp", now.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
     world.broken.lock().unwrap().push(target.clone());
     world.managed_groups(&["a", "b"]).await;
     world
@@ -512,6 +526,44 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_and_halts_the_
     world.reconcile().await.unwrap();
     assert_eq!(world.phases().await["b"], Pending);
     assert_eq!(world.requests("/update-version"), 1);
+
+    // The breaker quarantined the AMI: tagged, EC2-deprecated, and refused by any refresher.
+    let aws = world.context().aws.region(REGION).await;
+    let image = aws
+        .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    assert_eq!(image.tag("status"), Some("quarantined"));
+    let reason = image.tag("quarantine-reason").unwrap();
+    assert!(
+        reason.starts_with("prod-east/prod-rollout: a: 2 of 2 new nodes NotReady"),
+        "{reason}"
+    );
+    assert!(image.deprecation_time.is_some());
+    assert!(world.events().await.contains(&"AmiQuarantined".to_owned()));
+    let selection = aws
+        .select_target(
+            Some(target.as_str()),
+            None,
+            opsy_aws::managed::Scope {
+                cluster_name: "another-cluster",
+                accept_from: &[],
+            },
+            Duration::from_secs(30 * 86_400),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    assert!(selection.chosen.is_none(), "{}", selection.explain());
+    assert!(
+        selection.explain().contains("status is quarantined"),
+        "{}",
+        selection.explain()
+    );
+    // Each call, on its resource, within the refresher's policy (the quarantine included).
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
 #[tokio::test]

@@ -21,12 +21,17 @@ pub const CREATED_BY_NAMESPACE: &str = "created-by-namespace";
 pub const PACKER_REPO: &str = "packer-repo";
 /// The branch of the Packer repository (`spec.builder.branch`).
 pub const PACKER_REPO_BRANCH: &str = "packer-repo-branch";
-/// Lifecycle status: [`STATUS_ACTIVE`] or [`STATUS_DEPRECATED`].
+/// Lifecycle status: [`STATUS_ACTIVE`], [`STATUS_DEPRECATED`] or [`STATUS_QUARANTINED`].
 pub const STATUS: &str = "status";
 /// The AMI may be rolled out.
 pub const STATUS_ACTIVE: &str = "active";
 /// The AMI was replaced by a newer build and must not be rolled out.
 pub const STATUS_DEPRECATED: &str = "deprecated";
+/// A rollout proved the AMI bad (its nodes failed the health gate): it must never be rolled
+/// out again, and its PackerBuilder builds anew.
+pub const STATUS_QUARANTINED: &str = "quarantined";
+/// Why the AMI was quarantined: the node group and the evidence (at most 256 characters).
+pub const QUARANTINE_REASON: &str = "quarantine-reason";
 /// When the AMI was built, RFC 3339. Adoption never resets it.
 pub const CREATE_TIMESTAMP: &str = "create-timestamp";
 /// The base AMI the build started from.

@@ -402,10 +402,38 @@ impl AwsClients {
     /// Marks `image_id` deprecated: tag `status=deprecated` and EC2's own deprecation time
     /// (`at`, rounded by EC2 to the minute), so EC2 also hides it from default listings.
     pub async fn deprecate_image(&self, image_id: &str, at: Timestamp) -> Result<(), AwsError> {
-        const OP: &str = "EnableImageDeprecation";
         let mut status = BTreeMap::new();
         status.insert(tags::STATUS.to_owned(), tags::STATUS_DEPRECATED.to_owned());
-        self.tag_image(image_id, &status).await?;
+        self.retire_image(image_id, &status, at).await
+    }
+
+    /// Quarantines `image_id` after a rollout proved it bad: tag `status=quarantined` with the
+    /// reason (no AMIRefresher selects it again, no PackerBuilder counts it as eligible), and
+    /// EC2's deprecation time `at`, which accounts it is shared with see (they see image
+    /// attributes, not this account's tags).
+    pub async fn quarantine_image(
+        &self,
+        image_id: &str,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<(), AwsError> {
+        let mut tags = BTreeMap::new();
+        tags.insert(tags::STATUS.to_owned(), tags::STATUS_QUARANTINED.to_owned());
+        // EC2 tag values hold at most 256 characters.
+        let reason: String = reason.chars().take(256).collect();
+        tags.insert(tags::QUARANTINE_REASON.to_owned(), reason);
+        self.retire_image(image_id, &tags, at).await
+    }
+
+    /// Writes `tags` on `image_id`, then sets EC2's deprecation time `at`.
+    async fn retire_image(
+        &self,
+        image_id: &str,
+        tags: &BTreeMap<String, String>,
+        at: Timestamp,
+    ) -> Result<(), AwsError> {
+        const OP: &str = "EnableImageDeprecation";
+        self.tag_image(image_id, tags).await?;
         let request = self
             .ec2
             .enable_image_deprecation()

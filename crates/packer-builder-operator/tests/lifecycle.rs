@@ -545,6 +545,36 @@ async fn an_expiry_in_minutes_is_spelled_out_in_a_warning() {
 }
 
 #[tokio::test]
+async fn a_quarantined_ami_is_built_again() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    let built = world.build_image("al2023-hardened-1").await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    assert_eq!(world.status().await.active_image.unwrap().id, built);
+    // An AMIRefresher's health gate proved it bad and quarantined it.
+    let aws = world.context().aws.region(REGION).await;
+    aws.quarantine_image(
+        &built,
+        "prod-east/amr: a: 2 of 2 new nodes NotReady",
+        world.now,
+    )
+    .await
+    .unwrap();
+    world.reconcile().await;
+    let status = world.status().await;
+    let second = status.job_name.clone().unwrap();
+    assert_ne!(second, job, "a new build");
+    let message = status.last_run_message.unwrap();
+    assert!(
+        message.contains(built.as_str()) && message.contains("status is quarantined"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_cause() {
     let world = World::new(pb_manifest(serde_json::json!({}))).await;
     world.publish_base("base-al2023-v1").await;
