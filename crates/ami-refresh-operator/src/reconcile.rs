@@ -663,8 +663,23 @@ async fn verify(
     if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
         return Ok((Vec::new(), Vec::new()));
     }
+    // Managed groups' nodes carry their group's label: list only those. Self-managed groups'
+    // nodes are known by their instance ids alone, so then every node is read.
+    let verifying = entries
+        .iter()
+        .filter(|e| e.phase == NodeGroupPhase::Verifying);
+    let params = if verifying.clone().all(|e| e.kind == NodeGroupKind::Managed) {
+        let names: Vec<&str> = verifying.map(|e| e.name.as_str()).collect();
+        ListParams::default().labels(&format!(
+            "{} in ({})",
+            crate::health::NODEGROUP_LABEL,
+            names.join(",")
+        ))
+    } else {
+        ListParams::default()
+    };
     let nodes: Vec<NodeView> = Api::<Node>::all(ctx.client.clone())
-        .list(&ListParams::default())
+        .list(&params)
         .await?
         .items
         .iter()
