@@ -226,8 +226,14 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let groups = observe_groups(&aws, &amr).await?;
     let (healthy, unhealthy) = verify(&ctx, &amr, &groups, &mut previous, &target_id, now).await?;
     finished.extend(healthy);
-    if !unhealthy.is_empty() {
-        quarantine(&ctx, &amr, &aws, &target, &unhealthy, now).await;
+    // Only the AMI the failed groups moved to, which is the target unless it changed meanwhile.
+    let against: Vec<String> = unhealthy
+        .into_iter()
+        .filter(|(image, _)| *image == target_id)
+        .map(|(_, evidence)| evidence)
+        .collect();
+    if !against.is_empty() {
+        quarantine(&ctx, &amr, &aws, &target, &against, now).await;
     }
 
     // 4. Plan and start the next wave.
@@ -650,8 +656,8 @@ async fn self_managed_image(
 
 /// The health gate of every `Verifying` entry of `entries`: the nodes of its group are read
 /// (one list of the cluster's nodes, only while some group is being verified) and judged.
-/// Returns the groups that turned healthy, and the evidence against the target of those that
-/// did not become healthy in time.
+/// Returns the groups that turned healthy, and for those that did not become healthy in time
+/// the AMI they moved to and the evidence against it.
 async fn verify(
     ctx: &Context,
     amr: &AMIRefresher,
@@ -659,7 +665,7 @@ async fn verify(
     entries: &mut [NodeGroupStatus],
     target: &str,
     now: Timestamp,
-) -> Result<(Vec<String>, Vec<String>), Error> {
+) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
     if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -741,7 +747,10 @@ async fn verify(
                     entry.name, subject.target
                 );
                 event(ctx, amr, EventType::Warning, "NodeGroupUnhealthy", &note).await;
-                unhealthy.push(format!("{}: {message}", entry.name));
+                unhealthy.push((
+                    subject.target.to_owned(),
+                    format!("{}: {message}", entry.name),
+                ));
             }
         }
     }
