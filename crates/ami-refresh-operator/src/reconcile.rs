@@ -654,8 +654,8 @@ async fn self_managed_image(
     })
 }
 
-/// The health gate of every `Verifying` entry of `entries`: the nodes of its group are read
-/// (one list of the cluster's nodes, only while some group is being verified) and judged.
+/// The health gate of every `Verifying` entry of `entries`: the nodes that may belong to those
+/// groups are read (one list, only while some group is being verified) and judged.
 /// Returns the groups that turned healthy, and for those that did not become healthy in time
 /// the AMI they moved to and the evidence against it.
 async fn verify(

@@ -13,14 +13,19 @@ pub fn policy_path(name: &str) -> PathBuf {
         .join(format!("{name}.json"))
 }
 
+/// Policy `name`, parsed.
+fn load(name: &str) -> Result<serde_json::Value, String> {
+    let path = policy_path(name);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
+}
+
 /// The actions the `Allow` statements of policy `name` grant, lower-cased (`ec2:describeimages`).
 /// Wildcard actions are refused: the policies are meant to be exact.
 pub fn allowed_actions(name: &str) -> Result<BTreeSet<String>, String> {
     let path = policy_path(name);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let policy: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let policy = load(name)?;
     let mut actions = BTreeSet::new();
     for statement in policy["Statement"].as_array().into_iter().flatten() {
         if statement["Effect"] != "Allow" {
@@ -271,15 +276,22 @@ fn statement_matches(
 /// Why policy `name` refuses `call`, if it does: for every resource, an `Allow` statement must
 /// match (action, resource, every condition) and no `Deny` may.
 pub fn refuses(name: &str, call: &Call) -> Result<Option<String>, String> {
-    let path = policy_path(name);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let policy: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-    let statements = policy["Statement"].as_array().cloned().unwrap_or_default();
+    refused_by(&statements(name)?, call)
+}
+
+/// The statements of policy `name`.
+fn statements(name: &str) -> Result<Vec<serde_json::Value>, String> {
+    Ok(load(name)?["Statement"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Why `statements` refuse `call`, if they do.
+fn refused_by(statements: &[serde_json::Value], call: &Call) -> Result<Option<String>, String> {
     for resource in &call.resources {
         let mut allowed = false;
-        for statement in &statements {
+        for statement in statements {
             if !statement_matches(statement, call, resource)? {
                 continue;
             }
@@ -316,9 +328,10 @@ pub fn check_resource_calls(name: &str, calls: &[Call], at_least: usize) -> Resu
             actions.len()
         ));
     }
+    let statements = statements(name)?;
     let mut refused = Vec::new();
     for call in calls {
-        if let Some(why) = refuses(name, call)? {
+        if let Some(why) = refused_by(&statements, call)? {
             refused.push(why);
         }
     }
