@@ -7,7 +7,7 @@ use opsy_api::{AMIRefresher, ami_refresher::NodeGroupPhase};
 use opsy_aws::AwsClients;
 use serde::Serialize;
 
-use crate::{Error, plan::plan, reconcile::observe_groups};
+use crate::{Error, observe::observe_groups, plan::plan};
 
 /// One group and what would happen to it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -4,11 +4,15 @@
 //!
 //! The reconcile ([`reconcile`]) is a thin driver over a pure [`plan`].
 
+mod breaker;
 pub mod controller;
 pub mod dry_run;
+mod follow;
 pub mod health;
+pub mod observe;
 pub mod plan;
 pub mod reconcile;
+mod start;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]

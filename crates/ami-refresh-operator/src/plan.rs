@@ -3,7 +3,7 @@
 
 use opsy_api::{
     AMIRefresherSpec,
-    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus},
+    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, OnFailure},
 };
 
 /// What a group runs, as far as this operator can manage it.
@@ -52,8 +52,11 @@ pub struct Plan {
     pub groups: Vec<NodeGroupStatus>,
     /// Groups whose update starts now.
     pub start: Vec<String>,
-    /// A failed group stopped the rollout (`rollout.haltOnFailure`).
+    /// A failed group stopped the rollout (`rollout.haltOnFailure`, or `rollout.onFailure:
+    /// rollback`).
     pub halted: bool,
+    /// Groups this rollout moved that go back now (`rollout.onFailure: rollback`).
+    pub rollback: Vec<String>,
     /// Names in `exclude` or `rollout.canary` that match no group.
     pub unknown: Vec<String>,
 }
@@ -87,6 +90,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         started: None,
         finished: None,
         health: None,
+        rollback_version: None,
     }
 }
 
@@ -118,6 +122,15 @@ pub fn plan(
                     ..entry(group, NodeGroupPhase::Skipped)
                 },
                 GroupImage::Runs { .. } => match prev {
+                    // A rollback in flight is followed to its end, whatever the target is now.
+                    Some(p) if p.phase == NodeGroupPhase::RollingBack => p.clone(),
+                    Some(p)
+                        if same_target
+                            && p.phase == NodeGroupPhase::RolledBack
+                            && !spec_changed =>
+                    {
+                        p.clone()
+                    }
                     Some(p)
                         if same_target
                             && matches!(
@@ -165,8 +178,33 @@ pub fn plan(
     unknown.sort();
     unknown.dedup();
 
-    let halted =
-        spec.rollout.halt_on_failure && out.iter().any(|g| g.phase == NodeGroupPhase::Failed);
+    let roll_back = spec.rollout.on_failure == OnFailure::Rollback;
+    let halted = (spec.rollout.halt_on_failure || roll_back)
+        && out.iter().any(|g| {
+            matches!(
+                g.phase,
+                NodeGroupPhase::Failed | NodeGroupPhase::RollingBack | NodeGroupPhase::RolledBack
+            )
+        });
+    // The breaker tripped: every group this rollout moved (or tried to) goes back, once. Groups
+    // still updating are followed to their end first.
+    let rollback = if halted && roll_back {
+        out.iter()
+            .filter(|g| {
+                matches!(
+                    g.phase,
+                    NodeGroupPhase::Succeeded | NodeGroupPhase::Verifying | NodeGroupPhase::Failed
+                ) && g.rollback_version.is_none()
+                    && g.to_image.as_deref() == Some(target)
+                    && g.from_image.is_some()
+                    && g.from_image != g.to_image
+                    && g.from_version.is_some()
+            })
+            .map(|g| g.name.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut start = Vec::new();
     if !halted && !spec.suspend {
         let wait = spec
@@ -180,7 +218,9 @@ pub fn plan(
                 .filter(|g| {
                     matches!(
                         g.phase,
-                        NodeGroupPhase::Updating | NodeGroupPhase::Verifying
+                        NodeGroupPhase::Updating
+                            | NodeGroupPhase::Verifying
+                            | NodeGroupPhase::RollingBack
                     )
                 })
                 .count()
@@ -217,6 +257,7 @@ pub fn plan(
         groups: out,
         start,
         halted,
+        rollback,
         unknown,
     }
 }
@@ -332,6 +373,52 @@ mod tests {
         assert_eq!(plan(&keep_going, T, &groups, &previous, false).start, ["c"]);
         let suspended = spec(serde_json::json!({"suspend": true}));
         assert!(plan(&suspended, T, &groups, &[], false).start.is_empty());
+    }
+
+    #[test]
+    fn with_rollback_a_failure_sends_every_moved_group_back_once() {
+        let groups = vec![
+            group("a", T),
+            group("b", T),
+            group("c", "ami-old"),
+            group("d", "ami-old"),
+        ];
+        let s = spec(serde_json::json!({"rollout": {"maxInFlight": 2, "onFailure": "rollback"}}));
+        let mut previous = plan(&s, T, &[], &[], false).groups;
+        for (name, phase) in [
+            ("a", NodeGroupPhase::Succeeded),
+            ("b", NodeGroupPhase::Failed),
+            ("c", NodeGroupPhase::Updating),
+            ("d", NodeGroupPhase::Pending),
+        ] {
+            let mut e = entry(&group(name, "ami-old"), phase);
+            e.to_image = Some(T.into());
+            previous.push(e);
+        }
+        let p = plan(&s, T, &groups, &previous, false);
+        assert!(p.halted && p.start.is_empty());
+        assert_eq!(p.rollback, ["a", "b"], "c is followed to its end first");
+
+        // Started once: a group rolling back or rolled back is not sent back again, and the
+        // rollout stays halted while it is.
+        previous[0].phase = NodeGroupPhase::RollingBack;
+        previous[0].rollback_version = Some("1".into());
+        previous[1].phase = NodeGroupPhase::RolledBack;
+        previous[1].rollback_version = Some("1".into());
+        previous[2].phase = NodeGroupPhase::Verifying;
+        let p = plan(&s, T, &groups, &previous, false);
+        assert!(p.halted && p.start.is_empty());
+        assert_eq!(p.rollback, ["c"]);
+        // Even when the target changes, the rollback in flight is kept.
+        let p = plan(&s, "ami-other", &groups, &previous, false);
+        assert_eq!(p.groups[0].phase, NodeGroupPhase::RollingBack);
+
+        // Without onFailure: rollback, nothing goes back.
+        let halt = spec(serde_json::json!({"rollout": {"maxInFlight": 2}}));
+        previous[0].phase = NodeGroupPhase::Succeeded;
+        previous[0].rollback_version = None;
+        let p = plan(&halt, T, &groups, &previous, false);
+        assert!(p.halted && p.rollback.is_empty());
     }
 
     #[test]

@@ -566,6 +566,171 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
+/// The images the nodes of managed group `group` run (from their labels), sorted.
+async fn node_images(world: &World, group: &str) -> Vec<String> {
+    world.sync_nodes().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(world.client.clone());
+    let selector = format!(
+        "eks.amazonaws.com/nodegroup={group},{}",
+        world.fixture.node_selector()
+    );
+    let mut images: Vec<String> = nodes
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| {
+            n.metadata
+                .labels?
+                .get("eks.amazonaws.com/nodegroup-image")
+                .cloned()
+        })
+        .collect();
+    images.sort();
+    images
+}
+
+#[tokio::test]
+async fn with_on_failure_rollback_the_groups_a_bad_ami_reached_go_back_to_what_they_ran() {
+    let world = World::new().await;
+    let now = Timestamp::now().to_string();
+    let target = world
+        .fixture
+        .register_image(
+            "hardened-broken",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", CLUSTER),
+                ("status", "active"),
+                ("create-timestamp", now.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    world.broken.lock().unwrap().push(target.clone());
+    world.managed_groups(&["a", "b", "c"]).await;
+    world
+        .fixture
+        .create_self_managed_group(CLUSTER, "s", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target,
+            "exclude": ["c"],
+            "rollout": {"maxInFlight": 3, "healthTimeout": "4s", "onFailure": "rollback"},
+        })))
+        .await;
+    // a, b and s move; AWS reports each done; their nodes never become Ready.
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Verifying)).await;
+    assert_eq!(phases["a"], Verifying);
+    assert_eq!(phases["c"], Excluded);
+    assert_eq!(
+        node_images(&world, "a").await,
+        [target.clone(), target.clone()]
+    );
+    // EKS refuses group a's earlier launch template version (as its API reference says it may
+    // for AMI versions): a then goes back through a new version carrying its previous image.
+    world
+        .moto
+        .inject_error(
+            &format!("POST /clusters/{CLUSTER}/node-groups/a/update-version"),
+            "InvalidParameterException",
+            400,
+            1,
+        )
+        .unwrap();
+    let phases = reconcile_until(&world, 40, |p| {
+        ["a", "b", "s"]
+            .iter()
+            .all(|g| p.get(*g) == Some(&RolledBack))
+    })
+    .await;
+    assert_eq!(
+        phases,
+        map(&[
+            ("a", RolledBack),
+            ("b", RolledBack),
+            ("c", Excluded),
+            ("s", RolledBack)
+        ])
+    );
+    // Each group and its nodes run what they ran before; b on its previous version itself.
+    let a = world.entry("a").await;
+    assert_eq!(
+        (
+            a.from_version.as_deref(),
+            a.to_version.as_deref(),
+            a.rollback_version.as_deref()
+        ),
+        (Some("1"), Some("2"), Some("3")),
+        "{a:?}"
+    );
+    assert_eq!(world.nodegroup_version("a").await, "3");
+    assert_eq!(world.nodegroup_version("b").await, "1");
+    assert_eq!(
+        world.entry("b").await.rollback_version.as_deref(),
+        Some("1")
+    );
+    let previous = ids::AL2023_130_SEP.to_owned();
+    assert_eq!(
+        node_images(&world, "a").await,
+        [previous.clone(), previous.clone()]
+    );
+    assert_eq!(
+        node_images(&world, "b").await,
+        [previous.clone(), previous.clone()]
+    );
+    let (version, instances) = world.asg("s").await;
+    assert_eq!(version, "1");
+    assert!(
+        instances
+            .iter()
+            .all(|(v, image)| v == "1" && *image == previous),
+        "{instances:?}"
+    );
+    // The evidence stays in the group's message and in the halted rollout's condition.
+    let message = a.message.clone().unwrap();
+    assert!(
+        message.starts_with("rolled back: runs ")
+            && message.contains("it failed: 2 of 2 new nodes NotReady"),
+        "{message}"
+    );
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "RolloutHalted");
+    assert!(
+        degraded.message.contains("rolled back"),
+        "{}",
+        degraded.message
+    );
+    let events = world.events().await;
+    for reason in [
+        "NodeGroupUnhealthy",
+        "AmiQuarantined",
+        "NodeGroupRollingBack",
+        "NodeGroupRolledBack",
+    ] {
+        assert!(events.contains(&reason.to_owned()), "{reason}: {events:?}");
+    }
+    // Nothing more happens: the rollout stays halted and nothing goes back twice.
+    let updates = world.requests("/update-version");
+    let refreshes = world.requests("StartInstanceRefresh");
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.requests("/update-version"), updates);
+    assert_eq!(world.requests("StartInstanceRefresh"), refreshes);
+    assert_eq!(
+        updates,
+        3 + 2,
+        "a: forward, refused, with a new version; b: forward, back"
+    );
+    assert_eq!(refreshes, 2);
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
     let world = World::new().await;

@@ -223,6 +223,8 @@ fn default_true() -> bool {
 /// Rollout controls.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.onFailure) && self.onFailure == 'rollback' && has(self.haltOnFailure) && !self.haltOnFailure)").message("rollout.onFailure: rollback stops the rollout and cannot be combined with haltOnFailure: false; remove haltOnFailure or use onFailure: halt").reason(kube::core::Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.approveAfterCanary) || !self.approveAfterCanary || (has(self.canary) && size(self.canary) > 0)").message("rollout.approveAfterCanary needs rollout.canary: name the groups to approve after").reason(kube::core::Reason::FieldValueInvalid))]
 pub struct Rollout {
     /// Most node groups updating at the same time.
     #[serde(default = "default_max_in_flight")]
@@ -254,6 +256,51 @@ pub struct Rollout {
     #[serde(default = "default_health_timeout")]
     #[x_kube(validation = crate::duration::at_most_rule(86_400, "healthTimeout must be at most 1d"))]
     pub health_timeout: Duration,
+    /// What a failed group (AWS failure or failed health gate) does: `halt` (default) starts no
+    /// further group; `rollback` also moves every group this rollout moved back to the launch
+    /// template version and AMI it ran before (`fromVersion` and `fromImage` in status), followed
+    /// per group like an update (`RollingBack`, then `RolledBack`).
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// PodDisruptionBudgets that allow no disruption of pods on a group's nodes are reported
+    /// before the group starts. `wait` (default): the group starts only once they allow it;
+    /// `proceed`: it starts anyway (EKS then fails the update with `PodEvictionFailure` if it
+    /// cannot drain); `force`: it starts with EKS's `force`, which evicts pods whatever their
+    /// budgets say.
+    #[serde(default)]
+    pub pdb_policy: PdbPolicy,
+    /// After the canary groups are healthy, wait for an approval before the other waves: the
+    /// annotation `ami.refresh.ops/approve` on this AMIRefresher set to the target AMI id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approve_after_canary: bool,
+}
+
+/// The annotation that approves the waves after the canary (`rollout.approveAfterCanary`); its
+/// value is the AMI id it approves.
+pub const APPROVE_ANNOTATION: &str = "ami.refresh.ops/approve";
+
+/// What a failed group does to the rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Start no further group.
+    #[default]
+    Halt,
+    /// Start no further group, and move the groups already moved back to what they ran.
+    Rollback,
+}
+
+/// What to do when PodDisruptionBudgets allow no disruption of pods on a group's nodes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PdbPolicy {
+    /// Report them and start the group once they allow a disruption.
+    #[default]
+    Wait,
+    /// Report them and start the group anyway.
+    Proceed,
+    /// Report them and start the group with EKS's `force` (pods are evicted regardless).
+    Force,
 }
 
 impl Default for Rollout {
@@ -265,6 +312,9 @@ impl Default for Rollout {
             health_gate: true,
             bake_time: None,
             health_timeout: default_health_timeout(),
+            on_failure: OnFailure::Halt,
+            pdb_policy: PdbPolicy::Wait,
+            approve_after_canary: false,
         }
     }
 }
@@ -392,6 +442,11 @@ pub enum NodeGroupPhase {
     Succeeded,
     /// Update failed; see `message`.
     Failed,
+    /// The rollout failed (`rollout.onFailure: rollback`): the group is going back to
+    /// `fromVersion` / `fromImage` (`rollbackVersion`).
+    RollingBack,
+    /// Back on what it ran before the rollout.
+    RolledBack,
 }
 
 /// One node group in `status.nodeGroups`.
@@ -437,6 +492,11 @@ pub struct NodeGroupStatus {
     /// What the cluster says about the group's nodes on the target AMI (`rollout.healthGate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<GroupHealth>,
+    /// The launch template version a rollback moves the group to: `fromVersion`, or a new
+    /// version carrying `fromImage` when AWS refused the older one. Set once a rollback
+    /// started; a rollback is tried once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_version: Option<String>,
 }
 
 /// The evidence of a group's health gate.

@@ -393,6 +393,12 @@ pub struct GroupNodes {
 pub const TEST_NODE_LABEL: &str = "opsy.test/node";
 
 impl Fixture {
+    /// The label selector of the Nodes this fixture plays (other fixtures' Nodes share the
+    /// cluster-scoped API).
+    pub fn node_selector(&self) -> String {
+        format!("{TEST_NODE_LABEL}={}", self.node_owner)
+    }
+
     /// Plays the kubelets of `cluster`: one Node per running instance of each of its Auto
     /// Scaling groups (those EKS keeps for managed node groups too), named after the instance,
     /// with `spec.providerID`, the labels EKS puts on managed groups' nodes
@@ -461,7 +467,7 @@ impl Fixture {
                 wanted.insert(format!("node-{id}"), (id, zone, image, managed.clone()));
             }
         }
-        let selector = format!("{TEST_NODE_LABEL}={}", self.node_owner);
+        let selector = self.node_selector();
         for node in nodes
             .list(&ListParams::default().labels(&selector))
             .await?

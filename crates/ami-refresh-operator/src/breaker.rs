@@ -1,0 +1,303 @@
+//! The circuit breaker's actions: quarantine of an AMI whose nodes failed the health gate, and
+//! (with `rollout.onFailure: rollback`) the return of the groups it moved.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{ResourceExt, runtime::events::EventType};
+use opsy_api::{
+    AMIRefresher,
+    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, UpdateType},
+    tags,
+};
+use opsy_aws::{AwsClients, AwsError, autoscaling::RefreshSettings};
+
+use crate::{
+    Error,
+    plan::{Group, GroupImage},
+    reconcile::{Context, VERSION_DESCRIPTION, event},
+    start::{force, refresh_settings},
+};
+
+/// The circuit breaker: the target's nodes failed the health gate, so the AMI (if it is a
+/// managed one) is quarantined — tagged and EC2-deprecated — so that no AMIRefresher selects it
+/// again and its PackerBuilder builds anew. A failure to quarantine is reported, not fatal:
+/// the rollout is halted either way.
+pub(crate) async fn quarantine(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    aws: &AwsClients,
+    chosen: Option<&opsy_aws::managed::Candidate>,
+    image_id: &str,
+    evidence: &[String],
+    now: Timestamp,
+) {
+    // The chosen target as selected; else (no longer eligible) as EC2 describes it now.
+    let image = match chosen.filter(|c| c.image.id == image_id) {
+        Some(c) => c.image.clone(),
+        None => match aws
+            .describe_images(&opsy_aws::ImageQuery::default().ids([image_id]))
+            .await
+        {
+            Ok(images) => match images.first() {
+                Some(image) => image.clone(),
+                None => return,
+            },
+            Err(e) => {
+                let note = format!("could not quarantine {image_id}: {e}");
+                event(ctx, amr, EventType::Warning, "QuarantineFailed", &note).await;
+                return;
+            }
+        },
+    };
+    let image = &image;
+    if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
+        || image.tag(tags::STATUS) == Some(tags::STATUS_QUARANTINED)
+    {
+        return;
+    }
+    let reason = format!(
+        "{}/{}: {}",
+        amr.spec.cluster_name,
+        amr.name_any(),
+        evidence.join("; ")
+    );
+    let at = now
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap_or(now);
+    match aws.quarantine_image(&image.id, &reason, at).await {
+        Ok(()) => {
+            let note = format!(
+                "quarantined {} ({}): {}; no AMIRefresher will select it again and its PackerBuilder builds anew",
+                image.id,
+                image.name,
+                evidence.join("; ")
+            );
+            event(ctx, amr, EventType::Warning, "AmiQuarantined", &note).await;
+        }
+        Err(e) => {
+            let note = format!("could not quarantine {}: {e}", image.id);
+            event(ctx, amr, EventType::Warning, "QuarantineFailed", &note).await;
+        }
+    }
+}
+
+/// Joins a rolled-back group's progress and the failure that sent it back.
+const CAUSE: &str = "; it failed: ";
+
+/// Starts the return of `group`, which this rollout moved (or tried to), to the launch template
+/// version and AMI it ran before (`fromVersion`, `fromImage`), and records it in `entry`.
+///
+/// Managed groups go back with `UpdateNodegroupVersion` to `fromVersion`. EKS's API reference
+/// (UpdateNodegroupVersion) says a node group cannot be rolled back "to an earlier Kubernetes
+/// version or AMI version" — the EKS-chosen release versions; for a launch template it takes "a
+/// different version" (User Guide, "Customize managed nodes with launch templates"). Should EKS
+/// refuse the older number anyway, the group goes to a new version made from `fromVersion` that
+/// carries `fromImage`: the same configuration under a higher number. Self-managed groups get an
+/// instance refresh to `fromVersion` that replaces only the instances not already on it.
+/// A rollback is started once: whatever happens, `rollbackVersion` is set.
+pub(crate) async fn roll_back(
+    aws: &AwsClients,
+    amr: &AMIRefresher,
+    ctx: &Context,
+    group: &Group,
+    entry: &mut NodeGroupStatus,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let (Some(from_image), Some(from_version)) = (
+        entry.from_image.clone(),
+        entry
+            .from_version
+            .as_deref()
+            .and_then(|v| v.parse::<i64>().ok()),
+    ) else {
+        return Ok(());
+    };
+    let GroupImage::Runs {
+        image_id,
+        others,
+        template_id,
+        version,
+    } = &group.image
+    else {
+        let why = match &group.image {
+            GroupImage::NotManageable { reason } => reason.as_str(),
+            GroupImage::Runs { .. } => "",
+        };
+        return failed(
+            ctx,
+            amr,
+            entry,
+            from_version,
+            &format!("cannot roll back: {why}"),
+        )
+        .await;
+    };
+    // The failure that tripped the breaker stays in the message of the group that failed.
+    let cause = (entry.phase == NodeGroupPhase::Failed)
+        .then(|| entry.message.clone())
+        .flatten()
+        .map(|m| format!("{CAUSE}{m}"))
+        .unwrap_or_default();
+    entry.rollback_version = Some(from_version.to_string());
+    if *version == from_version && *image_id == from_image && others.is_empty() {
+        // The failed update never moved it: nothing to undo.
+        entry.phase = NodeGroupPhase::RolledBack;
+        entry.message = Some(format!(
+            "rolled back: still runs {from_image} (launch template version {from_version}), the failed update did not move it{cause}"
+        ));
+        return Ok(());
+    }
+    let cluster = &amr.spec.cluster_name;
+    let started = match entry.kind {
+        NodeGroupKind::Managed if group.busy => {
+            entry.rollback_version = None;
+            entry.message = Some(format!(
+                "the rollback to {from_image} waits for the update running on the group"
+            ));
+            return Ok(());
+        }
+        NodeGroupKind::Managed => {
+            let force = force(&amr.spec);
+            match aws
+                .update_nodegroup_version(cluster, &group.name, template_id, from_version, force)
+                .await
+            {
+                Ok(id) => Ok((from_version, id, UpdateType::VersionUpdate)),
+                Err(AwsError::InvalidRequest { message, .. }) => {
+                    tracing::info!(group = %group.name, %message, "EKS refused the earlier launch template version; rolling back with a new one");
+                    let description = format!("{VERSION_DESCRIPTION}: rollback to {from_image}");
+                    let again = async {
+                        let version = aws
+                            .create_template_version_with_image(
+                                template_id,
+                                from_version,
+                                &from_image,
+                                &description,
+                            )
+                            .await?;
+                        let id = aws
+                            .update_nodegroup_version(
+                                cluster,
+                                &group.name,
+                                template_id,
+                                version,
+                                force,
+                            )
+                            .await?;
+                        Ok::<_, AwsError>((version, id, UpdateType::VersionUpdate))
+                    };
+                    again.await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        NodeGroupKind::SelfManaged => {
+            // Only the instances not on the previous configuration are replaced, and a
+            // rollback is not rolled back.
+            let settings = RefreshSettings {
+                skip_matching: true,
+                auto_rollback: false,
+                ..refresh_settings(&amr.spec)
+            };
+            aws.start_instance_refresh(&group.name, template_id, from_version, &settings)
+                .await
+                .map(|id| (from_version, id, UpdateType::InstanceRefresh))
+        }
+    };
+    match started {
+        Ok((version, id, kind)) => {
+            entry.phase = NodeGroupPhase::RollingBack;
+            entry.rollback_version = Some(version.to_string());
+            entry.update_id = Some(id);
+            entry.update_type = Some(kind);
+            entry.started = Some(Time(now));
+            entry.finished = None;
+            entry.message = Some(format!(
+                "going back to {from_image} (launch template version {version}){cause}"
+            ));
+            let note = format!(
+                "{}: rollout of {} failed; going back to {from_image} with launch template {template_id} version {version}",
+                group.name,
+                entry.to_image.as_deref().unwrap_or_default()
+            );
+            event(ctx, amr, EventType::Warning, "NodeGroupRollingBack", &note).await;
+            Ok(())
+        }
+        // Someone else's update runs on the group: try again on the next poll.
+        Err(AwsError::Conflict { message, .. }) => {
+            entry.rollback_version = None;
+            entry.message = Some(format!(
+                "the rollback to {from_image} waits for the group: {message}"
+            ));
+            Ok(())
+        }
+        Err(e @ (AwsError::InvalidRequest { .. } | AwsError::NotFound { .. })) => {
+            failed(
+                ctx,
+                amr,
+                entry,
+                from_version,
+                &format!("rollback refused: {e}"),
+            )
+            .await
+        }
+        Err(e) => {
+            entry.rollback_version = None;
+            Err(e.into())
+        }
+    }
+}
+
+/// The rollback of `entry` could not start: it stays failed, with why.
+async fn failed(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    entry: &mut NodeGroupStatus,
+    from_version: i64,
+    why: &str,
+) -> Result<(), Error> {
+    entry.phase = NodeGroupPhase::Failed;
+    entry.rollback_version = Some(from_version.to_string());
+    entry.message = Some(why.to_owned());
+    let note = format!("{}: {why}", entry.name);
+    event(ctx, amr, EventType::Warning, "RollbackFailed", &note).await;
+    Ok(())
+}
+
+/// Records the end of `entry`'s rollback.
+pub(crate) async fn rolled_back(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    entry: &mut NodeGroupStatus,
+    success: bool,
+    detail: &str,
+) {
+    let from = entry.from_image.clone().unwrap_or_default();
+    let cause = entry
+        .message
+        .as_deref()
+        .and_then(|m| m.find(CAUSE).map(|at| m[at..].to_owned()))
+        .unwrap_or_default();
+    if success {
+        entry.phase = NodeGroupPhase::RolledBack;
+        entry.message = Some(format!(
+            "rolled back: runs {from} again (launch template version {}){cause}",
+            entry.rollback_version.as_deref().unwrap_or_default()
+        ));
+        let note = format!(
+            "{}: {}",
+            entry.name,
+            entry.message.as_deref().unwrap_or_default()
+        );
+        event(ctx, amr, EventType::Normal, "NodeGroupRolledBack", &note).await;
+    } else {
+        entry.phase = NodeGroupPhase::Failed;
+        entry.message = Some(format!("rollback to {from} failed: {detail}{cause}"));
+        let note = format!(
+            "{}: {}",
+            entry.name,
+            entry.message.as_deref().unwrap_or_default()
+        );
+        event(ctx, amr, EventType::Warning, "RollbackFailed", &note).await;
+    }
+}

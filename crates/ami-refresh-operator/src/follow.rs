@@ -1,0 +1,247 @@
+//! Following groups in flight: their AWS update or instance refresh, then the health gate of
+//! their nodes.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+use opsy_api::{
+    AMIRefresher,
+    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, UpdateType},
+};
+use opsy_aws::AwsClients;
+
+use crate::{
+    Error,
+    health::{Subject, Verdict, judge},
+    observe::nodes_of,
+    plan::Group,
+    reconcile::{Context, event},
+    start::start_version_update,
+};
+
+/// The health gate of every `Verifying` entry of `entries`: the nodes that may belong to those
+/// groups are read (one list, only while some group is being verified) and judged.
+/// Returns the groups that turned healthy, and for those that did not become healthy in time
+/// the AMI they moved to and the evidence against it.
+pub(crate) async fn verify(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    groups: &[Group],
+    entries: &mut [NodeGroupStatus],
+    target: &str,
+    now: Timestamp,
+) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
+    if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let verifying: Vec<&NodeGroupStatus> = entries
+        .iter()
+        .filter(|e| e.phase == NodeGroupPhase::Verifying)
+        .collect();
+    let nodes = nodes_of(&ctx.client, &verifying).await?;
+    let rollout = &amr.spec.rollout;
+    let mut healthy = Vec::new();
+    let mut unhealthy = Vec::new();
+    for entry in entries
+        .iter_mut()
+        .filter(|e| e.phase == NodeGroupPhase::Verifying)
+    {
+        let group = groups.iter().find(|g| g.name == entry.name);
+        let subject = Subject {
+            name: &entry.name,
+            kind: entry.kind,
+            target: entry.to_image.as_deref().unwrap_or(target),
+            desired: group.and_then(|g| g.desired).unwrap_or(0),
+            instances: group.map_or(&[][..], |g| g.instances.as_slice()),
+            done_at: entry.finished.as_ref().map_or(now, |t| t.0),
+        };
+        let verdict = judge(
+            subject,
+            &nodes,
+            rollout.bake_time.as_ref().map(|d| d.as_std()),
+            rollout.health_timeout.as_std(),
+            now,
+        );
+        match verdict {
+            Verdict::Healthy(health) => {
+                let message = format!(
+                    "runs {}: {} of {} nodes Ready{}",
+                    subject.target,
+                    health.ready,
+                    health.desired,
+                    if rollout.bake_time.is_some() {
+                        ", baked"
+                    } else {
+                        ""
+                    }
+                );
+                entry.phase = NodeGroupPhase::Succeeded;
+                entry.health = Some(health);
+                entry.message = Some(message.clone());
+                healthy.push(entry.name.clone());
+                let note = format!("{} {message}", entry.name);
+                event(ctx, amr, EventType::Normal, "NodeGroupHealthy", &note).await;
+            }
+            Verdict::Waiting(health, message) => {
+                entry.health = Some(health);
+                entry.message = Some(message);
+            }
+            Verdict::Unhealthy(health, message) => {
+                entry.phase = NodeGroupPhase::Failed;
+                entry.health = Some(health);
+                entry.message = Some(message.clone());
+                let note = format!(
+                    "{}: not healthy on {}: {message}",
+                    entry.name, subject.target
+                );
+                event(ctx, amr, EventType::Warning, "NodeGroupUnhealthy", &note).await;
+                unhealthy.push((
+                    subject.target.to_owned(),
+                    format!("{}: {message}", entry.name),
+                ));
+            }
+        }
+    }
+    Ok((healthy, unhealthy))
+}
+
+/// Brings an `Updating` entry up to date with AWS.
+pub(crate) async fn poll(
+    aws: &AwsClients,
+    amr: &AMIRefresher,
+    ctx: &Context,
+    entry: &mut NodeGroupStatus,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let cluster = &amr.spec.cluster_name;
+    let (finished, success, detail) = match (entry.kind, entry.update_id.clone()) {
+        (NodeGroupKind::Managed, Some(id)) => {
+            let progress = aws.describe_update(cluster, &entry.name, &id).await?;
+            let errors = progress.errors.join("; ");
+            if entry.update_type == Some(UpdateType::ConfigUpdate) {
+                if !progress.is_finished() {
+                    return Ok(());
+                }
+                if progress.is_successful() {
+                    // The node group takes the new updateConfig; now its version update.
+                    return start_version_update(aws, amr, ctx, entry).await;
+                }
+                (
+                    true,
+                    false,
+                    format!(
+                        "changing the node group's updateConfig failed ({}): {errors}",
+                        progress.status
+                    ),
+                )
+            } else {
+                (progress.is_finished(), progress.is_successful(), errors)
+            }
+        }
+        (NodeGroupKind::Managed, None) => {
+            // An entry of an older status without an update id: follow the group itself.
+            let group = aws.describe_nodegroup(cluster, &entry.name).await?;
+            let version = group.launch_template.map(|t| t.version);
+            let arrived = version.is_some() && version == entry.to_version;
+            (
+                group.status != "UPDATING",
+                arrived,
+                format!(
+                    "node group is {} at version {}",
+                    group.status,
+                    version.unwrap_or_default()
+                ),
+            )
+        }
+        (NodeGroupKind::SelfManaged, Some(id)) => {
+            let progress = aws.describe_instance_refresh(&entry.name, &id).await?;
+            if !progress.is_finished() {
+                if let Some(percent) = progress.percentage_complete {
+                    let moving = if entry.phase == NodeGroupPhase::RollingBack {
+                        "going back"
+                    } else {
+                        "moving"
+                    };
+                    entry.message = Some(format!(
+                        "{moving} to {} (instance refresh {percent}% done)",
+                        heading(entry)
+                    ));
+                }
+                return Ok(());
+            }
+            let reason = progress.reason.clone().unwrap_or_default();
+            (
+                true,
+                progress.is_successful(),
+                format!("instance refresh {}: {reason}", progress.status),
+            )
+        }
+        (NodeGroupKind::SelfManaged, None) => {
+            (true, false, "no instance refresh was recorded".into())
+        }
+    };
+    if !finished {
+        return Ok(());
+    }
+    entry.finished = Some(Time(now));
+    if entry.phase == NodeGroupPhase::RollingBack {
+        crate::breaker::rolled_back(ctx, amr, entry, success, &detail).await;
+        return Ok(());
+    }
+    if success && amr.spec.rollout.health_gate {
+        // AWS only knows that instances launched: the cluster has the last word.
+        entry.phase = NodeGroupPhase::Verifying;
+        entry.message = Some(format!(
+            "AWS finished moving to {}; verifying its nodes",
+            entry.to_image.as_deref().unwrap_or_default()
+        ));
+        let message = format!(
+            "{}: {}",
+            entry.name,
+            entry.message.as_deref().unwrap_or_default()
+        );
+        event(ctx, amr, EventType::Normal, "NodeGroupUpdated", &message).await;
+    } else if success {
+        entry.phase = NodeGroupPhase::Succeeded;
+        entry.message = Some(format!(
+            "runs {}",
+            entry.to_image.as_deref().unwrap_or_default()
+        ));
+        let message = format!(
+            "{} runs {}",
+            entry.name,
+            entry.to_image.as_deref().unwrap_or_default()
+        );
+        event(ctx, amr, EventType::Normal, "NodeGroupUpdated", &message).await;
+    } else {
+        entry.phase = NodeGroupPhase::Failed;
+        entry.message = Some(if detail.is_empty() {
+            "update failed".into()
+        } else {
+            detail
+        });
+        let message = format!(
+            "{}: {}",
+            entry.name,
+            entry.message.as_deref().unwrap_or_default()
+        );
+        event(
+            ctx,
+            amr,
+            EventType::Warning,
+            "NodeGroupUpdateFailed",
+            &message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// The AMI the group's running update moves it to: back to `fromImage` during a rollback.
+fn heading(entry: &NodeGroupStatus) -> &str {
+    if entry.phase == NodeGroupPhase::RollingBack {
+        entry.from_image.as_deref().unwrap_or_default()
+    } else {
+        entry.to_image.as_deref().unwrap_or_default()
+    }
+}

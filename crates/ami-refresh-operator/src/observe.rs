@@ -1,0 +1,186 @@
+//! Observation: what the cluster's groups run, read from AWS (EKS node groups, Auto Scaling
+//! groups and their instances, launch template versions) and from the cluster (Nodes).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, api::ListParams};
+use opsy_api::{
+    AMIRefresher,
+    ami_refresher::{NodeGroupKind, NodeGroupStatus},
+};
+use opsy_aws::{
+    AwsClients,
+    autoscaling::{GroupInstance, GroupTemplate},
+    eks::NodeGroupImage,
+    launch_templates::TemplateRef,
+};
+
+use crate::{
+    Error,
+    health::NodeView,
+    plan::{Group, GroupImage},
+};
+
+/// The cluster's managed node groups and (when enabled) self-managed Auto Scaling groups.
+pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<Group>, Error> {
+    let cluster = &amr.spec.cluster_name;
+    let mut groups = Vec::new();
+    for name in aws.list_nodegroups(cluster).await? {
+        let group = aws.describe_nodegroup(cluster, &name).await?;
+        let busy = group.status == "UPDATING";
+        let image = match aws.nodegroup_image(&group).await? {
+            NodeGroupImage::NoLaunchTemplate { ami_type } => GroupImage::NotManageable {
+                reason: format!(
+                    "no launch template: EKS chooses its AMI (amiType {})",
+                    ami_type.as_deref().unwrap_or("unknown")
+                ),
+            },
+            NodeGroupImage::TemplateWithoutImage { template } => GroupImage::NotManageable {
+                reason: format!(
+                    "launch template {} version {} sets no ImageId: EKS chooses its AMI",
+                    template.template_id, template.version
+                ),
+            },
+            // EKS moves a group to a new launch template version only when its nodes have been
+            // replaced: the group's version is what its nodes run.
+            NodeGroupImage::Image { template, image_id } => GroupImage::Runs {
+                image_id,
+                others: Vec::new(),
+                template_id: template.template_id,
+                version: template.version,
+            },
+        };
+        groups.push(Group {
+            name,
+            kind: NodeGroupKind::Managed,
+            image,
+            busy,
+            desired: group.desired_size,
+            instances: Vec::new(),
+        });
+    }
+    if amr.spec.self_managed.enabled {
+        for asg in aws.cluster_auto_scaling_groups(cluster).await? {
+            let image = match (&asg.launch_template, asg.mixed_instances) {
+                (_, true) => GroupImage::NotManageable {
+                    reason: "uses a mixed instances policy, which this operator does not update"
+                        .into(),
+                },
+                (None, false) => GroupImage::NotManageable {
+                    reason: "has no launch template (launch configurations are not supported)"
+                        .into(),
+                },
+                (Some(t), false) => self_managed_image(aws, t, &asg.instances).await?,
+            };
+            groups.push(Group {
+                name: asg.name,
+                kind: NodeGroupKind::SelfManaged,
+                image,
+                busy: false,
+                desired: asg.desired_capacity,
+                instances: asg.instances.iter().map(|i| i.id.clone()).collect(),
+            });
+        }
+    }
+    Ok(groups)
+}
+
+pub(crate) fn template_ref(id: Option<&String>, name: Option<&String>) -> TemplateRef {
+    match (id, name) {
+        (Some(id), _) => TemplateRef::Id(id.clone()),
+        (None, Some(name)) => TemplateRef::Name(name.clone()),
+        (None, None) => TemplateRef::Id(String::new()),
+    }
+}
+
+/// What a self-managed group runs, judged from its instances (each launched from some version
+/// of a launch template), not from the group's own template: a refresh that failed or never
+/// ran leaves old instances behind however the group is configured.
+async fn self_managed_image(
+    aws: &AwsClients,
+    template: &GroupTemplate,
+    instances: &[GroupInstance],
+) -> Result<GroupImage, Error> {
+    let own = aws
+        .launch_template_version(
+            &template_ref(template.id.as_ref(), template.name.as_ref()),
+            &template.version,
+        )
+        .await?;
+    let Some(own_image) = own.image_id.clone() else {
+        return Ok(GroupImage::NotManageable {
+            reason: format!("launch template {} sets no ImageId", own.template_id),
+        });
+    };
+    // Image per (template, version), looked up once each.
+    let mut known: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
+    known.insert(
+        (Some(own.template_id.clone()), own.version.to_string()),
+        own_image.clone(),
+    );
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for instance in instances {
+        let image = match &instance.launch_template {
+            None => "unknown (not launched from a launch template)".to_owned(),
+            Some(t) => {
+                let key = (t.id.clone(), t.version.clone());
+                match known.get(&key) {
+                    Some(image) => image.clone(),
+                    None => {
+                        let version = aws
+                            .launch_template_version(
+                                &template_ref(t.id.as_ref(), t.name.as_ref()),
+                                &t.version,
+                            )
+                            .await?;
+                        let image = version
+                            .image_id
+                            .unwrap_or_else(|| "unknown (template sets no ImageId)".to_owned());
+                        known.insert(key, image.clone());
+                        image
+                    }
+                }
+            }
+        };
+        *counts.entry(image).or_default() += 1;
+    }
+    // The image most instances run; the others are listed. No instances: what the group
+    // would launch.
+    let mut by_count: Vec<(String, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut images = by_count.into_iter().map(|(image, _)| image);
+    let image_id = images.next().unwrap_or(own_image);
+    Ok(GroupImage::Runs {
+        image_id,
+        others: images.collect(),
+        template_id: own.template_id,
+        version: own.version,
+    })
+}
+
+/// The Nodes that may belong to `groups`. Managed groups' nodes carry their group's label, so
+/// only those are listed; self-managed groups' nodes are known by their instance ids alone, so
+/// then every node is read.
+pub async fn nodes_of(
+    client: &kube::Client,
+    groups: &[&NodeGroupStatus],
+) -> Result<Vec<NodeView>, Error> {
+    let params = if groups.iter().all(|e| e.kind == NodeGroupKind::Managed) {
+        let names: Vec<&str> = groups.iter().map(|e| e.name.as_str()).collect();
+        ListParams::default().labels(&format!(
+            "{} in ({})",
+            crate::health::NODEGROUP_LABEL,
+            names.join(",")
+        ))
+    } else {
+        ListParams::default()
+    };
+    Ok(Api::<Node>::all(client.clone())
+        .list(&params)
+        .await?
+        .items
+        .iter()
+        .map(NodeView::of)
+        .collect())
+}
