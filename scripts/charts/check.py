@@ -259,8 +259,12 @@ def check_namespaced(chart: Path) -> list[dict]:
     for o in objects:
         if o["kind"] == "ClusterRole":
             resources = {r for rule in o["rules"] for r in rule.get("resources", [])}
-            # Beside its CRD, only what is cluster-scoped: the refresher's health gate reads nodes.
-            if resources - {"nodes"} != {"customresourcedefinitions"}:
+            # Beside its CRD, only what the refresher reads across the cluster: nodes (health
+            # gate), and budgets and pods in any namespace (the drain pre-flight), read-only.
+            cluster_wide = {"nodes", "poddisruptionbudgets", "pods"}
+            verbs = {v for rule in o["rules"] if set(rule.get("resources", [])) & cluster_wide
+                     for v in rule["verbs"]}
+            if resources - cluster_wide != {"customresourcedefinitions"} or verbs - {"list"}:
                 fail(f"namespaced: ClusterRole {o['metadata']['name']} still grants {sorted(resources)}")
         if o["kind"] == "Deployment":
             env = {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]}

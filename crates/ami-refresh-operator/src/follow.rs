@@ -34,9 +34,10 @@ pub(crate) async fn verify(
     if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
         return Ok((Vec::new(), Vec::new()));
     }
-    let verifying: Vec<&NodeGroupStatus> = entries
+    let verifying: Vec<(&str, NodeGroupKind)> = entries
         .iter()
         .filter(|e| e.phase == NodeGroupPhase::Verifying)
+        .map(|e| (e.name.as_str(), e.kind))
         .collect();
     let nodes = nodes_of(&ctx.client, &verifying).await?;
     let rollout = &amr.spec.rollout;

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::{Api, api::ListParams};
-use opsy_api::{
-    AMIRefresher,
-    ami_refresher::{NodeGroupKind, NodeGroupStatus},
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    policy::v1::PodDisruptionBudget,
 };
+use kube::{Api, ResourceExt, api::ListParams, core::Selector};
+use opsy_api::{AMIRefresher, ami_refresher::NodeGroupKind};
 use opsy_aws::{
     AwsClients,
     autoscaling::{GroupInstance, GroupTemplate},
@@ -159,15 +159,18 @@ async fn self_managed_image(
     })
 }
 
-/// The Nodes that may belong to `groups`. Managed groups' nodes carry their group's label, so
-/// only those are listed; self-managed groups' nodes are known by their instance ids alone, so
-/// then every node is read.
+/// The Nodes that may belong to `groups` (name and kind). Managed groups' nodes carry their
+/// group's label, so only those are listed; self-managed groups' nodes are known by their
+/// instance ids alone, so then every node is read.
 pub async fn nodes_of(
     client: &kube::Client,
-    groups: &[&NodeGroupStatus],
+    groups: &[(&str, NodeGroupKind)],
 ) -> Result<Vec<NodeView>, Error> {
-    let params = if groups.iter().all(|e| e.kind == NodeGroupKind::Managed) {
-        let names: Vec<&str> = groups.iter().map(|e| e.name.as_str()).collect();
+    let params = if groups
+        .iter()
+        .all(|(_, kind)| *kind == NodeGroupKind::Managed)
+    {
+        let names: Vec<&str> = groups.iter().map(|(name, _)| *name).collect();
         ListParams::default().labels(&format!(
             "{} in ({})",
             crate::health::NODEGROUP_LABEL,
@@ -183,4 +186,125 @@ pub async fn nodes_of(
         .iter()
         .map(NodeView::of)
         .collect())
+}
+
+/// The drain pre-flight of `groups`, about to start: per group, the PodDisruptionBudgets that
+/// allow no disruption of pods on its nodes, with those pods. One list of budgets; nodes and
+/// pods are read only when some budget allows no disruption (pods by that budget's selector).
+pub async fn disruption_blockers(
+    client: &kube::Client,
+    groups: &[&Group],
+) -> Result<BTreeMap<String, Vec<Blocker>>, Error> {
+    let mut out = BTreeMap::new();
+    if groups.is_empty() {
+        return Ok(out);
+    }
+    let budgets = Api::<PodDisruptionBudget>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let blocking: Vec<&PodDisruptionBudget> = budgets.iter().filter(|b| allows_none(b)).collect();
+    if blocking.is_empty() {
+        return Ok(out);
+    }
+    let kinds: Vec<(&str, NodeGroupKind)> =
+        groups.iter().map(|g| (g.name.as_str(), g.kind)).collect();
+    // Node name → the group it belongs to.
+    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+    for node in nodes_of(client, &kinds).await? {
+        let group = groups.iter().find(|g| match g.kind {
+            NodeGroupKind::Managed => node.group.as_deref() == Some(g.name.as_str()),
+            NodeGroupKind::SelfManaged => node
+                .instance
+                .as_ref()
+                .is_some_and(|i| g.instances.contains(i)),
+        });
+        if let Some(group) = group {
+            owner.insert(node.name.clone(), group.name.as_str());
+        }
+    }
+    for budget in blocking {
+        let namespace = budget.namespace().unwrap_or_default();
+        let selector = budget
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .map(Selector::try_from);
+        let params = match selector {
+            // No selector: policy/v1 selects no pods.
+            None => continue,
+            Some(Ok(selector)) => ListParams::default().labels(&selector.to_string()),
+            Some(Err(e)) => {
+                tracing::warn!(budget = %budget.name_any(), %namespace, error = %e, "cannot read the selector of a PodDisruptionBudget");
+                continue;
+            }
+        };
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+            .list(&params)
+            .await?
+            .items;
+        let mut by_group: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for pod in &pods {
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            if let Some(group) = node.and_then(|n| owner.get(n)) {
+                by_group
+                    .entry(group)
+                    .or_default()
+                    .push(format!("{namespace}/{}", pod.name_any()));
+            }
+        }
+        for (group, pods) in by_group {
+            out.entry(group.to_owned())
+                .or_insert_with(Vec::new)
+                .push(Blocker {
+                    budget: format!("{namespace}/{}", budget.name_any()),
+                    pods,
+                });
+        }
+    }
+    Ok(out)
+}
+
+/// A PodDisruptionBudget that allows no disruption, and the pods it protects on a group's
+/// nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    /// `namespace/name` of the budget.
+    pub budget: String,
+    /// `namespace/name` of its pods on the group's nodes.
+    pub pods: Vec<String>,
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 5;
+        let mut pods = self
+            .pods
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.pods.len() > SHOWN {
+            pods.push_str(&format!(" and {} more", self.pods.len() - SHOWN));
+        }
+        write!(
+            f,
+            "PodDisruptionBudget {} allows no disruption of {pods}",
+            self.budget
+        )
+    }
+}
+
+/// The budget allows no disruption now, or the disruption controller has not evaluated its
+/// current spec yet (the API server then refuses evictions too).
+fn allows_none(budget: &PodDisruptionBudget) -> bool {
+    let generation = budget.metadata.generation;
+    match &budget.status {
+        None => true,
+        Some(status) => {
+            status.disruptions_allowed <= 0
+                || (generation.is_some() && status.observed_generation < generation)
+        }
+    }
 }

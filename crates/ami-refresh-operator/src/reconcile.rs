@@ -14,7 +14,7 @@ use kube::{
 };
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus, ImageRef,
-    ami_refresher::{NodeGroupPhase, NodeGroupStatus},
+    ami_refresher::{NodeGroupPhase, NodeGroupStatus, PdbPolicy},
     conditions,
 };
 use opsy_aws::AwsError;
@@ -23,8 +23,8 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 use crate::{
     Error, breaker,
     follow::{poll, verify},
-    observe::observe_groups,
-    plan::plan,
+    observe::{Blocker, disruption_blockers, observe_groups},
+    plan::{Group, plan},
     start::start,
 };
 
@@ -260,6 +260,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
     // Groups left waiting for someone else's update are checked again at the poll interval.
     let mut waiting = false;
+    let starting: Vec<&Group> = groups
+        .iter()
+        .filter(|g| plan.start.contains(&g.name))
+        .collect();
+    let blockers = disruption_blockers(&ctx.client, &starting).await?;
     for name in plan.start.clone() {
         let Some(group) = groups.iter().find(|g| g.name == name) else {
             continue;
@@ -267,6 +272,16 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         let Some(entry) = plan.groups.iter_mut().find(|e| e.name == name) else {
             continue;
         };
+        if let Some(blockers) = blockers.get(&name) {
+            let was = previous
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.message.clone());
+            if !pre_flight(&ctx, &amr, entry, blockers, was.as_deref()).await {
+                waiting = true;
+                continue;
+            }
+        }
         start(&aws, &amr, &ctx, group, entry, &target_id, now).await?;
         waiting |= entry.phase == NodeGroupPhase::Pending;
         if entry.update_id.is_some() {
@@ -567,6 +582,49 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     } else {
         timer
     }))
+}
+
+/// The drain pre-flight's verdict on a group about to start whose nodes run pods that
+/// `blockers` allow no disruption of: with `rollout.pdbPolicy: wait` the group waits (false),
+/// otherwise it starts (true). Either way the budgets and pods are reported, once per change.
+async fn pre_flight(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    entry: &mut NodeGroupStatus,
+    blockers: &[Blocker],
+    was: Option<&str>,
+) -> bool {
+    let list: Vec<String> = blockers.iter().map(ToString::to_string).collect();
+    let list = list.join("; ");
+    let policy = amr.spec.rollout.pdb_policy;
+    let (starts, message) = match policy {
+        PdbPolicy::Wait => (
+            false,
+            format!(
+                "waiting: {list} on its nodes (rollout.pdbPolicy: wait; the group starts once they allow it)"
+            ),
+        ),
+        PdbPolicy::Proceed => (
+            true,
+            format!(
+                "{list} on its nodes; starting anyway (rollout.pdbPolicy: proceed; EKS fails the update if it cannot drain them)"
+            ),
+        ),
+        PdbPolicy::Force => (
+            true,
+            format!(
+                "{list} on its nodes; starting with force (rollout.pdbPolicy: force: its pods are evicted regardless)"
+            ),
+        ),
+    };
+    if was != Some(message.as_str()) {
+        let note = format!("{}: {message}", entry.name);
+        event(ctx, amr, EventType::Warning, "DisruptionBlocked", &note).await;
+    }
+    if !starts {
+        entry.message = Some(message);
+    }
+    starts
 }
 
 /// Writes `entry`, whose update has just started, into the stored status at once: an error or

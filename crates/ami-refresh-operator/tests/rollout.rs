@@ -731,6 +731,119 @@ async fn with_on_failure_rollback_the_groups_a_bad_ami_reached_go_back_to_what_t
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
+/// The names of the Nodes of managed group `group`, sorted.
+async fn node_names(world: &World, group: &str) -> Vec<String> {
+    world.sync_nodes().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(world.client.clone());
+    let selector = format!(
+        "eks.amazonaws.com/nodegroup={group},{}",
+        world.fixture.node_selector()
+    );
+    let mut names: Vec<String> = nodes
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_budget_that_allows_no_disruption_is_reported_by_name_before_the_group_starts() {
+    use k8s_openapi::api::{core::v1::Pod, policy::v1::PodDisruptionBudget};
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world.managed_groups(&["a", "b"]).await;
+    // Two pods of "web" on a's nodes, protected by a budget that wants both available; they
+    // are not running (no kubelet here), so the disruption controller allows no disruption.
+    let nodes = node_names(&world, "a").await;
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
+    for (i, node) in nodes.iter().enumerate() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "containers": [{"name": "web", "image": "web:1"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(world.client.clone(), &world.ns.name);
+    let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+    }))
+    .unwrap();
+    budgets
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+    // A budget elsewhere that protects no pod on these nodes is not reported.
+    let other: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "elsewhere"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "elsewhere"}}},
+    }))
+    .unwrap();
+    budgets
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let status = budgets.get("web").await.unwrap().status;
+        if status.is_some_and(|s| s.observed_generation == Some(1)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        budgets
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .disruptions_allowed,
+        0
+    );
+    let spec = |policy: &str| {
+        manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "pdbPolicy": policy},
+        }))
+    };
+    world.apply(spec("wait")).await;
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await, map(&[("a", Pending), ("b", Pending)]));
+    let a = world.entry("a").await;
+    let ns = &world.ns.name;
+    assert_eq!(
+        a.message.as_deref(),
+        Some(
+            format!(
+                "waiting: PodDisruptionBudget {ns}/web allows no disruption of {ns}/web-0, {ns}/web-1 on its nodes (rollout.pdbPolicy: wait; the group starts once they allow it)"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(world.requests("/update-version"), 0);
+    let events = world.events().await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "DisruptionBlocked").count(),
+        1,
+        "once, not per reconcile: {events:?}"
+    );
+
+    // With pdbPolicy: force, the group starts, and EKS is told to evict regardless.
+    world.apply(spec("force")).await;
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await["a"], Updating);
+    let updates = world.updates("a").await;
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0].1.get("Force").map(String::as_str), Some("true"));
+}
+
 #[tokio::test]
 async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
     let world = World::new().await;

@@ -270,7 +270,7 @@ impl ControlPlane {
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
                 "--controllers=job-controller,garbage-collector-controller,\
-                 ttl-after-finished-controller,namespace-controller"
+                 ttl-after-finished-controller,namespace-controller,disruption-controller"
                     .into(),
                 // The defaults (20 requests/s, 5 Job workers) suit a real cluster's shared API
                 // server; the benchmarks create a thousand Jobs at once.

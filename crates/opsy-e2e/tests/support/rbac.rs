@@ -1,6 +1,7 @@
 //! The RBAC scenario both install modes share: both operators run as the ServiceAccounts
 //! their chart creates, with the ClusterRoles and Roles it installs, through a whole build
-//! (with a notification Secret) and a whole rollout, plus the CRD wait and the leader Lease.
+//! (with a notification Secret) and a whole rollout (with a PodDisruptionBudget for the drain
+//! pre-flight), plus the CRD wait and the leader Lease.
 //! From the API server's audit log: every request they made was allowed, and every rule the
 //! install grants was used.
 
@@ -11,6 +12,7 @@ use k8s_openapi::{
     ByteString,
     api::{
         core::v1::{Namespace, Secret, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, Role},
     },
 };
@@ -282,6 +284,17 @@ pub async fn operators_need_every_rule_granted(
         .await
         .unwrap();
     let _kubelets = super::kubelets(admin.clone(), &fixture);
+    // A budget that allows no disruption (its pods are not running): the drain pre-flight
+    // reads it and looks for its pods on the groups' nodes (there are none).
+    let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+    }))
+    .unwrap();
+    Api::<PodDisruptionBudget>::namespaced(admin.clone(), work)
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
     let refresher = start_watching(
         refresher_client,
         &moto,
