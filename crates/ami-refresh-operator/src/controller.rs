@@ -11,7 +11,7 @@ use kube::{
         controller::{Action, Config},
     },
 };
-use opsy_api::AMIRefresher;
+use opsy_api::{AMIRefresher, ami_refresher::APPROVE_ANNOTATION};
 use opsy_runtime::{backoff, operator::Operator};
 
 use crate::{
@@ -47,7 +47,7 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
     };
-    let (cache, changes) = operator.watch_spec_changes(refreshers);
+    let (cache, changes) = operator.watch_spec_changes(refreshers, &[APPROVE_ANNOTATION]);
     Controller::for_stream(changes, cache)
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(operator.shutdown())

@@ -1,9 +1,14 @@
 //! `ami-refresh-operator plan`: the target AMI and what would happen to each node group, and
-//! why, from AWS alone and without changing anything (only Describe and List calls).
+//! why, from AWS alone and without changing anything (only Describe and List calls). Given an
+//! AMIRefresher with its status (`kubectl get amr NAME -o yaml`), it continues that rollout:
+//! groups in flight, the gates the next wave waits for, and the circuit breaker's state.
 
 use jiff::Timestamp;
 use kube::ResourceExt;
-use opsy_api::{AMIRefresher, ami_refresher::NodeGroupPhase};
+use opsy_api::{
+    AMIRefresher,
+    ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, OnFailure, PdbPolicy},
+};
 use opsy_aws::AwsClients;
 use serde::Serialize;
 
@@ -16,7 +21,8 @@ pub struct GroupAction {
     pub name: String,
     /// `Managed` or `SelfManaged`.
     pub kind: String,
-    /// `update`, `none`, `excluded` or `skipped`.
+    /// `update`, `none`, `excluded`, `skipped`, or for a rollout in flight `updating`,
+    /// `verifying`, `failed`, `rolling-back`, `rolled-back`.
     pub action: String,
     /// Whether its update would start in the first wave.
     pub first_wave: bool,
@@ -37,6 +43,10 @@ pub struct Report {
     pub groups: Vec<GroupAction>,
     /// Names in `exclude` or `rollout.canary` that match no group.
     pub unknown_groups: Vec<String>,
+    /// What the next wave waits for, one line per gate (`name: state`).
+    pub gates: Vec<String>,
+    /// The circuit breaker: `closed`, or what tripped it and what follows.
+    pub breaker: String,
 }
 
 /// Builds the report for `amr` at `now`.
@@ -66,10 +76,21 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
             selection: selection.explain(),
             groups: Vec::new(),
             unknown_groups: Vec::new(),
+            gates: Vec::new(),
+            breaker: "closed".into(),
         });
     };
     let groups = observe_groups(aws, amr).await?;
-    let plan = plan(spec, &target, &groups, &[], false);
+    let previous = amr
+        .status
+        .as_ref()
+        .map(|s| s.node_groups.as_slice())
+        .unwrap_or_default();
+    let approved = amr
+        .annotations()
+        .get(APPROVE_ANNOTATION)
+        .map(String::as_str);
+    let plan = plan(spec, &target, &groups, previous, false, approved);
     let actions = plan
         .groups
         .iter()
@@ -86,7 +107,18 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
                         g.from_version.as_deref().unwrap_or("?")
                     ),
                 ),
-                _ => ("none", format!("runs {target}")),
+                NodeGroupPhase::Updating => ("updating", g.message.clone().unwrap_or_default()),
+                NodeGroupPhase::Verifying => ("verifying", g.message.clone().unwrap_or_default()),
+                NodeGroupPhase::Failed => ("failed", g.message.clone().unwrap_or_default()),
+                NodeGroupPhase::RollingBack => {
+                    ("rolling-back", g.message.clone().unwrap_or_default())
+                }
+                NodeGroupPhase::RolledBack => {
+                    ("rolled-back", g.message.clone().unwrap_or_default())
+                }
+                NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => {
+                    ("none", format!("runs {target}"))
+                }
             };
             GroupAction {
                 name: g.name.clone(),
@@ -97,12 +129,80 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
             }
         })
         .collect();
+    let rollout = &spec.rollout;
+    let mut gates = vec![if rollout.health_gate {
+        format!(
+            "health: each group's nodes Ready on the target{}, within {}",
+            rollout
+                .bake_time
+                .as_ref()
+                .map(|b| format!(" for {b}"))
+                .unwrap_or_default(),
+            rollout.health_timeout
+        )
+    } else {
+        "health: off (AWS's word alone)".to_owned()
+    }];
+    if rollout.approve_after_canary {
+        gates.push(if plan.awaiting_approval {
+            format!("approval: the canary is done; waiting for {APPROVE_ANNOTATION}={target}")
+        } else if approved == Some(target.as_str()) {
+            format!("approval: {target} approved")
+        } else {
+            format!(
+                "approval: after the canary ({}), {APPROVE_ANNOTATION}={target}",
+                rollout.canary.join(", ")
+            )
+        });
+    }
+    gates.push(format!(
+        "disruption budgets: checked before each group starts; pdbPolicy {}",
+        match rollout.pdb_policy {
+            PdbPolicy::Wait => "wait",
+            PdbPolicy::Proceed => "proceed",
+            PdbPolicy::Force => "force",
+        }
+    ));
+    let tripped: Vec<String> = plan
+        .groups
+        .iter()
+        .filter(|g| {
+            matches!(
+                g.phase,
+                NodeGroupPhase::Failed | NodeGroupPhase::RollingBack | NodeGroupPhase::RolledBack
+            )
+        })
+        .map(|g| g.name.clone())
+        .collect();
+    let breaker = if plan.halted {
+        let then = match rollout.on_failure {
+            OnFailure::Halt => "no group starts (onFailure: halt)".to_owned(),
+            OnFailure::Rollback if plan.rollback.is_empty() => {
+                "no group starts; the moved groups are back or going back (onFailure: rollback)"
+                    .to_owned()
+            }
+            OnFailure::Rollback => format!(
+                "no group starts; {} go back (onFailure: rollback)",
+                plan.rollback.join(", ")
+            ),
+        };
+        format!("tripped by {}: {then}", tripped.join(", "))
+    } else if tripped.is_empty() {
+        "closed".to_owned()
+    } else {
+        format!(
+            "closed (haltOnFailure: false): {} failed, the others go on",
+            tripped.join(", ")
+        )
+    };
     Ok(Report {
         resource,
         target: Some(target),
         selection: selection.explain(),
         groups: actions,
         unknown_groups: plan.unknown,
+        gates,
+        breaker,
     })
 }
 
@@ -121,6 +221,12 @@ impl Report {
                 "  {:<20} {:<11} {:<8}{wave} {}\n",
                 g.name, g.kind, g.action, g.detail
             ));
+        }
+        for gate in &self.gates {
+            out.push_str(&format!("  gate {gate}\n"));
+        }
+        if self.target.is_some() {
+            out.push_str(&format!("  breaker: {}\n", self.breaker));
         }
         if !self.unknown_groups.is_empty() {
             out.push_str(&format!(

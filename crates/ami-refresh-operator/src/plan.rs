@@ -3,7 +3,9 @@
 
 use opsy_api::{
     AMIRefresherSpec,
-    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, OnFailure},
+    ami_refresher::{
+        APPROVE_ANNOTATION, NodeGroupKind, NodeGroupPhase, NodeGroupStatus, OnFailure,
+    },
 };
 
 /// What a group runs, as far as this operator can manage it.
@@ -57,6 +59,9 @@ pub struct Plan {
     pub halted: bool,
     /// Groups this rollout moved that go back now (`rollout.onFailure: rollback`).
     pub rollback: Vec<String>,
+    /// The canary groups are done; the others wait for the approval of the target
+    /// (`rollout.approveAfterCanary`).
+    pub awaiting_approval: bool,
     /// Names in `exclude` or `rollout.canary` that match no group.
     pub unknown: Vec<String>,
 }
@@ -96,13 +101,14 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
 
 /// Plans the rollout of `target`. `previous` is the last status, with the groups that were
 /// updating already polled; `spec_changed` is true when the spec changed since (failed groups
-/// are then tried again).
+/// are then tried again); `approved` is the AMI the approval annotation names, if any.
 pub fn plan(
     spec: &AMIRefresherSpec,
     target: &str,
     groups: &[Group],
     previous: &[NodeGroupStatus],
     spec_changed: bool,
+    approved: Option<&str>,
 ) -> Plan {
     let mut sorted: Vec<&Group> = groups.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -206,6 +212,7 @@ pub fn plan(
         Vec::new()
     };
     let mut start = Vec::new();
+    let mut awaiting_approval = false;
     if !halted && !spec.suspend {
         let wait = spec
             .refresh_config
@@ -244,20 +251,35 @@ pub fn plan(
                     NodeGroupPhase::Updating | NodeGroupPhase::Verifying | NodeGroupPhase::Failed
                 )
         });
+        let needs_approval = spec.rollout.approve_after_canary && approved != Some(target);
         let wave: Vec<&NodeGroupStatus> = if !canary_pending.is_empty() {
             canary_pending
         } else if canary_busy {
+            Vec::new()
+        } else if needs_approval {
+            awaiting_approval = out.iter().any(|g| pending(&g));
             Vec::new()
         } else {
             out.iter().filter(pending).collect()
         };
         start = wave.iter().take(slots).map(|g| g.name.clone()).collect();
     }
+    if awaiting_approval {
+        for g in out
+            .iter_mut()
+            .filter(|g| g.phase == NodeGroupPhase::Pending)
+        {
+            g.message = Some(format!(
+                "waiting for approval after the canary: annotate the AMIRefresher {APPROVE_ANNOTATION}={target}"
+            ));
+        }
+    }
     Plan {
         groups: out,
         start,
         halted,
         rollback,
+        awaiting_approval,
         unknown,
     }
 }
@@ -325,7 +347,7 @@ mod tests {
         let s = spec(
             serde_json::json!({"exclude": ["c", "ghost"], "rollout": {"maxInFlight": 1, "canary": ["d"]}}),
         );
-        let p = plan(&s, T, &groups, &[], false);
+        let p = plan(&s, T, &groups, &[], false, None);
         assert_eq!(
             phases(&p),
             [
@@ -342,11 +364,15 @@ mod tests {
         // While the canary updates, nothing else starts; after it, the rest in waves.
         let mut previous = p.groups.clone();
         previous[3].phase = NodeGroupPhase::Updating;
-        assert!(plan(&s, T, &groups, &previous, false).start.is_empty());
+        assert!(
+            plan(&s, T, &groups, &previous, false, None)
+                .start
+                .is_empty()
+        );
         previous[3].phase = NodeGroupPhase::Succeeded;
         let mut done = groups.clone();
         done[0] = group("d", T);
-        assert_eq!(plan(&s, T, &done, &previous, false).start, ["a"]);
+        assert_eq!(plan(&s, T, &done, &previous, false, None).start, ["a"]);
     }
 
     #[test]
@@ -357,22 +383,29 @@ mod tests {
             group("c", "ami-old"),
         ];
         let s = spec(serde_json::json!({"rollout": {"maxInFlight": 2}}));
-        let p = plan(&s, T, &groups, &[], false);
+        let p = plan(&s, T, &groups, &[], false, None);
         assert_eq!(p.start, ["a", "b"]);
         let mut previous = p.groups.clone();
         previous[0].phase = NodeGroupPhase::Failed;
         previous[1].phase = NodeGroupPhase::Updating;
-        let p = plan(&s, T, &groups, &previous, false);
+        let p = plan(&s, T, &groups, &previous, false, None);
         assert!(p.halted && p.start.is_empty());
-        let p = plan(&s, T, &groups, &previous, true);
+        let p = plan(&s, T, &groups, &previous, true, None);
         assert!(!p.halted);
         assert_eq!(p.start, ["a"], "one slot left beside b, still updating");
 
         let keep_going =
             spec(serde_json::json!({"rollout": {"maxInFlight": 2, "haltOnFailure": false}}));
-        assert_eq!(plan(&keep_going, T, &groups, &previous, false).start, ["c"]);
+        assert_eq!(
+            plan(&keep_going, T, &groups, &previous, false, None).start,
+            ["c"]
+        );
         let suspended = spec(serde_json::json!({"suspend": true}));
-        assert!(plan(&suspended, T, &groups, &[], false).start.is_empty());
+        assert!(
+            plan(&suspended, T, &groups, &[], false, None)
+                .start
+                .is_empty()
+        );
     }
 
     #[test]
@@ -384,7 +417,7 @@ mod tests {
             group("d", "ami-old"),
         ];
         let s = spec(serde_json::json!({"rollout": {"maxInFlight": 2, "onFailure": "rollback"}}));
-        let mut previous = plan(&s, T, &[], &[], false).groups;
+        let mut previous = plan(&s, T, &[], &[], false, None).groups;
         for (name, phase) in [
             ("a", NodeGroupPhase::Succeeded),
             ("b", NodeGroupPhase::Failed),
@@ -395,7 +428,7 @@ mod tests {
             e.to_image = Some(T.into());
             previous.push(e);
         }
-        let p = plan(&s, T, &groups, &previous, false);
+        let p = plan(&s, T, &groups, &previous, false, None);
         assert!(p.halted && p.start.is_empty());
         assert_eq!(p.rollback, ["a", "b"], "c is followed to its end first");
 
@@ -406,27 +439,55 @@ mod tests {
         previous[1].phase = NodeGroupPhase::RolledBack;
         previous[1].rollback_version = Some("1".into());
         previous[2].phase = NodeGroupPhase::Verifying;
-        let p = plan(&s, T, &groups, &previous, false);
+        let p = plan(&s, T, &groups, &previous, false, None);
         assert!(p.halted && p.start.is_empty());
         assert_eq!(p.rollback, ["c"]);
         // Even when the target changes, the rollback in flight is kept.
-        let p = plan(&s, "ami-other", &groups, &previous, false);
+        let p = plan(&s, "ami-other", &groups, &previous, false, None);
         assert_eq!(p.groups[0].phase, NodeGroupPhase::RollingBack);
 
         // Without onFailure: rollback, nothing goes back.
         let halt = spec(serde_json::json!({"rollout": {"maxInFlight": 2}}));
         previous[0].phase = NodeGroupPhase::Succeeded;
         previous[0].rollback_version = None;
-        let p = plan(&halt, T, &groups, &previous, false);
+        let p = plan(&halt, T, &groups, &previous, false, None);
         assert!(p.halted && p.rollback.is_empty());
+    }
+
+    #[test]
+    fn after_the_canary_the_other_waves_wait_for_the_approval_of_this_target() {
+        let groups = vec![group("a", T), group("b", "ami-old"), group("c", "ami-old")];
+        let s = spec(
+            serde_json::json!({"rollout": {"maxInFlight": 2, "canary": ["a"], "approveAfterCanary": true}}),
+        );
+        let p = plan(&s, T, &groups, &[], false, None);
+        assert!(p.awaiting_approval && p.start.is_empty());
+        assert!(
+            p.groups[1]
+                .message
+                .as_deref()
+                .unwrap()
+                .ends_with("ami.refresh.ops/approve=ami-target")
+        );
+        // An approval of another AMI does not count.
+        let p = plan(&s, T, &groups, &[], false, Some("ami-older"));
+        assert!(p.awaiting_approval && p.start.is_empty());
+        let p = plan(&s, T, &groups, &[], false, Some(T));
+        assert!(!p.awaiting_approval);
+        assert_eq!(p.start, ["b", "c"]);
+        // While the canary is pending or in flight, nothing waits for approval yet.
+        let fresh = vec![group("a", "ami-old"), group("b", "ami-old")];
+        let p = plan(&s, T, &fresh, &[], false, None);
+        assert!(!p.awaiting_approval);
+        assert_eq!(p.start, ["a"]);
     }
 
     #[test]
     fn without_wait_for_completion_started_groups_do_not_hold_a_slot() {
         let groups = vec![group("a", "ami-old"), group("b", "ami-old")];
         let s = spec(serde_json::json!({"refreshConfig": {"waitForCompletion": false}}));
-        let mut previous = plan(&s, T, &groups, &[], false).groups;
+        let mut previous = plan(&s, T, &groups, &[], false, None).groups;
         previous[0].phase = NodeGroupPhase::Updating;
-        assert_eq!(plan(&s, T, &groups, &previous, false).start, ["b"]);
+        assert_eq!(plan(&s, T, &groups, &previous, false, None).start, ["b"]);
     }
 }

@@ -14,7 +14,7 @@ use kube::{
 };
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus, ImageRef,
-    ami_refresher::{NodeGroupPhase, NodeGroupStatus, PdbPolicy},
+    ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, NodeGroupStatus, PdbPolicy},
     conditions,
 };
 use opsy_aws::AwsError;
@@ -254,7 +254,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     // 4. Plan and start the next wave.
-    let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed);
+    let approved = amr
+        .annotations()
+        .get(APPROVE_ANNOTATION)
+        .map(String::as_str);
+    let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed, approved);
     if no_eligible.is_some() {
         plan.start.clear();
     }
@@ -444,8 +448,23 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             "Suspended"
         } else if plan.halted {
             "RolloutHalted"
+        } else if plan.awaiting_approval && updating == 0 {
+            "AwaitingApproval"
         } else {
             "RollingOut"
+        };
+        let message = if reason == "AwaitingApproval" {
+            let was = conditions::find(&status.conditions, conditions::PROGRESSING)
+                .map(|c| c.reason.clone());
+            let message = format!(
+                "{message}; the canary groups are healthy: annotate this AMIRefresher {APPROVE_ANNOTATION}={target_id} to roll out the rest"
+            );
+            if was.as_deref() != Some(reason) {
+                event(&ctx, &amr, EventType::Normal, "ApprovalRequired", &message).await;
+            }
+            message
+        } else {
+            message
         };
         set(
             &mut status,
@@ -503,6 +522,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         Some((
             format!("RolloutStarted:{target_id}"),
             NotifyEvent::RolloutStarted,
+        ))
+    } else if plan.awaiting_approval && updating == 0 {
+        Some((
+            format!("RolloutAwaitingApproval:{target_id}"),
+            NotifyEvent::RolloutAwaitingApproval,
         ))
     } else if !finished.is_empty() {
         Some((

@@ -135,3 +135,120 @@ async fn nothing_eligible_then_each_groups_action() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_rollout_in_flight_shows_its_gates_and_the_tripped_breaker() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, "us-west-2").await;
+    fixture.create_cluster("prod").await.unwrap();
+    let now = jiff::Timestamp::now().to_string();
+    let target = fixture
+        .register_image(
+            "hardened",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "prod"),
+                ("status", "active"),
+                ("create-timestamp", now.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    // The canary already runs the target; the others do not.
+    for (name, image) in [
+        ("canary", target.as_str()),
+        ("workers", ids::AL2023_130_SEP),
+        ("batch", ids::AL2023_130_SEP),
+    ] {
+        fixture
+            .create_node_group("prod", &NodeGroupSpec::with_image(name, image))
+            .await
+            .unwrap();
+    }
+    let write = |spec: Value, groups: Value| {
+        let object = serde_json::json!({
+            "apiVersion": "ami.refresh.ops/v1alpha1",
+            "kind": "AMIRefresher",
+            "metadata": {"name": "prod", "namespace": "ops"},
+            "spec": spec,
+            "status": {"nodeGroups": groups},
+        });
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, object.to_string().as_bytes()).unwrap();
+        file
+    };
+    let group = |name: &str, phase: &str, message: &str| {
+        serde_json::json!({
+            "name": name, "kind": "Managed", "phase": phase, "message": message,
+            "launchTemplateId": "lt-0", "fromVersion": "1", "toVersion": "2",
+            "fromImage": ids::AL2023_130_SEP, "toImage": target,
+        })
+    };
+    let spec = |extra: Value| {
+        let mut spec = serde_json::json!({
+            "region": "us-west-2", "clusterName": "prod", "ami": target,
+            "selfManaged": {"enabled": false},
+        });
+        spec["rollout"] = extra;
+        spec
+    };
+
+    // The canary is done: the rest waits for an approval.
+    let file = write(
+        spec(
+            serde_json::json!({"canary": ["canary"], "approveAfterCanary": true, "bakeTime": "10m"}),
+        ),
+        serde_json::json!([group("canary", "Succeeded", "runs it")]),
+    );
+    let report = plan(&moto, file.path().to_str().unwrap());
+    let gates: Vec<&str> = report["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        gates,
+        [
+            "health: each group's nodes Ready on the target for 10m, within 30m",
+            format!("approval: the canary is done; waiting for ami.refresh.ops/approve={target}")
+                .as_str(),
+            "disruption budgets: checked before each group starts; pdbPolicy wait",
+        ]
+    );
+    assert_eq!(report["breaker"], "closed");
+
+    // A group failed with onFailure: rollback: the breaker is tripped and the moved go back.
+    let file = write(
+        spec(serde_json::json!({"maxInFlight": 2, "onFailure": "rollback"})),
+        serde_json::json!([
+            group("canary", "Succeeded", "runs it"),
+            group("workers", "Failed", "2 of 2 new nodes NotReady"),
+        ]),
+    );
+    let report = plan(&moto, file.path().to_str().unwrap());
+    assert_eq!(
+        report["breaker"],
+        "tripped by workers: no group starts; canary, workers go back (onFailure: rollback)"
+    );
+    let actions: Vec<(&str, &str, bool)> = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap(),
+                g["action"].as_str().unwrap(),
+                g["first_wave"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("batch", "update", false),
+            ("canary", "none", false),
+            ("workers", "failed", false)
+        ]
+    );
+}

@@ -845,6 +845,75 @@ async fn a_budget_that_allows_no_disruption_is_reported_by_name_before_the_group
 }
 
 #[tokio::test]
+async fn after_a_healthy_canary_the_rest_waits_for_an_approval_naming_the_ami() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world.managed_groups(&["a", "b", "c"]).await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 2, "canary": ["a"], "approveAfterCanary": true},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Succeeded)).await;
+    assert_eq!(
+        phases,
+        map(&[("a", Succeeded), ("b", Pending), ("c", Pending)])
+    );
+    world.reconcile().await.unwrap();
+    let b = world.entry("b").await;
+    assert_eq!(
+        b.message.as_deref(),
+        Some(
+            format!(
+                "waiting for approval after the canary: annotate the AMIRefresher ami.refresh.ops/approve={target}"
+            )
+            .as_str()
+        )
+    );
+    let status = world.status().await;
+    let progressing = opsy_api::conditions::find(&status.conditions, "Progressing").unwrap();
+    assert_eq!(progressing.reason, "AwaitingApproval");
+    assert!(progressing.message.contains(&target), "{progressing:?}");
+    let events = world.events().await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "ApprovalRequired").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(world.requests("/update-version"), 1, "only the canary");
+
+    // An approval of another AMI is not this one's.
+    let annotate = |value: String| {
+        let api = world.api();
+        async move {
+            let patch = serde_json::json!({"metadata": {"annotations": {"ami.refresh.ops/approve": value}}});
+            api.patch(
+                "prod-rollout",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    annotate("ami-0123456789abcdef0".into()).await;
+    world.reconcile().await.unwrap();
+    assert_eq!(world.requests("/update-version"), 1);
+    annotate(target.clone()).await;
+    world.reconcile().await.unwrap();
+    assert_eq!(
+        world.phases().await,
+        map(&[("a", Succeeded), ("b", Updating), ("c", Updating)])
+    );
+    let phases = reconcile_until(&world, 40, |p| p.values().all(|p| *p == Succeeded)).await;
+    assert_eq!(
+        phases,
+        map(&[("a", Succeeded), ("b", Succeeded), ("c", Succeeded)])
+    );
+}
+
+#[tokio::test]
 async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;

@@ -23,6 +23,8 @@ pub enum Event {
     RolloutSucceeded,
     /// The rollout stopped after a node group failed.
     RolloutHalted,
+    /// The canary groups are healthy; the other waves wait for an approval.
+    RolloutAwaitingApproval,
 }
 
 /// How a transition reads: decides colours and emoji.
@@ -49,13 +51,16 @@ impl Event {
             Event::NodeGroupUpdated => "NodeGroupUpdated",
             Event::RolloutSucceeded => "RolloutSucceeded",
             Event::RolloutHalted => "RolloutHalted",
+            Event::RolloutAwaitingApproval => "RolloutAwaitingApproval",
         }
     }
 
     /// How the event reads.
     pub fn outcome(self) -> Outcome {
         match self {
-            Event::BuildStarted | Event::RolloutStarted => Outcome::Info,
+            Event::BuildStarted | Event::RolloutStarted | Event::RolloutAwaitingApproval => {
+                Outcome::Info
+            }
             Event::BuildSucceeded | Event::NodeGroupUpdated | Event::RolloutSucceeded => {
                 Outcome::Success
             }

@@ -9,7 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{
     Api, Client, Resource,
     runtime::{
-        PredicateConfig, WatchStreamExt, predicates,
+        PredicateConfig, WatchStreamExt,
         reflector::{self, Store, reflector},
         watcher::{self, watcher},
     },
@@ -142,10 +142,12 @@ impl Operator {
     /// and whenever its `metadata.generation` changes (its spec, or its deletion) — not when
     /// only its status or metadata changes, so that an operator's own status write does not
     /// come back as another reconcile. The process turns ready once the first complete list
-    /// is in. Timers (requeues) and owned objects trigger reconciles besides these.
+    /// is in. Timers (requeues) and owned objects trigger reconciles besides these. A change
+    /// of one of the `annotations` (e.g. an approval) counts too.
     pub fn watch_spec_changes<K>(
         &self,
         api: Api<K>,
+        annotations: &'static [&'static str],
     ) -> (
         Store<K>,
         impl Stream<Item = watcher::Result<K>> + Send + use<K>,
@@ -164,7 +166,10 @@ impl Operator {
             self.ready_after_first_list(watcher(api, watcher::Config::default().any_semantic()));
         let changes = reflector(writer, events)
             .applied_objects()
-            .predicate_filter(predicates::generation, PredicateConfig::default());
+            .predicate_filter(
+                move |object: &K| spec_or_annotations(object, annotations),
+                PredicateConfig::default(),
+            );
         (store, changes)
     }
 
@@ -293,4 +298,57 @@ fn established(crd: &CustomResourceDefinition) -> bool {
                 .iter()
                 .any(|c| c.type_ == "Established" && c.status == "True")
         })
+}
+
+/// What is worth a reconcile: a new generation (a spec change) or a new value of one of
+/// `annotations`; status writes and other metadata are not.
+fn spec_or_annotations<K: Resource>(object: &K, annotations: &[&str]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object.meta().generation.hash(&mut hasher);
+    let values = object.meta().annotations.as_ref();
+    for key in annotations {
+        values.and_then(|a| a.get(*key)).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::spec_or_annotations;
+
+    fn object(generation: i64, annotations: &[(&str, &str)]) -> ConfigMap {
+        let mut object = ConfigMap::default();
+        object.metadata.generation = Some(generation);
+        object.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        object
+    }
+
+    #[test]
+    fn a_reconcile_follows_the_generation_and_the_named_annotations_only() {
+        const KEY: &[&str] = &["example.com/approve"];
+        let base = spec_or_annotations(&object(1, &[]), KEY);
+        assert_eq!(
+            base,
+            spec_or_annotations(&object(1, &[("other", "x")]), KEY),
+            "other metadata is not worth a reconcile"
+        );
+        assert_ne!(base, spec_or_annotations(&object(2, &[]), KEY));
+        assert_ne!(
+            base,
+            spec_or_annotations(&object(1, &[("example.com/approve", "ami-1")]), KEY)
+        );
+        assert_eq!(
+            spec_or_annotations(&object(1, &[]), &[]),
+            spec_or_annotations(&object(1, &[("example.com/approve", "ami-1")]), &[]),
+            "not when the annotation is not named"
+        );
+    }
 }

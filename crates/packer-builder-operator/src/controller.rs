@@ -59,7 +59,7 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
         labels::COMPONENT,
         labels::COMPONENT_PACKER_BUILD
     ));
-    let (cache, changes) = operator.watch_spec_changes(builders);
+    let (cache, changes) = operator.watch_spec_changes(builders, &[]);
     Controller::for_stream(changes, cache)
         .owns(jobs, job_watch)
         .with_config(Config::default().concurrency(concurrency))
