@@ -3,6 +3,9 @@
 Each follows the AWS API reference:
 
 - EC2 DescribeImages: pagination (MaxResults / NextToken).
+- The Smithy RPC v2 CBOR protocol, which the AWS SDKs use for CloudWatch (DescribeAlarms,
+  PutMetricAlarm, SetAlarmState, ...): translated to moto's query-protocol handlers with
+  botocore's own serializer and parser of the service model.
 - EC2 CreateLaunchTemplateVersion: SourceVersion inheritance (the new version starts from the
   source version's data; LaunchTemplateData overrides it key by key).
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
@@ -981,6 +984,15 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
     elif service == "sns":
         if action == "Publish" and first("TopicArn"):
             resources = [first("TopicArn")]
+    elif service == "monitoring":
+        # CloudWatch signs as "monitoring"; its IAM actions are "cloudwatch:…" (Service
+        # Authorization Reference, Amazon CloudWatch: DescribeAlarms on resource type alarm).
+        service = "cloudwatch"
+        if action == "DescribeAlarms":
+            names = _numbered(params, "AlarmNames.member")
+            resources = [f"arn:aws:cloudwatch:{region}:{account}:alarm:{n}" for n in names] or [
+                f"arn:aws:cloudwatch:{region}:{account}:alarm:*"
+            ]
     return {
         "access_key": key,
         "action": f"{service}:{action}",
@@ -1090,6 +1102,8 @@ class Middleware:
                     FAILING.clear()
             return self.app(environ, start_response)
 
+        if path.startswith("/service/") and "/operation/" in path:
+            return self._rpc_v2_cbor(environ, start_response)
         action, params = self._action(environ)
         try:
             call = describe_call(environ, action, params)
@@ -1106,6 +1120,71 @@ class Middleware:
             return self._error(environ, start_response, rule)
         return self.app(environ, start_response)
 
+    def _rpc_v2_cbor(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """A request in the Smithy RPC v2 CBOR protocol, which the AWS SDKs use for CloudWatch
+        and moto does not speak: ``POST /service/<ServiceName>/operation/<Operation>`` with a
+        CBOR map of the input (Smithy "RPC v2 CBOR protocol": request and response bodies,
+        timestamps as tag 1 epoch seconds, errors with ``__type``). It is answered by moto's
+        query-protocol handler of the same operation, through botocore's own serializer and
+        parser of that service's model, so requests are counted, logged and fail like others."""
+        import io
+        from urllib.parse import urlencode
+
+        import botocore.session
+        import cbor2
+        from botocore.parsers import QueryParser
+        from botocore.serialize import QuerySerializer
+
+        operation = environ["PATH_INFO"].rsplit("/", 1)[-1]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        params = cbor2.loads(raw) if raw else {}
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        m = re.search(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/", auth)
+        signing_name = m.group(1) if m else ""
+        # The signing name is the endpoint prefix; botocore names the model after the service.
+        service = {"monitoring": "cloudwatch"}.get(signing_name, signing_name)
+        model = botocore.session.get_session().get_service_model(service)
+        op_model = model.operation_model(operation)
+        form = QuerySerializer().serialize_to_request(params, op_model)["body"]
+        body = urlencode(form).encode()
+        inner = dict(environ)
+        inner.update({
+            "PATH_INFO": "/",
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        })
+        answer: dict[str, Any] = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Any:  # type: ignore[type-arg]
+            answer["status"] = status
+            return lambda _data: None
+
+        xml = b"".join(self(inner, capture))
+        code = int(answer["status"].split()[0])
+        parsed = QueryParser().parse(
+            {"body": xml, "headers": {}, "status_code": code}, op_model.output_shape
+        )
+        if code >= 400:
+            error = parsed.get("Error", {})
+            out = {
+                "__type": f"{model.metadata.get('targetPrefix', service)}#{error.get('Code', 'InternalFailure')}",
+                "message": error.get("Message", ""),
+            }
+        else:
+            out = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
+        data = cbor2.dumps(out, datetime_as_timestamp=True, timezone=timezone.utc)
+        start_response(
+            answer["status"],
+            [
+                ("Content-Type", "application/cbor"),
+                ("smithy-protocol", "rpc-v2-cbor"),
+                ("Content-Length", str(len(data))),
+            ],
+        )
+        return [data]
+
     def _error(self, environ: dict[str, Any], start_response: Any, rule: dict[str, Any]) -> list[bytes]:
         code = rule.get("code", "InternalError")
         message = rule.get("message", f"injected {code}")
@@ -1117,7 +1196,7 @@ class Middleware:
                 f"<Message>{message}</Message></Error></Errors><RequestID>injected</RequestID></Response>"
             ).encode()
             headers = [("Content-Type", "text/xml")]
-        elif "/autoscaling/" in auth or "/sns/" in auth:
+        elif "/autoscaling/" in auth or "/sns/" in auth or "/monitoring/" in auth:
             body = (
                 f'<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message>'
                 f"</Error><RequestId>injected</RequestId></ErrorResponse>"

@@ -12,7 +12,7 @@ use opsy_aws::AwsClients;
 
 use crate::{
     Error,
-    health::{Subject, Verdict, judge},
+    health::{AlarmView, Subject, Verdict, judge, with_alarms},
     observe::nodes_of,
     plan::Group,
     reconcile::{Context, event},
@@ -24,6 +24,7 @@ use crate::{
 /// Returns the groups that turned healthy, and for those that did not become healthy in time
 /// the AMI they moved to and the evidence against it.
 pub(crate) async fn verify(
+    aws: &AwsClients,
     ctx: &Context,
     amr: &AMIRefresher,
     groups: &[Group],
@@ -41,6 +42,22 @@ pub(crate) async fn verify(
         .collect();
     let nodes = nodes_of(&ctx.client, &verifying).await?;
     let rollout = &amr.spec.rollout;
+    // The watched alarms: one DescribeAlarms while some group is being verified.
+    let alarms: Vec<AlarmView> = if rollout.alarms.is_empty() {
+        Vec::new()
+    } else {
+        aws.alarm_states(&rollout.alarms)
+            .await?
+            .into_iter()
+            .map(|a| AlarmView {
+                firing: a.is_alarm(),
+                name: a.name,
+                state: a.state,
+                reason: a.reason,
+                since: a.since,
+            })
+            .collect()
+    };
     let mut healthy = Vec::new();
     let mut unhealthy = Vec::new();
     for entry in entries
@@ -63,6 +80,12 @@ pub(crate) async fn verify(
             rollout.health_timeout.as_std(),
             now,
         );
+        let started = entry.started.as_ref().map_or(subject.done_at, |t| t.0);
+        let timed_out = jiff::SignedDuration::try_from(rollout.health_timeout.as_std())
+            .ok()
+            .and_then(|d| subject.done_at.checked_add(d).ok())
+            .is_some_and(|deadline| now >= deadline);
+        let verdict = with_alarms(verdict, &rollout.alarms, &alarms, started, timed_out);
         match verdict {
             Verdict::Healthy(health) => {
                 let message = format!(

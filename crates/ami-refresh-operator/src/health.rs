@@ -140,6 +140,7 @@ pub fn judge(
         not_ready: not_ready.iter().take(NAMED).cloned().collect(),
         ready_since: ready_since.map(Time),
         bake_until: bake_until.filter(|_| bake.is_some()).map(Time),
+        alarms: Vec::new(),
     };
     if enough && (desired == 0 || bake_until.is_some_and(|until| until <= now)) {
         return Verdict::Healthy(health);
@@ -181,6 +182,91 @@ pub fn judge(
         _ => format!("AWS finished; waiting for the nodes: {evidence}"),
     };
     Verdict::Waiting(health, message)
+}
+
+/// One watched alarm, as the gate needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmView {
+    /// Its name.
+    pub name: String,
+    /// In `ALARM`.
+    pub firing: bool,
+    /// `OK`, `ALARM`, `INSUFFICIENT_DATA`.
+    pub state: String,
+    /// CloudWatch's reason.
+    pub reason: String,
+    /// Since when it is in this state.
+    pub since: Option<Timestamp>,
+}
+
+/// The verdict of the nodes, amended by the alarms of `rollout.alarms` (`wanted`; `alarms` as
+/// CloudWatch reports them): an alarm that entered `ALARM` after the group's update `started`
+/// fails the group at once; one already firing before holds it (the gate cannot tell whose
+/// fault it is); alarms that do not exist are shown, not waited for.
+pub fn with_alarms(
+    verdict: Verdict,
+    wanted: &[String],
+    alarms: &[AlarmView],
+    started: Timestamp,
+    timed_out: bool,
+) -> Verdict {
+    if wanted.is_empty() {
+        return verdict;
+    }
+    let evidence: Vec<String> = wanted
+        .iter()
+        .take(20)
+        .map(|name| match alarms.iter().find(|a| &a.name == name) {
+            Some(a) => format!("{name}: {}", a.state),
+            None => format!("{name}: not found"),
+        })
+        .collect();
+    let (mut health, message, unhealthy) = match verdict {
+        Verdict::Healthy(h) => (h, None, false),
+        Verdict::Waiting(h, m) => (h, Some(m), false),
+        Verdict::Unhealthy(h, m) => (h, Some(m), true),
+    };
+    health.alarms = evidence;
+    let firing: Vec<&AlarmView> = alarms
+        .iter()
+        .filter(|a| a.firing && wanted.contains(&a.name))
+        .collect();
+    let since = |a: &AlarmView| {
+        a.since
+            .map(|t| format!(" at {}", t.strftime("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default()
+    };
+    if let Some(a) = firing.iter().find(|a| a.since.is_none_or(|t| t >= started)) {
+        let message = format!(
+            "alarm {} entered ALARM{} while the group was being verified: {}",
+            a.name,
+            since(a),
+            a.reason
+        );
+        return Verdict::Unhealthy(health, message);
+    }
+    if unhealthy {
+        return Verdict::Unhealthy(health, message.unwrap_or_default());
+    }
+    if let Some(a) = firing.first() {
+        let message = format!(
+            "alarm {} has been in ALARM{} (before this group started): {}",
+            a.name,
+            since(a),
+            a.reason
+        );
+        if timed_out {
+            return Verdict::Unhealthy(
+                health,
+                format!("{message}; still after rollout.healthTimeout"),
+            );
+        }
+        return Verdict::Waiting(health, message);
+    }
+    match message {
+        Some(m) => Verdict::Waiting(health, m),
+        None => Verdict::Healthy(health),
+    }
 }
 
 #[cfg(test)]
@@ -356,5 +442,61 @@ mod tests {
         );
         assert!(!view.ready);
         assert_eq!(view.reason, "KubeletNotReady");
+    }
+
+    fn alarm(name: &str, firing: bool, since: i64) -> AlarmView {
+        AlarmView {
+            name: name.into(),
+            firing,
+            state: if firing { "ALARM" } else { "OK" }.into(),
+            reason: "threshold crossed".into(),
+            since: Some(Timestamp::from_second(since).unwrap()),
+        }
+    }
+
+    #[test]
+    fn an_alarm_entering_alarm_after_the_start_fails_the_group_and_an_older_one_holds_it() {
+        let wanted = vec!["web-5xx".to_owned(), "typo".to_owned()];
+        let started = Timestamp::from_second(1_000).unwrap();
+        let healthy = || Verdict::Healthy(GroupHealth::default());
+        let quiet = [alarm("web-5xx", false, 500)];
+        let Verdict::Healthy(health) = with_alarms(healthy(), &wanted, &quiet, started, false)
+        else {
+            panic!("quiet alarms keep a healthy group healthy")
+        };
+        assert_eq!(health.alarms, ["web-5xx: OK", "typo: not found"]);
+        let Verdict::Unhealthy(_, message) = with_alarms(
+            healthy(),
+            &wanted,
+            &[alarm("web-5xx", true, 1_200)],
+            started,
+            false,
+        ) else {
+            panic!("a new alarm fails the group")
+        };
+        assert_eq!(
+            message,
+            "alarm web-5xx entered ALARM at 1970-01-01 00:20:00 UTC while the group was being verified: threshold crossed"
+        );
+        let older = [alarm("web-5xx", true, 900)];
+        assert!(matches!(
+            with_alarms(healthy(), &wanted, &older, started, false),
+            Verdict::Waiting(..)
+        ));
+        assert!(matches!(
+            with_alarms(healthy(), &wanted, &older, started, true),
+            Verdict::Unhealthy(..)
+        ));
+        // Alarms not named in the spec do not count.
+        assert!(matches!(
+            with_alarms(
+                healthy(),
+                &wanted,
+                &[alarm("other", true, 1_200)],
+                started,
+                false
+            ),
+            Verdict::Healthy(..)
+        ));
     }
 }

@@ -241,7 +241,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
 
     // 3. Groups, and the health gate of those AWS reports done.
     let groups = observe_groups(&aws, &amr).await?;
-    let (healthy, unhealthy) = verify(&ctx, &amr, &groups, &mut previous, &target_id, now).await?;
+    let (healthy, unhealthy) =
+        verify(&aws, &ctx, &amr, &groups, &mut previous, &target_id, now).await?;
     finished.extend(healthy);
     // Only the AMI the failed groups moved to, which is the target unless it changed meanwhile.
     let against: Vec<String> = unhealthy

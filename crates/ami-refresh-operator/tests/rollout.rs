@@ -914,6 +914,88 @@ async fn after_a_healthy_canary_the_rest_waits_for_an_approval_naming_the_ami() 
 }
 
 #[tokio::test]
+async fn an_alarm_entering_alarm_during_the_bake_trips_the_breaker() {
+    let world = World::new().await;
+    let now = Timestamp::now().to_string();
+    let target = world
+        .fixture
+        .register_image(
+            "hardened-5xx",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", CLUSTER),
+                ("status", "active"),
+                ("create-timestamp", now.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    world.managed_groups(&["a", "b"]).await;
+    world.fixture.alarm("web-5xx", "OK", "quiet").await.unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "bakeTime": "1h", "alarms": ["web-5xx", "web-latency"]},
+        })))
+        .await;
+    // a's nodes are Ready and baking; the alarms are part of the evidence.
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Verifying)).await;
+    assert_eq!(phases, map(&[("a", Verifying), ("b", Pending)]));
+    world.reconcile().await.unwrap();
+    let health = world.entry("a").await.health.unwrap();
+    assert_eq!(health.alarms, ["web-5xx: OK", "web-latency: not found"]);
+    assert_eq!((health.ready, health.desired), (2, 2));
+
+    // The workloads' 5xx alarm fires during the bake: a fails at once and the AMI is
+    // quarantined, as when its nodes never become Ready.
+    world
+        .fixture
+        .alarm(
+            "web-5xx",
+            "ALARM",
+            "Threshold Crossed: 1 datapoint [42.0] was greater than 10.0",
+        )
+        .await
+        .unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await, map(&[("a", Failed), ("b", Pending)]));
+    let message = world.entry("a").await.message.unwrap();
+    assert!(
+        message.starts_with("alarm web-5xx entered ALARM at ")
+            && message.ends_with("while the group was being verified: Threshold Crossed: 1 datapoint [42.0] was greater than 10.0"),
+        "{message}"
+    );
+    let aws = world.context().aws.region(REGION).await;
+    let image = aws
+        .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    assert_eq!(image.tag("status"), Some("quarantined"));
+    assert!(
+        image
+            .tag("quarantine-reason")
+            .unwrap()
+            .contains("alarm web-5xx entered ALARM"),
+        "{image:?}"
+    );
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "RolloutHalted");
+    // The alarms are read only while a group is being verified.
+    let described = world.requests("DescribeAlarms");
+    world.reconcile().await.unwrap();
+    assert_eq!(world.requests("DescribeAlarms"), described);
+    let calls = world.moto.operator_calls().unwrap();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.action == "cloudwatch:DescribeAlarms")
+    );
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;

@@ -180,6 +180,17 @@ fn group_names(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+fn alarm_names(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<String>>();
+    schema.insert("x-kubernetes-list-type".into(), "set".into());
+    schema.insert("maxItems".into(), 100.into());
+    schema.insert(
+        "items".into(),
+        serde_json::json!({"type": "string", "minLength": 1, "maxLength": 255}),
+    );
+    schema
+}
+
 /// Expiry and re-check interval of an AMIRefresher.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +267,12 @@ pub struct Rollout {
     #[serde(default = "default_health_timeout")]
     #[x_kube(validation = crate::duration::at_most_rule(86_400, "healthTimeout must be at most 1d"))]
     pub health_timeout: Duration,
+    /// CloudWatch alarms (names, in this AMIRefresher's region) that watch the workloads: a
+    /// group being verified is not healthy while one of them is in `ALARM`, and fails at once
+    /// (tripping the circuit breaker) when one enters `ALARM` after its update started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "alarm_names")]
+    pub alarms: Vec<String>,
     /// What a failed group (AWS failure or failed health gate) does: `halt` (default) starts no
     /// further group; `rollback` also moves every group this rollout moved back to the launch
     /// template version and AMI it ran before (`fromVersion` and `fromImage` in status), followed
@@ -312,6 +329,7 @@ impl Default for Rollout {
             health_gate: true,
             bake_time: None,
             health_timeout: default_health_timeout(),
+            alarms: Vec::new(),
             on_failure: OnFailure::Halt,
             pdb_policy: PdbPolicy::Wait,
             approve_after_canary: false,
@@ -517,4 +535,8 @@ pub struct GroupHealth {
     /// When the bake time ends (`readySince` + `rollout.bakeTime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_until: Option<Time>,
+    /// The alarms of `rollout.alarms` and their states (`name: STATE`), at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub alarms: Vec<String>,
 }

@@ -6,7 +6,7 @@ use tokio::sync::Mutex;
 
 use crate::{AwsOptions, CallCounter, images::ImageCache, load_sdk_config};
 
-/// EC2, EKS, Auto Scaling and SNS clients for one region, with the shared call counter and the
+/// EC2, EKS, Auto Scaling, SNS and CloudWatch clients for one region, with the shared call counter and the
 /// `DescribeImages` cache.
 #[derive(Debug, Clone)]
 pub struct AwsClients {
@@ -20,6 +20,8 @@ pub struct AwsClients {
     pub autoscaling: aws_sdk_autoscaling::Client,
     /// SNS: notifications.
     pub sns: aws_sdk_sns::Client,
+    /// CloudWatch: the alarms a rollout's health gate watches.
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     /// Every call made through these clients.
     pub calls: CallCounter,
     pub(crate) images: ImageCache,
@@ -37,6 +39,7 @@ impl AwsClients {
             eks: aws_sdk_eks::Client::new(&config),
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
             sns: aws_sdk_sns::Client::new(&config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
             calls,
             images: ImageCache::new(options.image_cache_ttl),
             template_versions: crate::launch_templates::template_version_cache(),

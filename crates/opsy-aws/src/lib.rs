@@ -7,6 +7,7 @@
 //! - [`launch_templates`], [`eks`], [`autoscaling`]: what node-group rollouts need.
 //! - [`calls`]: every call counted by service, operation and outcome.
 
+pub mod alarms;
 pub mod autoscaling;
 pub mod calls;
 pub mod clients;

@@ -26,6 +26,8 @@ pub struct Fixture {
     pub eks: aws_sdk_eks::Client,
     /// Auto Scaling client.
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// CloudWatch client (alarms).
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     /// Names this emulator on the Nodes [`Fixture::sync_nodes`] registers (its port).
     node_owner: String,
 }
@@ -104,6 +106,7 @@ impl Fixture {
             ec2: aws_sdk_ec2::Client::new(&config),
             eks: aws_sdk_eks::Client::new(&config),
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
             node_owner: moto
                 .endpoint()
                 .rsplit(':')
@@ -393,6 +396,45 @@ pub struct GroupNodes {
 pub const TEST_NODE_LABEL: &str = "opsy.test/node";
 
 impl Fixture {
+    /// A CloudWatch alarm named `name` on a load balancer's 5xx count, then set to `state`
+    /// (`OK`, `ALARM`) with `reason`, as CloudWatch does when the metric crosses it.
+    pub async fn alarm(&self, name: &str, state: &str, reason: &str) -> Result<(), FixtureError> {
+        use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
+        let exists = self
+            .cloudwatch
+            .describe_alarms()
+            .alarm_names(name)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeAlarms: {e:?}"))?
+            .metric_alarms
+            .is_some_and(|a| !a.is_empty());
+        if !exists {
+            self.cloudwatch
+                .put_metric_alarm()
+                .alarm_name(name)
+                .namespace("AWS/ApplicationELB")
+                .metric_name("HTTPCode_Target_5XX_Count")
+                .statistic(Statistic::Sum)
+                .period(60)
+                .evaluation_periods(1)
+                .threshold(10.0)
+                .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+                .send()
+                .await
+                .map_err(|e| format!("PutMetricAlarm: {e:?}"))?;
+        }
+        self.cloudwatch
+            .set_alarm_state()
+            .alarm_name(name)
+            .state_value(StateValue::from(state))
+            .state_reason(reason)
+            .send()
+            .await
+            .map_err(|e| format!("SetAlarmState: {e:?}"))?;
+        Ok(())
+    }
+
     /// The label selector of the Nodes this fixture plays (other fixtures' Nodes share the
     /// cluster-scoped API).
     pub fn node_selector(&self) -> String {
