@@ -166,12 +166,7 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
     let tripped: Vec<String> = plan
         .groups
         .iter()
-        .filter(|g| {
-            matches!(
-                g.phase,
-                NodeGroupPhase::Failed | NodeGroupPhase::RollingBack | NodeGroupPhase::RolledBack
-            )
-        })
+        .filter(|g| g.phase.halts())
         .map(|g| g.name.clone())
         .collect();
     let breaker = if plan.halted {

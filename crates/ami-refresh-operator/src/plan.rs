@@ -185,13 +185,7 @@ pub fn plan(
     unknown.dedup();
 
     let roll_back = spec.rollout.on_failure == OnFailure::Rollback;
-    let halted = (spec.rollout.halt_on_failure || roll_back)
-        && out.iter().any(|g| {
-            matches!(
-                g.phase,
-                NodeGroupPhase::Failed | NodeGroupPhase::RollingBack | NodeGroupPhase::RolledBack
-            )
-        });
+    let halted = (spec.rollout.halt_on_failure || roll_back) && out.iter().any(|g| g.phase.halts());
     // The breaker tripped: every group this rollout moved (or tried to) goes back, once. Groups
     // still updating are followed to their end first.
     let rollback = if halted && roll_back {
@@ -221,16 +215,7 @@ pub fn plan(
         // A group whose nodes are still being verified holds its slot: the next wave starts
         // only after the previous one is healthy.
         let in_flight = if wait {
-            out.iter()
-                .filter(|g| {
-                    matches!(
-                        g.phase,
-                        NodeGroupPhase::Updating
-                            | NodeGroupPhase::Verifying
-                            | NodeGroupPhase::RollingBack
-                    )
-                })
-                .count()
+            out.iter().filter(|g| g.phase.in_flight()).count()
         } else {
             0
         };

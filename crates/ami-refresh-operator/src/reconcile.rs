@@ -157,12 +157,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     });
     // Without an eligible AMI, groups in flight are still followed to their end (verified,
     // rolled back) toward the target they were moving to; no group starts.
-    let in_flight = status.node_groups.iter().any(|g| {
-        matches!(
-            g.phase,
-            NodeGroupPhase::Updating | NodeGroupPhase::Verifying | NodeGroupPhase::RollingBack
-        )
-    });
+    let in_flight = status.node_groups.iter().any(|g| g.phase.in_flight());
     let following = match (&chosen, &status.target_image) {
         (Some(t), _) => Some(t.image.id.clone()),
         (None, Some(last)) if in_flight => Some(last.id.clone()),
@@ -350,19 +345,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .filter(|g| !matches!(g.phase, NodeGroupPhase::Excluded | NodeGroupPhase::Skipped))
         .count();
     let done = count(NodeGroupPhase::UpToDate) + count(NodeGroupPhase::Succeeded);
-    let updating = count(NodeGroupPhase::Updating)
-        + count(NodeGroupPhase::Verifying)
-        + count(NodeGroupPhase::RollingBack);
-    let failed: Vec<&NodeGroupStatus> = plan
-        .groups
-        .iter()
-        .filter(|g| {
-            matches!(
-                g.phase,
-                NodeGroupPhase::Failed | NodeGroupPhase::RollingBack | NodeGroupPhase::RolledBack
-            )
-        })
-        .collect();
+    let updating = plan.groups.iter().filter(|g| g.phase.in_flight()).count();
+    let failed: Vec<&NodeGroupStatus> = plan.groups.iter().filter(|g| g.phase.halts()).collect();
     status.progress = Some(format!("{done}/{managed} on target"));
     if failed.is_empty() {
         set(

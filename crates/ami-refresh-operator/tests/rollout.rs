@@ -186,6 +186,23 @@ impl World {
             .unwrap()
     }
 
+    /// An AMI a PackerBuilder built for this cluster, active, created now.
+    async fn managed_ami(&self, name: &str) -> String {
+        let now = Timestamp::now().to_string();
+        self.fixture
+            .register_image(
+                name,
+                &[
+                    ("brought-to-you-by", "opsy-the-ami-operator"),
+                    ("cluster-name", CLUSTER),
+                    ("status", "active"),
+                    ("create-timestamp", now.as_str()),
+                ],
+            )
+            .await
+            .unwrap()
+    }
+
     /// Managed groups `names`, on the September EKS AMI.
     async fn managed_groups(&self, names: &[&str]) {
         for name in names {
@@ -479,20 +496,7 @@ async fn each_wave_waits_for_ready_nodes_on_the_target_and_the_bake_time() {
 async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_rollout_and_is_quarantined()
  {
     let world = World::new().await;
-    let now = Timestamp::now().to_string();
-    let target = world
-        .fixture
-        .register_image(
-            "hardened-broken",
-            &[
-                ("brought-to-you-by", "opsy-the-ami-operator"),
-                ("cluster-name", CLUSTER),
-                ("status", "active"),
-                ("create-timestamp", now.as_str()),
-            ],
-        )
-        .await
-        .unwrap();
+    let target = world.managed_ami("hardened-broken").await;
     world.broken.lock().unwrap().push(target.clone());
     world.managed_groups(&["a", "b"]).await;
     world
@@ -594,20 +598,7 @@ async fn node_images(world: &World, group: &str) -> Vec<String> {
 #[tokio::test]
 async fn with_on_failure_rollback_the_groups_a_bad_ami_reached_go_back_to_what_they_ran() {
     let world = World::new().await;
-    let now = Timestamp::now().to_string();
-    let target = world
-        .fixture
-        .register_image(
-            "hardened-broken",
-            &[
-                ("brought-to-you-by", "opsy-the-ami-operator"),
-                ("cluster-name", CLUSTER),
-                ("status", "active"),
-                ("create-timestamp", now.as_str()),
-            ],
-        )
-        .await
-        .unwrap();
+    let target = world.managed_ami("hardened-broken").await;
     world.broken.lock().unwrap().push(target.clone());
     world.managed_groups(&["a", "b", "c"]).await;
     world
@@ -756,10 +747,12 @@ async fn a_budget_that_allows_no_disruption_is_reported_by_name_before_the_group
     use k8s_openapi::api::{core::v1::Pod, policy::v1::PodDisruptionBudget};
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;
-    world.managed_groups(&["a", "b"]).await;
+    // Nodes are cluster-scoped and every test's groups label theirs: names of their own keep
+    // this test's pods off the other tests' groups.
+    world.managed_groups(&["web-a", "web-b"]).await;
     // Two pods of "web" on a's nodes, protected by a budget that wants both available; they
     // are not running (no kubelet here), so the disruption controller allows no disruption.
-    let nodes = node_names(&world, "a").await;
+    let nodes = node_names(&world, "web-a").await;
     let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
     for (i, node) in nodes.iter().enumerate() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -815,8 +808,11 @@ async fn a_budget_that_allows_no_disruption_is_reported_by_name_before_the_group
     world.apply(spec("wait")).await;
     world.reconcile().await.unwrap();
     world.reconcile().await.unwrap();
-    assert_eq!(world.phases().await, map(&[("a", Pending), ("b", Pending)]));
-    let a = world.entry("a").await;
+    assert_eq!(
+        world.phases().await,
+        map(&[("web-a", Pending), ("web-b", Pending)])
+    );
+    let a = world.entry("web-a").await;
     let ns = &world.ns.name;
     assert_eq!(
         a.message.as_deref(),
@@ -838,8 +834,8 @@ async fn a_budget_that_allows_no_disruption_is_reported_by_name_before_the_group
     // With pdbPolicy: force, the group starts, and EKS is told to evict regardless.
     world.apply(spec("force")).await;
     world.reconcile().await.unwrap();
-    assert_eq!(world.phases().await["a"], Updating);
-    let updates = world.updates("a").await;
+    assert_eq!(world.phases().await["web-a"], Updating);
+    let updates = world.updates("web-a").await;
     assert_eq!(updates.len(), 1, "{updates:?}");
     assert_eq!(updates[0].1.get("Force").map(String::as_str), Some("true"));
 }
@@ -916,20 +912,7 @@ async fn after_a_healthy_canary_the_rest_waits_for_an_approval_naming_the_ami() 
 #[tokio::test]
 async fn an_alarm_entering_alarm_during_the_bake_trips_the_breaker() {
     let world = World::new().await;
-    let now = Timestamp::now().to_string();
-    let target = world
-        .fixture
-        .register_image(
-            "hardened-5xx",
-            &[
-                ("brought-to-you-by", "opsy-the-ami-operator"),
-                ("cluster-name", CLUSTER),
-                ("status", "active"),
-                ("create-timestamp", now.as_str()),
-            ],
-        )
-        .await
-        .unwrap();
+    let target = world.managed_ami("hardened-5xx").await;
     world.managed_groups(&["a", "b"]).await;
     world.fixture.alarm("web-5xx", "OK", "quiet").await.unwrap();
     world

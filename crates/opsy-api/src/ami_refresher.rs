@@ -467,6 +467,19 @@ pub enum NodeGroupPhase {
     RolledBack,
 }
 
+impl NodeGroupPhase {
+    /// The group failed, or is going (or went) back after a failure: with `haltOnFailure` or
+    /// `onFailure: rollback`, no further group starts.
+    pub fn halts(self) -> bool {
+        matches!(self, Self::Failed | Self::RollingBack | Self::RolledBack)
+    }
+
+    /// An operation of this operator runs on the group (or its nodes are being verified).
+    pub fn in_flight(self) -> bool {
+        matches!(self, Self::Updating | Self::Verifying | Self::RollingBack)
+    }
+}
+
 /// One node group in `status.nodeGroups`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
