@@ -12,8 +12,8 @@ use opsy_aws::AwsClients;
 
 use crate::{
     Error,
-    health::{AlarmView, Subject, Verdict, judge, with_alarms},
-    observe::nodes_of,
+    health::{AlarmView, Subject, Verdict, judge, on_target, with_alarms, with_pods},
+    observe::{nodes_of, pods_on},
     plan::Group,
     reconcile::{Context, event},
     start::start_version_update,
@@ -86,6 +86,17 @@ pub(crate) async fn verify(
             .and_then(|d| subject.done_at.checked_add(d).ok())
             .is_some_and(|deadline| now >= deadline);
         let verdict = with_alarms(verdict, &rollout.alarms, &alarms, started, timed_out);
+        let verdict = match rollout.max_unready_pods_percent {
+            Some(max) => {
+                let names: Vec<&str> = on_target(subject, &nodes)
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect();
+                let pods = pods_on(&ctx.client, &names).await?;
+                with_pods(verdict, &pods, max, timed_out)
+            }
+            None => verdict,
+        };
         match verdict {
             Verdict::Healthy(health) => {
                 let message = format!(

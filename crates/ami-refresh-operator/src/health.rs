@@ -92,14 +92,9 @@ pub enum Verdict {
     Unhealthy(GroupHealth, String),
 }
 
-/// Judges `subject` from `nodes` (all nodes that may belong to it) at `now`.
-pub fn judge(
-    subject: Subject<'_>,
-    nodes: &[NodeView],
-    bake: Option<Duration>,
-    timeout: Duration,
-    now: Timestamp,
-) -> Verdict {
+/// The nodes of `subject` that run its target (managed groups: by their labels; self-managed
+/// groups: by instance id), sorted by name.
+pub fn on_target<'n>(subject: Subject<'_>, nodes: &'n [NodeView]) -> Vec<&'n NodeView> {
     let mut on_target: Vec<&NodeView> = nodes
         .iter()
         .filter(|n| match subject.kind {
@@ -114,6 +109,18 @@ pub fn judge(
         })
         .collect();
     on_target.sort_by(|a, b| a.name.cmp(&b.name));
+    on_target
+}
+
+/// Judges `subject` from `nodes` (all nodes that may belong to it) at `now`.
+pub fn judge(
+    subject: Subject<'_>,
+    nodes: &[NodeView],
+    bake: Option<Duration>,
+    timeout: Duration,
+    now: Timestamp,
+) -> Verdict {
+    let on_target = on_target(subject, nodes);
     let ready: Vec<&&NodeView> = on_target.iter().filter(|n| n.ready).collect();
     let not_ready: Vec<String> = on_target
         .iter()
@@ -141,6 +148,9 @@ pub fn judge(
         ready_since: ready_since.map(Time),
         bake_until: bake_until.filter(|_| bake.is_some()).map(Time),
         alarms: Vec::new(),
+        pods_ready: None,
+        pods: None,
+        unready_pods: Vec::new(),
     };
     if enough && (desired == 0 || bake_until.is_some_and(|until| until <= now)) {
         return Verdict::Healthy(health);
@@ -182,6 +192,92 @@ pub fn judge(
         _ => format!("AWS finished; waiting for the nodes: {evidence}"),
     };
     Verdict::Waiting(health, message)
+}
+
+/// One pod on a group's node, as the gate needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    /// `namespace/name`.
+    pub name: String,
+    /// Its Ready condition is `True`.
+    pub ready: bool,
+    /// It ended (phase `Succeeded` or `Failed`): it does not count.
+    pub ended: bool,
+    /// Why it is not Ready (the Ready condition's reason, or its phase).
+    pub reason: String,
+}
+
+impl PodView {
+    /// The view of `pod`.
+    pub fn of(pod: &k8s_openapi::api::core::v1::Pod) -> Self {
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.clone()).unwrap_or_default();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        Self {
+            name: format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            ready: ready.is_some_and(|c| c.status == "True"),
+            ended: phase == "Succeeded" || phase == "Failed",
+            reason: ready.and_then(|c| c.reason.clone()).unwrap_or_else(|| {
+                if phase.is_empty() {
+                    "Pending".into()
+                } else {
+                    phase
+                }
+            }),
+        }
+    }
+}
+
+/// The verdict of the nodes, amended by the pods on them (`rollout.maxUnreadyPodsPercent`):
+/// more not Ready than `max_percent` of those that count holds the group, and fails it once
+/// `timed_out`.
+pub fn with_pods(verdict: Verdict, pods: &[PodView], max_percent: i32, timed_out: bool) -> Verdict {
+    let counted: Vec<&PodView> = pods.iter().filter(|p| !p.ended).collect();
+    let mut unready: Vec<&PodView> = counted.iter().copied().filter(|p| !p.ready).collect();
+    unready.sort_by(|a, b| a.name.cmp(&b.name));
+    let total = i32::try_from(counted.len()).unwrap_or(i32::MAX);
+    let bad = i32::try_from(unready.len()).unwrap_or(i32::MAX);
+    let (mut health, message, unhealthy) = match verdict {
+        Verdict::Healthy(h) => (h, None, false),
+        Verdict::Waiting(h, m) => (h, Some(m), false),
+        Verdict::Unhealthy(h, m) => (h, Some(m), true),
+    };
+    health.pods = Some(total);
+    health.pods_ready = Some(total - bad);
+    health.unready_pods = unready
+        .iter()
+        .take(NAMED)
+        .map(|p| format!("{} {}", p.name, p.reason))
+        .collect();
+    if unhealthy {
+        return Verdict::Unhealthy(health, message.unwrap_or_default());
+    }
+    // bad / total > max / 100, in integers.
+    let too_many = i64::from(bad) * 100 > i64::from(max_percent.max(0)) * i64::from(total);
+    if too_many {
+        let evidence = format!(
+            "{bad} of {total} pods on the new nodes not Ready (rollout.maxUnreadyPodsPercent {max_percent}): {}",
+            health.unready_pods.join(", ")
+        );
+        return if timed_out {
+            Verdict::Unhealthy(
+                health,
+                format!("{evidence}; still after rollout.healthTimeout"),
+            )
+        } else {
+            Verdict::Waiting(health, evidence)
+        };
+    }
+    match message {
+        Some(m) => Verdict::Waiting(health, m),
+        None => Verdict::Healthy(health),
+    }
 }
 
 /// One watched alarm, as the gate needs it.
@@ -496,6 +592,46 @@ mod tests {
                 started,
                 false
             ),
+            Verdict::Healthy(..)
+        ));
+    }
+
+    fn pod(name: &str, ready: bool, ended: bool) -> PodView {
+        PodView {
+            name: format!("ns/{name}"),
+            ready,
+            ended,
+            reason: "ContainersNotReady".into(),
+        }
+    }
+
+    #[test]
+    fn too_many_unready_pods_hold_the_group_and_fail_it_after_the_timeout() {
+        let healthy = || Verdict::Healthy(GroupHealth::default());
+        let pods = [
+            pod("a", true, false),
+            pod("b", false, false),
+            pod("c", false, true),
+        ];
+        // 1 of 2 counted pods not Ready: 50 %.
+        let Verdict::Healthy(health) = with_pods(healthy(), &pods, 50, false) else {
+            panic!("50 % is within 50 %")
+        };
+        assert_eq!((health.pods_ready, health.pods), (Some(1), Some(2)));
+        assert_eq!(health.unready_pods, ["ns/b ContainersNotReady"]);
+        let Verdict::Waiting(_, message) = with_pods(healthy(), &pods, 49, false) else {
+            panic!("50 % is over 49 %")
+        };
+        assert_eq!(
+            message,
+            "1 of 2 pods on the new nodes not Ready (rollout.maxUnreadyPodsPercent 49): ns/b ContainersNotReady"
+        );
+        assert!(matches!(
+            with_pods(healthy(), &pods, 49, true),
+            Verdict::Unhealthy(..)
+        ));
+        assert!(matches!(
+            with_pods(healthy(), &[], 0, false),
             Verdict::Healthy(..)
         ));
     }

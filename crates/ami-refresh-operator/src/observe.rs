@@ -18,7 +18,7 @@ use opsy_aws::{
 
 use crate::{
     Error,
-    health::NodeView,
+    health::{NodeView, PodView},
     plan::{Group, GroupImage},
 };
 
@@ -186,6 +186,20 @@ pub async fn nodes_of(
         .iter()
         .map(NodeView::of)
         .collect())
+}
+
+/// The pods on `nodes`: one list per node by `spec.nodeName`, served from the API server's
+/// cache (`resourceVersion=0`), where pods are indexed by node.
+pub async fn pods_on(client: &kube::Client, nodes: &[&str]) -> Result<Vec<PodView>, Error> {
+    let api = Api::<Pod>::all(client.clone());
+    let mut pods = Vec::new();
+    for node in nodes {
+        let params = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .match_any();
+        pods.extend(api.list(&params).await?.items.iter().map(PodView::of));
+    }
+    Ok(pods)
 }
 
 /// The drain pre-flight of `groups`, about to start: per group, the PodDisruptionBudgets that

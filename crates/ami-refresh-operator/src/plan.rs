@@ -269,6 +269,36 @@ pub fn plan(
     }
 }
 
+/// Nodes on the target, of the desired sizes of the groups the rollout manages (see
+/// `status.nodesOnTarget`): `(on target, total)`.
+pub fn nodes_on_target(entries: &[NodeGroupStatus], groups: &[Group]) -> (i64, i64) {
+    let mut on_target = 0;
+    let mut total = 0;
+    for entry in entries {
+        if matches!(
+            entry.phase,
+            NodeGroupPhase::Excluded | NodeGroupPhase::Skipped
+        ) {
+            continue;
+        }
+        let desired = groups
+            .iter()
+            .find(|g| g.name == entry.name)
+            .and_then(|g| g.desired)
+            .map_or(0, i64::from);
+        total += desired;
+        on_target += match entry.phase {
+            NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => desired,
+            NodeGroupPhase::Verifying => entry
+                .health
+                .as_ref()
+                .map_or(0, |h| i64::from(h.ready).min(desired)),
+            _ => 0,
+        };
+    }
+    (on_target, total)
+}
+
 fn runs(group: &Group, target: &str) -> bool {
     matches!(&group.image, GroupImage::Runs { image_id, others, .. }
         if image_id == target && others.is_empty())
@@ -465,6 +495,26 @@ mod tests {
         let p = plan(&s, T, &fresh, &[], false, None);
         assert!(!p.awaiting_approval);
         assert_eq!(p.start, ["a"]);
+    }
+
+    #[test]
+    fn nodes_on_target_count_done_groups_whole_and_verified_ones_by_ready_nodes() {
+        let groups = vec![
+            group("a", T),
+            group("b", "ami-old"),
+            group("c", "ami-old"),
+            group("x", "ami-old"),
+        ];
+        let s = spec(serde_json::json!({"exclude": ["x"]}));
+        let mut entries = plan(&s, T, &groups, &[], false, None).groups;
+        assert_eq!(nodes_on_target(&entries, &groups), (2, 6));
+        entries[1].phase = NodeGroupPhase::Verifying;
+        entries[1].health = Some(opsy_api::ami_refresher::GroupHealth {
+            ready: 1,
+            desired: 2,
+            ..Default::default()
+        });
+        assert_eq!(nodes_on_target(&entries, &groups), (3, 6));
     }
 
     #[test]

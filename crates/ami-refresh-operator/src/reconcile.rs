@@ -24,7 +24,7 @@ use crate::{
     Error, breaker,
     follow::{poll, verify},
     observe::{Blocker, disruption_blockers, observe_groups},
-    plan::{Group, plan},
+    plan::{Group, nodes_on_target, plan},
     start::start,
 };
 
@@ -348,6 +348,9 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let updating = plan.groups.iter().filter(|g| g.phase.in_flight()).count();
     let failed: Vec<&NodeGroupStatus> = plan.groups.iter().filter(|g| g.phase.halts()).collect();
     status.progress = Some(format!("{done}/{managed} on target"));
+    let (nodes, total) = nodes_on_target(&plan.groups, &groups);
+    status.nodes_on_target =
+        (total > 0).then(|| format!("{nodes}/{total} ({}%)", nodes * 100 / total));
     if failed.is_empty() {
         set(
             &mut status,

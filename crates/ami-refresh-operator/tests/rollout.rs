@@ -455,6 +455,11 @@ async fn each_wave_waits_for_ready_nodes_on_the_target_and_the_bake_time() {
     assert_eq!(phases, map(&[("a", Verifying), ("b", Pending)]));
     let phases = reconcile_until(&world, 20, |p| p.get("a") == Some(&Succeeded)).await;
     assert_eq!(phases["a"], Succeeded);
+    // a's two nodes of the four: b has just started.
+    assert_eq!(
+        world.status().await.nodes_on_target.as_deref(),
+        Some("2/4 (50%)")
+    );
     let a = world.entry("a").await;
     let health = a.health.clone().unwrap();
     assert_eq!((health.ready, health.desired), (2, 2), "{a:?}");
@@ -489,6 +494,10 @@ async fn each_wave_waits_for_ready_nodes_on_the_target_and_the_bake_time() {
     assert_eq!(
         world.status().await.progress.as_deref(),
         Some("2/2 on target")
+    );
+    assert_eq!(
+        world.status().await.nodes_on_target.as_deref(),
+        Some("4/4 (100%)")
     );
 }
 
@@ -976,6 +985,79 @@ async fn an_alarm_entering_alarm_during_the_bake_trips_the_breaker() {
             .any(|c| c.action == "cloudwatch:DescribeAlarms")
     );
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
+}
+
+#[tokio::test]
+async fn a_group_is_healthy_only_when_enough_pods_on_its_new_nodes_are_ready() {
+    use k8s_openapi::api::core::v1::Pod;
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world.managed_groups(&["pods-a"]).await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxUnreadyPodsPercent": 50},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 30, |p| p.get("pods-a") == Some(&Verifying)).await;
+    assert_eq!(phases["pods-a"], Verifying);
+    // Three pods land on the new nodes; none is Ready yet (no kubelet runs them), and one
+    // that completed does not count.
+    let nodes = node_names(&world, "pods-a").await;
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &world.ns.name);
+    for (name, node) in [
+        ("web-0", &nodes[0]),
+        ("web-1", &nodes[1]),
+        ("job-0", &nodes[0]),
+    ] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "web:1"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let set_status = |name: &'static str, status: serde_json::Value| {
+        let pods = pods.clone();
+        async move {
+            pods.patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"status": status})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_status("job-0", serde_json::json!({"phase": "Succeeded"})).await;
+    let not_ready = serde_json::json!({"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}]});
+    set_status("web-0", not_ready.clone()).await;
+    set_status("web-1", not_ready).await;
+    world.reconcile().await.unwrap();
+    let a = world.entry("pods-a").await;
+    assert_eq!(a.phase, Verifying);
+    let ns = &world.ns.name;
+    assert_eq!(
+        a.message.as_deref(),
+        Some(
+            format!(
+                "2 of 2 pods on the new nodes not Ready (rollout.maxUnreadyPodsPercent 50): {ns}/web-0 ContainersNotReady, {ns}/web-1 ContainersNotReady"
+            )
+            .as_str()
+        )
+    );
+    // One turns Ready: 1 of 2 not Ready is within 50 %.
+    set_status(
+        "web-0",
+        serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+    )
+    .await;
+    world.reconcile().await.unwrap();
+    let a = world.entry("pods-a").await;
+    assert_eq!(a.phase, Succeeded, "{a:?}");
+    let health = a.health.unwrap();
+    assert_eq!((health.pods_ready, health.pods), (Some(1), Some(2)));
 }
 
 #[tokio::test]

@@ -273,6 +273,12 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "alarm_names")]
     pub alarms: Vec<String>,
+    /// With this set, a group being verified is healthy only when at most this percentage of
+    /// the pods on its nodes on the target AMI are not Ready (pods that ended, Succeeded or
+    /// Failed, do not count); past `healthTimeout` it fails with the pods named. E.g. `10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_unready_pods_percent: Option<i32>,
     /// What a failed group (AWS failure or failed health gate) does: `halt` (default) starts no
     /// further group; `rollback` also moves every group this rollout moved back to the launch
     /// template version and AMI it ran before (`fromVersion` and `fromImage` in status), followed
@@ -330,6 +336,7 @@ impl Default for Rollout {
             bake_time: None,
             health_timeout: default_health_timeout(),
             alarms: Vec::new(),
+            max_unready_pods_percent: None,
             on_failure: OnFailure::Halt,
             pdb_policy: PdbPolicy::Wait,
             approve_after_canary: false,
@@ -400,6 +407,11 @@ pub struct AMIRefresherStatus {
     /// Summary for `kubectl get`, e.g. `3/5 updated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// The rollout's nodes on the target, of the desired sizes of the groups it manages, e.g.
+    /// `14/20 (70%)`: a group on the target counts all its nodes, a group being verified its
+    /// Ready nodes on the target, any other none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_on_target: Option<String>,
     /// One entry per node group of the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "node_groups_schema")]
@@ -548,6 +560,17 @@ pub struct GroupHealth {
     /// When the bake time ends (`readySince` + `rollout.bakeTime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_until: Option<Time>,
+    /// Pods on the group's nodes on the target AMI that are Ready, of `pods`
+    /// (`rollout.maxUnreadyPodsPercent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_ready: Option<i32>,
+    /// Pods on those nodes that count (not Succeeded or Failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<i32>,
+    /// Pods on those nodes that are not Ready, with the reason (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub unready_pods: Vec<String>,
     /// The alarms of `rollout.alarms` and their states (`name: STATE`), at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
