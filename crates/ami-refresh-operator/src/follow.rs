@@ -280,3 +280,29 @@ fn heading(entry: &NodeGroupStatus) -> &str {
         entry.to_image.as_deref().unwrap_or_default()
     }
 }
+
+/// Whether the failed version update of managed group `entry` implicates its new AMI: EKS
+/// reports the health issue `NodeCreationFailure` ("your launched instances are unable to
+/// register with your Amazon EKS cluster", EKS API reference, Issue), not a launch failure for
+/// capacity (`AsgInstanceLaunchFailures`), an eviction failure or a permission. Returns the
+/// evidence for the quarantine.
+pub(crate) async fn implicates_image(
+    aws: &AwsClients,
+    amr: &AMIRefresher,
+    entry: &NodeGroupStatus,
+) -> Result<Option<String>, Error> {
+    if entry.kind != NodeGroupKind::Managed
+        || entry.phase != NodeGroupPhase::Failed
+        || entry.update_type != Some(UpdateType::VersionUpdate)
+    {
+        return Ok(None);
+    }
+    let group = aws
+        .describe_nodegroup(&amr.spec.cluster_name, &entry.name)
+        .await?;
+    Ok(group
+        .health_issues
+        .iter()
+        .find(|(code, _)| code == "NodeCreationFailure")
+        .map(|(code, message)| format!("{}: {code}: {message}", entry.name)))
+}

@@ -22,7 +22,7 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 
 use crate::{
     Error, breaker,
-    follow::{poll, verify},
+    follow::{implicates_image, poll, verify},
     observe::{Blocker, disruption_blockers, observe_groups},
     plan::{Group, nodes_on_target, plan},
     start::start,
@@ -217,6 +217,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     //    on its new version).
     let mut previous = status.node_groups.clone();
     let mut finished = Vec::new();
+    // The AMIs whose nodes failed (here: never joined the cluster), with the evidence.
+    let mut failed_on: Vec<(String, String)> = Vec::new();
     for entry in previous.iter_mut().filter(|e| {
         matches!(
             e.phase,
@@ -224,7 +226,13 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         )
     }) {
         let before = entry.update_id.clone();
+        let was = entry.phase;
         poll(&aws, &amr, &ctx, entry, now).await?;
+        if was == NodeGroupPhase::Updating
+            && let Some(evidence) = implicates_image(&aws, &amr, entry).await?
+        {
+            failed_on.push((entry.to_image.clone().unwrap_or_default(), evidence));
+        }
         if entry.update_id != before {
             // A new update started (the version update after the config update).
             amr = record_started(&ctx, &amr, &mut status, entry).await?;
@@ -240,8 +248,9 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         verify(&aws, &ctx, &amr, &groups, &mut previous, &target_id, now).await?;
     finished.extend(healthy);
     // Only the AMI the failed groups moved to, which is the target unless it changed meanwhile.
-    let against: Vec<String> = unhealthy
+    let against: Vec<String> = failed_on
         .into_iter()
+        .chain(unhealthy)
         .filter(|(image, _)| *image == target_id)
         .map(|(_, evidence)| evidence)
         .collect();

@@ -1061,6 +1061,56 @@ async fn a_group_is_healthy_only_when_enough_pods_on_its_new_nodes_are_ready() {
 }
 
 #[tokio::test]
+async fn nodes_that_never_join_quarantine_the_ami_and_an_eviction_failure_does_not() {
+    let world = World::new().await;
+    let target = world.managed_ami("hardened-nojoin").await;
+    world.managed_groups(&["a", "b"]).await;
+    let spec = |max: i32| {
+        manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": max},
+        }))
+    };
+    let status_tag = || async {
+        let aws = world.context().aws.region(REGION).await;
+        let images = aws
+            .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+            .await
+            .unwrap();
+        (
+            images[0].tag("status").map(str::to_owned),
+            images[0].tag("quarantine-reason").map(str::to_owned),
+        )
+    };
+    // EKS could not drain a's nodes: the rollout halts, but the AMI is not to blame.
+    world
+        .moto
+        .fail_with("a", Some("PodEvictionFailure"))
+        .unwrap();
+    world.apply(spec(1)).await;
+    let phases = reconcile_until(&world, 20, |p| p.get("a") == Some(&Failed)).await;
+    assert_eq!(phases, map(&[("a", Failed), ("b", Pending)]));
+    assert_eq!(status_tag().await, (Some("active".to_owned()), None));
+
+    // Tried again (a spec change), a's new instances never join the cluster: EKS says
+    // NodeCreationFailure, and the AMI is quarantined with that evidence.
+    world
+        .moto
+        .fail_with("a", Some("NodeCreationFailure"))
+        .unwrap();
+    world.apply(spec(2)).await;
+    let phases = reconcile_until(&world, 20, |p| p.get("a") == Some(&Failed)).await;
+    assert_eq!(phases["a"], Failed);
+    let (status, reason) = status_tag().await;
+    assert_eq!(status.as_deref(), Some("quarantined"));
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("a: NodeCreationFailure: Instances failed to join the kubernetes cluster"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;

@@ -22,6 +22,9 @@ pub struct NodeGroup {
     pub max_unavailable: Option<MaxUnavailable>,
     /// `scalingConfig.desiredSize`: how many nodes it should have.
     pub desired_size: Option<i32>,
+    /// `health.issues`: `(code, message)`, e.g. `NodeCreationFailure` when its instances do
+    /// not join the cluster.
+    pub health_issues: Vec<(String, String)>,
 }
 
 /// The launch template a node group uses.
@@ -171,6 +174,18 @@ impl AwsClients {
                 .unwrap_or_default(),
             ami_type: group.ami_type.map(|t| t.as_str().to_owned()),
             desired_size: group.scaling_config.as_ref().and_then(|c| c.desired_size),
+            health_issues: group
+                .health
+                .and_then(|h| h.issues)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| {
+                    (
+                        i.code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+                        i.message.unwrap_or_default(),
+                    )
+                })
+                .collect(),
             max_unavailable: group.update_config.and_then(|c| {
                 match (c.max_unavailable, c.max_unavailable_percentage) {
                     (Some(n), _) => Some(MaxUnavailable::Count(n)),
