@@ -185,18 +185,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             now,
             generation,
         );
-        set(
-            &mut status,
-            conditions::DEGRADED,
-            true,
-            "NoEligibleAmi",
-            &message,
-            now,
-            generation,
-        );
-        if was.as_deref() != Some("NoEligibleAmi") {
-            event(&ctx, &amr, EventType::Warning, "NoEligibleAmi", &message).await;
-        }
+        degraded_no_eligible(&ctx, &amr, &mut status, &message, was.as_deref(), now).await;
         status.observed_generation = generation;
         status.last_checked = Some(Time(now));
         write_status(&ctx, &amr, &status).await?;
@@ -487,18 +476,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             generation,
         );
         if !plan.halted {
-            set(
-                &mut status,
-                conditions::DEGRADED,
-                true,
-                "NoEligibleAmi",
-                &message,
-                now,
-                generation,
-            );
-            if was.as_deref() != Some("NoEligibleAmi") {
-                event(&ctx, &amr, EventType::Warning, "NoEligibleAmi", &message).await;
-            }
+            degraded_no_eligible(&ctx, &amr, &mut status, &message, was.as_deref(), now).await;
         }
     }
     // One notification per reconcile, the most important transition.
@@ -603,6 +581,31 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     } else {
         timer
     }))
+}
+
+/// No AMI is eligible: `Degraded` says why, and a Warning Event does when that is new (`was`
+/// is the condition's reason before).
+async fn degraded_no_eligible(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    status: &mut AMIRefresherStatus,
+    message: &str,
+    was: Option<&str>,
+    now: Timestamp,
+) {
+    let generation = amr.meta().generation;
+    set(
+        status,
+        conditions::DEGRADED,
+        true,
+        "NoEligibleAmi",
+        message,
+        now,
+        generation,
+    );
+    if was != Some("NoEligibleAmi") {
+        event(ctx, amr, EventType::Warning, "NoEligibleAmi", message).await;
+    }
 }
 
 /// The drain pre-flight's verdict on a group about to start whose nodes run pods that

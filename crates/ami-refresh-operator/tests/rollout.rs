@@ -579,19 +579,27 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
-/// The images the nodes of managed group `group` run (from their labels), sorted.
-async fn node_images(world: &World, group: &str) -> Vec<String> {
+/// The Nodes of managed group `group` that this test's fixture plays, sorted by name.
+async fn group_nodes(world: &World, group: &str) -> Vec<k8s_openapi::api::core::v1::Node> {
     world.sync_nodes().await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(world.client.clone());
     let selector = format!(
         "eks.amazonaws.com/nodegroup={group},{}",
         world.fixture.node_selector()
     );
-    let mut images: Vec<String> = nodes
+    let mut items = nodes
         .list(&ListParams::default().labels(&selector))
         .await
         .unwrap()
-        .items
+        .items;
+    items.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    items
+}
+
+/// The images the nodes of managed group `group` run (from their labels), sorted.
+async fn node_images(world: &World, group: &str) -> Vec<String> {
+    let mut images: Vec<String> = group_nodes(world, group)
+        .await
         .into_iter()
         .filter_map(|n| {
             n.metadata
@@ -733,22 +741,11 @@ async fn with_on_failure_rollback_the_groups_a_bad_ami_reached_go_back_to_what_t
 
 /// The names of the Nodes of managed group `group`, sorted.
 async fn node_names(world: &World, group: &str) -> Vec<String> {
-    world.sync_nodes().await;
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(world.client.clone());
-    let selector = format!(
-        "eks.amazonaws.com/nodegroup={group},{}",
-        world.fixture.node_selector()
-    );
-    let mut names: Vec<String> = nodes
-        .list(&ListParams::default().labels(&selector))
+    group_nodes(world, group)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter_map(|n| n.metadata.name)
-        .collect();
-    names.sort();
-    names
+        .collect()
 }
 
 #[tokio::test]
