@@ -1,5 +1,6 @@
 //! The circuit breaker's actions: quarantine of an AMI whose nodes failed the health gate, and
-//! (with `rollout.onFailure: rollback`) the return of the groups it moved.
+//! (with `rollout.onFailure: rollback`) the return of the groups it moved; and its counterpart,
+//! the soak evidence of an AMI that rolled out healthy.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -78,6 +79,30 @@ pub(crate) async fn quarantine(
             let note = format!("could not quarantine {}: {e}", image.id);
             event(ctx, amr, EventType::Warning, "QuarantineFailed", &note).await;
         }
+    }
+}
+
+/// The soak evidence: the rollout of `image` (a managed AMI) to this cluster is complete and
+/// healthy, recorded on it as `healthy-on/<cluster>` = `now`, once (an AMI that carries the tag
+/// keeps its first time). A failure is reported, not fatal.
+pub(crate) async fn record_healthy(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    aws: &AwsClients,
+    image: &opsy_aws::Image,
+    now: Timestamp,
+) {
+    let key = tags::healthy_on(&amr.spec.cluster_name);
+    if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
+        || image.tag(&key).is_some()
+    {
+        return;
+    }
+    let since = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let tags = std::collections::BTreeMap::from([(key.clone(), since)]);
+    if let Err(e) = aws.tag_image(&image.id, &tags).await {
+        let note = format!("could not record {key} on {}: {e}", image.id);
+        event(ctx, amr, EventType::Warning, "SoakEvidenceFailed", &note).await;
     }
 }
 

@@ -417,6 +417,9 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         );
         if !was_ready {
             event(&ctx, &amr, EventType::Normal, "RolloutSucceeded", &message).await;
+            if let Some(target) = &chosen {
+                breaker::record_healthy(&ctx, &amr, &aws, &target.image, now).await;
+            }
         }
     } else {
         let message = format!("{done}/{managed} node groups on {target_id}, {updating} updating");

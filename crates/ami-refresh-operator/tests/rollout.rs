@@ -1108,6 +1108,41 @@ async fn nodes_that_never_join_quarantine_the_ami_and_an_eviction_failure_does_n
 }
 
 #[tokio::test]
+async fn a_complete_healthy_rollout_records_since_when_the_ami_is_healthy_on_this_cluster() {
+    let world = World::new().await;
+    let target = world.managed_ami("hardened-soaked").await;
+    world.managed_groups(&["a", "b"]).await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false}, "rollout": {"maxInFlight": 2},
+        })))
+        .await;
+    let started = Timestamp::now();
+    let phases = reconcile_until(&world, 30, |p| p.values().all(|p| *p == Succeeded)).await;
+    assert_eq!(phases, map(&[("a", Succeeded), ("b", Succeeded)]));
+    let aws = world.context().aws.region(REGION).await;
+    let tag = |image: &opsy_aws::Image| image.tag("healthy-on/prod-east").map(str::to_owned);
+    let image = aws
+        .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    let since: Timestamp = tag(&image).unwrap().parse().unwrap();
+    assert!(
+        since >= started - jiff::SignedDuration::from_secs(1) && since <= Timestamp::now(),
+        "{since}"
+    );
+    // Recorded once: later reconciles write nothing.
+    let tagged = world.requests("CreateTags");
+    world.reconcile().await.unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.requests("CreateTags"), tagged);
+    let calls = world.moto.operator_calls().unwrap();
+    assert!(calls.iter().any(|c| c.action == "ec2:CreateTags"));
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_group_halts_the_rollout_and_a_spec_change_resumes_it() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;

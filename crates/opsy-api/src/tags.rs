@@ -32,6 +32,16 @@ pub const STATUS_DEPRECATED: &str = "deprecated";
 pub const STATUS_QUARANTINED: &str = "quarantined";
 /// Why the AMI was quarantined: the node group and the evidence (at most 256 characters).
 pub const QUARANTINE_REASON: &str = "quarantine-reason";
+/// Soak evidence: `healthy-on/<cluster>` holds since when (RFC 3339) a rollout of the AMI to
+/// that cluster was complete and healthy (every group on it, those the rollout moved through
+/// the health gate). A quarantine marks the AMI as a whole (`status=quarantined`).
+pub const HEALTHY_ON_PREFIX: &str = "healthy-on/";
+
+/// The soak-evidence tag key of `cluster`.
+pub fn healthy_on(cluster: &str) -> String {
+    format!("{HEALTHY_ON_PREFIX}{cluster}")
+}
+
 /// When the AMI was built, RFC 3339. Adoption never resets it.
 pub const CREATE_TIMESTAMP: &str = "create-timestamp";
 /// The base AMI the build started from.
