@@ -165,17 +165,6 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     };
     let Some(target_id) = following else {
         let message = no_eligible.clone().unwrap_or_default();
-        let was =
-            conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.reason.clone());
-        set(
-            &mut status,
-            conditions::READY,
-            false,
-            "NoEligibleAmi",
-            &message,
-            now,
-            generation,
-        );
         set(
             &mut status,
             conditions::PROGRESSING,
@@ -185,7 +174,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             now,
             generation,
         );
-        degraded_no_eligible(&ctx, &amr, &mut status, &message, was.as_deref(), now).await;
+        report_no_eligible(&ctx, &amr, &mut status, &message, true, now).await;
         status.observed_generation = generation;
         status.last_checked = Some(Time(now));
         write_status(&ctx, &amr, &status).await?;
@@ -466,21 +455,9 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         );
     }
     if let Some(message) = &no_eligible {
-        let was =
-            conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.reason.clone());
         let message = format!("{message}; following the {updating} group(s) still in flight");
-        set(
-            &mut status,
-            conditions::READY,
-            false,
-            "NoEligibleAmi",
-            &message,
-            now,
-            generation,
-        );
-        if !plan.halted {
-            degraded_no_eligible(&ctx, &amr, &mut status, &message, was.as_deref(), now).await;
-        }
+        // A halted rollout's Degraded condition says more than this.
+        report_no_eligible(&ctx, &amr, &mut status, &message, !plan.halted, now).await;
     }
     // One notification per reconcile, the most important transition.
     let notification = if plan.halted {
@@ -586,17 +563,30 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }))
 }
 
-/// No AMI is eligible: `Degraded` says why, and a Warning Event does when that is new (`was`
-/// is the condition's reason before).
-async fn degraded_no_eligible(
+/// No AMI is eligible: `Ready` says why, and with `degrade` so do `Degraded` and — when that is
+/// new — a Warning Event.
+async fn report_no_eligible(
     ctx: &Context,
     amr: &AMIRefresher,
     status: &mut AMIRefresherStatus,
     message: &str,
-    was: Option<&str>,
+    degrade: bool,
     now: Timestamp,
 ) {
     let generation = amr.meta().generation;
+    set(
+        status,
+        conditions::READY,
+        false,
+        "NoEligibleAmi",
+        message,
+        now,
+        generation,
+    );
+    if !degrade {
+        return;
+    }
+    let was = conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.reason.clone());
     set(
         status,
         conditions::DEGRADED,
@@ -606,7 +596,7 @@ async fn degraded_no_eligible(
         now,
         generation,
     );
-    if was != Some("NoEligibleAmi") {
+    if was.as_deref() != Some("NoEligibleAmi") {
         event(ctx, amr, EventType::Warning, "NoEligibleAmi", message).await;
     }
 }

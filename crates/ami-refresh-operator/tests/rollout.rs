@@ -769,25 +769,19 @@ async fn a_budget_that_allows_no_disruption_is_reported_by_name_before_the_group
         pods.create(&PostParams::default(), &pod).await.unwrap();
     }
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(world.client.clone(), &world.ns.name);
-    let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web"},
-        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
-    }))
-    .unwrap();
-    budgets
-        .create(&PostParams::default(), &budget)
-        .await
+    // "web" wants both pods available; "elsewhere" protects no pod on these nodes and is not
+    // reported.
+    for (name, min_available) in [("web", 2), ("elsewhere", 1)] {
+        let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": name}}},
+        }))
         .unwrap();
-    // A budget elsewhere that protects no pod on these nodes is not reported.
-    let other: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "elsewhere"},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "elsewhere"}}},
-    }))
-    .unwrap();
-    budgets
-        .create(&PostParams::default(), &other)
-        .await
-        .unwrap();
+        budgets
+            .create(&PostParams::default(), &budget)
+            .await
+            .unwrap();
+    }
     for _ in 0..100 {
         let status = budgets.get("web").await.unwrap().status;
         if status.is_some_and(|s| s.observed_generation == Some(1)) {
