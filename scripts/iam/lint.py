@@ -23,6 +23,10 @@ ACCEPTED = {
     ("ami-refresh-operator.json", "PERMISSIONS_MANAGEMENT_ACTIONS", "iam:passrole"):
         "iam:PassRole lets self-managed groups' instances start with their node role: limited to "
         "node-role ARNs and iam:PassedToService = ec2.amazonaws.com",
+    ("ami-refresh-operator.json", "CREDENTIALS_EXPOSURE", "sts:assumerole"):
+        "sts:AssumeRole only on roles named opsy-ami-owner-access (spec.imageOwnerRoleArn): the "
+        "managed AMIs' tags and soak evidence are read where the AMIs are owned; that role's "
+        "own policy is deploy/iam/ami-owner-access.json",
     ("ami-refresh-operator.json", "PRIVILEGE_ESCALATION", "CreateEC2WithExistingIP"):
         "an instance refresh's launch-template check needs RunInstances (only through a launch "
         "template) and PassRole (only the node roles)",

@@ -924,7 +924,13 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
     if not m:
         return None
     key, region, service = m.groups()
-    from moto.core import DEFAULT_ACCOUNT_ID as account
+    from moto.iam.models import get_account_id_from, iam_backends
+
+    # The account the key belongs to: the default one, or an assumed role's (whose calls moto
+    # serves from the role's account).
+    account = get_account_id_from(key)
+    access_key = iam_backends[account]["aws"].access_keys.get(key)
+    role = getattr(access_key, "role_arn", None)
 
     first = lambda name: (params.get(name) or [None])[0]  # noqa: E731
     resources: list[str] = ["*"]
@@ -981,6 +987,11 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             resources = [arn]
             if group is not None:
                 resource_tags[arn] = {t["Key"]: t["Value"] for t in group.tags}
+    elif service == "sts":
+        # AssumeRole acts on the role (Service Authorization Reference, AWS STS: resource
+        # type role).
+        if action == "AssumeRole" and first("RoleArn"):
+            resources = [first("RoleArn")]
     elif service == "sns":
         if action == "Publish" and first("TopicArn"):
             resources = [first("TopicArn")]
@@ -995,6 +1006,7 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             ]
     return {
         "access_key": key,
+        "role": role,
         "action": f"{service}:{action}",
         "resources": resources,
         "request_tags": request_tags,

@@ -9,10 +9,10 @@ use opsy_api::{
     AMIRefresher,
     ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, OnFailure, PdbPolicy},
 };
-use opsy_aws::AwsClients;
+use opsy_aws::ClientSet;
 use serde::Serialize;
 
-use crate::{Error, observe::observe_groups, plan::plan};
+use crate::{Error, observe::observe_groups, plan::plan, promotion};
 
 /// One group and what would happen to it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -39,6 +39,9 @@ pub struct Report {
     pub target: Option<String>,
     /// How the candidates were judged.
     pub selection: String,
+    /// Newer candidates held back (a promotion gate, or the rollout under way), each with the
+    /// gate and when it opens.
+    pub held_back: Vec<String>,
     /// One entry per group.
     pub groups: Vec<GroupAction>,
     /// Names in `exclude` or `rollout.canary` that match no group.
@@ -50,33 +53,57 @@ pub struct Report {
 }
 
 /// Builds the report for `amr` at `now`.
-pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Result<Report, Error> {
+pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Result<Report, Error> {
     let spec = &amr.spec;
-    let selection = aws
+    let owner = aws
+        .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
+        .await;
+    let aws = &aws.region(&spec.region).await;
+    let selection = owner
         .select_target(
             spec.ami.as_deref(),
             spec.ami_filters.as_deref(),
-            opsy_aws::managed::Scope {
-                cluster_name: &spec.cluster_name,
-                accept_from: &spec.accept_from,
-            },
+            opsy_aws::managed::Scope::of(spec),
             spec.effective_expires_in().as_std(),
             now,
         )
         .await?;
+    let status = amr.status.clone().unwrap_or_default();
+    let choice = promotion::choose(spec, &status, &selection);
+    let held_back: Vec<String> = choice
+        .held_back
+        .iter()
+        .map(|h| format!("{} ({}): {}", h.image, h.gate, h.message))
+        .collect();
+    let window = match promotion::window(spec, now) {
+        Ok(w) if spec.maintenance_windows.is_empty() => {
+            debug_assert!(w.open);
+            None
+        }
+        Ok(w) if w.open => Some(format!(
+            "maintenance window: open until {}",
+            w.closes.map(|t| t.to_string()).unwrap_or_default()
+        )),
+        Ok(w) => Some(format!(
+            "maintenance window: {}; no group starts",
+            w.closed_message("spec.maintenanceWindows")
+        )),
+        Err(message) => Some(format!("maintenance window: invalid: {message}")),
+    };
     let resource = format!(
         "{}/{}",
         amr.namespace().unwrap_or_else(|| "default".into()),
         amr.name_any()
     );
-    let Some(target) = selection.chosen.as_ref().map(|c| c.image.id.clone()) else {
+    let Some(target) = choice.chosen.as_ref().map(|c| c.image.id.clone()) else {
         return Ok(Report {
             resource,
             target: None,
             selection: selection.explain(),
+            held_back,
             groups: Vec::new(),
             unknown_groups: Vec::new(),
-            gates: Vec::new(),
+            gates: window.into_iter().collect(),
             breaker: "closed".into(),
         });
     };
@@ -90,7 +117,13 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
         .annotations()
         .get(APPROVE_ANNOTATION)
         .map(String::as_str);
-    let plan = plan(spec, &target, &groups, previous, false, approved);
+    let mut plan = plan(spec, &target, &groups, previous, false, approved);
+    if window
+        .as_ref()
+        .is_some_and(|w| w.ends_with("no group starts"))
+    {
+        plan.start.clear();
+    }
     let actions = plan
         .groups
         .iter()
@@ -130,7 +163,8 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
         })
         .collect();
     let rollout = &spec.rollout;
-    let mut gates = vec![if rollout.health_gate {
+    let mut gates: Vec<String> = window.into_iter().collect();
+    gates.push(if rollout.health_gate {
         format!(
             "health: each group's nodes Ready on the target{}, within {}",
             rollout
@@ -142,7 +176,7 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
         )
     } else {
         "health: off (AWS's word alone)".to_owned()
-    }];
+    });
     if rollout.approve_after_canary {
         gates.push(if plan.awaiting_approval {
             format!("approval: the canary is done; waiting for {APPROVE_ANNOTATION}={target}")
@@ -194,6 +228,7 @@ pub async fn report(aws: &AwsClients, amr: &AMIRefresher, now: Timestamp) -> Res
         resource,
         target: Some(target),
         selection: selection.explain(),
+        held_back,
         groups: actions,
         unknown_groups: plan.unknown,
         gates,
@@ -210,6 +245,9 @@ impl Report {
             None => out.push_str("  target AMI: none — nothing would be rolled out\n"),
         }
         out.push_str(&format!("  candidates: {}\n", self.selection));
+        for held in &self.held_back {
+            out.push_str(&format!("  held back: {held}\n"));
+        }
         for g in &self.groups {
             let wave = if g.first_wave { " (first wave)" } else { "" };
             out.push_str(&format!(

@@ -130,10 +130,12 @@ pub fn judge(
     let desired = subject.desired.max(0);
     let count = i32::try_from(ready.len()).unwrap_or(i32::MAX);
     let enough = count >= desired && not_ready.is_empty();
-    // The last of them to turn Ready starts the bake.
+    // The last of them to turn Ready starts the bake. A kubelet whose clock runs ahead of this
+    // one must not hold the gate: a transition "in the future" counts as now.
     let ready_since = enough
         .then(|| ready.iter().filter_map(|n| n.since).max())
-        .flatten();
+        .flatten()
+        .map(|since| since.min(now));
     let bake_until = match (ready_since, bake) {
         (Some(since), Some(bake)) => SignedDuration::try_from(bake)
             .ok()
@@ -448,6 +450,34 @@ mod tests {
             ),
             Verdict::Healthy(_)
         ));
+        // A node clock ahead of ours (Ready "at 10:30" seen at 10:05) does not hold the gate;
+        // a bake counts from now.
+        let ahead = [
+            node("n1", T, true, "2024-11-20T10:30:00Z"),
+            node("n2", T, true, "2024-11-20T10:01:00Z"),
+        ];
+        assert!(matches!(
+            judge(
+                subject(2),
+                &ahead,
+                None,
+                30 * MIN,
+                at("2024-11-20T10:05:00Z")
+            ),
+            Verdict::Healthy(_)
+        ));
+        match judge(
+            subject(2),
+            &ahead,
+            bake,
+            30 * MIN,
+            at("2024-11-20T10:05:00Z"),
+        ) {
+            Verdict::Waiting(h, _) => {
+                assert_eq!(h.bake_until.unwrap().0, at("2024-11-20T10:15:00Z"));
+            }
+            other => panic!("{other:?}"),
+        }
         // Too few nodes on the target (the old one does not count).
         assert!(matches!(
             judge(

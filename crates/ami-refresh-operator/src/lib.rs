@@ -11,6 +11,7 @@ mod follow;
 pub mod health;
 pub mod observe;
 pub mod plan;
+mod promotion;
 pub mod reconcile;
 mod start;
 

@@ -25,6 +25,7 @@ use crate::{
     follow::{implicates_image, poll, verify},
     observe::{Blocker, disruption_blockers, observe_groups},
     plan::{Group, nodes_on_target, plan},
+    promotion,
     start::start,
 };
 
@@ -110,6 +111,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let now = (ctx.clock)();
     let generation = amr.meta().generation;
     let aws = ctx.aws.region(&spec.region).await;
+    // Where the managed AMIs, their tags and their soak evidence live.
+    let owner = ctx
+        .aws
+        .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
+        .await;
     let mut status = amr.status.clone().unwrap_or_default();
     let spec_changed =
         status.observed_generation.is_some() && status.observed_generation != generation;
@@ -135,19 +141,26 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     // 1. Target.
-    let selection = aws
+    let selection = owner
         .select_target(
             spec.ami.as_deref(),
             spec.ami_filters.as_deref(),
-            opsy_aws::managed::Scope {
-                cluster_name: &spec.cluster_name,
-                accept_from: &spec.accept_from,
-            },
+            opsy_aws::managed::Scope::of(spec),
             spec.effective_expires_in().as_std(),
             now,
         )
         .await?;
-    let chosen = selection.chosen.clone();
+    let choice = promotion::choose(spec, &status, &selection);
+    let chosen = choice.chosen.clone();
+    report_held_back(&ctx, &amr, &mut status, choice.held_back).await;
+    let window = promotion::window(spec, now);
+    status.maintenance_window = match &window {
+        Ok(w) if !spec.maintenance_windows.is_empty() => Some(w.status()),
+        _ => None,
+    };
+    // Something held back may move by itself at this time (a gate or a window opening).
+    let wake = promotion::next_wake(&status.held_back, window.as_ref().ok(), now);
+    let timer = until(timer, wake, now);
     let no_eligible = chosen.is_none().then(|| {
         let what = match &spec.ami {
             Some(ami) => format!("spec.ami {ami} is not eligible"),
@@ -233,7 +246,16 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .map(|(_, evidence)| evidence)
         .collect();
     if !against.is_empty() {
-        breaker::quarantine(&ctx, &amr, &aws, chosen.as_ref(), &target_id, &against, now).await;
+        breaker::quarantine(
+            &ctx,
+            &amr,
+            &owner,
+            chosen.as_ref(),
+            &target_id,
+            &against,
+            now,
+        )
+        .await;
     }
 
     // 4. Plan and start the next wave.
@@ -243,6 +265,18 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .map(String::as_str);
     let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed, approved);
     if no_eligible.is_some() {
+        plan.start.clear();
+    }
+    // Groups start only inside a maintenance window (and never when the windows are invalid).
+    let closed = match &window {
+        Ok(w) if w.open => None,
+        Ok(w) => Some((
+            "OutsideMaintenanceWindow",
+            w.closed_message("spec.maintenanceWindows"),
+        )),
+        Err(message) => Some(("InvalidMaintenanceWindow", message.clone())),
+    };
+    if closed.is_some() {
         plan.start.clear();
     }
     // Groups left waiting for someone else's update are checked again at the poll interval.
@@ -407,7 +441,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         if !was_ready {
             event(&ctx, &amr, EventType::Normal, "RolloutSucceeded", &message).await;
             if let Some(target) = &chosen {
-                breaker::record_healthy(&ctx, &amr, &aws, &target.image, now).await;
+                breaker::record_healthy(&ctx, &amr, &owner, &target.image, now).await;
             }
         }
     } else {
@@ -428,10 +462,23 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             "RolloutHalted"
         } else if plan.awaiting_approval && updating == 0 {
             "AwaitingApproval"
+        } else if let Some((reason, _)) = &closed
+            && updating == 0
+        {
+            reason
         } else {
             "RollingOut"
         };
-        let message = if reason == "AwaitingApproval" {
+        let message = if let Some((why, text)) = &closed
+            && *why == reason
+        {
+            let was = conditions::find(&status.conditions, conditions::PROGRESSING)
+                .map(|c| c.reason.clone());
+            if reason == "InvalidMaintenanceWindow" && was.as_deref() != Some(reason) {
+                event(&ctx, &amr, EventType::Warning, reason, text).await;
+            }
+            format!("{message}; {text}")
+        } else if reason == "AwaitingApproval" {
             let was = conditions::find(&status.conditions, conditions::PROGRESSING)
                 .map(|c| c.reason.clone());
             let message = format!(
@@ -561,6 +608,46 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     } else {
         timer
     }))
+}
+
+/// `timer`, or less when `wake` comes sooner.
+fn until(
+    timer: std::time::Duration,
+    wake: Option<Timestamp>,
+    now: Timestamp,
+) -> std::time::Duration {
+    wake.and_then(|at| std::time::Duration::try_from(at.duration_since(now)).ok())
+        .map_or(timer, |d| d.clamp(std::time::Duration::from_secs(1), timer))
+}
+
+/// Records the candidates a promotion gate (or the rollout under way) holds back, with a
+/// Normal Event when the set of them or their gates changed.
+async fn report_held_back(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    status: &mut AMIRefresherStatus,
+    held_back: Vec<opsy_api::ami_refresher::HeldBack>,
+) {
+    let key = |list: &[opsy_api::ami_refresher::HeldBack]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|h| (h.image.clone(), h.gate.clone()))
+            .collect()
+    };
+    if !held_back.is_empty() && key(&held_back) != key(&status.held_back) {
+        let message: Vec<String> = held_back
+            .iter()
+            .map(|h| format!("{} ({}): {}", h.image, h.gate, h.message))
+            .collect();
+        event(
+            ctx,
+            amr,
+            EventType::Normal,
+            "CandidateHeldBack",
+            &message.join("; "),
+        )
+        .await;
+    }
+    status.held_back = held_back;
 }
 
 /// No AMI is eligible: `Ready` says why, and with `degrade` so do `Degraded` and — when that is

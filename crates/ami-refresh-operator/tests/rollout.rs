@@ -562,6 +562,7 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
             opsy_aws::managed::Scope {
                 cluster_name: "another-cluster",
                 accept_from: &[],
+                promotion: None,
             },
             Duration::from_secs(30 * 86_400),
             Timestamp::now(),
@@ -1344,6 +1345,95 @@ async fn a_newer_eligible_ami_rolls_out_and_an_expired_one_never_does() {
     assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
     assert_eq!(world.nodegroup_version("a").await, "3");
     assert_eq!(world.requests("/update-version"), 2);
+}
+
+#[tokio::test]
+async fn a_newer_ami_during_a_rollout_waits_for_the_rollout_to_finish_on_its_target() {
+    let world = World::new().await;
+    world.managed_groups(&["a", "b"]).await;
+    let filters = serde_json::json!([
+        {"name": "name", "values": ["amazon-eks-node-al2023-x86_64-standard-1.30*"]},
+        {"name": "owner-id", "values": ["602401143452"]},
+    ]);
+    let build = |name: &str, created: Timestamp| {
+        let fixture = world.fixture.clone();
+        let (name, created) = (name.to_owned(), created.to_string());
+        async move {
+            fixture
+                .register_image(
+                    &name,
+                    &[
+                        ("brought-to-you-by", "opsy-the-ami-operator"),
+                        ("cluster-name", CLUSTER),
+                        ("status", "active"),
+                        ("base-ami", ids::AL2023_130_OCT),
+                        ("create-timestamp", created.as_str()),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let first = build("hardened-1", Timestamp::now()).await;
+    world
+        .apply(manifest(serde_json::json!({"amiFilters": filters})))
+        .await;
+    world.reconcile().await.unwrap();
+    assert_eq!(
+        world.phases().await,
+        map(&[("a", Updating), ("b", Pending)])
+    );
+
+    // A newer build lands while group a updates: the rollout finishes on its target.
+    let second = build(
+        "hardened-2",
+        Timestamp::now() + jiff::SignedDuration::from_secs(60),
+    )
+    .await;
+    world.reconcile().await.unwrap();
+    let status = world.status().await;
+    assert_eq!(status.target_image.unwrap().id, first);
+    assert_eq!(status.held_back.len(), 1, "{:?}", status.held_back);
+    assert_eq!(status.held_back[0].image, second);
+    assert_eq!(status.held_back[0].gate, "RolloutUnderWay");
+    for _ in 0..15 {
+        if world.phases().await == map(&[("a", Succeeded), ("b", Succeeded)]) {
+            break;
+        }
+        world.reconcile().await.unwrap();
+        assert_eq!(world.status().await.target_image.unwrap().id, first);
+    }
+    let status = world.status().await;
+    for group in &status.node_groups {
+        assert_eq!(group.phase, Succeeded, "{group:?}");
+        assert_eq!(group.to_image.as_deref(), Some(first.as_str()), "{group:?}");
+    }
+    assert_eq!(world.requests("/update-version"), 2);
+
+    // Done: the next rollout takes the newer AMI.
+    world.reconcile().await.unwrap();
+    let status = world.status().await;
+    assert_eq!(status.target_image.unwrap().id, second);
+    assert!(status.held_back.is_empty(), "{:?}", status.held_back);
+    assert_eq!(
+        world.phases().await,
+        map(&[("a", Updating), ("b", Pending)])
+    );
+
+    // With rollout.onNewerAmi: switch, a third build retargets the rollout under way.
+    world
+        .apply(manifest(serde_json::json!({
+            "amiFilters": filters,
+            "rollout": {"onNewerAmi": "switch"},
+        })))
+        .await;
+    let third = build(
+        "hardened-3",
+        Timestamp::now() + jiff::SignedDuration::from_secs(120),
+    )
+    .await;
+    world.reconcile().await.unwrap();
+    assert_eq!(world.status().await.target_image.unwrap().id, third);
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{
-        AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, Notifier, REGION_PATTERN,
-        conditions_schema,
+        AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, MaintenanceWindow, Notifier,
+        REGION_PATTERN, WindowStatus, conditions_schema,
     },
     conditions::Condition,
     duration::Duration,
@@ -125,6 +125,79 @@ pub struct AMIRefresherSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub accept_from: Vec<AcceptFrom>,
+
+    /// Gates every candidate must pass before it is rolled out here: soak on other clusters,
+    /// a minimum age, a pin, AMIs never to roll out. A candidate held back by a gate is named
+    /// with the gate and when it opens in status (`heldBack`), the conditions and `plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+
+    /// An IAM role in the account that owns the managed AMIs (where the PackerBuilder runs),
+    /// when that is not this AMIRefresher's account. EC2 shares an AMI's launch permission
+    /// with other accounts but not its tags, so the candidates, their tags and their soak
+    /// evidence are read there through this role, and this cluster's soak evidence is written
+    /// there; the AMIs must be shared with this account to launch. Needs `sts:AssumeRole` on
+    /// the role, and the role `ec2:DescribeImages` (and `ec2:CreateTags` on `healthy-on/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ROLE_ARN_PATTERN))]
+    pub image_owner_role_arn: Option<String>,
+
+    /// When node groups may start updating. Outside every window no group starts; a group
+    /// already updating when a window closes is followed to its end. Empty: any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+}
+
+/// An IAM role ARN.
+pub const ROLE_ARN_PATTERN: &str =
+    r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$";
+
+/// The gates of a promotion between environments. Every gate set must pass.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    /// The candidate must have run healthy on each of these clusters for at least the given
+    /// time: the AMIRefresher of such a cluster tags the AMI `healthy-on/<cluster>` with the
+    /// time its rollout there was complete and healthy. E.g. `{clusterName: staging,
+    /// duration: 72h}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub soak_on: Vec<SoakOn>,
+    /// The candidate must be at least this old (since its creation), e.g. `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age: Option<Duration>,
+    /// Roll out this AMI and no other (while it stays active and unexpired); the soak and
+    /// age gates do not apply to it. Remove the pin to follow the newest candidate again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = AMI_ID_PATTERN))]
+    pub pin: Option<String>,
+    /// AMIs never to roll out here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "ami_ids")]
+    pub never: Vec<String>,
+}
+
+/// Soak on another cluster: healthy there for at least `duration`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SoakOn {
+    /// The cluster (its `spec.clusterName`) whose AMIRefresher records the evidence.
+    #[schemars(length(min = 1, max = 100), regex(pattern = CLUSTER_NAME_PATTERN))]
+    pub cluster_name: String,
+    /// How long the AMI must have been healthy there, e.g. `72h`.
+    pub duration: Duration,
+}
+
+fn ami_ids(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<String>>();
+    schema.insert("x-kubernetes-list-type".into(), "set".into());
+    schema.insert("maxItems".into(), 100.into());
+    schema.insert(
+        "items".into(),
+        serde_json::json!({"type": "string", "pattern": AMI_ID_PATTERN}),
+    );
+    schema
 }
 
 /// Managed AMIs of another origin that an AMIRefresher accepts (all set fields must match).
@@ -296,6 +369,23 @@ pub struct Rollout {
     /// annotation `ami.refresh.ops/approve` on this AMIRefresher set to the target AMI id.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approve_after_canary: bool,
+    /// What a newer eligible AMI does while a rollout is under way: `finish` (default) rolls
+    /// the current target out to every group first and takes the newer AMI in the next
+    /// rollout, so no wave mixes AMIs; `switch` moves the groups not yet started (and, after
+    /// it, those done) to the newer AMI at once. A halted rollout always takes the newer AMI.
+    #[serde(default)]
+    pub on_newer_ami: OnNewerAmi,
+}
+
+/// What a newer eligible AMI does to a rollout under way.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNewerAmi {
+    /// Finish the rollout on its target first.
+    #[default]
+    Finish,
+    /// Retarget at once.
+    Switch,
 }
 
 /// The annotation that approves the waves after the canary (`rollout.approveAfterCanary`); its
@@ -340,6 +430,7 @@ impl Default for Rollout {
             on_failure: OnFailure::Halt,
             pdb_policy: PdbPolicy::Wait,
             approve_after_canary: false,
+            on_newer_ami: OnNewerAmi::Finish,
         }
     }
 }
@@ -416,6 +507,14 @@ pub struct AMIRefresherStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "node_groups_schema")]
     pub node_groups: Vec<NodeGroupStatus>,
+    /// Candidates newer than the target that a gate of `spec.promotion` holds back, newest
+    /// first (at most 5), with the gate and when it opens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub held_back: Vec<HeldBack>,
+    /// Where `spec.maintenanceWindows` stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<WindowStatus>,
     /// Names in `spec.exclude` or `spec.rollout.canary` that match no group of the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown_groups: Vec<String>,
@@ -425,6 +524,21 @@ pub struct AMIRefresherStatus {
     /// The last transition a notification was sent for, so a restart does not resend it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notified: Option<String>,
+}
+
+/// A candidate a promotion gate holds back.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldBack {
+    /// The AMI id.
+    pub image: String,
+    /// The gate: `SoakOn`, `MinAge`, `Pin` or `Never`.
+    pub gate: String,
+    /// Why, e.g. `healthy on staging since 2026-11-28T09:00:00Z; promotable 2026-12-01T09:00:00Z`.
+    pub message: String,
+    /// When the gate opens, if it will by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens: Option<Time>,
 }
 
 fn node_groups_schema(generator: &mut SchemaGenerator) -> Schema {

@@ -146,6 +146,50 @@ pub struct SlackNotifier {
     pub secret: String,
 }
 
+/// A time in which changes may start: it opens at each time its cron `schedule` names (in
+/// `timeZone`) and stays open for `duration`. Work that started inside a window is followed to
+/// its end after the window closes; nothing new starts until the next one opens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// When the window opens: a five-field cron schedule, `minute hour day-of-month month
+    /// day-of-week`, e.g. `0 2 * * SAT,SUN` (02:00 on weekends). Days of the week are given by
+    /// name (`MON`–`SUN`, ranges such as `MON-FRI`): cron dialects number them differently.
+    #[schemars(length(min = 9, max = 200), regex(pattern = WINDOW_SCHEDULE_PATTERN))]
+    pub schedule: String,
+    /// How long the window stays open, e.g. `4h`; at most `7d`.
+    #[x_kube(validation = crate::duration::at_most_rule(604_800, "a maintenance window's duration must be at most 7d"))]
+    pub duration: crate::duration::Duration,
+    /// The IANA time zone of `schedule`, e.g. `Europe/Berlin`. Default `UTC`.
+    #[serde(default = "default_time_zone")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+/-]*$")
+    )]
+    pub time_zone: String,
+}
+
+/// Five cron fields; the last (day of week) by name, never by number.
+pub const WINDOW_SCHEDULE_PATTERN: &str = r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+[*?A-Za-z,-]+\s*$";
+
+fn default_time_zone() -> String {
+    "UTC".to_owned()
+}
+
+/// Where the maintenance windows stand, in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowStatus {
+    /// A window is open now.
+    pub open: bool,
+    /// When the open window closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes: Option<Time>,
+    /// When the next window opens (after the open one, if one is open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_opens: Option<Time>,
+}
+
 /// Marks a `Vec<Condition>` as a map-list keyed by `type`, as Kubernetes conventions ask, so
 /// server-side apply merges conditions by type.
 pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {

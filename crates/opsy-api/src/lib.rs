@@ -18,6 +18,7 @@ pub mod crd;
 pub mod duration;
 pub mod packer_builder;
 pub mod tags;
+pub mod windows;
 
 pub use ami_refresher::{AMIRefresher, AMIRefresherSpec, AMIRefresherStatus};
 pub use common::{

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{
-        AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, Notifier, REGION_PATTERN,
-        conditions_schema, map_list,
+        AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, MaintenanceWindow, Notifier,
+        REGION_PATTERN, WindowStatus, conditions_schema, map_list,
     },
     conditions::Condition,
     duration::Duration,
@@ -118,6 +118,12 @@ pub struct PackerBuilderSpec {
     #[serde(default = "default_max_failed_builds")]
     #[schemars(range(min = 1, max = 100))]
     pub max_failed_builds: i32,
+
+    /// When builds may start. Outside every window a needed build waits for the next one
+    /// (status says when); a build running when a window closes finishes. Empty: any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
 }
 
 fn default_max_failed_builds() -> i32 {
@@ -503,6 +509,9 @@ pub struct PackerBuilderStatus {
     /// The last transition a notification was sent for, so a restart does not resend it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notified: Option<String>,
+    /// Where `spec.maintenanceWindows` stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<WindowStatus>,
 }
 
 /// One build in `status.history`.

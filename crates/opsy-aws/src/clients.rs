@@ -33,13 +33,45 @@ impl AwsClients {
     /// Builds the clients for `region`.
     pub async fn new(region: &str, options: &AwsOptions, calls: CallCounter) -> Self {
         let config = load_sdk_config(region, options).await;
+        Self::from_config(region, &config, options, calls)
+    }
+
+    /// Builds the clients for `region` acting as `role_arn`: credentials from STS
+    /// `AssumeRole` with the operator's own credentials, refreshed before they expire.
+    pub async fn assuming(
+        region: &str,
+        role_arn: &str,
+        options: &AwsOptions,
+        calls: CallCounter,
+    ) -> Self {
+        let base = load_sdk_config(region, options).await;
+        let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name("opsy-ami-operator")
+            .configure(&base)
+            .build()
+            .await;
+        let config = base
+            .into_builder()
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                provider,
+            ))
+            .build();
+        Self::from_config(region, &config, options, calls)
+    }
+
+    fn from_config(
+        region: &str,
+        config: &aws_config::SdkConfig,
+        options: &AwsOptions,
+        calls: CallCounter,
+    ) -> Self {
         Self {
             region: region.to_owned(),
-            ec2: aws_sdk_ec2::Client::new(&config),
-            eks: aws_sdk_eks::Client::new(&config),
-            autoscaling: aws_sdk_autoscaling::Client::new(&config),
-            sns: aws_sdk_sns::Client::new(&config),
-            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::new(config),
+            eks: aws_sdk_eks::Client::new(config),
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            sns: aws_sdk_sns::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
             calls,
             images: ImageCache::new(options.image_cache_ttl),
             template_versions: crate::launch_templates::template_version_cache(),
@@ -73,13 +105,16 @@ impl AwsClients {
     }
 }
 
-/// Clients for every region the custom resources name, built on first use.
+/// Clients for every region (and role) the custom resources name, built on first use.
 #[derive(Debug, Clone)]
 pub struct ClientSet {
     options: AwsOptions,
     calls: CallCounter,
-    regions: Arc<Mutex<HashMap<String, Arc<AwsClients>>>>,
+    clients: Arc<Mutex<HashMap<Acting, Arc<AwsClients>>>>,
 }
+
+/// A region, and the role assumed there (`None`: the operator's own credentials).
+type Acting = (String, Option<String>);
 
 impl ClientSet {
     /// An empty set; clients are built per region on first use.
@@ -92,19 +127,31 @@ impl ClientSet {
         Self {
             options,
             calls,
-            regions: Arc::default(),
+            clients: Arc::default(),
         }
     }
 
     /// The clients of `region`.
     pub async fn region(&self, region: &str) -> Arc<AwsClients> {
-        let mut regions = self.regions.lock().await;
-        if let Some(clients) = regions.get(region) {
-            return clients.clone();
+        self.region_as(region, None).await
+    }
+
+    /// The clients of `region` acting as `role_arn` (another account's role), or the
+    /// operator's own when `role_arn` is `None`.
+    pub async fn region_as(&self, region: &str, role_arn: Option<&str>) -> Arc<AwsClients> {
+        let mut clients = self.clients.lock().await;
+        let key = (region.to_owned(), role_arn.map(str::to_owned));
+        if let Some(existing) = clients.get(&key) {
+            return existing.clone();
         }
-        let clients = Arc::new(AwsClients::new(region, &self.options, self.calls.clone()).await);
-        regions.insert(region.to_owned(), clients.clone());
-        clients
+        let built = Arc::new(match role_arn {
+            None => AwsClients::new(region, &self.options, self.calls.clone()).await,
+            Some(role) => {
+                AwsClients::assuming(region, role, &self.options, self.calls.clone()).await
+            }
+        });
+        clients.insert(key, built.clone());
+        built
     }
 
     /// Every call made through any region's clients.

@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use aws_sdk_ec2::{primitives::DateTime, types::Tag};
 use jiff::{SignedDuration, Timestamp};
-use opsy_api::{AmiFilter, ami_refresher::AcceptFrom, tags};
+use opsy_api::{
+    AmiFilter,
+    ami_refresher::{AcceptFrom, Promotion},
+    tags,
+};
 
 use crate::{
     AwsClients, AwsError,
@@ -51,6 +55,93 @@ pub enum Ineligible {
         /// Its `created-by` tag (the PackerBuilder).
         created_by: String,
     },
+    /// A gate of `spec.promotion` holds it back.
+    Held(Hold),
+}
+
+/// Why a promotion gate holds a candidate back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Listed in `promotion.never`.
+    Never,
+    /// `promotion.pin` names another AMI.
+    NotPinned {
+        /// The pinned AMI.
+        pin: String,
+    },
+    /// Younger than `promotion.minAge`.
+    TooYoung {
+        /// The gate's duration as written.
+        min_age: String,
+        /// When it is old enough.
+        opens: Timestamp,
+    },
+    /// Not healthy on a `promotion.soakOn` cluster for long enough.
+    NotSoaked {
+        /// The source cluster.
+        cluster: String,
+        /// The gate's duration as written.
+        duration: String,
+        /// Since when it is healthy there (its `healthy-on/<cluster>` tag), if it is.
+        since: Option<Timestamp>,
+        /// When every soak gate is passed, if the evidence is there for all of them.
+        opens: Option<Timestamp>,
+    },
+}
+
+impl Hold {
+    /// The gate's name in status: `Never`, `Pin`, `MinAge` or `SoakOn`.
+    pub fn gate(&self) -> &'static str {
+        match self {
+            Hold::Never => "Never",
+            Hold::NotPinned { .. } => "Pin",
+            Hold::TooYoung { .. } => "MinAge",
+            Hold::NotSoaked { .. } => "SoakOn",
+        }
+    }
+
+    /// When the gate opens by itself, if it will.
+    pub fn opens(&self) -> Option<Timestamp> {
+        match self {
+            Hold::TooYoung { opens, .. } => Some(*opens),
+            Hold::NotSoaked { opens, .. } => *opens,
+            Hold::Never | Hold::NotPinned { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hold::Never => write!(f, "listed in spec.promotion.never"),
+            Hold::NotPinned { pin } => write!(f, "spec.promotion.pin is {pin}"),
+            Hold::TooYoung { min_age, opens } => write!(
+                f,
+                "younger than spec.promotion.minAge {min_age}; promotable {opens}"
+            ),
+            Hold::NotSoaked {
+                cluster,
+                duration,
+                since: None,
+                ..
+            } => write!(
+                f,
+                "not yet healthy on {cluster} (spec.promotion.soakOn asks for {duration} there)"
+            ),
+            Hold::NotSoaked {
+                cluster,
+                duration,
+                since: Some(since),
+                opens,
+            } => {
+                write!(f, "healthy on {cluster} since {since}, soaking {duration}")?;
+                match opens {
+                    Some(at) => write!(f, "; promotable {at}"),
+                    None => write!(f, "; other soak gates have no evidence yet"),
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Display for Ineligible {
@@ -71,21 +162,94 @@ impl fmt::Display for Ineligible {
                 "built for cluster {cluster} by PackerBuilder {created_by}, not for this \
                  cluster; to roll it out here, add {{clusterName: {cluster}}} to spec.acceptFrom"
             ),
+            Ineligible::Held(hold) => write!(f, "held back: {hold}"),
         }
     }
 }
 
-/// Whose managed AMIs an AMIRefresher rolls out: those built for its own cluster, and those
-/// that an `acceptFrom` entry names.
+/// Whose managed AMIs an AMIRefresher rolls out (those built for its own cluster, and those
+/// that an `acceptFrom` entry names), and the promotion gates they must pass.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
     /// `spec.clusterName`.
     pub cluster_name: &'a str,
     /// `spec.acceptFrom`.
     pub accept_from: &'a [AcceptFrom],
+    /// `spec.promotion`.
+    pub promotion: Option<&'a Promotion>,
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
+    /// The scope of an AMIRefresher.
+    pub fn of(spec: &'a opsy_api::AMIRefresherSpec) -> Self {
+        Self {
+            cluster_name: &spec.cluster_name,
+            accept_from: &spec.accept_from,
+            promotion: spec.promotion.as_ref(),
+        }
+    }
+
+    /// Which promotion gate holds `candidate` back at `now`, if one does: `never`, then `pin`
+    /// (the pinned AMI skips the age and soak gates: pinning is a person's choice), then
+    /// `minAge`, then `soakOn` (the first cluster without enough soak is named; the gate opens
+    /// when the last one is passed).
+    pub fn holds(&self, candidate: &Candidate, now: Timestamp) -> Option<Hold> {
+        let promotion = self.promotion?;
+        let id = candidate.image.id.as_str();
+        if promotion.never.iter().any(|n| n == id) {
+            return Some(Hold::Never);
+        }
+        if let Some(pin) = &promotion.pin {
+            return (pin != id).then(|| Hold::NotPinned { pin: pin.clone() });
+        }
+        let after = |at: Timestamp, d: &opsy_api::Duration| {
+            SignedDuration::try_from(d.as_std())
+                .ok()
+                .and_then(|d| at.checked_add(d).ok())
+        };
+        if let Some(min_age) = &promotion.min_age {
+            // No creation time: the contract already refuses the candidate.
+            let opens = candidate.created.and_then(|c| after(c, min_age))?;
+            if opens > now {
+                return Some(Hold::TooYoung {
+                    min_age: min_age.as_str().to_owned(),
+                    opens,
+                });
+            }
+        }
+        let soaks: Vec<(
+            &str,
+            &opsy_api::Duration,
+            Option<Timestamp>,
+            Option<Timestamp>,
+        )> = promotion
+            .soak_on
+            .iter()
+            .map(|soak| {
+                let since = candidate
+                    .image
+                    .tag(&tags::healthy_on(&soak.cluster_name))
+                    .and_then(|t| t.parse::<Timestamp>().ok());
+                let opens = since.and_then(|s| after(s, &soak.duration));
+                (soak.cluster_name.as_str(), &soak.duration, since, opens)
+            })
+            .collect();
+        let opens = soaks
+            .iter()
+            .map(|(_, _, _, opens)| *opens)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().max());
+        let (cluster, duration, since, _) = soaks
+            .iter()
+            .find(|(_, _, _, o)| o.is_none_or(|o| o > now))?;
+        Some(Hold::NotSoaked {
+            cluster: (*cluster).to_owned(),
+            duration: duration.as_str().to_owned(),
+            since: *since,
+            opens,
+        })
+    }
+
     /// Why `image` is not this refresher's to roll out, if it is not. Images that are not
     /// managed AMIs (the base images the filters match) are not this rule's business.
     pub fn refuses(&self, image: &Image) -> Option<Ineligible> {
@@ -238,6 +402,25 @@ impl Selection {
 
     /// How many candidates [`Self::explain`] names.
     pub const EXPLAINED: usize = 5;
+
+    /// Candidates held back by a promotion gate, newer than the chosen one (all of them when
+    /// none was chosen), newest first.
+    pub fn held_back(&self) -> impl Iterator<Item = (&Candidate, &Hold)> {
+        let chosen = self
+            .chosen
+            .as_ref()
+            .map(|c| (c.created, &c.image.name, &c.image.id));
+        self.candidates
+            .iter()
+            .filter_map(move |c| match &c.rejected {
+                Some(Ineligible::Held(hold))
+                    if chosen.is_none_or(|k| (c.created, &c.image.name, &c.image.id) > k) =>
+                {
+                    Some((c, hold))
+                }
+                _ => None,
+            })
+    }
 
     /// Managed AMIs passed over because they were built elsewhere, newer than the chosen one
     /// (all of them when none was chosen), newest first.
@@ -463,7 +646,8 @@ impl AwsClients {
 
     /// The AMIRefresher's target: the explicit `ami`, or the images matching `filters` plus
     /// the managed AMIs (of this account) built from them that `scope` accepts; the newest
-    /// eligible one wins. An explicit `ami` is the user's choice and is not scoped.
+    /// eligible one that passes the promotion gates wins. An explicit `ami` is the user's
+    /// choice and is not scoped, but gated.
     pub async fn select_target(
         &self,
         ami: Option<&str>,
@@ -506,18 +690,23 @@ impl AwsClients {
             (None, None) => Vec::new(),
         };
         let mut selection = Selection::from_images(images, expires_in, now);
-        if ami.is_none() {
-            for candidate in &mut selection.candidates {
-                if let Some(refused) = scope.refuses(&candidate.image) {
-                    candidate.rejected = Some(refused);
-                }
+        for candidate in &mut selection.candidates {
+            if ami.is_none()
+                && let Some(refused) = scope.refuses(&candidate.image)
+            {
+                candidate.rejected = Some(refused);
             }
-            selection.chosen = selection
-                .candidates
-                .iter()
-                .find(|c| c.is_eligible())
-                .cloned();
+            if candidate.is_eligible()
+                && let Some(hold) = scope.holds(candidate, now)
+            {
+                candidate.rejected = Some(Ineligible::Held(hold));
+            }
         }
+        selection.chosen = selection
+            .candidates
+            .iter()
+            .find(|c| c.is_eligible())
+            .cloned();
         Ok(selection)
     }
 }

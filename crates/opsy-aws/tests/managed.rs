@@ -27,6 +27,7 @@ fn scope() -> Scope<'static> {
     Scope {
         cluster_name: CLUSTER,
         accept_from: &[],
+        promotion: None,
     }
 }
 
@@ -551,6 +552,7 @@ async fn another_clusters_ami_is_passed_over_unless_accepted() {
         let scope = Scope {
             cluster_name: CLUSTER,
             accept_from: accept,
+            promotion: None,
         };
         let selection = aws
             .select_target(None, Some(&filters), scope, DAY, now)

@@ -66,6 +66,10 @@ where
 /// only if the object is still at the version it was read at: a writer holding an older copy
 /// gets `409 Conflict` and changes nothing. Returns the object as written, whose
 /// `resourceVersion` a further write in the same reconcile must carry.
+///
+/// `status` is the whole status: a field that `object`'s status has and `status` leaves out
+/// (an optional field now empty) is removed, at any depth of nested objects. A JSON merge
+/// patch alone would keep it.
 pub async fn patch_status<K, S>(
     client: &Client,
     object: &K,
@@ -77,9 +81,18 @@ where
         + Clone
         + DeserializeOwned
         + Debug,
+    K: Serialize,
     S: Serialize,
 {
     let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let mut status = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    if let Some(stored) = serde_json::to_value(object)
+        .ok()
+        .as_ref()
+        .and_then(|o| o.get("status"))
+    {
+        null_removed(&mut status, stored);
+    }
     let patch = serde_json::json!({
         "metadata": { "resourceVersion": object.resource_version() },
         "status": status,
@@ -90,6 +103,22 @@ where
         &Patch::Merge(&patch),
     )
     .await
+}
+
+/// Sets to `null` (which a JSON merge patch removes) every key of `stored` that `new` lacks,
+/// recursing into objects present in both. Arrays are replaced whole by a merge patch.
+fn null_removed(new: &mut serde_json::Value, stored: &serde_json::Value) {
+    let (Some(new), Some(stored)) = (new.as_object_mut(), stored.as_object()) else {
+        return;
+    };
+    for (key, old) in stored {
+        match new.get_mut(key) {
+            None => {
+                new.insert(key.clone(), serde_json::Value::Null);
+            }
+            Some(value) => null_removed(value, old),
+        }
+    }
 }
 
 /// Delay before retry `attempt` (1-based) of a failing object: 15s doubling to 10 minutes.
@@ -131,6 +160,31 @@ impl Failures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_left_out_of_the_status_are_removed_at_any_depth() {
+        let stored = serde_json::json!({
+            "heldBack": [{"image": "ami-1"}],
+            "window": {"open": true, "closes": "2026-11-28T05:00:00Z"},
+            "groups": [{"name": "a", "message": "old"}],
+            "kept": 1,
+        });
+        let mut new = serde_json::json!({
+            "window": {"open": false},
+            "groups": [{"name": "a"}],
+            "kept": 2,
+        });
+        null_removed(&mut new, &stored);
+        assert_eq!(
+            new,
+            serde_json::json!({
+                "heldBack": null,
+                "window": {"open": false, "closes": null},
+                "groups": [{"name": "a"}],
+                "kept": 2,
+            })
+        );
+    }
 
     #[test]
     fn backoff_grows_to_ten_minutes() {

@@ -82,12 +82,55 @@ pub struct CreatedTemplate {
 impl Fixture {
     /// Clients for `region` of `moto`, retries off.
     pub async fn new(moto: &Moto, region: &str) -> Self {
+        let config = Self::config(moto, region).await;
+        Self::from_config(moto, region, &config)
+    }
+
+    /// Clients acting in another account of the emulator: as `role_arn`, assumed with STS
+    /// (the emulator puts the calls of assumed-role credentials in the role's account).
+    pub async fn assuming(moto: &Moto, region: &str, role_arn: &str) -> Self {
+        let base = Self::config(moto, region).await;
+        let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name("opsy-testkit")
+            .configure(&base)
+            .build()
+            .await;
+        let config = base
+            .into_builder()
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                provider,
+            ))
+            .build();
+        Self::from_config(moto, region, &config)
+    }
+
+    /// Lets `account` launch image `id` (EC2 `ModifyImageAttribute`, launch permission): what
+    /// sharing an AMI with another account does. Tags are not shared.
+    pub async fn share_image(&self, id: &str, account: &str) -> Result<(), FixtureError> {
+        self.ec2
+            .modify_image_attribute()
+            .image_id(id)
+            .launch_permission(
+                aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                    .add(
+                        aws_sdk_ec2::types::LaunchPermission::builder()
+                            .user_id(account)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    async fn config(moto: &Moto, region: &str) -> aws_config::SdkConfig {
         let http = Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let config = aws_config::defaults(BehaviorVersion::latest())
+        aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .endpoint_url(moto.endpoint())
             .credentials_provider(Credentials::new(
@@ -100,13 +143,16 @@ impl Fixture {
             .retry_config(RetryConfig::disabled())
             .http_client(http)
             .load()
-            .await;
+            .await
+    }
+
+    fn from_config(moto: &Moto, region: &str, config: &aws_config::SdkConfig) -> Self {
         Self {
             region: region.to_owned(),
-            ec2: aws_sdk_ec2::Client::new(&config),
-            eks: aws_sdk_eks::Client::new(&config),
-            autoscaling: aws_sdk_autoscaling::Client::new(&config),
-            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::new(config),
+            eks: aws_sdk_eks::Client::new(config),
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
             node_owner: moto
                 .endpoint()
                 .rsplit(':')

@@ -96,6 +96,9 @@ pub fn check_calls<'a>(
 pub struct Call {
     /// The access key id that signed it.
     pub access_key: String,
+    /// The role whose assumed credentials signed it, if any.
+    #[serde(default)]
+    pub role: Option<String>,
     /// `service:Operation`, e.g. `ec2:CreateTags`.
     pub action: String,
     /// The resources' ARNs.
@@ -374,6 +377,7 @@ mod tests {
     fn call(action: &str, resource: &str) -> Call {
         Call {
             access_key: "AKIA".into(),
+            role: None,
             action: action.into(),
             resources: vec![resource.into()],
             request_tags: BTreeMap::new(),

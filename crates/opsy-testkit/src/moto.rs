@@ -294,6 +294,15 @@ impl Moto {
             .collect())
     }
 
+    /// The calls so far signed with credentials of role `role_arn` (assumed with STS).
+    pub fn calls_as(&self, role_arn: &str) -> Result<Vec<crate::iam::Call>, MotoError> {
+        Ok(self
+            .calls()?
+            .into_iter()
+            .filter(|c| c.role.as_deref() == Some(role_arn))
+            .collect())
+    }
+
     /// The server's request log so far (one line per request), for debugging failed tests.
     pub fn log(&self) -> String {
         fs::read_to_string(self.workdir.path().join("moto.log")).unwrap_or_default()

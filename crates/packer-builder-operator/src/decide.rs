@@ -39,6 +39,9 @@ pub struct Observed<'a> {
     pub recorded_active: Option<&'a str>,
     /// `spec.suspend`.
     pub suspended: bool,
+    /// Why no build may start now (outside every maintenance window, or the windows cannot be
+    /// read), if so.
+    pub window_closed: Option<String>,
     /// Consecutive failed builds.
     pub failures: i32,
     /// `spec.maxFailedBuilds`.
@@ -127,6 +130,13 @@ pub enum Decision {
     Suspended {
         /// Why a build would run.
         reason: BuildReason,
+    },
+    /// A build is needed but no maintenance window is open.
+    OutsideWindow {
+        /// Why a build would run.
+        reason: BuildReason,
+        /// When the next window opens, or why the windows cannot be read.
+        window: String,
     },
     /// A build is needed but the failed-build limit is reached.
     FailureLimit {
@@ -219,6 +229,11 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
     };
     if observed.suspended {
         Decision::Suspended { reason }
+    } else if let Some(window) = &observed.window_closed {
+        Decision::OutsideWindow {
+            reason,
+            window: window.clone(),
+        }
     } else if observed.failures >= observed.max_failures {
         Decision::FailureLimit { reason }
     } else {
@@ -268,9 +283,44 @@ mod tests {
             recorded_running_job: None,
             recorded_active: None,
             suspended: false,
+            window_closed: None,
             failures: 0,
             max_failures: 3,
         }
+    }
+
+    #[test]
+    fn a_needed_build_waits_for_a_maintenance_window_but_a_running_one_is_followed() {
+        let base = image("ami-base2", "2024-11-01T00:00:00Z", &[]);
+        let empty = selection(vec![]);
+        let closed = Observed {
+            window_closed: Some("the next opens at 2024-11-23T02:00:00Z".into()),
+            ..observed(Some(&base), &empty)
+        };
+        assert_eq!(
+            decide(&closed),
+            Decision::OutsideWindow {
+                reason: BuildReason::NoManagedImage,
+                window: "the next opens at 2024-11-23T02:00:00Z".into(),
+            }
+        );
+        let job = OpenJob {
+            name: "build-1".into(),
+            job_id: "1".into(),
+            base_ami: Some("ami-base2".into()),
+            started: None,
+            state: JobState::Running,
+        };
+        let running = Observed {
+            job: Some(&job),
+            ..closed
+        };
+        assert_eq!(
+            decide(&running),
+            Decision::Wait {
+                job: "build-1".into()
+            }
+        );
     }
 
     #[test]

@@ -68,6 +68,16 @@ pub async fn report(
         recorded_running_job: None,
         recorded_active: None,
         suspended: pb.spec.suspend,
+        window_closed: match opsy_api::windows::Windows::parse(
+            &pb.spec.maintenance_windows,
+            "spec.maintenanceWindows",
+        ) {
+            Ok(w) => {
+                let state = w.at(now);
+                (!state.open).then(|| state.closed_message("spec.maintenanceWindows"))
+            }
+            Err(message) => Some(format!("invalid maintenance window: {message}")),
+        },
         failures: 0,
         max_failures: pb.spec.max_failed_builds,
     });
@@ -95,6 +105,11 @@ pub async fn report(
                 "spec.suspend is set; a build is needed: {}",
                 reason.describe()
             ),
+            None,
+        ),
+        Decision::OutsideWindow { reason, window } => (
+            "blocked",
+            format!("a build is needed ({}) but {window}", reason.describe()),
             None,
         ),
         Decision::NoBaseImage => (

@@ -238,6 +238,18 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         _ => None,
     };
 
+    let window =
+        opsy_api::windows::Windows::parse(&pb.spec.maintenance_windows, "spec.maintenanceWindows")
+            .map(|w| w.at(now));
+    status.maintenance_window = match &window {
+        Ok(w) if !pb.spec.maintenance_windows.is_empty() => Some(w.status()),
+        _ => None,
+    };
+    let window_closed = match &window {
+        Ok(w) if w.open => None,
+        Ok(w) => Some(w.closed_message("spec.maintenanceWindows")),
+        Err(message) => Some(format!("invalid maintenance window: {message}")),
+    };
     let decision = decide(&Observed {
         region: &pb.spec.region,
         has_filters: filters.is_some(),
@@ -247,6 +259,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         recorded_running_job: recorded_running.as_deref(),
         recorded_active: status.active_image.as_ref().map(|i| i.id.as_str()),
         suspended: pb.spec.suspend,
+        window_closed,
         failures: status.failed_job_count,
         max_failures: pb.spec.max_failed_builds,
     });
@@ -514,6 +527,46 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 now,
                 generation,
             );
+        }
+        Decision::OutsideWindow { reason, window } => {
+            let message = format!("a build is needed ({}) but {window}", reason.describe());
+            let was = conditions::find(&status.conditions, conditions::PROGRESSING)
+                .map(|c| c.reason.clone());
+            set(
+                &mut status,
+                conditions::READY,
+                false,
+                "OutsideMaintenanceWindow",
+                &message,
+                now,
+                generation,
+            );
+            set(
+                &mut status,
+                conditions::PROGRESSING,
+                false,
+                "OutsideMaintenanceWindow",
+                &message,
+                now,
+                generation,
+            );
+            if was.as_deref() != Some("OutsideMaintenanceWindow") {
+                let type_ = if window.starts_with("invalid") {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                event(&ctx, &pb, type_, "OutsideMaintenanceWindow", &message).await;
+            }
+            // Wake when the next window opens.
+            if let Some(at) = status
+                .maintenance_window
+                .as_ref()
+                .and_then(|w| w.next_opens.as_ref())
+                && let Ok(d) = Duration::try_from(at.0.duration_since(now))
+            {
+                requeue = requeue.min(d.max(Duration::from_secs(1)));
+            }
         }
         Decision::FailureLimit { reason } => {
             let message = format!(
