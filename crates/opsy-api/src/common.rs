@@ -155,7 +155,8 @@ pub struct MaintenanceWindow {
     /// When the window opens: a five-field cron schedule, `minute hour day-of-month month
     /// day-of-week`, e.g. `0 2 * * SAT,SUN` (02:00 on weekends). Days of the week are given by
     /// name (`MON`–`SUN`, ranges such as `MON-FRI`): cron dialects number them differently.
-    #[schemars(length(min = 9, max = 200), regex(pattern = WINDOW_SCHEDULE_PATTERN))]
+    #[schemars(length(min = 9, max = 200))]
+    #[x_kube(validation = schedule_rule())]
     pub schedule: String,
     /// How long the window stays open, e.g. `4h`; at most `7d`.
     #[x_kube(validation = crate::duration::at_most_rule(604_800, "a maintenance window's duration must be at most 7d"))]
@@ -169,8 +170,14 @@ pub struct MaintenanceWindow {
     pub time_zone: String,
 }
 
-/// Five cron fields; the last (day of week) by name, never by number.
-pub const WINDOW_SCHEDULE_PATTERN: &str = r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+[*?A-Za-z,-]+\s*$";
+/// CEL rule on a window's schedule: five cron fields, the last (day of week) by name, never by
+/// number.
+fn schedule_rule() -> kube::core::Rule {
+    kube::core::Rule::new(
+        r"self.matches('^\\s*\\S+\\s+\\S+\\s+\\S+\\s+\\S+\\s+[*?A-Za-z,-]+\\s*$')",
+    )
+    .message("must be five cron fields, minute hour day-of-month month day-of-week, with the days of the week by name (MON-FRI, SAT,SUN), e.g. \"0 2 * * SAT\"")
+}
 
 fn default_time_zone() -> String {
     "UTC".to_owned()

@@ -191,6 +191,16 @@ impl World {
             .unwrap();
     }
 
+    /// Replaces `spec.maintenanceWindows`.
+    async fn windows(&self, windows: serde_json::Value) {
+        let mut pb = self.pb().await;
+        pb.spec.maintenance_windows = serde_json::from_value(windows).unwrap();
+        self.builders()
+            .replace("al2023-hardened", &PostParams::default(), &pb)
+            .await
+            .unwrap();
+    }
+
     /// Registers a base image in this account (what the filters look for).
     async fn publish_base(&self, name: &str) -> String {
         self.fixture.register_image(name, &[]).await.unwrap()
@@ -521,6 +531,55 @@ async fn filters_that_match_nothing_are_reported() {
     let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
     assert_eq!(degraded.reason, "NoBaseImage");
     assert!(degraded.message.contains("spec.amiFilters"));
+}
+
+#[tokio::test]
+async fn a_needed_build_waits_for_a_maintenance_window() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    let hour = world.now.to_zoned(jiff::tz::TimeZone::UTC).hour();
+    world
+        .windows(serde_json::json!([
+            {"schedule": format!("0 {} * * *", (hour + 3) % 24), "duration": "1h"}
+        ]))
+        .await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let status = world.status().await;
+    let window = status.maintenance_window.clone().unwrap();
+    assert!(!window.open);
+    let next = window.next_opens.unwrap().0;
+    assert!(next > world.now, "{next}");
+    assert_eq!(
+        next.to_zoned(jiff::tz::TimeZone::UTC).hour(),
+        (hour + 3) % 24
+    );
+    let ready = opsy_api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "OutsideMaintenanceWindow");
+    assert!(
+        ready
+            .message
+            .contains("a build is needed (no managed AMI exists")
+            && ready.message.contains(&format!("the next opens at {next}")),
+        "{}",
+        ready.message
+    );
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"OutsideMaintenanceWindow".to_owned())
+    );
+
+    // A window that is open now: the build starts.
+    world
+        .windows(serde_json::json!([
+            {"schedule": format!("0 {hour} * * *"), "duration": "2h"}
+        ]))
+        .await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1);
+    assert!(world.status().await.maintenance_window.unwrap().open);
 }
 
 #[tokio::test]
