@@ -2,16 +2,23 @@
 //! loopback (etcd, kube-apiserver, kube-controller-manager) holding the upstream README's two
 //! example resources, and the AWS emulator seeded with EKS base AMIs and a cluster. The sandbox
 //! plays the kubelet for Packer Jobs (it registers the AMI a build would produce and ends the
-//! Job controller's build Pod with Packer's artifact line) and narrates what happens.
+//! Job controller's build Pod with Packer's artifact line) and narrates what happens. A second
+//! story promotes the built AMI from the example's cluster (staging) to a production cluster
+//! after 72 hours of soak, inside its maintenance window, by moving the operators' clock.
 //!
 //! `--keep` leaves the control plane running at the end and prints a `KUBECONFIG` to explore it
 //! with kubectl; Ctrl-C stops everything.
 
 #![allow(clippy::print_stdout)] // narrating is this program's job
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{batch::v1::Job, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -34,10 +41,17 @@ const NAMESPACE: &str = "default";
 const REGION: &str = "us-west-2";
 const UPSTREAM_PB: &str = include_str!("../../../examples/upstream-packer-builder.yaml");
 const UPSTREAM_AMR: &str = include_str!("../../../examples/upstream-ami-refresher.yaml");
+/// The upstream example AMIRefresher; its cluster plays staging in the promotion story.
+const STAGING_AMR: &str = "node-group-ami-refresh";
+/// The production cluster of the promotion story, and its AMIRefresher.
+const PROD_CLUSTER: &str = "ibeify-prod";
+const PROD_AMR: &str = "prod-ami-refresh";
 
 struct Sandbox {
     /// The EKS cluster the AMIRefresher updates.
     cluster: String,
+    /// How far the sandbox's clock runs ahead of the real one (moved to show days of soak).
+    ahead: Arc<Mutex<SignedDuration>>,
     moto: Moto,
     fixture: Fixture,
     client: Client,
@@ -60,6 +74,24 @@ impl Sandbox {
 
     fn step(&self, text: &str) {
         println!("\n{} {text}", self.elapsed());
+    }
+
+    /// The operators' clock: the real time plus how far the sandbox moved it.
+    fn clock(&self) -> opsy_runtime::context::Clock {
+        let ahead = self.ahead.clone();
+        Arc::new(move || {
+            let by = ahead.lock().map(|a| *a).unwrap_or_default();
+            Timestamp::now()
+                .checked_add(by)
+                .unwrap_or_else(|_| Timestamp::now())
+        })
+    }
+
+    /// Moves the clock so that it reads `at`.
+    fn move_clock_to(&self, at: Timestamp) {
+        if let Ok(mut ahead) = self.ahead.lock() {
+            *ahead = at.duration_since(Timestamp::now());
+        }
     }
 
     fn aws(&self) -> ClientSet {
@@ -85,7 +117,7 @@ impl Sandbox {
             metrics: Arc::new(Metrics::new(aws.calls().clone())),
             aws,
             recorder: self.recorder("packer-builder-operator"),
-            clock: Arc::new(jiff::Timestamp::now),
+            clock: self.clock(),
             poll_interval: Duration::from_secs(30),
             // No Slack in the sandbox: notifications fail fast and show in status.
             slack_api: "http://127.0.0.1:9".into(),
@@ -102,21 +134,31 @@ impl Sandbox {
     }
 
     async fn reconcile_refresher(&self) -> anyhow::Result<AMIRefresher> {
+        self.reconcile_refresher_of(STAGING_AMR, &self.cluster)
+            .await
+    }
+
+    /// Reconciles AMIRefresher `name` of `cluster`.
+    async fn reconcile_refresher_of(
+        &self,
+        name: &str,
+        cluster: &str,
+    ) -> anyhow::Result<AMIRefresher> {
         // Plays the kubelets: the instances of the cluster's groups join as Ready Nodes (what
         // the refresher's health gate waits for after AWS reports an update done).
         self.fixture
-            .sync_nodes(&self.client, &self.cluster, &|_| true)
+            .sync_nodes(&self.client, cluster, &|_| true)
             .await
             .map_err(|e| anyhow::anyhow!("registering the nodes: {e}"))?;
         let api: Api<AMIRefresher> = Api::namespaced(self.client.clone(), NAMESPACE);
-        let amr = api.get("node-group-ami-refresh").await?;
+        let amr = api.get(name).await?;
         let aws = self.aws();
         let ctx = Arc::new(ami_refresh_operator::reconcile::Context {
             client: self.client.clone(),
             metrics: Arc::new(Metrics::new(aws.calls().clone())),
             aws,
             recorder: self.recorder("ami-refresh-operator"),
-            clock: Arc::new(jiff::Timestamp::now),
+            clock: self.clock(),
             poll_interval: Duration::from_secs(30),
             slack_api: "http://127.0.0.1:9".into(),
             failures: Default::default(),
@@ -128,7 +170,7 @@ impl Sandbox {
         ))
         .await
         .context("AMIRefresher reconcile")?;
-        Ok(api.get("node-group-ami-refresh").await?)
+        Ok(api.get(name).await?)
     }
 
     /// Plays the kubelet: the build "produces" an AMI and the Job completes with Packer's
@@ -202,9 +244,14 @@ impl Sandbox {
     /// Reconciles the AMIRefresher until no group is pending or updating, narrating each
     /// group's transitions.
     async fn rollout(&self) -> anyhow::Result<Vec<NodeGroupStatus>> {
+        self.rollout_of(STAGING_AMR, &self.cluster).await
+    }
+
+    /// [`Sandbox::rollout`] of AMIRefresher `name` of `cluster`.
+    async fn rollout_of(&self, name: &str, cluster: &str) -> anyhow::Result<Vec<NodeGroupStatus>> {
         let mut seen: BTreeMap<String, NodeGroupPhase> = BTreeMap::new();
         for round in 1..=40 {
-            let amr = self.reconcile_refresher().await?;
+            let amr = self.reconcile_refresher_of(name, cluster).await?;
             let status = amr.status.unwrap_or_default();
             if round == 1 {
                 if let Some(target) = &status.target_image {
@@ -260,6 +307,127 @@ impl Sandbox {
     }
 }
 
+/// The second story: production takes the AMI staging (the upstream example's cluster) ran
+/// healthy for 72 hours, and only inside its Saturday maintenance window. The sandbox moves its
+/// clock instead of waiting.
+async fn promotion(
+    sandbox: &Sandbox,
+    ami: &str,
+    builder_cluster: &str,
+    filters: &[opsy_api::AmiFilter],
+) -> anyhow::Result<()> {
+    let staging = &sandbox.cluster;
+    sandbox.step(&format!(
+        "Promotion: production cluster {PROD_CLUSTER} takes only AMIs healthy on {staging} for 72h, inside its window (Saturdays 02:00 UTC, 4h)"
+    ));
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| {
+        anyhow::anyhow!("setting up the production cluster: {e}")
+    };
+    sandbox
+        .fixture
+        .create_cluster(PROD_CLUSTER)
+        .await
+        .map_err(fail)?;
+    for name in ["prod-a", "prod-b"] {
+        sandbox
+            .fixture
+            .create_node_group(
+                PROD_CLUSTER,
+                &NodeGroupSpec::with_image(name, seed::ids::AL2023_130_SEP),
+            )
+            .await
+            .map_err(fail)?;
+    }
+    let prod: AMIRefresher = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ami.refresh.ops/v1alpha1",
+        "kind": "AMIRefresher",
+        "metadata": {"name": PROD_AMR, "namespace": NAMESPACE},
+        "spec": {
+            "region": REGION,
+            "clusterName": PROD_CLUSTER,
+            "amiFilters": filters,
+            "expiresIn": "30d",
+            "acceptFrom": [{"clusterName": builder_cluster}],
+            "promotion": {"soakOn": [{"clusterName": staging, "duration": "72h"}]},
+            "maintenanceWindows": [{"schedule": "0 2 * * SAT", "duration": "4h"}],
+        },
+    }))?;
+    Api::<AMIRefresher>::namespaced(sandbox.client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &prod)
+        .await
+        .context("creating the production AMIRefresher")?;
+    let aws = sandbox.aws().region(REGION).await;
+    let image = aws
+        .describe_images(&ImageQuery::default().ids([ami]))
+        .await?;
+    let evidence = tags::healthy_on(staging);
+    detail(&format!(
+        "{ami} carries {evidence}={} (written when {staging}'s rollout was complete and healthy)",
+        image
+            .first()
+            .and_then(|i| i.tag(&evidence))
+            .unwrap_or("(none)")
+    ));
+    let amr = sandbox
+        .reconcile_refresher_of(PROD_AMR, PROD_CLUSTER)
+        .await?;
+    let status = amr.status.unwrap_or_default();
+    for held in &status.held_back {
+        detail(&format!(
+            "held back: {} ({}): {}",
+            held.image, held.gate, held.message
+        ));
+    }
+    let opens = status
+        .held_back
+        .iter()
+        .find_map(|h| h.opens.as_ref().map(|t| t.0))
+        .context("the soak gate named no time it opens")?;
+
+    let soaked = opens + SignedDuration::from_mins(1);
+    sandbox.step(&format!("Moving the sandbox's clock to {soaked}: soaked"));
+    sandbox.move_clock_to(soaked);
+    let amr = sandbox
+        .reconcile_refresher_of(PROD_AMR, PROD_CLUSTER)
+        .await?;
+    let status = amr.status.unwrap_or_default();
+    let window = status.maintenance_window.clone().unwrap_or_default();
+    if !window.open {
+        if let Some(progressing) =
+            opsy_api::conditions::find(&status.conditions, opsy_api::conditions::PROGRESSING)
+        {
+            detail(&format!("{}: {}", progressing.reason, progressing.message));
+        }
+        let next = window
+            .next_opens
+            .map(|t| t.0)
+            .context("no maintenance window opens")?;
+        let inside = next + SignedDuration::from_mins(5);
+        sandbox.step(&format!(
+            "Moving the sandbox's clock to {inside}: inside the window"
+        ));
+        sandbox.move_clock_to(inside);
+    } else {
+        detail("the window happens to be open");
+    }
+    sandbox.step(&format!(
+        "AMIRefresher {PROD_AMR}: roll {ami} out to {PROD_CLUSTER}"
+    ));
+    sandbox.rollout_of(PROD_AMR, PROD_CLUSTER).await?;
+    let image = aws
+        .describe_images(&ImageQuery::default().ids([ami]))
+        .await?;
+    let evidence = tags::healthy_on(PROD_CLUSTER);
+    detail(&format!(
+        "promoted: {ami} now also carries {evidence}={}",
+        image
+            .first()
+            .and_then(|i| i.tag(&evidence))
+            .unwrap_or("(none)"),
+    ));
+    Ok(())
+}
+
 fn with_namespace<K: kube::Resource>(mut object: K) -> K {
     object.meta_mut().namespace = Some(NAMESPACE.into());
     object
@@ -278,6 +446,7 @@ async fn main() -> anyhow::Result<()> {
     let pb: PackerBuilder = with_namespace(serde_saphyr::from_str(UPSTREAM_PB)?);
     let amr: AMIRefresher = with_namespace(serde_saphyr::from_str(UPSTREAM_AMR)?);
     let cluster = amr.spec.cluster_name.clone();
+    let amr_filters = amr.spec.ami_filters.clone().unwrap_or_default();
     let builder_cluster = pb.spec.cluster_name.clone();
     let keep = std::env::args().skip(1).any(|a| a == "--keep");
     let control_plane = ControlPlane::start().context("starting the Kubernetes control plane")?;
@@ -292,6 +461,7 @@ async fn main() -> anyhow::Result<()> {
         .context("creating the upstream AMIRefresher example")?;
     let mut sandbox = Sandbox {
         cluster: cluster.clone(),
+        ahead: Arc::default(),
         moto,
         fixture,
         client,
@@ -427,7 +597,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     Api::<AMIRefresher>::namespaced(sandbox.client.clone(), NAMESPACE)
         .patch(
-            "node-group-ami-refresh",
+            STAGING_AMR,
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({
                 "spec": {"acceptFrom": [{"clusterName": builder_cluster}]}
@@ -493,6 +663,8 @@ async fn main() -> anyhow::Result<()> {
         sandbox.builds,
         sandbox.started.elapsed().as_secs_f64()
     ));
+    promotion(&sandbox, &second, &builder_cluster, &amr_filters).await?;
+
     sandbox.step("kubectl get pb,amr -A  (the printer columns)");
     kubectl(&control_plane, &["get", "pb,amr", "-A"])?;
     sandbox.step("kubectl get events  (what the operators reported)");

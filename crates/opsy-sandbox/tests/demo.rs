@@ -30,6 +30,10 @@ fn the_sandbox_runs_every_step_and_exits_cleanly() {
         "rollout done: 3/3 on target",
         "Summary",
         "2 builds",
+        "(SoakOn): healthy on ibeify-gitops since",
+        "soaking 72h; promotable",
+        "prod-b       Managed     Succeeded",
+        "now also carries healthy-on/ibeify-prod=",
     ] {
         assert!(
             stdout.contains(expected),
