@@ -416,10 +416,27 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         }
     }
     let ready = done == managed;
+    // A newer candidate held back by a gate (or by the rollout under way) is named in Ready.
+    let held = status
+        .held_back
+        .first()
+        .map(|h| {
+            let more = status.held_back.len() - 1;
+            let more = if more > 0 {
+                format!(" (and {more} more in status.heldBack)")
+            } else {
+                String::new()
+            };
+            format!(
+                "; newer held back: {} ({}): {}{more}",
+                h.image, h.gate, h.message
+            )
+        })
+        .unwrap_or_default();
     let was_ready = conditions::find(&status.conditions, conditions::READY)
         .is_some_and(|c| c.status == conditions::TRUE);
     if ready {
-        let message = format!("{done} node group(s) run {target_id}");
+        let message = format!("{done} node group(s) run {target_id}{held}");
         set(
             &mut status,
             conditions::READY,
@@ -445,7 +462,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             }
         }
     } else {
-        let message = format!("{done}/{managed} node groups on {target_id}, {updating} updating");
+        let message =
+            format!("{done}/{managed} node groups on {target_id}, {updating} updating{held}");
         set(
             &mut status,
             conditions::READY,

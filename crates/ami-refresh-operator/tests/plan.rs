@@ -134,6 +134,60 @@ async fn nothing_eligible_then_each_groups_action() {
             "plan made a mutating call: {action}"
         );
     }
+
+    // Promotion gates and a closed window: a day's minimum age holds the fresh build back (an
+    // older one is the target), and outside the window no group would start.
+    let old = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48)).to_string();
+    let older = fixture
+        .register_image(
+            "hardened-older",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", "ibeify-gitops"),
+                ("status", "active"),
+                ("base-ami", ids::AL2023_130_OCT),
+                ("create-timestamp", old.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    let example: opsy_api::AMIRefresher =
+        serde_saphyr::from_str(&std::fs::read_to_string(example()).unwrap()).unwrap();
+    let mut gated = serde_json::to_value(example).unwrap();
+    gated["spec"]["expiresIn"] = "30d".into();
+    gated["spec"]["promotion"] = serde_json::json!({"minAge": "24h"});
+    gated["spec"]["maintenanceWindows"] =
+        serde_json::json!([{"schedule": "0 2 29 2 *", "duration": "1h"}]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gated.json");
+    std::fs::write(&file, gated.to_string()).unwrap();
+    let report = plan(&moto, file.to_str().unwrap());
+    assert_eq!(report["target"], older.as_str(), "{report}");
+    let held = report["held_back"][0].as_str().unwrap();
+    assert!(
+        held.starts_with(&format!(
+            "{built} (MinAge): younger than spec.promotion.minAge 24h; promotable "
+        )),
+        "{held}"
+    );
+    let gates: Vec<&str> = report["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        gates.contains(&"maintenance window: outside every maintenance window (spec.maintenanceWindows); the next opens at 2028-02-29T02:00:00Z; no group starts"),
+        "{gates:?}"
+    );
+    assert!(
+        report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["first_wave"] == false),
+        "{report}"
+    );
 }
 
 #[tokio::test]

@@ -411,6 +411,14 @@ async fn prod_takes_an_ami_only_after_its_soak_in_staging_inside_its_window_and_
     assert_eq!(status.target_image.as_ref().unwrap().id, first);
     assert_eq!(status.held_back[0].image, second);
     assert_eq!(status.held_back[0].gate, "SoakOn");
+    let (reason, message) = World::condition(&status, "Ready");
+    assert_eq!(reason, "RolledOut");
+    assert!(
+        message.contains(&format!(
+            "newer held back: {second} (SoakOn): not yet healthy on staging"
+        )),
+        "{message}"
+    );
     world.settle("staging", 4).await;
     world.advance(SignedDuration::from_mins(11));
     world.settle("staging", 4).await;
