@@ -948,8 +948,15 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             while f"Tag.{n}.Key" in params:
                 request_tags[params[f"Tag.{n}.Key"][0]] = (params.get(f"Tag.{n}.Value") or [""])[0]
                 n += 1
-        elif action in ("EnableImageDeprecation", "DisableImageDeprecation", "DeregisterImage"):
+        elif action in (
+            "EnableImageDeprecation",
+            "DisableImageDeprecation",
+            "DeregisterImage",
+            "DescribeImageAttribute",
+        ):
             ids = [first("ImageId")]
+        elif action == "DeleteSnapshot":
+            ids = [first("SnapshotId")]
         elif action == "CreateLaunchTemplateVersion":
             lt = first("LaunchTemplateId")
             if not lt and first("LaunchTemplateName"):

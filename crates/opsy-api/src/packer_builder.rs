@@ -124,6 +124,54 @@ pub struct PackerBuilderSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub maintenance_windows: Vec<MaintenanceWindow>,
+
+    /// What becomes of the AMIs this PackerBuilder built once they are no longer active. Each
+    /// AMI's fate is in status (`retention`) and `plan` before anything is deleted; deletion is
+    /// opt-in (`retention.delete`).
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// Retention of a PackerBuilder's AMIs: keep the active one, the newest deprecated ones and
+/// the young ones; deregister the rest (and delete their snapshots) unless something still
+/// uses them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Deregister the AMIs past retention and delete their snapshots. Off by default: status
+    /// and `plan` show what would go.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
+    /// Deprecated AMIs kept as rollback candidates, newest first (quarantined ones do not
+    /// count). Default 3.
+    #[serde(default = "default_keep_deprecated")]
+    #[schemars(range(min = 0, max = 100))]
+    pub keep_deprecated: i32,
+    /// AMIs younger than this (since creation) are kept. Default `7d`.
+    #[serde(default = "default_retention_min_age")]
+    pub min_age: Duration,
+    /// Also deregister AMIs shared with other accounts, whose use cannot be seen from here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_shared: bool,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            delete: false,
+            keep_deprecated: default_keep_deprecated(),
+            min_age: default_retention_min_age(),
+            allow_shared: false,
+        }
+    }
+}
+
+fn default_keep_deprecated() -> i32 {
+    3
+}
+
+fn default_retention_min_age() -> Duration {
+    Duration::literal("7d", 7 * 86_400)
 }
 
 fn default_max_failed_builds() -> i32 {
@@ -512,6 +560,27 @@ pub struct PackerBuilderStatus {
     /// Where `spec.maintenanceWindows` stand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<WindowStatus>,
+    /// Each AMI this PackerBuilder built that is no longer active, and its fate under
+    /// `spec.retention` (at most 20, newest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub retention: Vec<ImageFate>,
+    /// When the AMIs' use was last checked for retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_checked: Option<Time>,
+}
+
+/// An AMI's fate under `spec.retention`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFate {
+    /// The AMI id.
+    pub image: String,
+    /// `Keep`, `Deregister` (past retention; with `retention.delete` off it stays), or
+    /// `Deregistered`.
+    pub fate: String,
+    /// Why: the rule that keeps it, or what deregistering it frees.
+    pub reason: String,
 }
 
 /// One build in `status.history`.

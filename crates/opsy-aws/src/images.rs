@@ -37,6 +37,10 @@ pub struct Image {
     pub deprecation_time: Option<Timestamp>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
+    /// The EBS snapshots behind the image, with their sizes in GiB (block device mappings).
+    pub snapshots: Vec<(String, i32)>,
+    /// EC2's deregistration protection (`disabled`, `enabled`, `enabled-with-cooldown`).
+    pub deregistration_protection: Option<String>,
 }
 
 impl Image {
@@ -60,7 +64,24 @@ impl Image {
                 .into_iter()
                 .filter_map(|t| Some((t.key?, t.value?)))
                 .collect(),
+            snapshots: image
+                .block_device_mappings
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|m| {
+                    let ebs = m.ebs?;
+                    Some((ebs.snapshot_id?, ebs.volume_size.unwrap_or_default()))
+                })
+                .collect(),
+            deregistration_protection: image.deregistration_protection,
         })
+    }
+
+    /// Whether EC2 refuses to deregister the image (its deregistration protection is on).
+    pub fn is_protected(&self) -> bool {
+        self.deregistration_protection
+            .as_deref()
+            .is_some_and(|p| p.starts_with("enabled"))
     }
 
     /// The value of tag `key`.
@@ -487,6 +508,8 @@ mod tests {
             creation_date: created.parse().ok(),
             deprecation_time: None,
             tags: BTreeMap::new(),
+            snapshots: Vec::new(),
+            deregistration_protection: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod images;
 pub mod launch_templates;
 pub mod managed;
+mod usage;
 
 pub use calls::CallCounter;
 pub use clients::{AwsClients, ClientSet};

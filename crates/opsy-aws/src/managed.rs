@@ -729,6 +729,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            snapshots: Vec::new(),
+            deregistration_protection: None,
         }
     }
 

@@ -41,6 +41,7 @@ pub struct Metrics {
     transitions: Family<ReasonLabels, Counter>,
     builds: Family<OutcomeLabels, Counter>,
     nodegroup_updates: Family<OutcomeLabels, Counter>,
+    reclaimed: Counter,
 }
 
 /// Event reasons that end a build, and the outcome each stands for.
@@ -96,6 +97,12 @@ impl Metrics {
             "Node-group updates that ended, by outcome",
             nodegroup_updates.clone(),
         );
+        let reclaimed = Counter::default();
+        registry.register(
+            "reclaimed_snapshot_bytes",
+            "Bytes of EBS snapshots deleted with the AMIs retention deregistered",
+            reclaimed.clone(),
+        );
         registry.register_collector(Box::new(AwsCalls(calls)));
         Self {
             registry,
@@ -105,7 +112,13 @@ impl Metrics {
             transitions,
             builds,
             nodegroup_updates,
+            reclaimed,
         }
+    }
+
+    /// Records snapshot bytes freed by deregistering an AMI.
+    pub fn reclaimed(&self, bytes: u64) {
+        self.reclaimed.inc_by(bytes);
     }
 
     /// Records one reconcile: how long it took and, when it failed, the error's category.

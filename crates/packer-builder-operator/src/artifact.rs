@@ -129,6 +129,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            snapshots: Vec::new(),
+            deregistration_protection: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct ManagedAmi {
     pub base_ami: Option<String>,
     /// `eligible`, or why not.
     pub verdict: String,
+    /// Its fate under `spec.retention` (`Keep: why`, `Deregister: what it frees`); none for
+    /// the active AMI.
+    pub fate: Option<String>,
 }
 
 /// The report.
@@ -120,6 +123,21 @@ pub async fn report(
         // Only reachable with Kubernetes state, which plan does not read.
         other => ("none", format!("{other:?}"), None),
     };
+    // Each AMI's fate, with deletion off whatever the spec says: plan changes nothing.
+    let mut scratch = pb.status.clone().unwrap_or_default();
+    if scratch.active_image.is_none() {
+        scratch.active_image = managed.chosen.as_ref().map(|c| opsy_api::ImageRef {
+            id: c.image.id.clone(),
+            ..opsy_api::ImageRef::default()
+        });
+    }
+    scratch.retention_checked = None;
+    let read_only = opsy_api::packer_builder::Retention {
+        delete: false,
+        ..pb.spec.retention.clone()
+    };
+    crate::retention::apply(aws, &read_only, &managed, &mut scratch, now).await?;
+    let fates = scratch.retention;
     Ok(Report {
         resource: format!(
             "{}/{}",
@@ -132,6 +150,10 @@ pub async fn report(
             .candidates
             .iter()
             .map(|c| ManagedAmi {
+                fate: fates
+                    .iter()
+                    .find(|f| f.image == c.image.id)
+                    .map(|f| format!("{}: {}", f.fate, f.reason)),
                 id: c.image.id.clone(),
                 name: c.image.name.clone(),
                 base_ami: c.image.tag(tags::BASE_AMI).map(str::to_owned),
@@ -167,6 +189,9 @@ impl Report {
                     ami.base_ami.as_deref().unwrap_or("?"),
                     ami.verdict
                 ));
+                if let Some(fate) = &ami.fate {
+                    out.push_str(&format!("      retention: {fate}\n"));
+                }
             }
         }
         out.push_str(&format!(

@@ -15,6 +15,7 @@ pub mod job;
 pub mod notify;
 pub mod policy;
 pub mod reconcile;
+pub mod retention;
 pub mod state;
 
 /// Why a reconcile failed.

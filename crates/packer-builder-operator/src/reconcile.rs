@@ -285,6 +285,8 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
 
     let mut requeue = timer;
     let mut notification: Option<(String, Message)> = None;
+    // Nothing is being built: retention may look at the older AMIs.
+    let settled = matches!(decision, Decision::UpToDate { .. } | Decision::Adopt { .. });
     match decision {
         Decision::Wait { job } => {
             status.job_status = Some("running".into());
@@ -486,6 +488,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             if let Some(candidate) = found {
                 aws.tag_image(&image, &builds.adoption_tags(&candidate.image))
                     .await?;
+                aws.mark_snapshots(&candidate.image).await?;
                 status.active_image = Some(image_ref(candidate));
             }
             let message =
@@ -641,6 +644,27 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             .await;
         }
     }
+    if settled {
+        let outcome =
+            crate::retention::apply(&aws, &pb.spec.retention, &managed, &mut status, now).await?;
+        ctx.metrics.reclaimed(outcome.reclaimed);
+        // One Event per reconcile: the recorder folds Events of one reason into a series.
+        if !outcome.deregistered.is_empty() {
+            let messages: Vec<&str> = outcome
+                .deregistered
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect();
+            event(
+                &ctx,
+                &pb,
+                EventType::Normal,
+                "AmiDeregistered",
+                &messages.join("; "),
+            )
+            .await;
+        }
+    }
     // An error reported by an earlier reconcile is over once one succeeds.
     let error_reasons = [
         "AwsAccessDenied",
@@ -791,6 +815,7 @@ async fn complete(
         job_id: job.job_id.clone(),
     };
     aws.tag_image(image_id, &identity(pb).tags(&facts)).await?;
+    aws.mark_snapshots(image).await?;
     let deprecate_at = now
         .checked_add(SignedDuration::from_secs(60))
         .unwrap_or(now);

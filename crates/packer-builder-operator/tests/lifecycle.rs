@@ -583,6 +583,258 @@ async fn a_needed_build_waits_for_a_maintenance_window() {
 }
 
 #[tokio::test]
+async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked_snapshots() {
+    let mut world = World::new(pb_manifest(serde_json::json!({
+        "retention": {"delete": true, "keepDeprecated": 1, "minAge": "1d"},
+    })))
+    .await;
+    world.now = "2026-11-29T00:00:00Z".parse().unwrap();
+    let base = world.publish_base("base-al2023-v1").await;
+    let managed = |name: &'static str, status: &'static str, created: &'static str| {
+        let fixture = world.fixture.clone();
+        let base = base.clone();
+        async move {
+            fixture
+                .register_image(
+                    name,
+                    &[
+                        ("brought-to-you-by", "opsy-the-ami-operator"),
+                        ("cluster-name", "prod-east"),
+                        ("created-by", "al2023-hardened"),
+                        (
+                            "packer-repo",
+                            "https://github.com/example-org/eks-node-images",
+                        ),
+                        ("packer-repo-branch", "main"),
+                        ("status", status),
+                        ("base-ami", base.as_str()),
+                        ("create-timestamp", created),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let active = managed("active", "active", "2026-11-28T00:00:00Z").await;
+    let rollback = managed("rollback", "deprecated", "2026-11-20T00:00:00Z").await;
+    let young = managed("young", "quarantined", "2026-11-28T12:00:00Z").await;
+    let unused = managed("unused", "deprecated", "2026-11-10T00:00:00Z").await;
+    let unmarked = managed("unmarked", "deprecated", "2026-11-09T00:00:00Z").await;
+    let in_template = managed("in-template", "deprecated", "2026-11-08T00:00:00Z").await;
+    let in_instance = managed("in-instance", "deprecated", "2026-11-07T00:00:00Z").await;
+    let in_config = managed("in-config", "deprecated", "2026-11-06T00:00:00Z").await;
+    let shared = managed("shared", "deprecated", "2026-11-05T00:00:00Z").await;
+
+    // Users: an old version of a launch template (its latest runs another AMI), a stopped
+    // instance, a launch configuration; and a share with another account.
+    let template = world
+        .fixture
+        .create_launch_template("web", Some(&in_template))
+        .await
+        .unwrap();
+    world
+        .fixture
+        .ec2
+        .create_launch_template_version()
+        .launch_template_id(&template.id)
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(&active)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let instance = world
+        .fixture
+        .ec2
+        .run_instances()
+        .image_id(&in_instance)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances
+        .unwrap()[0]
+        .instance_id
+        .clone()
+        .unwrap();
+    world
+        .fixture
+        .ec2
+        .stop_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    world
+        .fixture
+        .autoscaling
+        .create_launch_configuration()
+        .launch_configuration_name("legacy-web")
+        .image_id(&in_config)
+        .instance_type("m5.large")
+        .send()
+        .await
+        .unwrap();
+    world
+        .fixture
+        .share_image(&shared, "210987654321")
+        .await
+        .unwrap();
+    // What a build marks: the snapshot of `unused` is the operator's; that of `unmarked` is
+    // not (an AMI built before snapshots were marked).
+    let snapshot_of = |image: String| {
+        let ec2 = world.fixture.ec2.clone();
+        async move {
+            ec2.describe_images()
+                .image_ids(image)
+                .send()
+                .await
+                .unwrap()
+                .images
+                .unwrap()[0]
+                .block_device_mappings()
+                .iter()
+                .find_map(|m| m.ebs.as_ref().and_then(|e| e.snapshot_id.clone()))
+                .unwrap()
+        }
+    };
+    let unused_snapshot = snapshot_of(unused.clone()).await;
+    let unmarked_snapshot = snapshot_of(unmarked.clone()).await;
+    world
+        .fixture
+        .ec2
+        .create_tags()
+        .resources(&unused_snapshot)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("brought-to-you-by")
+                .value("opsy-the-ami-operator")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.active_image.unwrap().id, active);
+    let fates: Vec<(String, String, String)> = status
+        .retention
+        .iter()
+        .map(|f| (f.image.clone(), f.fate.clone(), f.reason.clone()))
+        .collect();
+    let fate = |id: &str| fates.iter().find(|f| f.0 == id).unwrap().clone();
+    assert_eq!(
+        fate(&rollback).2,
+        "rollback candidate 1 of 1 (retention.keepDeprecated)"
+    );
+    assert_eq!(fate(&young).2, "younger than retention.minAge 1d");
+    assert_eq!(fate(&unused).1, "Deregistered", "{fates:?}");
+    assert_eq!(fate(&unmarked).1, "Deregistered", "{fates:?}");
+    assert!(
+        fate(&unmarked)
+            .2
+            .contains(&format!("kept {unmarked_snapshot} (not marked")),
+        "{fates:?}"
+    );
+    assert_eq!(
+        fate(&in_template).2,
+        format!("in use by launch template {} (web) version 1", template.id)
+    );
+    assert_eq!(
+        fate(&in_instance).2,
+        format!("in use by instance {instance} (stopped)")
+    );
+    assert_eq!(
+        fate(&in_config).2,
+        "in use by launch configuration legacy-web"
+    );
+    assert!(
+        fate(&shared).2.starts_with("shared with 210987654321"),
+        "{fates:?}"
+    );
+
+    // EC2 agrees: exactly the two unused AMIs are gone, with the marked snapshot only.
+    let remaining: Vec<String> = world
+        .fixture
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap()
+        .into_iter()
+        .filter_map(|i| i.image_id)
+        .collect();
+    for gone in [&unused, &unmarked] {
+        assert!(!remaining.contains(gone), "{gone} still registered");
+    }
+    for kept in [
+        &active,
+        &rollback,
+        &young,
+        &in_template,
+        &in_instance,
+        &in_config,
+        &shared,
+    ] {
+        assert!(remaining.contains(kept), "{kept} was deregistered");
+    }
+    let snapshots: Vec<String> = world
+        .fixture
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots
+        .unwrap()
+        .into_iter()
+        .filter_map(|s| s.snapshot_id)
+        .collect();
+    assert!(!snapshots.contains(&unused_snapshot));
+    assert!(snapshots.contains(&unmarked_snapshot));
+    let notes: Vec<String> = Api::<Event>::namespaced(world.client.clone(), &world.ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("AmiDeregistered"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    for gone in [&unused, &unmarked] {
+        assert!(
+            notes[0].contains(&format!("deregistered {gone}")),
+            "{notes:?}"
+        );
+    }
+
+    // Quiet afterwards: the uses are not asked again within the hour.
+    world.moto.clear_requests().unwrap();
+    world.reconcile().await;
+    assert_eq!(
+        world
+            .moto
+            .requests()
+            .unwrap()
+            .get("DescribeLaunchTemplates"),
+        None
+    );
+
+    // Every call within the operator's policy, on its resources and tags.
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 6).unwrap();
+}
+
+#[tokio::test]
 async fn an_expiry_in_minutes_is_spelled_out_in_a_warning() {
     let world = World::new(pb_manifest(
         serde_json::json!({"timeOuts": {"expiresIn": "6m", "controllerTimer": "5m"}}),

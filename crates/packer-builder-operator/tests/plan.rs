@@ -135,4 +135,26 @@ async fn nothing_to_do_and_not_eligible_are_explained() {
     assert_eq!(report["managed_amis"][0]["id"], fresh.as_str());
     assert_eq!(report["managed_amis"][0]["verdict"], "eligible");
     read_only(&moto);
+
+    // Retention: three deprecated AMIs are kept for rollback, the fourth would go (deletion is
+    // off by default, and plan never deletes).
+    let mut deprecated = Vec::new();
+    for days in 10..14 {
+        let created = (now - jiff::SignedDuration::from_hours(24 * days)).to_string();
+        deprecated.push(register("deprecated", contract("deprecated", created)).await);
+    }
+    let text = plan(&moto, &example("upstream-packer-builder.yaml"), "text");
+    assert!(
+        text.contains("retention: Keep: rollback candidate 3 of 3 (retention.keepDeprecated)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{} (deprecated) from {}: status is deprecated, not active\n      retention: Deregister: unused; frees 1 snapshot(s), 15 GiB (retention.delete is off)",
+            deprecated[3],
+            ids::AL2023_130_OCT
+        )),
+        "{text}"
+    );
+    read_only(&moto);
 }

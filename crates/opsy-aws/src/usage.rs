@@ -1,0 +1,254 @@
+//! What still uses an AMI before retention deregisters it, and the deregistration itself.
+//!
+//! An AMI is in use when a launch-template version (any template, any version), a launch
+//! configuration, or an instance in any state but `terminated` references it. Managed node
+//! groups and Auto Scaling groups reach their AMI through a launch template or a launch
+//! configuration, so those cover them (EC2 API Reference: DescribeLaunchTemplates,
+//! DescribeLaunchTemplateVersions, DescribeInstances; Auto Scaling API Reference:
+//! DescribeLaunchConfigurations).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::{Filter, LaunchPermission, Tag};
+
+use crate::{AwsClients, AwsError, Image};
+
+/// Instance states in which an instance still holds on to its AMI.
+const LIVE_STATES: [&str; 5] = ["pending", "running", "shutting-down", "stopping", "stopped"];
+
+impl AwsClients {
+    /// Which of `images` something still uses, each with the first user found
+    /// (`launch template lt-… (name) version 3`, `launch configuration web-v2`,
+    /// `instance i-… (stopped)`).
+    pub async fn images_in_use(
+        &self,
+        images: &[String],
+    ) -> Result<BTreeMap<String, String>, AwsError> {
+        let wanted: BTreeSet<&str> = images.iter().map(String::as_str).collect();
+        let mut used: BTreeMap<String, String> = BTreeMap::new();
+        if wanted.is_empty() {
+            return Ok(used);
+        }
+        let mut note = |image: Option<&str>, by: String| {
+            if let Some(image) = image.filter(|i| wanted.contains(i)) {
+                used.entry(image.to_owned()).or_insert(by);
+            }
+        };
+        for (id, name) in self.launch_templates().await? {
+            let mut token: Option<String> = None;
+            loop {
+                let request = self
+                    .ec2
+                    .describe_launch_template_versions()
+                    .launch_template_id(&id)
+                    .set_max_results(self.page_size.or(Some(200)))
+                    .set_next_token(token.take());
+                let page = self
+                    .call("ec2", "DescribeLaunchTemplateVersions", request.send())
+                    .await?;
+                for version in page.launch_template_versions.unwrap_or_default() {
+                    note(
+                        version
+                            .launch_template_data
+                            .as_ref()
+                            .and_then(|d| d.image_id.as_deref()),
+                        format!(
+                            "launch template {id} ({name}) version {}",
+                            version.version_number.unwrap_or_default()
+                        ),
+                    );
+                }
+                match page.next_token {
+                    Some(next) if !next.is_empty() => token = Some(next),
+                    _ => break,
+                }
+            }
+        }
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .autoscaling
+                .describe_launch_configurations()
+                .set_max_records(self.page_size)
+                .set_next_token(token.take());
+            let page = self
+                .call(
+                    "autoscaling",
+                    "DescribeLaunchConfigurations",
+                    request.send(),
+                )
+                .await?;
+            for config in page.launch_configurations.unwrap_or_default() {
+                note(
+                    config.image_id.as_deref(),
+                    format!(
+                        "launch configuration {}",
+                        config.launch_configuration_name.unwrap_or_default()
+                    ),
+                );
+            }
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .ec2
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name("image-id")
+                        .set_values(Some(images.to_vec()))
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name("instance-state-name")
+                        .set_values(Some(LIVE_STATES.map(str::to_owned).to_vec()))
+                        .build(),
+                )
+                .set_max_results(self.page_size)
+                .set_next_token(token.take());
+            let page = self
+                .call("ec2", "DescribeInstances", request.send())
+                .await?;
+            for reservation in page.reservations.unwrap_or_default() {
+                for instance in reservation.instances.unwrap_or_default() {
+                    let state = instance
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.name.as_ref())
+                        .map(|n| n.as_str().to_owned())
+                        .unwrap_or_default();
+                    note(
+                        instance.image_id.as_deref(),
+                        format!(
+                            "instance {} ({state})",
+                            instance.instance_id.unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(used)
+    }
+
+    /// Every launch template of the region: `(id, name)`.
+    async fn launch_templates(&self) -> Result<Vec<(String, String)>, AwsError> {
+        let mut templates = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .ec2
+                .describe_launch_templates()
+                .set_max_results(self.page_size.or(Some(200)))
+                .set_next_token(token.take());
+            let page = self
+                .call("ec2", "DescribeLaunchTemplates", request.send())
+                .await?;
+            for template in page.launch_templates.unwrap_or_default() {
+                if let Some(id) = template.launch_template_id {
+                    templates.push((id, template.launch_template_name.unwrap_or_default()));
+                }
+            }
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(templates)
+    }
+
+    /// The accounts (and groups, e.g. `all`) `image` is shared with (its launch permission).
+    pub async fn image_shared_with(&self, image: &str) -> Result<Vec<String>, AwsError> {
+        let request = self
+            .ec2
+            .describe_image_attribute()
+            .image_id(image)
+            .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission);
+        let answer = self
+            .call("ec2", "DescribeImageAttribute", request.send())
+            .await?;
+        Ok(answer
+            .launch_permissions
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p: LaunchPermission| {
+                p.user_id
+                    .or_else(|| p.group.map(|g| g.as_str().to_owned()))
+                    .or(p.organization_arn)
+                    .or(p.organizational_unit_arn)
+            })
+            .collect())
+    }
+
+    /// Marks the snapshots of a managed AMI as the operator's (`brought-to-you-by`), so that
+    /// only those can later be deleted with it (IAM conditions on the tag).
+    pub async fn mark_snapshots(&self, image: &Image) -> Result<(), AwsError> {
+        if image.snapshots.is_empty() {
+            return Ok(());
+        }
+        let request = self
+            .ec2
+            .create_tags()
+            .set_resources(Some(
+                image.snapshots.iter().map(|(id, _)| id.clone()).collect(),
+            ))
+            .tags(
+                Tag::builder()
+                    .key(opsy_api::tags::BROUGHT_TO_YOU_BY)
+                    .value(opsy_api::tags::BROUGHT_TO_YOU_BY_VALUE)
+                    .build(),
+            );
+        self.call("ec2", "CreateTags", request.send())
+            .await
+            .map(drop)
+    }
+
+    /// Deregisters `image`, then deletes those of its snapshots marked as the operator's (EC2
+    /// keeps snapshots after a deregistration; unmarked ones — an AMI built before snapshots
+    /// were marked — stay, and are returned). Returns the bytes deleted and the snapshots kept.
+    pub async fn deregister_image(&self, image: &Image) -> Result<(u64, Vec<String>), AwsError> {
+        let marked: BTreeSet<String> = if image.snapshots.is_empty() {
+            BTreeSet::new()
+        } else {
+            let request = self.ec2.describe_snapshots().set_snapshot_ids(Some(
+                image.snapshots.iter().map(|(id, _)| id.clone()).collect(),
+            ));
+            self.call("ec2", "DescribeSnapshots", request.send())
+                .await?
+                .snapshots
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| {
+                    s.tags().iter().any(|t| {
+                        t.key() == Some(opsy_api::tags::BROUGHT_TO_YOU_BY)
+                            && t.value() == Some(opsy_api::tags::BROUGHT_TO_YOU_BY_VALUE)
+                    })
+                })
+                .filter_map(|s| s.snapshot_id)
+                .collect()
+        };
+        let request = self.ec2.deregister_image().image_id(&image.id);
+        self.call("ec2", "DeregisterImage", request.send()).await?;
+        self.invalidate_images();
+        let mut bytes = 0u64;
+        let mut kept = Vec::new();
+        for (snapshot, gib) in &image.snapshots {
+            if !marked.contains(snapshot) {
+                kept.push(snapshot.clone());
+                continue;
+            }
+            let request = self.ec2.delete_snapshot().snapshot_id(snapshot);
+            self.call("ec2", "DeleteSnapshot", request.send()).await?;
+            bytes += u64::try_from(*gib).unwrap_or_default() << 30;
+        }
+        Ok((bytes, kept))
+    }
+}

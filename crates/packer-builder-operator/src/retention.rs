@@ -1,0 +1,270 @@
+//! Retention: what becomes of a PackerBuilder's AMIs once they are no longer active. The
+//! active AMI, the newest `keepDeprecated` deprecated ones (rollback candidates) and those
+//! younger than `minAge` are kept without asking AWS; the others are checked for use (launch
+//! templates, launch configurations, instances), for sharing with other accounts and for EC2's
+//! deregistration protection, and the rest is deregistered with its snapshots — only with
+//! `retention.delete`, and every deregistration is an Event.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use opsy_api::{
+    packer_builder::{ImageFate, PackerBuilderStatus, Retention},
+    tags,
+};
+use opsy_aws::{
+    AwsClients, AwsError, Image,
+    managed::{Candidate, Selection},
+};
+
+/// How long a check of the AMIs' use stands while the AMIs past retention stay the same.
+pub const RECHECK: SignedDuration = SignedDuration::from_hours(1);
+
+/// The fates recorded in status.
+pub const MAX_RECORDED: usize = 20;
+
+/// An AMI's fate before AWS is asked: kept (and why), or past retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstLook {
+    /// Kept without asking AWS.
+    Keep(String),
+    /// Past retention: deregistered unless something uses it.
+    Past,
+}
+
+/// Judges `managed` (this PackerBuilder's AMIs, newest first) without AWS: the active one, the
+/// newest `keepDeprecated` deprecated ones, the young ones and the protected ones are kept.
+pub fn first_look<'a>(
+    managed: &'a Selection,
+    active: Option<&str>,
+    retention: &Retention,
+    now: Timestamp,
+) -> Vec<(&'a Candidate, FirstLook)> {
+    let keep = usize::try_from(retention.keep_deprecated).unwrap_or_default();
+    let min_age = SignedDuration::try_from(retention.min_age.as_std()).unwrap_or_default();
+    let mut rollback = 0;
+    managed
+        .candidates
+        .iter()
+        .map(|c| {
+            let status = c.image.tag(tags::STATUS).unwrap_or_default();
+            let look = if Some(c.image.id.as_str()) == active || status == tags::STATUS_ACTIVE {
+                FirstLook::Keep("active".to_owned())
+            } else if status == tags::STATUS_DEPRECATED && rollback < keep {
+                rollback += 1;
+                FirstLook::Keep(format!(
+                    "rollback candidate {rollback} of {keep} (retention.keepDeprecated)"
+                ))
+            } else if c
+                .created
+                .is_none_or(|t| t.checked_add(min_age).is_ok_and(|t| t > now))
+            {
+                FirstLook::Keep(format!(
+                    "younger than retention.minAge {}",
+                    retention.min_age
+                ))
+            } else if c.image.is_protected() {
+                FirstLook::Keep("EC2 deregistration protection is on".to_owned())
+            } else {
+                FirstLook::Past
+            };
+            (c, look)
+        })
+        .collect()
+}
+
+/// What deregistering `image` frees, for its fate's reason.
+fn frees(image: &Image) -> String {
+    let gib: i64 = image.snapshots.iter().map(|(_, g)| i64::from(*g)).sum();
+    format!(
+        "unused; frees {} snapshot(s), {gib} GiB",
+        image.snapshots.len()
+    )
+}
+
+/// What retention did, for the reconcile to report.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// `(image, message)` of each AMI deregistered now.
+    pub deregistered: Vec<(String, String)>,
+    /// Snapshot bytes deleted.
+    pub reclaimed: u64,
+}
+
+/// Records each AMI's fate in `status.retention` and, with `retention.delete`, deregisters the
+/// AMIs past retention that nothing uses. AWS is asked about use only when some AMI is past
+/// retention, and again only when that set changes or after [`RECHECK`].
+pub async fn apply(
+    aws: &AwsClients,
+    retention: &Retention,
+    managed: &Selection,
+    status: &mut PackerBuilderStatus,
+    now: Timestamp,
+) -> Result<Outcome, AwsError> {
+    let active = status.active_image.as_ref().map(|i| i.id.clone());
+    let looks = first_look(managed, active.as_deref(), retention, now);
+    let past: Vec<String> = looks
+        .iter()
+        .filter(|(_, l)| *l == FirstLook::Past)
+        .map(|(c, _)| c.image.id.clone())
+        .collect();
+    let mut outcome = Outcome::default();
+    // The AMIs that were past retention at the last check (kept since for use or sharing).
+    let recorded_past: Vec<String> = status
+        .retention
+        .iter()
+        .filter(|f| {
+            f.fate == "Deregister"
+                || f.reason.starts_with("in use by")
+                || f.reason.starts_with("shared with")
+        })
+        .map(|f| f.image.clone())
+        .collect();
+    let fresh = status
+        .retention_checked
+        .as_ref()
+        .is_some_and(|t| t.0.checked_add(RECHECK).is_ok_and(|until| until > now));
+    if !past.is_empty() && fresh && recorded_past == past {
+        // Nothing changed since the last check: the recorded fates stand.
+        return Ok(outcome);
+    }
+    let used = aws.images_in_use(&past).await?;
+    let mut fates = Vec::new();
+    for (candidate, look) in looks {
+        let image = &candidate.image;
+        let (fate, reason) = match look {
+            FirstLook::Keep(why) => ("Keep", why),
+            FirstLook::Past => {
+                if let Some(by) = used.get(&image.id) {
+                    ("Keep", format!("in use by {by}"))
+                } else {
+                    let shared = if retention.allow_shared {
+                        Vec::new()
+                    } else {
+                        aws.image_shared_with(&image.id).await?
+                    };
+                    if !shared.is_empty() {
+                        (
+                            "Keep",
+                            format!(
+                                "shared with {} (their use cannot be seen; retention.allowShared is off)",
+                                shared.join(", ")
+                            ),
+                        )
+                    } else if retention.delete {
+                        let (bytes, kept) = aws.deregister_image(image).await?;
+                        outcome.reclaimed += bytes;
+                        let mut message = format!(
+                            "deregistered {} ({}): past retention and unused; {} snapshot(s) deleted, {} GiB",
+                            image.id,
+                            image.name,
+                            image.snapshots.len() - kept.len(),
+                            bytes >> 30
+                        );
+                        if !kept.is_empty() {
+                            message.push_str(&format!(
+                                "; kept {} (not marked {}: not this operator's to delete)",
+                                kept.join(", "),
+                                tags::BROUGHT_TO_YOU_BY
+                            ));
+                        }
+                        outcome
+                            .deregistered
+                            .push((image.id.clone(), message.clone()));
+                        ("Deregistered", message)
+                    } else {
+                        (
+                            "Deregister",
+                            format!("{} (retention.delete is off)", frees(image)),
+                        )
+                    }
+                }
+            }
+        };
+        if fate == "Keep" && reason == "active" {
+            continue;
+        }
+        fates.push(ImageFate {
+            image: image.id.clone(),
+            fate: fate.to_owned(),
+            reason,
+        });
+    }
+    fates.truncate(MAX_RECORDED);
+    status.retention = fates;
+    status.retention_checked = (!past.is_empty()).then_some(Time(now));
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn image(id: &str, created: &str, status: &str) -> Image {
+        Image {
+            id: id.into(),
+            name: id.into(),
+            state: "available".into(),
+            owner_id: "123456789012".into(),
+            creation_date: created.parse().ok(),
+            deprecation_time: None,
+            tags: [
+                ("status".to_owned(), status.to_owned()),
+                ("create-timestamp".to_owned(), created.to_owned()),
+            ]
+            .into(),
+            snapshots: vec![("snap-1".into(), 8)],
+            deregistration_protection: None,
+        }
+    }
+
+    #[test]
+    fn the_active_the_newest_deprecated_and_the_young_are_kept() {
+        let now: Timestamp = "2026-11-29T00:00:00Z".parse().unwrap();
+        let mut protected = image("ami-6", "2026-10-01T00:00:00Z", "deprecated");
+        protected.deregistration_protection = Some("enabled".into());
+        let images = vec![
+            image("ami-1", "2026-11-28T00:00:00Z", "active"),
+            image("ami-2", "2026-11-27T00:00:00Z", "deprecated"),
+            image("ami-3", "2026-11-26T00:00:00Z", "quarantined"),
+            image("ami-4", "2026-11-01T00:00:00Z", "deprecated"),
+            image("ami-5", "2026-10-15T00:00:00Z", "deprecated"),
+            protected,
+            image("ami-7", "2026-09-01T00:00:00Z", "quarantined"),
+        ];
+        let selection = Selection::from_images(images, Duration::from_secs(30 * 86_400), now);
+        let retention = Retention {
+            keep_deprecated: 2,
+            ..Retention::default()
+        };
+        let looks: Vec<(String, FirstLook)> =
+            first_look(&selection, Some("ami-1"), &retention, now)
+                .into_iter()
+                .map(|(c, l)| (c.image.id.clone(), l))
+                .collect();
+        let keep = |s: &str| FirstLook::Keep(s.to_owned());
+        assert_eq!(
+            looks,
+            [
+                ("ami-1".to_owned(), keep("active")),
+                (
+                    "ami-2".to_owned(),
+                    keep("rollback candidate 1 of 2 (retention.keepDeprecated)")
+                ),
+                // Quarantined: no rollback candidate, but younger than 7d.
+                ("ami-3".to_owned(), keep("younger than retention.minAge 7d")),
+                (
+                    "ami-4".to_owned(),
+                    keep("rollback candidate 2 of 2 (retention.keepDeprecated)")
+                ),
+                ("ami-5".to_owned(), FirstLook::Past),
+                (
+                    "ami-6".to_owned(),
+                    keep("EC2 deregistration protection is on")
+                ),
+                ("ami-7".to_owned(), FirstLook::Past),
+            ]
+        );
+    }
+}
