@@ -172,9 +172,25 @@ def _patch_ec2() -> None:
             }
         )
 
+    original_register_image = AmisResponse.register_image
+
+    def register_image(self):  # type: ignore[no-untyped-def]
+        # EC2 API reference, RegisterImage, Request Parameters: Architecture ("i386 | x86_64 |
+        # arm64 | x86_64_mac | arm64_mac"). moto ignores it, so every image it registers has
+        # no architecture; the image gets the one asked for.
+        result = original_register_image(self)
+        architecture = self._get_param("Architecture")
+        if architecture:
+            image_id = result.result["ImageId"] if hasattr(result, "result") else None
+            image = self.ec2_backend.amis.get(image_id) if image_id else None
+            if image is not None:
+                image.architecture = architecture
+        return result
+
     for cls in (AmisResponse, EC2Response):
         cls.describe_images = describe_images
         cls.enable_image_deprecation = enable_image_deprecation
+        cls.register_image = register_image
     for cls in (LaunchTemplates, EC2Response):
         cls.create_launch_template_version = create_launch_template_version
 

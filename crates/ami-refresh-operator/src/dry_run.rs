@@ -107,7 +107,10 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
             breaker: "closed".into(),
         });
     };
-    let groups = observe_groups(aws, amr).await?;
+    let mut groups = observe_groups(aws, amr).await?;
+    if let Some(chosen) = &choice.chosen {
+        crate::observe::hold_other_architectures(aws, &mut groups, &chosen.image).await?;
+    }
     let previous = amr
         .status
         .as_ref()

@@ -22,6 +22,64 @@ use crate::{
     plan::{Group, GroupImage},
 };
 
+/// Groups whose AMI is of another architecture than the target's (an arm64 group beside an
+/// x86_64 target) become not manageable, with the reason: their nodes could never boot the
+/// target, so they are never moved. A group whose AMI's architecture cannot be read (not
+/// visible to this account) is not moved either. One `DescribeImages` call (an `image-id`
+/// filter, which answers for the images it finds and fails for none).
+pub async fn hold_other_architectures(
+    aws: &AwsClients,
+    groups: &mut [Group],
+    target: &opsy_aws::Image,
+) -> Result<(), Error> {
+    let Some(wanted) = target.architecture.as_deref() else {
+        return Ok(());
+    };
+    let mut ids: Vec<&str> = groups
+        .iter()
+        .filter_map(|g| match &g.image {
+            GroupImage::Runs { image_id, .. } if *image_id != target.id => Some(image_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found = aws
+        .describe_images(&opsy_aws::ImageQuery::default().filter("image-id", ids.iter().copied()))
+        .await?;
+    let arch: BTreeMap<&str, Option<&str>> = found
+        .iter()
+        .map(|i| (i.id.as_str(), i.architecture.as_deref()))
+        .collect();
+    for group in groups.iter_mut() {
+        let GroupImage::Runs { image_id, .. } = &group.image else {
+            continue;
+        };
+        if *image_id == target.id {
+            continue;
+        }
+        let reason = match arch.get(image_id.as_str()).copied().flatten() {
+            Some(runs) if runs == wanted => continue,
+            Some(runs) => format!(
+                "runs {image_id} ({runs}); the target {} is {wanted}: a group is never moved to \
+                 another architecture (roll it out with an AMIRefresher whose candidates are \
+                 {runs}, or list it in spec.exclude)",
+                target.id
+            ),
+            None => format!(
+                "cannot tell the architecture of {image_id}, which it runs (not visible to this \
+                 account); not moved to {} ({wanted})",
+                target.id
+            ),
+        };
+        group.image = GroupImage::NotManageable { reason };
+    }
+    Ok(())
+}
+
 /// The cluster's managed node groups and (when enabled) self-managed Auto Scaling groups.
 pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<Group>, Error> {
     let cluster = &amr.spec.cluster_name;

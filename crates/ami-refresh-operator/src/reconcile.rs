@@ -23,7 +23,7 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 use crate::{
     Error, breaker,
     follow::{implicates_image, poll, verify},
-    observe::{Blocker, disruption_blockers, observe_groups},
+    observe::{Blocker, disruption_blockers, hold_other_architectures, observe_groups},
     plan::{Group, nodes_on_target, plan},
     promotion,
     start::start,
@@ -234,7 +234,10 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     // 3. Groups, and the health gate of those AWS reports done.
-    let groups = observe_groups(&aws, &amr).await?;
+    let mut groups = observe_groups(&aws, &amr).await?;
+    if let Some(target) = &chosen {
+        hold_other_architectures(&aws, &mut groups, &target.image).await?;
+    }
     let (healthy, unhealthy) =
         verify(&aws, &ctx, &amr, &groups, &mut previous, &target_id, now).await?;
     finished.extend(healthy);

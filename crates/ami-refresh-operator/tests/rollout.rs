@@ -1437,6 +1437,44 @@ async fn a_newer_ami_during_a_rollout_waits_for_the_rollout_to_finish_on_its_tar
 }
 
 #[tokio::test]
+async fn an_arm64_group_is_never_moved_to_an_x86_64_target() {
+    let world = World::new().await;
+    for (name, image) in [
+        ("mixed-x86", ids::AL2023_130_SEP),
+        ("mixed-arm", ids::AL2023_130_ARM_OCT),
+    ] {
+        world
+            .fixture
+            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
+            .await
+            .unwrap();
+    }
+    // Registered like a Packer build of the x86_64 project (EC2's default architecture).
+    let target = world.managed_ami("hardened-x86").await;
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "rollout": {"maxInFlight": 2}}),
+        ))
+        .await;
+    world.settle(10).await;
+    assert_eq!(
+        world.phases().await,
+        map(&[("mixed-arm", Skipped), ("mixed-x86", Succeeded)])
+    );
+    let arm = world.entry("mixed-arm").await;
+    let message = arm.message.unwrap();
+    assert!(
+        message.contains(&format!(
+            "runs {} (arm64); the target {target} is x86_64: a group is never moved to another architecture",
+            ids::AL2023_130_ARM_OCT
+        )),
+        "{message}"
+    );
+    assert!(world.updates("mixed-arm").await.is_empty());
+    assert_eq!(world.nodegroup_version("mixed-arm").await, "1");
+}
+
+#[tokio::test]
 async fn bad_input_is_reported_clearly() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;

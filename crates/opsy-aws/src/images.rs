@@ -41,6 +41,8 @@ pub struct Image {
     pub snapshots: Vec<(String, i32)>,
     /// EC2's deregistration protection (`disabled`, `enabled`, `enabled-with-cooldown`).
     pub deregistration_protection: Option<String>,
+    /// `x86_64`, `arm64`, … (EC2 `Architecture`).
+    pub architecture: Option<String>,
 }
 
 impl Image {
@@ -74,6 +76,7 @@ impl Image {
                 })
                 .collect(),
             deregistration_protection: image.deregistration_protection,
+            architecture: image.architecture.map(|a| a.as_str().to_owned()),
         })
     }
 
@@ -510,6 +513,7 @@ mod tests {
             tags: BTreeMap::new(),
             snapshots: Vec::new(),
             deregistration_protection: None,
+            architecture: None,
         }
     }
 

@@ -731,6 +731,7 @@ mod tests {
                 .collect(),
             snapshots: Vec::new(),
             deregistration_protection: None,
+            architecture: None,
         }
     }
 

@@ -288,9 +288,19 @@ impl Fixture {
         Ok(template)
     }
 
-    /// Registers an image owned by this account (as a Packer build would) with `tags`.
+    /// Registers an x86_64 image owned by this account (as a Packer build would) with `tags`.
     pub async fn register_image(
         &self,
+        name: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String, FixtureError> {
+        self.register_image_for("x86_64", name, tags).await
+    }
+
+    /// Registers an image of `architecture` (`x86_64`, `arm64`) owned by this account.
+    pub async fn register_image_for(
+        &self,
+        architecture: &str,
         name: &str,
         tags: &[(&str, &str)],
     ) -> Result<String, FixtureError> {
@@ -298,6 +308,7 @@ impl Fixture {
             .ec2
             .register_image()
             .name(name)
+            .architecture(aws_sdk_ec2::types::ArchitectureValues::from(architecture))
             .root_device_name("/dev/xvda")
             .send()
             .await?

@@ -131,6 +131,7 @@ mod tests {
                 .collect(),
             snapshots: Vec::new(),
             deregistration_protection: None,
+            architecture: None,
         }
     }
 

@@ -264,6 +264,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             snapshots: Vec::new(),
             deregistration_protection: None,
+            architecture: None,
         }
     }
 

@@ -216,6 +216,7 @@ mod tests {
             .into(),
             snapshots: vec![("snap-1".into(), 8)],
             deregistration_protection: None,
+            architecture: None,
         }
     }
 

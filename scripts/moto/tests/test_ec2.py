@@ -62,6 +62,13 @@ def test_a_launch_template_version_starts_from_its_source_version(aws: Any) -> N
     assert version["LaunchTemplateData"] == {"ImageId": new, "InstanceType": "t3.medium"}
 
 
+def test_a_registered_image_has_the_architecture_asked_for(aws: Any) -> None:
+    arm = aws.ec2.register_image(Name="arm", Architecture="arm64", RootDeviceName="/dev/xvda")["ImageId"]
+    x86 = aws.ec2.register_image(Name="x86", Architecture="x86_64", RootDeviceName="/dev/xvda")["ImageId"]
+    found = {i["ImageId"]: i.get("Architecture") for i in aws.ec2.describe_images(ImageIds=[arm, x86])["Images"]}
+    assert found == {arm: "arm64", x86: "x86_64"}
+
+
 def test_owners_and_filters_scope_a_lookup_by_id(aws: Any) -> None:
     ours = aws.image("ours")
     public = aws.publish("ami-0a1302024090000aa", "amazon-eks-node-al2023-x86_64-standard-1.30-v1", "602401143452")
