@@ -9,7 +9,7 @@ use opsy_api::{
     AMIRefresher,
     ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, OnFailure, PdbPolicy},
 };
-use opsy_aws::ClientSet;
+use opsy_aws::{AwsClients, ClientSet};
 use serde::Serialize;
 
 use crate::{Error, observe::observe_groups, plan::plan, promotion};
@@ -109,7 +109,12 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
     };
     let mut groups = observe_groups(aws, amr).await?;
     if let Some(chosen) = &choice.chosen {
-        crate::observe::hold_other_architectures(aws, &mut groups, &chosen.image).await?;
+        let sources: Vec<&AwsClients> = if std::sync::Arc::ptr_eq(aws, &owner) {
+            vec![aws]
+        } else {
+            vec![aws, &owner]
+        };
+        crate::observe::hold_other_architectures(&sources, &mut groups, &chosen.image).await?;
     }
     let previous = amr
         .status

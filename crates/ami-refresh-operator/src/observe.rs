@@ -25,10 +25,12 @@ use crate::{
 /// Groups whose AMI is of another architecture than the target's (an arm64 group beside an
 /// x86_64 target) become not manageable, with the reason: their nodes could never boot the
 /// target, so they are never moved. A group whose AMI's architecture cannot be read (not
-/// visible to this account) is not moved either. One `DescribeImages` call (an `image-id`
-/// filter, which answers for the images it finds and fails for none).
+/// visible to this account, nor to the account that owns the managed AMIs) is not moved
+/// either. One `DescribeImages` call per source asked (an `image-id` filter, which answers for
+/// the images it finds and fails for none); `sources` are this account's clients and, with
+/// `spec.imageOwnerRoleArn`, the owner account's, asked for what the first did not find.
 pub async fn hold_other_architectures(
-    aws: &AwsClients,
+    sources: &[&AwsClients],
     groups: &mut [Group],
     target: &opsy_aws::Image,
 ) -> Result<(), Error> {
@@ -47,13 +49,21 @@ pub async fn hold_other_architectures(
     if ids.is_empty() {
         return Ok(());
     }
-    let found = aws
-        .describe_images(&opsy_aws::ImageQuery::default().filter("image-id", ids.iter().copied()))
-        .await?;
-    let arch: BTreeMap<&str, Option<&str>> = found
-        .iter()
-        .map(|i| (i.id.as_str(), i.architecture.as_deref()))
-        .collect();
+    let mut arch: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for aws in sources {
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !arch.contains_key(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let query = opsy_aws::ImageQuery::default().filter("image-id", missing);
+        for image in aws.describe_images(&query).await?.iter() {
+            arch.insert(image.id.clone(), image.architecture.clone());
+        }
+    }
     for group in groups.iter_mut() {
         let GroupImage::Runs { image_id, .. } = &group.image else {
             continue;
@@ -61,7 +71,7 @@ pub async fn hold_other_architectures(
         if *image_id == target.id {
             continue;
         }
-        let reason = match arch.get(image_id.as_str()).copied().flatten() {
+        let reason = match arch.get(image_id.as_str()).cloned().flatten().as_deref() {
             Some(runs) if runs == wanted => continue,
             Some(runs) => format!(
                 "runs {image_id} ({runs}); the target {} is {wanted}: a group is never moved to \

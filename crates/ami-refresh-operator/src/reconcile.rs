@@ -236,7 +236,12 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     // 3. Groups, and the health gate of those AWS reports done.
     let mut groups = observe_groups(&aws, &amr).await?;
     if let Some(target) = &chosen {
-        hold_other_architectures(&aws, &mut groups, &target.image).await?;
+        let sources: Vec<&opsy_aws::AwsClients> = if Arc::ptr_eq(&aws, &owner) {
+            vec![&aws]
+        } else {
+            vec![&aws, &owner]
+        };
+        hold_other_architectures(&sources, &mut groups, &target.image).await?;
     }
     let (healthy, unhealthy) =
         verify(&aws, &ctx, &amr, &groups, &mut previous, &target_id, now).await?;

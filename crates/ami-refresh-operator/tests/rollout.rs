@@ -203,6 +203,24 @@ impl World {
             .unwrap()
     }
 
+    /// An AMI a PackerBuilder built for this cluster from the October EKS AMI, active,
+    /// created at `created` (RFC 3339).
+    async fn built_from_base(&self, name: &str, created: String) -> String {
+        self.fixture
+            .register_image(
+                name,
+                &[
+                    ("brought-to-you-by", "opsy-the-ami-operator"),
+                    ("cluster-name", CLUSTER),
+                    ("status", "active"),
+                    ("base-ami", ids::AL2023_130_OCT),
+                    ("create-timestamp", created.as_str()),
+                ],
+            )
+            .await
+            .unwrap()
+    }
+
     /// Managed groups `names`, on the September EKS AMI.
     async fn managed_groups(&self, names: &[&str]) {
         for name in names {
@@ -1282,28 +1300,10 @@ async fn a_newer_eligible_ami_rolls_out_and_an_expired_one_never_does() {
         {"name": "name", "values": ["amazon-eks-node-al2023-x86_64-standard-1.30*"]},
         {"name": "owner-id", "values": ["602401143452"]},
     ]);
-    let managed = |name: &str, created: &str| {
-        let fixture = world.fixture.clone();
-        let (name, created) = (name.to_owned(), created.to_owned());
-        async move {
-            fixture
-                .register_image(
-                    &name,
-                    &[
-                        ("brought-to-you-by", "opsy-the-ami-operator"),
-                        ("cluster-name", CLUSTER),
-                        ("status", "active"),
-                        ("base-ami", ids::AL2023_130_OCT),
-                        ("create-timestamp", created.as_str()),
-                    ],
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let managed = |name: &'static str, created: String| world.built_from_base(name, created);
     // Expired: built 60 days ago with a 30 day life.
     let old = (Timestamp::now() - jiff::SignedDuration::from_hours(24 * 60)).to_string();
-    let expired = managed("hardened-expired", &old).await;
+    let expired = managed("hardened-expired", old).await;
     world
         .apply(manifest(
             serde_json::json!({"amiFilters": filters, "expiresIn": "30d"}),
@@ -1323,7 +1323,7 @@ async fn a_newer_eligible_ami_rolls_out_and_an_expired_one_never_does() {
     );
     assert_eq!(world.requests("/update-version"), 0);
 
-    let first = managed("hardened-1", &Timestamp::now().to_string()).await;
+    let first = managed("hardened-1", Timestamp::now().to_string()).await;
     for _ in 0..5 {
         world.reconcile().await.unwrap();
     }
@@ -1332,7 +1332,7 @@ async fn a_newer_eligible_ami_rolls_out_and_an_expired_one_never_does() {
 
     let second = managed(
         "hardened-2",
-        &(Timestamp::now() + jiff::SignedDuration::from_secs(60)).to_string(),
+        (Timestamp::now() + jiff::SignedDuration::from_secs(60)).to_string(),
     )
     .await;
     world.reconcile().await.unwrap();
@@ -1355,25 +1355,8 @@ async fn a_newer_ami_during_a_rollout_waits_for_the_rollout_to_finish_on_its_tar
         {"name": "name", "values": ["amazon-eks-node-al2023-x86_64-standard-1.30*"]},
         {"name": "owner-id", "values": ["602401143452"]},
     ]);
-    let build = |name: &str, created: Timestamp| {
-        let fixture = world.fixture.clone();
-        let (name, created) = (name.to_owned(), created.to_string());
-        async move {
-            fixture
-                .register_image(
-                    &name,
-                    &[
-                        ("brought-to-you-by", "opsy-the-ami-operator"),
-                        ("cluster-name", CLUSTER),
-                        ("status", "active"),
-                        ("base-ami", ids::AL2023_130_OCT),
-                        ("create-timestamp", created.as_str()),
-                    ],
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let build =
+        |name: &'static str, created: Timestamp| world.built_from_base(name, created.to_string());
     let first = build("hardened-1", Timestamp::now()).await;
     world
         .apply(manifest(serde_json::json!({"amiFilters": filters})))
