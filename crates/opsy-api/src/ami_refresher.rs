@@ -41,7 +41,18 @@ pub const GROUP_NAME_PATTERN: &str = r"^[0-9A-Za-z][A-Za-z0-9_.:/-]*$";
         type_ = "string",
         json_path = ".status.targetImage.id"
     ),
+    printcolumn(
+        name = "AMI Age",
+        type_ = "date",
+        json_path = ".status.targetImage.created"
+    ),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.nodesOnTarget"),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Progressing\")].reason"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",

@@ -55,6 +55,16 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
         type_ = "string",
         json_path = ".status.activeImage.id"
     ),
+    printcolumn(
+        name = "AMI Age",
+        type_ = "date",
+        json_path = ".status.activeImage.created"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Job", type_ = "string", json_path = ".status.jobStatus"),
     printcolumn(
         name = "Failed",
