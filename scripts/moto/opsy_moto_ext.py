@@ -107,6 +107,20 @@ def _patch_ec2() -> None:
             if filters:
                 images = generic_filter(filters, images)
             result = ActionResult({"Images": images})
+        # EC2 API reference, DescribeImages, IncludeDeprecated: "Default: No deprecated AMIs
+        # are included in the response. If you are the AMI owner, all deprecated AMIs appear in
+        # the response regardless". Applied to searches; a lookup by ImageIds is left as moto
+        # answers it.
+        if not ids and not self._get_bool_param("IncludeDeprecated", False):
+            now = datetime.now(timezone.utc)
+
+            def shown(image: Any) -> bool:
+                at = getattr(image, "deprecation_time", None)
+                if not at or image.owner_id == self.current_account:
+                    return True
+                return datetime.fromisoformat(str(at).replace("Z", "+00:00")) > now
+
+            result = ActionResult({"Images": [i for i in result.result["Images"] if shown(i)]})
         max_results = self._get_int_param("MaxResults")
         token = self._get_param("NextToken")
         if not max_results and not token:

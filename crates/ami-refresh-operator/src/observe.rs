@@ -59,7 +59,9 @@ pub async fn hold_other_architectures(
         if missing.is_empty() {
             break;
         }
-        let query = opsy_aws::ImageQuery::default().filter("image-id", missing);
+        let query = opsy_aws::ImageQuery::default()
+            .filter("image-id", missing)
+            .including_deprecated();
         for image in aws.describe_images(&query).await?.iter() {
             arch.insert(image.id.clone(), image.architecture.clone());
         }

@@ -1458,6 +1458,35 @@ async fn an_arm64_group_is_never_moved_to_an_x86_64_target() {
 }
 
 #[tokio::test]
+async fn a_group_on_a_public_ami_aws_deprecated_since_is_still_refreshed() {
+    let world = World::new().await;
+    world
+        .fixture
+        .create_node_group(
+            CLUSTER,
+            &NodeGroupSpec::with_image("on-old-public", ids::AL2023_130_AUG),
+        )
+        .await
+        .unwrap();
+    // AWS deprecated the EKS AMI the group runs: EC2 leaves it out of searches by default.
+    world
+        .fixture
+        .ec2
+        .enable_image_deprecation()
+        .image_id(ids::AL2023_130_AUG)
+        .deprecate_at(aws_sdk_ec2::primitives::DateTime::from_secs(1_700_000_000))
+        .send()
+        .await
+        .unwrap();
+    let target = world.managed_ami("hardened").await;
+    world
+        .apply(manifest(serde_json::json!({"ami": target})))
+        .await;
+    world.settle(10).await;
+    assert_eq!(world.phases().await, map(&[("on-old-public", Succeeded)]));
+}
+
+#[tokio::test]
 async fn bad_input_is_reported_clearly() {
     let world = World::new().await;
     let target = world.active_ami("hardened-1").await;

@@ -107,6 +107,9 @@ pub struct ImageQuery {
     pub owners: Vec<String>,
     /// Image ids, sorted.
     pub image_ids: Vec<String>,
+    /// Also answer with deprecated images of other accounts (EC2 `IncludeDeprecated`; an
+    /// owner always sees its own).
+    pub include_deprecated: bool,
 }
 
 impl ImageQuery {
@@ -144,6 +147,13 @@ impl ImageQuery {
     pub fn ids<'a>(mut self, ids: impl IntoIterator<Item = &'a str>) -> Self {
         self.image_ids.extend(ids.into_iter().map(str::to_owned));
         self.normalise()
+    }
+
+    /// Includes deprecated images of other accounts, which EC2 leaves out by default (what a
+    /// group runs is often an old public AMI that AWS deprecated since).
+    pub fn including_deprecated(mut self) -> Self {
+        self.include_deprecated = true;
+        self
     }
 
     /// Whether a change to `image` can change this query's answer: it filters on a tag the
@@ -428,6 +438,9 @@ impl AwsClients {
             }
             if !query.owners.is_empty() {
                 request = request.set_owners(Some(query.owners.clone()));
+            }
+            if query.include_deprecated {
+                request = request.include_deprecated(true);
             }
             let page = self.call("ec2", OP, request.send()).await;
             let page = match page {

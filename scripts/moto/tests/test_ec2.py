@@ -3,6 +3,7 @@ pagination, CreateLaunchTemplateVersion SourceVersion (EC2 API reference)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import boto3
@@ -67,6 +68,18 @@ def test_a_registered_image_has_the_architecture_asked_for(aws: Any) -> None:
     x86 = aws.ec2.register_image(Name="x86", Architecture="x86_64", RootDeviceName="/dev/xvda")["ImageId"]
     found = {i["ImageId"]: i.get("Architecture") for i in aws.ec2.describe_images(ImageIds=[arm, x86])["Images"]}
     assert found == {arm: "arm64", x86: "x86_64"}
+
+
+def test_other_accounts_deprecated_images_are_found_only_when_asked_for(aws: Any) -> None:
+    public = aws.publish("ami-0a1302023010000aa", "amazon-eks-node-al2023-x86_64-standard-1.30-v0", "602401143452")
+    ours = aws.image("ours-deprecated")
+    for image in (public, ours):
+        aws.ec2.enable_image_deprecation(ImageId=image, DeprecateAt=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    search = [{"Name": "image-id", "Values": [public, ours]}]
+    found = [i["ImageId"] for i in aws.ec2.describe_images(Filters=search)["Images"]]
+    assert found == [ours]
+    found = aws.ec2.describe_images(Filters=search, IncludeDeprecated=True)["Images"]
+    assert sorted(i["ImageId"] for i in found) == sorted([public, ours])
 
 
 def test_owners_and_filters_scope_a_lookup_by_id(aws: Any) -> None:
