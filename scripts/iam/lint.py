@@ -30,6 +30,10 @@ ACCEPTED = {
     ("ami-refresh-operator.json", "PRIVILEGE_ESCALATION", "CreateEC2WithExistingIP"):
         "an instance refresh's launch-template check needs RunInstances (only through a launch "
         "template) and PassRole (only the node roles)",
+    ("packer-builder-operator.json", "PERMISSIONS_MANAGEMENT_ACTIONS", "ec2:modifysnapshotattribute"):
+        "spec.distribution.shareWith gives other accounts create-volume permission on the "
+        "snapshots of the AMIs it shares: only snapshots tagged brought-to-you-by "
+        "(marked at build completion or created tagged by CopyImage)",
     ("packer-job.json", "PERMISSIONS_MANAGEMENT_ACTIONS", "ec2:modifysnapshotattribute,iam:passrole"):
         "PassRole only for the build's instance profile role packer-ssm (to EC2); "
         "ModifySnapshotAttribute (sharing with ami_users) only on snapshots tagged "

@@ -9,6 +9,11 @@ Each follows the AWS API reference:
 - EC2 CreateLaunchTemplateVersion: SourceVersion inheritance (the new version starts from the
   source version's data; LaunchTemplateData overrides it key by key).
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
+- EC2 CopyImage: TagSpecifications (image and snapshot), CopyImageTags, ClientToken
+  idempotency, Encrypted/KmsKeyId (the copy's snapshot), SourceImageId/SourceImageRegion on the
+  copy, and the copy is `pending` for one DescribeImages poll before it is `available`.
+- EC2 EnableImageDeregistrationProtection / DisableImageDeregistrationProtection, the image's
+  DeregistrationProtection, and DeregisterImage refused while it is enabled.
 - EKS UpdateNodegroupVersion and UpdateNodegroupConfig are asynchronous: an update is
   InProgress for a few polls (DescribeUpdate, or DescribeNodegroup of its group), the group is
   UPDATING meanwhile, and any other update of the group fails with ResourceInUseException. Then
@@ -201,8 +206,106 @@ def _patch_ec2() -> None:
                 image.architecture = architecture
         return result
 
+    original_copy_image = AmisResponse.copy_image
+    # (account, destination region, ClientToken) -> the copy the first request made.
+    copies: dict[tuple[str, str, str], str] = {}
+
+    def copy_image(self):  # type: ignore[no-untyped-def]
+        # EC2 API reference, CopyImage, Request Parameters: ClientToken ("Unique,
+        # case-sensitive identifier you provide to ensure idempotency of the request"): a request
+        # repeating a token gets the first request's ImageId and starts no second copy.
+        token = self._get_param("ClientToken")
+        key = (self.current_account, self.region, token)
+        if token and key in copies:
+            return ActionResult({"ImageId": copies[key]})
+        source_id = self._get_param("SourceImageId")
+        source_region = self._get_param("SourceRegion")
+        result = original_copy_image(self)
+        image_id = result.result["ImageId"]
+        if token:
+            copies[key] = image_id
+        backend = self.ec2_backend
+        image = backend.amis[image_id]
+        snapshot = getattr(image, "ebs_snapshot", None)
+        # TagSpecifications: "The tags to apply to the new AMI and new snapshots" (resource
+        # types image and snapshot). CopyImageTags: "Indicates whether to include your
+        # user-defined AMI tags when copying the AMI"; TagSpecifications win on a clash.
+        wanted: dict[str, str] = {}
+        if self._get_bool_param("CopyImageTags", False):
+            from moto.ec2.models import ec2_backends
+
+            source_tags = ec2_backends[self.current_account][source_region].tags.get(source_id, {})
+            wanted.update({k: v for k, v in source_tags.items() if not k.startswith("aws:")})
+        specs = self._parse_tag_specification()
+        wanted.update(specs.get("image", {}))
+        if wanted:
+            backend.create_tags([image_id], wanted)
+        if snapshot is not None and specs.get("snapshot"):
+            backend.create_tags([snapshot.id], specs["snapshot"])
+        # Encrypted / KmsKeyId: the copy's snapshots are encrypted, with the key given or the
+        # account's default EBS key.
+        if snapshot is not None and self._get_bool_param("Encrypted", False):
+            snapshot.encrypted = True
+            snapshot.kms_key_id = self._get_param("KmsKeyId") or "alias/aws/ebs"
+        # Image, SourceImageId / SourceImageRegion: "The ID of the source AMI from which the AMI
+        # was created" and its Region.
+        image.source_image_id = source_id
+        image.source_image_region = source_region
+        # A copy is pending until its snapshots are copied: here for one DescribeImages poll.
+        image.state = "pending"
+        image.opsy_pending_polls = 1
+        return result
+
+    def settle_copies(backend: Any) -> None:
+        for image in list(backend.amis.values()):
+            polls = getattr(image, "opsy_pending_polls", None)
+            if polls is not None and polls <= 0:
+                image.state = "available"
+                del image.opsy_pending_polls
+
+    def describe_images_settling(self):  # type: ignore[no-untyped-def]
+        settle_copies(self.ec2_backend)
+        result = describe_images(self)
+        for image in result.result["Images"]:
+            if getattr(image, "opsy_pending_polls", None) is not None:
+                image.opsy_pending_polls -= 1
+        return result
+
+    def protection(self, enabled: bool):  # type: ignore[no-untyped-def]
+        # EC2 API reference, EnableImageDeregistrationProtection ("When deregistration
+        # protection is enabled, the AMI can't be deregistered"; WithCooldown) and
+        # DisableImageDeregistrationProtection; Image, DeregistrationProtection.
+        image_id = self._get_param("ImageId")
+        self.error_on_dryrun()
+        image = self.ec2_backend.describe_images(ami_ids=[image_id])[0]
+        if enabled:
+            cooldown = self._get_bool_param("WithCooldown", False)
+            image.deregistration_protection = "enabled-with-cooldown" if cooldown else "enabled"
+        else:
+            image.deregistration_protection = "disabled"
+        return ActionResult({"Return": "disabled" if not enabled else image.deregistration_protection})
+
+    original_deregister_image = AmisResponse.deregister_image
+
+    def deregister_image(self):  # type: ignore[no-untyped-def]
+        from moto.ec2.exceptions import EC2ClientError
+
+        image = self.ec2_backend.amis.get(self._get_param("ImageId"))
+        if image is not None and str(getattr(image, "deregistration_protection", "")).startswith("enabled"):
+            # The reference names no error code for this case; this one says what happened.
+            raise EC2ClientError(
+                "OperationNotPermitted",
+                f"The image {image.id} has deregistration protection enabled; disable it first",
+            )
+        return original_deregister_image(self)
+
     for cls in (AmisResponse, EC2Response):
-        cls.describe_images = describe_images
+        cls.copy_image = copy_image
+        cls.enable_image_deregistration_protection = lambda self: protection(self, True)
+        cls.disable_image_deregistration_protection = lambda self: protection(self, False)
+        cls.deregister_image = deregister_image
+    for cls in (AmisResponse, EC2Response):
+        cls.describe_images = describe_images_settling
         cls.enable_image_deprecation = enable_image_deprecation
         cls.register_image = register_image
     for cls in (LaunchTemplates, EC2Response):
@@ -983,10 +1086,33 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             "DisableImageDeprecation",
             "DeregisterImage",
             "DescribeImageAttribute",
+            "ModifyImageAttribute",
+            "EnableImageDeregistrationProtection",
+            "DisableImageDeregistrationProtection",
         ):
             ids = [first("ImageId")]
-        elif action == "DeleteSnapshot":
+        elif action in ("DeleteSnapshot", "ModifySnapshotAttribute"):
             ids = [first("SnapshotId")]
+        elif action == "CopyImage":
+            # Service Authorization Reference, EC2, CopyImage: the new image (in the
+            # destination Region; tags from TagSpecifications are request tags) and the source
+            # image (in SourceRegion, with its tags).
+            from moto.ec2.models import ec2_backends as all_backends
+
+            n = 1
+            while f"TagSpecification.{n}.ResourceType" in params:
+                if params[f"TagSpecification.{n}.ResourceType"][0] == "image":
+                    m = 1
+                    while f"TagSpecification.{n}.Tag.{m}.Key" in params:
+                        request_tags[params[f"TagSpecification.{n}.Tag.{m}.Key"][0]] = (
+                            params.get(f"TagSpecification.{n}.Tag.{m}.Value") or [""]
+                        )[0]
+                        m += 1
+                n += 1
+            source, source_region = first("SourceImageId"), first("SourceRegion") or region
+            source_arn = _ec2_arn(source_region, account, source or "ami-")
+            resources = [f"arn:aws:ec2:{region}::image/*", source_arn]
+            resource_tags[source_arn] = dict(all_backends[account][source_region].tags.get(source, {}))
         elif action == "CreateLaunchTemplateVersion":
             lt = first("LaunchTemplateId")
             if not lt and first("LaunchTemplateName"):

@@ -84,6 +84,7 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = crate::common::owner_rule())]
+#[x_kube(validation = kube::core::Rule::new("!has(self.distribution) || !has(self.distribution.regions) || !self.distribution.regions.exists(r, r.region == self.region)").message("distribution.regions must not name spec.region: the AMI is built there"))]
 pub struct PackerBuilderSpec {
     /// AWS region where the base AMI is looked up and the AMI is built, e.g. `us-west-2`.
     #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
@@ -140,6 +141,64 @@ pub struct PackerBuilderSpec {
     /// opt-in (`retention.delete`).
     #[serde(default)]
     pub retention: Retention,
+
+    /// Where the active AMI is copied (other regions of this account) and whom it is shared
+    /// with (other accounts). Copies carry the tag contract, follow their source (deprecation
+    /// and quarantine apply to every copy; a quarantine of any copy quarantines them all) and
+    /// fall under the same retention in their region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+}
+
+/// Copies of the active AMI in other regions, and the accounts it is shared with.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Distribution {
+    /// Regions the active AMI is copied to (`CopyImage`), one entry per region. An
+    /// AMIRefresher in such a region finds its region's copy: the copy's `base-ami` tag names
+    /// the base AMI of the same name and owner in that region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), schema_with = "distribution_regions_schema")]
+    pub regions: Vec<DistributionRegion>,
+    /// AWS account ids the active AMI and each copy are shared with: launch permission on
+    /// the image, create-volume permission on its snapshots. EC2 does not share tags: an
+    /// AMIRefresher in such an account reads the tags through `spec.imageOwnerRoleArn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "share_with_schema")]
+    pub share_with: Vec<String>,
+}
+
+/// One region the active AMI is copied to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.kmsKeyId) || (has(self.encrypted) && self.encrypted)").message("kmsKeyId needs encrypted: true"))]
+pub struct DistributionRegion {
+    /// The destination region, e.g. `eu-west-1`.
+    #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
+    pub region: String,
+    /// Encrypt the copy's snapshots (with `kmsKeyId`, else the account's default EBS key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    /// KMS key for an encrypted copy: key id, alias or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+}
+
+/// Account ids, each once (`x-kubernetes-list-type: set`: the API server refuses duplicates).
+fn share_with_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 50,
+        "x-kubernetes-list-type": "set",
+        "items": {"type": "string", "pattern": "^[0-9]{12}$", "maxLength": 12},
+    })
+}
+
+fn distribution_regions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = map_list::<DistributionRegion>(generator, "region");
+    schema.insert("maxItems".into(), 20.into());
+    schema
 }
 
 /// Retention of a PackerBuilder's AMIs: keep the active one, the newest deprecated ones and
@@ -575,9 +634,30 @@ pub struct PackerBuilderStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub retention: Vec<ImageFate>,
+    /// Where the active AMI is, region by region (`spec.region` first, then each copy), and
+    /// whom each image is shared with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 21))]
+    pub distribution: Vec<ImageCopy>,
     /// When the AMIs' use was last checked for retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_checked: Option<Time>,
+}
+
+/// The active AMI (or its copy) in one region.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCopy {
+    /// The region.
+    pub region: String,
+    /// The AMI in that region: the active AMI itself in `spec.region`, else its copy.
+    #[serde(rename = "imageID")]
+    pub image_id: String,
+    /// EC2 state of the image: `pending` while a copy is made, then `available`.
+    pub state: String,
+    /// The accounts it is shared with (launch and create-volume permission).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
 }
 
 /// An AMI's fate under `spec.retention`.
@@ -586,6 +666,9 @@ pub struct PackerBuilderStatus {
 pub struct ImageFate {
     /// The AMI id.
     pub image: String,
+    /// Its region, when it is a copy in another region than `spec.region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// `Keep`, `Deregister` (past retention; with `retention.delete` off it stays), or
     /// `Deregistered`.
     pub fate: String,

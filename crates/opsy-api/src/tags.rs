@@ -46,6 +46,10 @@ pub fn healthy_on(cluster: &str) -> String {
 pub const CREATE_TIMESTAMP: &str = "create-timestamp";
 /// The base AMI the build started from.
 pub const BASE_AMI: &str = "base-ami";
+/// On a copy in another region (`spec.distribution`): the AMI it was copied from.
+pub const SOURCE_AMI: &str = "source-ami";
+/// On a copy in another region: the region of the AMI it was copied from.
+pub const SOURCE_REGION: &str = "source-region";
 /// The build id of the PackerBuilder (`status.buildID`).
 pub const BUILD_ID: &str = "build-id";
 /// The id of the Job that built the AMI (`status.jobID`).

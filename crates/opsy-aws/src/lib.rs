@@ -12,6 +12,7 @@ pub mod autoscaling;
 pub mod calls;
 pub mod clients;
 pub mod config;
+pub mod distribution;
 pub mod eks;
 pub mod error;
 pub mod images;

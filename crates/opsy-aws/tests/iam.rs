@@ -68,6 +68,16 @@ fn the_builder_may_write_exactly_the_contract_tags() {
             job_id: "j".into(),
         })
         .into_keys()
+        // A copy in another region also says where it came from; a quarantine spread from a
+        // copy to its source writes the reason.
+        .chain(
+            [
+                opsy_api::tags::SOURCE_AMI,
+                opsy_api::tags::SOURCE_REGION,
+                opsy_api::tags::QUARANTINE_REASON,
+            ]
+            .map(str::to_owned),
+        )
         .collect();
     let path = opsy_testkit::iam::policy_path("packer-builder-operator");
     let policy: serde_json::Value =

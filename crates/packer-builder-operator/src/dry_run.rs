@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use kube::ResourceExt;
 use opsy_api::{PackerBuilder, tags};
-use opsy_aws::{AwsClients, AwsError, managed::BuildIdentity};
+use opsy_aws::{AwsError, ClientSet, managed::BuildIdentity};
 use serde::Serialize;
 
 use crate::{
@@ -45,14 +45,52 @@ pub struct Report {
     pub reason: String,
     /// The Packer commands a build would run.
     pub commands: Option<String>,
+    /// Each `spec.distribution` region: its copies and what would be copied there.
+    pub copies: Vec<RegionCopies>,
+}
+
+/// The copies in one region of `spec.distribution.regions`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RegionCopies {
+    /// The region.
+    pub region: String,
+    /// This PackerBuilder's AMIs there, newest first, with their verdicts and fates.
+    pub amis: Vec<ManagedAmi>,
+    /// The active AMI, when it has no copy there yet (the operator would copy it).
+    pub would_copy: Option<String>,
+}
+
+fn listed(
+    selection: &opsy_aws::managed::Selection,
+    fates: &[opsy_api::packer_builder::ImageFate],
+    region: Option<&str>,
+) -> Vec<ManagedAmi> {
+    selection
+        .candidates
+        .iter()
+        .map(|c| ManagedAmi {
+            fate: fates
+                .iter()
+                .find(|f| f.image == c.image.id && f.region.as_deref() == region)
+                .map(|f| format!("{}: {}", f.fate, f.reason)),
+            id: c.image.id.clone(),
+            name: c.image.name.clone(),
+            base_ami: c.image.tag(tags::BASE_AMI).map(str::to_owned),
+            verdict: c
+                .rejected
+                .as_ref()
+                .map_or_else(|| "eligible".to_owned(), ToString::to_string),
+        })
+        .collect()
 }
 
 /// Builds the report for `pb` at `now`.
 pub async fn report(
-    aws: &AwsClients,
+    clients: &ClientSet,
     pb: &PackerBuilder,
     now: Timestamp,
 ) -> Result<Report, AwsError> {
+    let aws = &*clients.region(&pb.spec.region).await;
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
     let base = match filters {
         Some(filters) => aws.resolve_base_image(filters).await?,
@@ -136,8 +174,54 @@ pub async fn report(
         delete: false,
         ..pb.spec.retention.clone()
     };
-    crate::retention::apply(aws, &read_only, &managed, &mut scratch, now).await?;
+    let active = scratch.active_image.as_ref().map(|i| i.id.clone());
+    let expires_in = pb.spec.time_outs.expires_in.as_std();
+    let mut regional = Vec::new();
+    for entry in pb
+        .spec
+        .distribution
+        .as_ref()
+        .map(|d| d.regions.as_slice())
+        .unwrap_or_default()
+    {
+        let there = clients.region(&entry.region).await;
+        let copies = there.managed_images(&identity, expires_in, now).await?;
+        let copy = copies
+            .candidates
+            .iter()
+            .find(|c| active.is_some() && c.image.tag(tags::SOURCE_AMI) == active.as_deref())
+            .map(|c| c.image.id.clone());
+        regional.push((entry.region.clone(), there, copies, copy));
+    }
+    let mut places = vec![crate::retention::Place {
+        region: None,
+        aws,
+        managed: &managed,
+        active: active.as_deref(),
+    }];
+    places.extend(
+        regional
+            .iter()
+            .map(|(region, there, copies, copy)| crate::retention::Place {
+                region: Some(region),
+                aws: there,
+                managed: copies,
+                active: copy.as_deref(),
+            }),
+    );
+    crate::retention::apply(&places, &read_only, &mut scratch, now).await?;
     let fates = scratch.retention;
+    let copies = regional
+        .iter()
+        .map(|(region, _, selection, copy)| RegionCopies {
+            region: region.clone(),
+            amis: listed(selection, &fates, Some(region)),
+            would_copy: match copy {
+                None => active.clone(),
+                Some(_) => None,
+            },
+        })
+        .collect();
     Ok(Report {
         resource: format!(
             "{}/{}",
@@ -146,26 +230,11 @@ pub async fn report(
         ),
         base_ami: base.as_ref().map(|b| b.id.clone()),
         base_ami_name: base.as_ref().map(|b| b.name.clone()),
-        managed_amis: managed
-            .candidates
-            .iter()
-            .map(|c| ManagedAmi {
-                fate: fates
-                    .iter()
-                    .find(|f| f.image == c.image.id)
-                    .map(|f| format!("{}: {}", f.fate, f.reason)),
-                id: c.image.id.clone(),
-                name: c.image.name.clone(),
-                base_ami: c.image.tag(tags::BASE_AMI).map(str::to_owned),
-                verdict: c
-                    .rejected
-                    .as_ref()
-                    .map_or_else(|| "eligible".to_owned(), ToString::to_string),
-            })
-            .collect(),
+        managed_amis: listed(&managed, &fates, None),
         action: action.to_owned(),
         reason,
         commands,
+        copies,
     })
 }
 
@@ -200,6 +269,18 @@ impl Report {
         ));
         if let Some(commands) = &self.commands {
             out.push_str(&format!("  would run:    {commands}\n"));
+        }
+        for region in &self.copies {
+            out.push_str(&format!("  copies in {}:\n", region.region));
+            if let Some(id) = &region.would_copy {
+                out.push_str(&format!("    would copy {id} there\n"));
+            }
+            for ami in &region.amis {
+                out.push_str(&format!("    {} ({}): {}\n", ami.id, ami.name, ami.verdict));
+                if let Some(fate) = &ami.fate {
+                    out.push_str(&format!("      retention: {fate}\n"));
+                }
+            }
         }
         out
     }

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod controller;
 pub mod credentials;
 pub mod decide;
+pub mod distribution;
 pub mod dry_run;
 pub mod job;
 pub mod notify;

@@ -45,8 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Plan(args) => {
             let object: opsy_api::PackerBuilder = cli::read_resource(&args, "PackerBuilder")?;
             let aws = cli::aws(args.aws_endpoint_url.clone());
-            let clients = aws.region(&object.spec.region).await;
-            let report = dry_run::report(&clients, &object, jiff::Timestamp::now()).await?;
+            let report = dry_run::report(&aws, &object, jiff::Timestamp::now()).await?;
             cli::print_report(&args, &aws, &report, report.text())?;
         }
         Command::Run(args) => {

@@ -645,8 +645,50 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         }
     }
     if settled {
+        let spread = crate::distribution::apply(
+            &ctx.aws,
+            &aws,
+            &pb,
+            &builds,
+            &managed,
+            base.as_ref(),
+            &mut status,
+            now,
+        )
+        .await?;
+        if !spread.done.is_empty() {
+            event(
+                &ctx,
+                &pb,
+                EventType::Normal,
+                "Distributed",
+                &spread.done.join("; "),
+            )
+            .await;
+        }
+        if !spread.quarantined.is_empty() {
+            let message = format!("quarantined {}", spread.quarantined.join("; "));
+            event(&ctx, &pb, EventType::Warning, "AmiQuarantined", &message).await;
+        }
+        if spread.source_quarantined {
+            // The active AMI is no longer eligible: decide again now.
+            requeue = Duration::from_secs(1);
+        }
+        let active = status.active_image.as_ref().map(|i| i.id.clone());
+        let mut places = vec![crate::retention::Place {
+            region: None,
+            aws: &aws,
+            managed: &managed,
+            active: active.as_deref(),
+        }];
+        places.extend(spread.regions.iter().map(|r| crate::retention::Place {
+            region: Some(&r.region),
+            aws: &r.aws,
+            managed: &r.managed,
+            active: r.active.as_deref(),
+        }));
         let outcome =
-            crate::retention::apply(&aws, &pb.spec.retention, &managed, &mut status, now).await?;
+            crate::retention::apply(&places, &pb.spec.retention, &mut status, now).await?;
         ctx.metrics.reclaimed(outcome.reclaimed);
         // One Event per reconcile: the recorder folds Events of one reason into a series.
         if !outcome.deregistered.is_empty() {

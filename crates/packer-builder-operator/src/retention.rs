@@ -90,45 +90,95 @@ pub struct Outcome {
     pub reclaimed: u64,
 }
 
-/// Records each AMI's fate in `status.retention` and, with `retention.delete`, deregisters the
-/// AMIs past retention that nothing uses. AWS is asked about use only when some AMI is past
-/// retention, and again only when that set changes or after [`RECHECK`].
+/// A region's AMIs for retention to judge: `spec.region`'s (`region: None`) or a copy
+/// region's.
+#[derive(Debug)]
+pub struct Place<'a> {
+    /// `None` for `spec.region`, else the copy region.
+    pub region: Option<&'a str>,
+    /// The region's clients.
+    pub aws: &'a AwsClients,
+    /// This PackerBuilder's AMIs there, newest first.
+    pub managed: &'a Selection,
+    /// The active AMI there (or its copy).
+    pub active: Option<&'a str>,
+}
+
+/// Records each AMI's fate in `status.retention`, region by region, and, with
+/// `retention.delete`, deregisters the AMIs past retention that nothing uses. AWS is asked
+/// about a region's use only when some AMI there is past retention, and again only when that
+/// set changes or after [`RECHECK`].
 pub async fn apply(
-    aws: &AwsClients,
+    places: &[Place<'_>],
     retention: &Retention,
-    managed: &Selection,
     status: &mut PackerBuilderStatus,
     now: Timestamp,
 ) -> Result<Outcome, AwsError> {
-    let active = status.active_image.as_ref().map(|i| i.id.clone());
-    let looks = first_look(managed, active.as_deref(), retention, now);
-    let past: Vec<String> = looks
-        .iter()
-        .filter(|(_, l)| *l == FirstLook::Past)
-        .map(|(c, _)| c.image.id.clone())
-        .collect();
     let mut outcome = Outcome::default();
-    // The AMIs that were past retention at the last check (kept since for use or sharing).
-    let recorded_past: Vec<String> = status
-        .retention
-        .iter()
-        .filter(|f| {
-            f.fate == "Deregister"
-                || f.reason.starts_with("in use by")
-                || f.reason.starts_with("shared with")
-        })
-        .map(|f| f.image.clone())
-        .collect();
     let fresh = status
         .retention_checked
         .as_ref()
         .is_some_and(|t| t.0.checked_add(RECHECK).is_ok_and(|until| until > now));
-    if !past.is_empty() && fresh && recorded_past == past {
-        // Nothing changed since the last check: the recorded fates stand.
-        return Ok(outcome);
-    }
-    let used = aws.images_in_use(&past).await?;
     let mut fates = Vec::new();
+    let mut checked = false;
+    let mut kept_check = false;
+    for place in places {
+        let region = place.region.map(str::to_owned);
+        let recorded: Vec<ImageFate> = status
+            .retention
+            .iter()
+            .filter(|f| f.region == region)
+            .cloned()
+            .collect();
+        let looks = first_look(place.managed, place.active, retention, now);
+        let past: Vec<String> = looks
+            .iter()
+            .filter(|(_, l)| *l == FirstLook::Past)
+            .map(|(c, _)| c.image.id.clone())
+            .collect();
+        // The AMIs that were past retention at the last check (kept since for use or sharing).
+        let recorded_past: Vec<String> = recorded
+            .iter()
+            .filter(|f| {
+                f.fate == "Deregister"
+                    || f.reason.starts_with("in use by")
+                    || f.reason.starts_with("shared with")
+            })
+            .map(|f| f.image.clone())
+            .collect();
+        if !past.is_empty() && fresh && recorded_past == past {
+            // Nothing changed here since the last check: the recorded fates stand.
+            fates.extend(recorded);
+            kept_check = true;
+            continue;
+        }
+        checked |= !past.is_empty();
+        judge(place, looks, &past, retention, &mut outcome, &mut fates).await?;
+    }
+    fates.truncate(MAX_RECORDED);
+    status.retention = fates;
+    status.retention_checked = if checked {
+        Some(Time(now))
+    } else if kept_check {
+        status.retention_checked.take()
+    } else {
+        None
+    };
+    Ok(outcome)
+}
+
+/// Asks AWS about the use of `past` in `place` and records every AMI's fate there.
+async fn judge(
+    place: &Place<'_>,
+    looks: Vec<(&Candidate, FirstLook)>,
+    past: &[String],
+    retention: &Retention,
+    outcome: &mut Outcome,
+    fates: &mut Vec<ImageFate>,
+) -> Result<(), AwsError> {
+    let aws = place.aws;
+    let used = aws.images_in_use(past).await?;
+    let within = place.region.map(|r| format!(" in {r}")).unwrap_or_default();
     for (candidate, look) in looks {
         let image = &candidate.image;
         let (fate, reason) = match look {
@@ -154,7 +204,7 @@ pub async fn apply(
                         let (bytes, kept) = aws.deregister_image(image).await?;
                         outcome.reclaimed += bytes;
                         let mut message = format!(
-                            "deregistered {} ({}): past retention and unused; {} snapshot(s) deleted, {} GiB",
+                            "deregistered {} ({}){within}: past retention and unused; {} snapshot(s) deleted, {} GiB",
                             image.id,
                             image.name,
                             image.snapshots.len() - kept.len(),
@@ -185,14 +235,12 @@ pub async fn apply(
         }
         fates.push(ImageFate {
             image: image.id.clone(),
+            region: place.region.map(str::to_owned),
             fate: fate.to_owned(),
             reason,
         });
     }
-    fates.truncate(MAX_RECORDED);
-    status.retention = fates;
-    status.retention_checked = (!past.is_empty()).then_some(Time(now));
-    Ok(outcome)
+    Ok(())
 }
 
 #[cfg(test)]

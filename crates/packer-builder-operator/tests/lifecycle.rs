@@ -624,6 +624,15 @@ async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked
     let in_instance = managed("in-instance", "deprecated", "2026-11-07T00:00:00Z").await;
     let in_config = managed("in-config", "deprecated", "2026-11-06T00:00:00Z").await;
     let shared = managed("shared", "deprecated", "2026-11-05T00:00:00Z").await;
+    let protected = managed("protected", "deprecated", "2026-11-04T00:00:00Z").await;
+    world
+        .fixture
+        .ec2
+        .enable_image_deregistration_protection()
+        .image_id(&protected)
+        .send()
+        .await
+        .unwrap();
 
     // Users: an old version of a launch template (its latest runs another AMI), a stopped
     // instance, a launch configuration; and a share with another account.
@@ -756,6 +765,7 @@ async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked
         fate(&shared).2.starts_with("shared with 210987654321"),
         "{fates:?}"
     );
+    assert_eq!(fate(&protected).2, "EC2 deregistration protection is on");
 
     // EC2 agrees: exactly the two unused AMIs are gone, with the marked snapshot only.
     let remaining: Vec<String> = world
@@ -782,6 +792,7 @@ async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked
         &in_instance,
         &in_config,
         &shared,
+        &protected,
     ] {
         assert!(remaining.contains(kept), "{kept} was deregistered");
     }
@@ -1636,4 +1647,259 @@ async fn a_reconcile_from_a_stale_copy_repeats_nothing_and_overwrites_nothing() 
         "{err}"
     );
     assert_eq!(world.status().await.history, then.history);
+}
+
+/// Builds once: a Job, the AMI it "produced", the completing reconcile. Returns the AMI.
+async fn build_once(world: &World, name: &str) -> String {
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    let built = world.build_image(name).await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    assert_eq!(world.status().await.active_image.unwrap().id, built);
+    built
+}
+
+#[tokio::test]
+async fn copies_in_another_region_are_shared_follow_their_source_and_fall_under_retention() {
+    const EAST: &str = "us-east-1";
+    const CONSUMER: &str = "210987654321";
+    let mut world = World::new(pb_manifest(serde_json::json!({
+        "distribution": {
+            "regions": [{"region": EAST, "encrypted": true}],
+            "shareWith": [CONSUMER],
+        },
+        "retention": {"delete": true, "keepDeprecated": 0, "minAge": "1d", "allowShared": true},
+    })))
+    .await;
+    let east = Fixture::new(&world.moto, EAST).await;
+    world.publish_base("base-al2023-v1").await;
+    // The same base is published in the other region under its own id.
+    let east_base = east.register_image("base-al2023-v1", &[]).await.unwrap();
+
+    let built1 = build_once(&world, "al2023-hardened-1").await;
+    // The next (settled) reconcile copies it and shares it.
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.distribution.len(), 2, "{status:#?}");
+    assert_eq!(status.distribution[0].region, REGION);
+    assert_eq!(status.distribution[0].image_id, built1);
+    assert_eq!(status.distribution[0].shared_with, [CONSUMER]);
+    let copy1 = status.distribution[1].image_id.clone();
+    assert_eq!(status.distribution[1].region, EAST);
+    assert_ne!(copy1, built1);
+    let copy_image = |id: String| {
+        let ec2 = east.ec2.clone();
+        async move {
+            ec2.describe_images()
+                .image_ids(id)
+                .send()
+                .await
+                .unwrap()
+                .images
+                .unwrap()
+                .remove(0)
+        }
+    };
+    let image = copy_image(copy1.clone()).await;
+    let tags: std::collections::BTreeMap<String, String> = image
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+        .collect();
+    assert_eq!(tags["source-ami"], built1);
+    assert_eq!(tags["source-region"], REGION);
+    assert_eq!(
+        tags["base-ami"], east_base,
+        "the copy names its region's base"
+    );
+    assert_eq!(tags["status"], "active");
+    assert_eq!(tags["cluster-name"], "prod-east");
+    assert_eq!(
+        tags["create-timestamp"],
+        world.image_tags(&built1).await["create-timestamp"]
+    );
+    let snapshot = image.block_device_mappings()[0]
+        .ebs()
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_owned();
+    let described = east
+        .ec2
+        .describe_snapshots()
+        .snapshot_ids(&snapshot)
+        .send()
+        .await
+        .unwrap()
+        .snapshots
+        .unwrap()
+        .remove(0);
+    assert_eq!(described.encrypted(), Some(true));
+
+    // Pending for a poll, then available and shared; then nothing more is asked of EC2.
+    world.reconcile().await;
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.distribution[1].state, "available");
+    assert_eq!(status.distribution[1].shared_with, [CONSUMER]);
+    let launch = east
+        .ec2
+        .describe_image_attribute()
+        .image_id(&copy1)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        launch.launch_permissions()[0].user_id(),
+        Some(CONSUMER),
+        "launch permission on the copy"
+    );
+    let volumes = east
+        .ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(&snapshot)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        volumes.create_volume_permissions()[0].user_id(),
+        Some(CONSUMER)
+    );
+    world.moto.clear_requests().unwrap();
+    world.reconcile().await;
+    let asked = world.moto.requests().unwrap();
+    for quiet in [
+        "CopyImage",
+        "ModifyImageAttribute",
+        "ModifySnapshotAttribute",
+    ] {
+        assert_eq!(asked.get(quiet), None, "{quiet} in steady state: {asked:?}");
+    }
+
+    // An AMIRefresher of that region, filtering for its own base, finds the copy.
+    let filters: Vec<opsy_api::AmiFilter> = serde_json::from_value(serde_json::json!([
+        {"name": "name", "values": ["base-al2023-*"]},
+        {"name": "owner-id", "values": [ACCOUNT_ID]},
+    ]))
+    .unwrap();
+    let east_clients = world.context().aws.region(EAST).await;
+    let target = east_clients
+        .select_target(
+            None,
+            Some(&filters),
+            opsy_aws::managed::Scope {
+                cluster_name: "prod-east",
+                accept_from: &[],
+                promotion: None,
+            },
+            Duration::from_secs(30 * 86_400),
+            world.now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(target.chosen.map(|c| c.image.id), Some(copy1.clone()));
+
+    // A new base: a new build, whose copy replaces the old one; the old copy is deprecated
+    // with its source, and two days later deregistered with its snapshot in its region.
+    world.publish_base("base-al2023-v2").await;
+    east.register_image("base-al2023-v2", &[]).await.unwrap();
+    let built2 = build_once(&world, "al2023-hardened-2").await;
+    world.reconcile().await;
+    let copy2 = world.status().await.distribution[1].image_id.clone();
+    assert_ne!(copy2, copy1);
+    let old = copy_image(copy1.clone()).await;
+    assert!(
+        old.tags()
+            .iter()
+            .any(|t| t.key() == Some("status") && t.value() == Some("deprecated")),
+        "{old:?}"
+    );
+    assert!(old.deprecation_time().is_some());
+    world.now += jiff::SignedDuration::from_hours(48);
+    world.reconcile().await;
+    let status = world.status().await;
+    let fates: Vec<(Option<String>, String, String)> = status
+        .retention
+        .iter()
+        .map(|f| (f.region.clone(), f.image.clone(), f.fate.clone()))
+        .collect();
+    assert!(
+        fates.contains(&(
+            Some(EAST.to_owned()),
+            copy1.clone(),
+            "Deregistered".to_owned()
+        )),
+        "{fates:?}"
+    );
+    assert!(
+        fates.contains(&(None, built1.clone(), "Deregistered".to_owned())),
+        "{fates:?}"
+    );
+    let remaining = east
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap();
+    assert!(
+        !remaining
+            .iter()
+            .any(|i| i.image_id() == Some(copy1.as_str()))
+    );
+    assert!(
+        remaining
+            .iter()
+            .any(|i| i.image_id() == Some(copy2.as_str()))
+    );
+    let snapshots = east
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots
+        .unwrap();
+    assert!(
+        !snapshots
+            .iter()
+            .any(|s| s.snapshot_id() == Some(snapshot.as_str()))
+    );
+
+    // An AMIRefresher of that region quarantines the copy: the source is quarantined with it
+    // and the PackerBuilder builds anew.
+    east_clients
+        .quarantine_image(
+            &copy2,
+            "nodes of group web failed the health gate",
+            world.now,
+        )
+        .await
+        .unwrap();
+    let jobs_before = world.job_names().await.len();
+    world.reconcile().await;
+    let tags = world.image_tags(&built2).await;
+    assert_eq!(tags["status"], "quarantined");
+    assert!(
+        tags["quarantine-reason"].contains(&copy2),
+        "{}",
+        tags["quarantine-reason"]
+    );
+    assert!(world.events().await.contains(&"AmiQuarantined".to_owned()));
+    world.reconcile().await;
+    assert_eq!(
+        world.job_names().await.len(),
+        jobs_before + 1,
+        "a new build"
+    );
+
+    // Every call within the operator's policy, on its resources and tags.
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 8).unwrap();
 }

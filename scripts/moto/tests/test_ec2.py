@@ -116,3 +116,65 @@ def test_each_request_is_logged_with_its_resources_and_tags(aws: Any) -> None:
     assert all(c["access_key"] for c in calls)
     describe = next(c for c in calls if c["action"] == "ec2:RegisterImage")
     assert describe["resources"] == ["*"]
+
+
+def test_a_copy_is_tagged_at_creation_idempotent_encrypted_and_pending_first(aws: Any) -> None:
+    import boto3
+
+    source = aws.image("golden")
+    aws.ec2.create_tags(Resources=[source], Tags=[{"Key": "team", "Value": "platform"}])
+    east = boto3.client("ec2", region_name="us-east-1", endpoint_url=aws.url)
+    request = dict(
+        SourceImageId=source,
+        SourceRegion=REGION,
+        Name="golden",
+        ClientToken="copy-golden-1",
+        Encrypted=True,
+        KmsKeyId="alias/amis",
+        CopyImageTags=True,
+        TagSpecifications=[
+            {"ResourceType": "image", "Tags": [{"Key": "status", "Value": "active"}]},
+            {"ResourceType": "snapshot", "Tags": [{"Key": "brought-to-you-by", "Value": "x"}]},
+        ],
+    )
+    copy = east.copy_image(**request)["ImageId"]
+    # The same token again: the same copy, no second one.
+    assert east.copy_image(**request)["ImageId"] == copy
+    first = east.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["golden"]}])["Images"]
+    assert [(i["ImageId"], i["State"]) for i in first] == [(copy, "pending")]
+    image = east.describe_images(ImageIds=[copy])["Images"][0]
+    assert image["State"] == "available"
+    assert image["SourceImageId"] == source and image["SourceImageRegion"] == REGION
+    assert {t["Key"]: t["Value"] for t in image["Tags"]} == {"team": "platform", "status": "active"}
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    snapshot = east.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert snapshot["Encrypted"] and snapshot["KmsKeyId"] == "alias/amis"
+    assert {t["Key"]: t["Value"] for t in snapshot["Tags"]} == {"brought-to-you-by": "x"}
+    # Another token is another copy.
+    assert east.copy_image(**{**request, "ClientToken": "copy-golden-2"})["ImageId"] != copy
+
+
+def test_a_protected_image_cannot_be_deregistered(aws: Any) -> None:
+    image = aws.image("precious")
+    assert aws.ec2.describe_images(ImageIds=[image])["Images"][0].get("DeregistrationProtection") in (None, "disabled")
+    aws.ec2.enable_image_deregistration_protection(ImageId=image, WithCooldown=True)
+    assert aws.ec2.describe_images(ImageIds=[image])["Images"][0]["DeregistrationProtection"] == "enabled-with-cooldown"
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.deregister_image(ImageId=image)
+    assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+    aws.ec2.disable_image_deregistration_protection(ImageId=image)
+    aws.ec2.deregister_image(ImageId=image)
+    assert aws.ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["precious"]}])["Images"] == []
+
+
+def test_sharing_an_image_and_its_snapshot(aws: Any) -> None:
+    image = aws.image("shared")
+    aws.ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
+    got = aws.ec2.describe_image_attribute(ImageId=image, Attribute="launchPermission")
+    assert got["LaunchPermissions"] == [{"UserId": "210987654321"}]
+    snapshot = aws.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    aws.ec2.modify_snapshot_attribute(
+        SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=["210987654321"]
+    )
+    got = aws.ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
+    assert got["CreateVolumePermissions"] == [{"UserId": "210987654321"}]
