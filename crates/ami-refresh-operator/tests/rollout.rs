@@ -124,6 +124,7 @@ impl World {
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
+            namespaces: vec![None],
         })
     }
 

@@ -36,6 +36,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What build Jobs may run (PackerBuilder operator).
     pub build_policy: BuildPolicy,
+    /// The namespaces the operator watches (`[None]`: every namespace), for what it reads
+    /// besides its own objects (the PackerBuilder operator: AMIRefreshers using its AMIs).
+    pub namespaces: Vec<Option<String>>,
 }
 
 /// The images a build Job may run, set by whoever installs the operator: whoever can create a
@@ -131,6 +134,7 @@ impl Context {
             failures: Failures::default(),
             metrics,
             build_policy: BuildPolicy::default(),
+            namespaces: vec![None],
         })
     }
 }

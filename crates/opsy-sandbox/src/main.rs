@@ -123,6 +123,7 @@ impl Sandbox {
             slack_api: "http://127.0.0.1:9".into(),
             failures: Default::default(),
             build_policy: Default::default(),
+            namespaces: vec![None],
         });
         Box::pin(packer_builder_operator::reconcile::reconcile(
             Arc::new(pb),
@@ -163,6 +164,7 @@ impl Sandbox {
             slack_api: "http://127.0.0.1:9".into(),
             failures: Default::default(),
             build_policy: Default::default(),
+            namespaces: vec![None],
         });
         Box::pin(ami_refresh_operator::reconcile::reconcile(
             Arc::new(amr),

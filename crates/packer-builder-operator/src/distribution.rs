@@ -191,7 +191,7 @@ pub async fn apply(
                 }
             } else if Some(source) == active.map(|a| a.id.as_str()) {
                 copy_of_active.get_or_insert(&c.image);
-            } else if copy_status == tags::STATUS_ACTIVE {
+            } else if copy_status == tags::STATUS_ACTIVE && active.is_some() {
                 // Its source is no longer the active AMI.
                 regional.aws.deprecate_image(&c.image.id, at).await?;
                 outcome.done.push(format!(

@@ -209,7 +209,14 @@ pub async fn report(
                 active: copy.as_deref(),
             }),
     );
-    crate::retention::apply(&places, &read_only, &mut scratch, now).await?;
+    crate::retention::apply(
+        &places,
+        crate::retention::Refreshers::NotLooked,
+        &read_only,
+        &mut scratch,
+        now,
+    )
+    .await?;
     let fates = scratch.retention;
     let copies = regional
         .iter()

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
             let mut ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
             if let Some(ctx) = Arc::get_mut(&mut ctx) {
                 ctx.build_policy = args.build_policy();
+                ctx.namespaces = cli::watch_scopes(&args.watch_namespaces);
             }
             controller::run(ctx, args.concurrency, &operator, &args.watch_namespaces).await;
             operator.stop().await?;

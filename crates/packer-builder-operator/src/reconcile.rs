@@ -306,6 +306,8 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             let outcome =
                 complete(&pb, &ctx, &aws, &mut status, &managed, &job, &image, now).await?;
             let event = if outcome.is_ok() {
+                // Copies, sharing and retention follow at once, from a fresh look at the AMIs.
+                requeue = Duration::from_secs(1);
                 NotifyEvent::BuildSucceeded
             } else {
                 NotifyEvent::BuildFailed
@@ -687,8 +689,14 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             managed: &r.managed,
             active: r.active.as_deref(),
         }));
-        let outcome =
-            crate::retention::apply(&places, &pb.spec.retention, &mut status, now).await?;
+        let outcome = crate::retention::apply(
+            &places,
+            crate::retention::Refreshers::Listed(&ctx.client, &ctx.namespaces),
+            &pb.spec.retention,
+            &mut status,
+            now,
+        )
+        .await?;
         ctx.metrics.reclaimed(outcome.reclaimed);
         // One Event per reconcile: the recorder folds Events of one reason into a series.
         if !outcome.deregistered.is_empty() {

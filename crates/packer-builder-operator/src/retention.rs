@@ -7,7 +7,10 @@
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeMap;
+
 use opsy_api::{
+    AMIRefresher,
     packer_builder::{ImageFate, PackerBuilderStatus, Retention},
     tags,
 };
@@ -90,6 +93,73 @@ pub struct Outcome {
     pub reclaimed: u64,
 }
 
+/// The AMIs AMIRefreshers name (`spec.ami`, `spec.promotion.pin`, the target in status and
+/// each group's images before and after its update — its rollback image), each with who names
+/// it: `AMIRefresher ns/name (target)`.
+pub async fn refresher_uses(
+    client: &kube::Client,
+    namespaces: &[Option<String>],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut uses = BTreeMap::new();
+    for namespace in namespaces {
+        let api: kube::Api<AMIRefresher> = match namespace {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
+        let list = match api.list(&kube::api::ListParams::default()).await {
+            Ok(list) => list,
+            // The AMIRefresher CRD is not installed (the PackerBuilder operator alone).
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        for amr in list.items {
+            let who = format!(
+                "AMIRefresher {}/{}",
+                amr.metadata.namespace.as_deref().unwrap_or_default(),
+                amr.metadata.name.as_deref().unwrap_or_default()
+            );
+            let mut name = |image: Option<&String>, role: String| {
+                if let Some(image) = image {
+                    uses.entry(image.clone())
+                        .or_insert_with(|| format!("{who} ({role})"));
+                }
+            };
+            name(amr.spec.ami.as_ref(), "spec.ami".to_owned());
+            name(
+                amr.spec.promotion.as_ref().and_then(|p| p.pin.as_ref()),
+                "spec.promotion.pin".to_owned(),
+            );
+            if let Some(status) = &amr.status {
+                name(
+                    status.target_image.as_ref().map(|i| &i.id),
+                    "target".to_owned(),
+                );
+                for group in &status.node_groups {
+                    name(
+                        group.from_image.as_ref(),
+                        format!("rollback image of group {}", group.name),
+                    );
+                    name(
+                        group.to_image.as_ref(),
+                        format!("image of group {}", group.name),
+                    );
+                }
+            }
+        }
+    }
+    Ok(uses)
+}
+
+/// Where retention looks for AMIRefreshers that name an AMI.
+#[derive(Clone, Copy)]
+#[allow(missing_debug_implementations)]
+pub enum Refreshers<'a> {
+    /// List them with this client in these namespaces (`None`: all).
+    Listed(&'a kube::Client, &'a [Option<String>]),
+    /// Do not look (`plan`, which reads AWS only).
+    NotLooked,
+}
+
 /// A region's AMIs for retention to judge: `spec.region`'s (`region: None`) or a copy
 /// region's.
 #[derive(Debug)]
@@ -110,10 +180,13 @@ pub struct Place<'a> {
 /// set changes or after [`RECHECK`].
 pub async fn apply(
     places: &[Place<'_>],
+    refreshers: Refreshers<'_>,
     retention: &Retention,
     status: &mut PackerBuilderStatus,
     now: Timestamp,
 ) -> Result<Outcome, AwsError> {
+    // AMIRefreshers are listed once, and only when some AMI is past retention.
+    let mut named: Option<Result<BTreeMap<String, String>, String>> = None;
     let mut outcome = Outcome::default();
     let fresh = status
         .retention_checked
@@ -153,7 +226,24 @@ pub async fn apply(
             continue;
         }
         checked |= !past.is_empty();
-        judge(place, looks, &past, retention, &mut outcome, &mut fates).await?;
+        if !past.is_empty() && named.is_none() {
+            named = Some(match refreshers {
+                Refreshers::Listed(client, namespaces) => refresher_uses(client, namespaces).await,
+                Refreshers::NotLooked => Ok(BTreeMap::new()),
+            });
+        }
+        let empty = Ok(BTreeMap::new());
+        let named = named.as_ref().unwrap_or(&empty);
+        judge(
+            place,
+            looks,
+            &past,
+            named,
+            retention,
+            &mut outcome,
+            &mut fates,
+        )
+        .await?;
     }
     fates.truncate(MAX_RECORDED);
     status.retention = fates;
@@ -172,6 +262,7 @@ async fn judge(
     place: &Place<'_>,
     looks: Vec<(&Candidate, FirstLook)>,
     past: &[String],
+    named: &Result<BTreeMap<String, String>, String>,
     retention: &Retention,
     outcome: &mut Outcome,
     fates: &mut Vec<ImageFate>,
@@ -186,6 +277,15 @@ async fn judge(
             FirstLook::Past => {
                 if let Some(by) = used.get(&image.id) {
                     ("Keep", format!("in use by {by}"))
+                } else if let Some(by) = named.as_ref().ok().and_then(|n| n.get(&image.id)) {
+                    ("Keep", format!("in use by {by}"))
+                } else if let Err(e) = named {
+                    (
+                        "Keep",
+                        format!(
+                            "in use unless AMIRefreshers say otherwise; they could not be read: {e}"
+                        ),
+                    )
                 } else {
                     let shared = if retention.allow_shared {
                         Vec::new()

@@ -117,6 +117,7 @@ impl World {
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
+            namespaces: vec![None],
         })
     }
 
@@ -625,6 +626,32 @@ async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked
     let in_config = managed("in-config", "deprecated", "2026-11-06T00:00:00Z").await;
     let shared = managed("shared", "deprecated", "2026-11-05T00:00:00Z").await;
     let protected = managed("protected", "deprecated", "2026-11-04T00:00:00Z").await;
+    let pinned = managed("pinned", "deprecated", "2026-11-03T00:00:00Z").await;
+    let rolled_back_to = managed("rolled-back-to", "deprecated", "2026-11-02T00:00:00Z").await;
+    // AMIRefreshers name two of them: one in its spec, one as a group's rollback image.
+    let refreshers: Api<opsy_api::AMIRefresher> =
+        Api::namespaced(world.client.clone(), &world.ns.name);
+    let refresher: opsy_api::AMIRefresher = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ami.refresh.ops/v1alpha1",
+        "kind": "AMIRefresher",
+        "metadata": {"name": "prod-pinned"},
+        "spec": {"region": REGION, "clusterName": "prod-east", "ami": pinned, "expiresIn": "30d"},
+    }))
+    .unwrap();
+    refreshers
+        .create(&PostParams::default(), &refresher)
+        .await
+        .unwrap();
+    refreshers
+        .patch_status(
+            "prod-pinned",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"nodeGroups": [
+                {"name": "web", "kind": "Managed", "phase": "Succeeded", "fromImage": rolled_back_to, "toImage": pinned},
+            ]}})),
+        )
+        .await
+        .unwrap();
     world
         .fixture
         .ec2
@@ -766,6 +793,15 @@ async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked
         "{fates:?}"
     );
     assert_eq!(fate(&protected).2, "EC2 deregistration protection is on");
+    let ns = &world.ns.name;
+    assert_eq!(
+        fate(&pinned).2,
+        format!("in use by AMIRefresher {ns}/prod-pinned (spec.ami)")
+    );
+    assert_eq!(
+        fate(&rolled_back_to).2,
+        format!("in use by AMIRefresher {ns}/prod-pinned (rollback image of group web)")
+    );
 
     // EC2 agrees: exactly the two unused AMIs are gone, with the marked snapshot only.
     let remaining: Vec<String> = world
@@ -793,6 +829,8 @@ async fn retention_deregisters_only_unused_amis_past_retention_with_their_marked
         &in_config,
         &shared,
         &protected,
+        &pinned,
+        &rolled_back_to,
     ] {
         assert!(remaining.contains(kept), "{kept} was deregistered");
     }

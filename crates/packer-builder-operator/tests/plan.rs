@@ -157,4 +157,28 @@ async fn nothing_to_do_and_not_eligible_are_explained() {
         "{text}"
     );
     read_only(&moto);
+
+    // Distribution: the active AMI has no copy in eu-west-1 yet (plan would copy it); an
+    // older copy there is judged by retention in its region.
+    let west = Fixture::new(&moto, "eu-west-1").await;
+    let mut tags = contract(
+        "deprecated",
+        (now - jiff::SignedDuration::from_hours(24 * 20)).to_string(),
+    );
+    tags.push(("source-ami", deprecated[0].clone()));
+    let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let old_copy = west.register_image("old-copy", &tags).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pb.yaml");
+    let mut yaml = std::fs::read_to_string(example("upstream-packer-builder.yaml")).unwrap();
+    yaml.push_str("  distribution:\n    regions:\n      - region: eu-west-1\n");
+    std::fs::write(&file, yaml).unwrap();
+    let text = plan(&moto, file.to_str().unwrap(), "text");
+    assert!(
+        text.contains(&format!(
+            "  copies in eu-west-1:\n    would copy {fresh} there\n    {old_copy} (old-copy): status is deprecated, not active\n      retention: Keep: rollback candidate 1 of 3 (retention.keepDeprecated)"
+        )),
+        "{text}"
+    );
+    read_only(&moto);
 }

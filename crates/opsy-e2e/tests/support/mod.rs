@@ -75,6 +75,7 @@ pub fn start_watching(
         ctx.poll_interval = poll;
         // No Slack here: a notification fails fast without leaving the machine.
         ctx.slack_api = "http://127.0.0.1:9".into();
+        ctx.namespaces = opsy_runtime::cli::watch_scopes(&namespaces);
     }
     let task = tokio::spawn(run(kind, ctx, operator.clone(), namespaces));
     Running { operator, task }

@@ -183,7 +183,29 @@ pub async fn operators_need_every_rule_granted(
     // A whole build, with a Slack notification whose token is read from a Secret.
     let moto = Moto::start().unwrap();
     let fixture = Fixture::new(&moto, REGION).await;
-    fixture.register_image("base-al2023-v1", &[]).await.unwrap();
+    let base = fixture.register_image("base-al2023-v1", &[]).await.unwrap();
+    // An older AMI of this PackerBuilder, past retention once the build is done: retention
+    // asks whether an AMIRefresher names it.
+    fixture
+        .register_image(
+            "al2023-hardened-0",
+            &[
+                ("brought-to-you-by", "opsy-the-ami-operator"),
+                ("cluster-name", CLUSTER),
+                ("created-by", "pb"),
+                ("created-by-namespace", work),
+                (
+                    "packer-repo",
+                    "https://github.com/example-org/eks-node-images",
+                ),
+                ("packer-repo-branch", "main"),
+                ("status", "deprecated"),
+                ("base-ami", base.as_str()),
+                ("create-timestamp", "2026-01-01T00:00:00Z"),
+            ],
+        )
+        .await
+        .unwrap();
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some("slack-token".into()),
@@ -221,6 +243,7 @@ pub async fn operators_need_every_rule_granted(
     ))
     .unwrap();
     pb.spec.builder.job_service_account_name = Some("packer".into());
+    pb.spec.retention.keep_deprecated = 0;
     let builders: Api<PackerBuilder> = Api::namespaced(admin.clone(), work);
     builders.create(&PostParams::default(), &pb).await.unwrap();
     let poll = Duration::from_secs(1);
