@@ -48,7 +48,8 @@ HTTP endpoints beside moto's own ``/moto-api``:
   ``"METHOD /path"`` (REST protocols) starts with ``match`` fail with that error.
 - ``GET /opsy-ext/requests``: requests served so far, by action; ``DELETE`` clears the counts.
 - ``GET /opsy-ext/calls``: what each request asked of IAM — signing key, ``service:Action``,
-  resource ARNs with their current tags, the tags it writes — for the tests' policy checks;
+  resource ARNs with their current tags, the tags it writes (tags written at creation are a
+  further ``ec2:CreateTags`` entry with ``ec2:CreateAction``) — for the tests' policy checks;
   ``DELETE`` clears it.
 - ``POST /opsy-ext/publish-image`` with ``{"region", "id", "name", "owner_id"}``: an image of
   another account appears (as when AWS publishes a new EKS-optimised AMI).
@@ -1070,6 +1071,8 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
     resource_tags: dict[str, dict[str, str]] = {}
     request_tags: dict[str, str] = {}
     context: dict[str, str] = {}
+    # Further authorisations the request needs (tagging at creation).
+    implied: list[dict[str, Any]] = []
     if service == "ec2":
         from moto.ec2.models import ec2_backends
 
@@ -1099,20 +1102,37 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             # image (in SourceRegion, with its tags).
             from moto.ec2.models import ec2_backends as all_backends
 
+            specs: dict[str, dict[str, str]] = {}
             n = 1
             while f"TagSpecification.{n}.ResourceType" in params:
-                if params[f"TagSpecification.{n}.ResourceType"][0] == "image":
-                    m = 1
-                    while f"TagSpecification.{n}.Tag.{m}.Key" in params:
-                        request_tags[params[f"TagSpecification.{n}.Tag.{m}.Key"][0]] = (
-                            params.get(f"TagSpecification.{n}.Tag.{m}.Value") or [""]
-                        )[0]
-                        m += 1
+                kind = params[f"TagSpecification.{n}.ResourceType"][0]
+                m = 1
+                while f"TagSpecification.{n}.Tag.{m}.Key" in params:
+                    specs.setdefault(kind, {})[params[f"TagSpecification.{n}.Tag.{m}.Key"][0]] = (
+                        params.get(f"TagSpecification.{n}.Tag.{m}.Value") or [""]
+                    )[0]
+                    m += 1
                 n += 1
+            request_tags.update(specs.get("image", {}))
             source, source_region = first("SourceImageId"), first("SourceRegion") or region
             source_arn = _ec2_arn(source_region, account, source or "ami-")
             resources = [f"arn:aws:ec2:{region}::image/*", source_arn]
             resource_tags[source_arn] = dict(all_backends[account][source_region].tags.get(source, {}))
+            # Tags written at creation are also authorised as ec2:CreateTags on the new
+            # resources, with ec2:CreateAction = CopyImage (EC2 User Guide, "Grant permission
+            # to tag Amazon EC2 resources during creation"; Grant permissions to copy AMIs).
+            for kind, tags in specs.items():
+                implied.append(
+                    {
+                        "access_key": key,
+                        "role": role,
+                        "action": "ec2:CreateTags",
+                        "resources": [f"arn:aws:ec2:{region}::{kind}/*"],
+                        "request_tags": tags,
+                        "resource_tags": {},
+                        "context": {"ec2:CreateAction": "CopyImage"},
+                    }
+                )
         elif action == "CreateLaunchTemplateVersion":
             lt = first("LaunchTemplateId")
             if not lt and first("LaunchTemplateName"):
@@ -1175,6 +1195,7 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
         "request_tags": request_tags,
         "resource_tags": resource_tags,
         "context": context,
+        "implied": implied,
     }
 
 
@@ -1287,7 +1308,9 @@ class Middleware:
         with self.lock:
             self.counts[action] += 1
             if call is not None:
+                implied = call.pop("implied", [])
                 self.calls.append(call)
+                self.calls.extend(implied)
             rule = next((r for r in self.rules if action.startswith(r["match"]) and r["count"] > 0), None)
             if rule is not None:
                 rule["count"] -= 1

@@ -152,6 +152,23 @@ def test_a_copy_is_tagged_at_creation_idempotent_encrypted_and_pending_first(aws
     assert {t["Key"]: t["Value"] for t in snapshot["Tags"]} == {"brought-to-you-by": "x"}
     # Another token is another copy.
     assert east.copy_image(**{**request, "ClientToken": "copy-golden-2"})["ImageId"] != copy
+    # For IAM: the copy acts on the new image and the source (with its tags), and tagging at
+    # creation is ec2:CreateTags with ec2:CreateAction = CopyImage on each new resource type.
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{aws.url}/opsy-ext/calls") as response:
+        calls = json.loads(response.read())
+    copied = next(c for c in calls if c["action"] == "ec2:CopyImage")
+    source_arn = f"arn:aws:ec2:{REGION}::image/{source}"
+    assert copied["resources"] == ["arn:aws:ec2:us-east-1::image/*", source_arn]
+    assert copied["resource_tags"][source_arn] == {"team": "platform"}
+    assert copied["request_tags"] == {"status": "active"}
+    implied = [c for c in calls if c["context"].get("ec2:CreateAction") == "CopyImage"][:2]
+    assert [(c["action"], c["resources"], c["request_tags"]) for c in implied] == [
+        ("ec2:CreateTags", ["arn:aws:ec2:us-east-1::image/*"], {"status": "active"}),
+        ("ec2:CreateTags", ["arn:aws:ec2:us-east-1::snapshot/*"], {"brought-to-you-by": "x"}),
+    ]
 
 
 def test_a_protected_image_cannot_be_deregistered(aws: Any) -> None:
