@@ -49,7 +49,7 @@ def cluster(url: str) -> None:
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     role = f"arn:aws:iam::123456789012:role/{CLUSTER}"
-    eks.create_cluster(name=CLUSTER, roleArn=role, resourcesVpcConfig={"subnetIds": [subnet]})
+    eks.create_cluster(name=CLUSTER, version="1.30", roleArn=role, resourcesVpcConfig={"subnetIds": [subnet]})
     for group in ["general", "batch", "ingress-dev"]:
         template = ec2.create_launch_template(
             LaunchTemplateName=f"{CLUSTER}-{group}",

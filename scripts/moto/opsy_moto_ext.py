@@ -14,6 +14,8 @@ Each follows the AWS API reference:
   copy, and the copy is `pending` for one DescribeImages poll before it is `available`.
 - EC2 EnableImageDeregistrationProtection / DisableImageDeregistrationProtection, the image's
   DeregistrationProtection, and DeregisterImage refused while it is enabled.
+- EKS UpdateClusterVersion: asynchronous like a node-group update (the cluster is UPDATING,
+  then takes the new version), one minor version at a time.
 - EKS UpdateNodegroupVersion and UpdateNodegroupConfig are asynchronous: an update is
   InProgress for a few polls (DescribeUpdate, or DescribeNodegroup of its group), the group is
   UPDATING meanwhile, and any other update of the group fails with ResourceInUseException. Then
@@ -682,6 +684,12 @@ def _patch_eks() -> None:
         if entry["polls_left"] > 0:
             entry["polls_left"] -= 1
             return
+        if entry["nodegroup"] is None:
+            # A control-plane update.
+            update["status"] = "Successful"
+            entry["apply"]()
+            backend.clusters[entry["cluster"]].status = "ACTIVE"
+            return
         group = nodegroup(backend, entry["cluster"], entry["nodegroup"])
         failure = entry["failure"]
         if failure:
@@ -708,6 +716,59 @@ def _patch_eks() -> None:
         entry["apply"]()
         group.status = "ACTIVE"
         group.health = {"issues": []}
+
+    def update_cluster_version(self):  # type: ignore[no-untyped-def]
+        # EKS API reference, UpdateClusterVersion: updates the control plane "to a newer
+        # Kubernetes version"; asynchronous (an update of type VersionUpdate with the Version
+        # and PlatformVersion params; the cluster is UPDATING meanwhile); one minor version at a
+        # time (EKS User Guide, "Update existing cluster to new Kubernetes version"), and
+        # ResourceInUseException while another update of the cluster runs.
+        backend = self.eks_backend
+        name = self._get_param("name")
+        version = str(self._get_param("version"))
+        cluster = backend.clusters.get(name)
+        if cluster is None:
+            raise ResourceNotFoundException(
+                clusterName=name, nodegroupName=None, message=f"No cluster found for name: {name}."
+            )
+        for entry in updates(backend).values():
+            if entry["cluster"] == name and entry["nodegroup"] is None and entry["update"]["status"] == "InProgress":
+                raise ResourceInUseException(
+                    clusterName=name,
+                    nodegroupName=None,
+                    addonName=None,
+                    message=f"Cluster {name} is currently being updated (update {entry['update']['id']})",
+                )
+        try:
+            major, minor = (int(p) for p in str(cluster.version).split(".")[:2])
+            new_major, new_minor = (int(p) for p in version.split(".")[:2])
+        except ValueError:
+            raise InvalidParameterException(message=f"Unsupported Kubernetes version {version}")
+        if (new_major, new_minor) != (major, minor + 1):
+            raise InvalidParameterException(
+                message=f"Unsupported Kubernetes minor version update from {cluster.version} to {version}"
+            )
+        update = {
+            "id": str(uuid.uuid4()),
+            "status": "InProgress",
+            "type": "VersionUpdate",
+            "params": [
+                {"type": "Version", "value": version},
+                {"type": "PlatformVersion", "value": cluster.platformVersion},
+            ],
+            "createdAt": _now(),
+            "errors": [],
+        }
+        updates(backend)[update["id"]] = {
+            "update": update,
+            "cluster": name,
+            "nodegroup": None,
+            "polls_left": DEFAULT_POLLS,
+            "failure": None,
+            "apply": lambda: setattr(cluster, "version", version),
+        }
+        cluster.status = "UPDATING"
+        return ActionResult({"update": update})
 
     def describe_update(self):  # type: ignore[no-untyped-def]
         cluster_name = self._get_param("name")
@@ -778,6 +839,7 @@ def _patch_eks() -> None:
     EKSResponse.update_nodegroup_version = update_nodegroup_version
     EKSResponse.update_nodegroup_config = update_nodegroup_config
     EKSResponse.describe_update = describe_update
+    EKSResponse.update_cluster_version = update_cluster_version
     EKSResponse.list_updates = list_updates
 
 
@@ -1018,6 +1080,7 @@ _EKS_ROUTES = [
     ("POST", re.compile(r"^/clusters/(?P<c>[^/]+)/node-groups/(?P<ng>[^/]+)/update-version$"), "UpdateNodegroupVersion"),
     ("POST", re.compile(r"^/clusters/(?P<c>[^/]+)/node-groups/(?P<ng>[^/]+)/update-config$"), "UpdateNodegroupConfig"),
     ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)/updates$"), "ListUpdates"),
+    ("POST", re.compile(r"^/clusters/(?P<c>[^/]+)/updates$"), "UpdateClusterVersion"),
     ("GET", re.compile(r"^/clusters/(?P<c>[^/]+)/updates/(?P<id>[^/]+)$"), "DescribeUpdate"),
 ]
 

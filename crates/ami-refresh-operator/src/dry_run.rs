@@ -59,15 +59,7 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
         .await;
     let aws = &aws.region(&spec.region).await;
-    let selection = owner
-        .select_target(
-            spec.ami.as_deref(),
-            spec.ami_filters.as_deref(),
-            opsy_aws::managed::Scope::of(spec),
-            spec.effective_expires_in().as_std(),
-            now,
-        )
-        .await?;
+    let (selection, _) = owner.select_target_for_cluster(aws, spec, now).await?;
     let status = amr.status.clone().unwrap_or_default();
     let choice = promotion::choose(spec, &status, &selection);
     let held_back: Vec<String> = choice

@@ -141,15 +141,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     // 1. Target.
-    let selection = owner
-        .select_target(
-            spec.ami.as_deref(),
-            spec.ami_filters.as_deref(),
-            opsy_aws::managed::Scope::of(spec),
-            spec.effective_expires_in().as_std(),
-            now,
-        )
-        .await?;
+    let (selection, control_plane) = owner.select_target_for_cluster(&aws, spec, now).await?;
+    status.kubernetes_version = control_plane;
     let choice = promotion::choose(spec, &status, &selection);
     let chosen = choice.chosen.clone();
     report_held_back(&ctx, &amr, &mut status, choice.held_back).await;

@@ -582,6 +582,7 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
                 cluster_name: "another-cluster",
                 accept_from: &[],
                 promotion: None,
+                kubernetes_version: None,
             },
             Duration::from_secs(30 * 86_400),
             Timestamp::now(),

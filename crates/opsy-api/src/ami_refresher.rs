@@ -506,6 +506,10 @@ pub struct AMIRefresherStatus {
     /// The AMI being rolled out, with its creation and expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_image: Option<ImageRef>,
+    /// The Kubernetes version of the cluster's control plane (EKS DescribeCluster). No AMI
+    /// built for a newer one, or for one more than three minors older, is rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
     /// Summary for `kubectl get`, e.g. `3/5 updated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,

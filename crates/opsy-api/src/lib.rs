@@ -16,6 +16,7 @@ pub mod common;
 pub mod conditions;
 pub mod crd;
 pub mod duration;
+pub mod kubernetes;
 pub mod packer_builder;
 pub mod tags;
 pub mod windows;

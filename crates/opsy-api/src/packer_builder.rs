@@ -616,6 +616,10 @@ pub struct PackerBuilderStatus {
     /// The current base AMI (newest match of `amiFilters`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image: Option<ImageRef>,
+    /// The Kubernetes version of the cluster's control plane, when `amiFilters` use
+    /// `${KUBERNETES_VERSION}` (read with EKS DescribeCluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
     /// The managed AMI currently tagged `active`, with its expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_image: Option<ImageRef>,

@@ -46,6 +46,10 @@ pub fn healthy_on(cluster: &str) -> String {
 pub const CREATE_TIMESTAMP: &str = "create-timestamp";
 /// The base AMI the build started from.
 pub const BASE_AMI: &str = "base-ami";
+/// The Kubernetes version (`major.minor`) the AMI's nodes run: the cluster's when the filters
+/// used `${KUBERNETES_VERSION}`, else the one the base AMI's name carries. AMIRefreshers never
+/// roll out an AMI newer than the control plane or more than three minors older.
+pub const KUBERNETES_VERSION: &str = "kubernetes-version";
 /// On a copy in another region (`spec.distribution`): the AMI it was copied from.
 pub const SOURCE_AMI: &str = "source-ami";
 /// On a copy in another region: the region of the AMI it was copied from.

@@ -126,6 +126,17 @@ impl std::fmt::Display for MaxUnavailable {
 }
 
 impl AwsClients {
+    /// The Kubernetes version (`major.minor`) of the cluster's control plane (EKS
+    /// DescribeCluster); `None` when the cluster does not exist.
+    pub async fn cluster_version(&self, cluster: &str) -> Result<Option<String>, AwsError> {
+        let request = self.eks.describe_cluster().name(cluster);
+        match self.call("eks", "DescribeCluster", request.send()).await {
+            Ok(answer) => Ok(answer.cluster.and_then(|c| c.version)),
+            Err(AwsError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The names of the cluster's managed node groups (every page).
     pub async fn list_nodegroups(&self, cluster: &str) -> Result<Vec<String>, AwsError> {
         const OP: &str = "ListNodegroups";

@@ -8,6 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use opsy_api::{
     AmiFilter,
     ami_refresher::{AcceptFrom, Promotion},
+    kubernetes::{KUBELET_MAX_MINORS_BEHIND, MinorVersion, Skew},
     tags,
 };
 
@@ -57,6 +58,15 @@ pub enum Ineligible {
     },
     /// A gate of `spec.promotion` holds it back.
     Held(Hold),
+    /// Built for a Kubernetes version the control plane does not support on its nodes.
+    KubernetesSkew {
+        /// The AMI's version.
+        version: MinorVersion,
+        /// The control plane's.
+        control_plane: MinorVersion,
+        /// Newer, or too old.
+        skew: Skew,
+    },
 }
 
 /// Why a promotion gate holds a candidate back.
@@ -163,6 +173,24 @@ impl fmt::Display for Ineligible {
                  cluster; to roll it out here, add {{clusterName: {cluster}}} to spec.acceptFrom"
             ),
             Ineligible::Held(hold) => write!(f, "held back: {hold}"),
+            Ineligible::KubernetesSkew {
+                version,
+                control_plane,
+                skew: Skew::Newer,
+            } => write!(
+                f,
+                "for Kubernetes {version}, newer than the control plane ({control_plane}): a \
+                 kubelet must not be newer than its API server; upgrade the cluster first"
+            ),
+            Ineligible::KubernetesSkew {
+                version,
+                control_plane,
+                skew: Skew::TooOld,
+            } => write!(
+                f,
+                "for Kubernetes {version}, more than {KUBELET_MAX_MINORS_BEHIND} minor versions \
+                 older than the control plane ({control_plane})"
+            ),
         }
     }
 }
@@ -177,6 +205,9 @@ pub struct Scope<'a> {
     pub accept_from: &'a [AcceptFrom],
     /// `spec.promotion`.
     pub promotion: Option<&'a Promotion>,
+    /// The control plane's Kubernetes version, when known: candidates outside the node skew
+    /// it supports are refused.
+    pub kubernetes_version: Option<MinorVersion>,
 }
 
 impl<'a> Scope<'a> {
@@ -186,6 +217,7 @@ impl<'a> Scope<'a> {
             cluster_name: &spec.cluster_name,
             accept_from: &spec.accept_from,
             promotion: spec.promotion.as_ref(),
+            kubernetes_version: None,
         }
     }
 
@@ -527,8 +559,27 @@ impl BuildIdentity {
         }
         put(tags::BUILD_ID, &build.build_id);
         put(tags::JOB_ID, &build.job_id);
+        if let Some(version) = &build.kubernetes_version {
+            put(tags::KUBERNETES_VERSION, version);
+        }
         tags
     }
+}
+
+/// The Kubernetes version an AMI's nodes run: its `kubernetes-version` tag, else the version
+/// its name carries, else (for an AMI built from a base) its base's among `bases`.
+pub fn kubernetes_version(image: &Image, bases: &[Image]) -> Option<MinorVersion> {
+    image
+        .tag(tags::KUBERNETES_VERSION)
+        .and_then(MinorVersion::parse)
+        .or_else(|| MinorVersion::in_name(&image.name))
+        .or_else(|| {
+            let base = image.tag(tags::BASE_AMI)?;
+            let base = bases.iter().find(|b| b.id == base)?;
+            base.tag(tags::KUBERNETES_VERSION)
+                .and_then(MinorVersion::parse)
+                .or_else(|| MinorVersion::in_name(&base.name))
+        })
 }
 
 /// What a build contributes to its AMI's tags.
@@ -542,6 +593,8 @@ pub struct BuildFacts {
     pub build_id: String,
     /// `status.jobID`.
     pub job_id: String,
+    /// The Kubernetes version the AMI's nodes run, when known.
+    pub kubernetes_version: Option<String>,
 }
 
 /// The tags to write when adopting `image` (found by the tag contract but not recorded in
@@ -644,6 +697,36 @@ impl AwsClients {
         ))
     }
 
+    /// The AMIRefresher's target for its cluster: the control plane's version is read (EKS
+    /// DescribeCluster, with `cluster`'s clients: the cluster's account), fills
+    /// `${KUBERNETES_VERSION}` in the filters, and refuses candidates outside the node skew it
+    /// supports; then [`AwsClients::select_target`] (with these, the owner account's clients).
+    /// Returns the selection and the control plane's version, if the cluster was found.
+    pub async fn select_target_for_cluster(
+        &self,
+        cluster: &AwsClients,
+        spec: &opsy_api::AMIRefresherSpec,
+        now: Timestamp,
+    ) -> Result<(Selection, Option<String>), AwsError> {
+        let version = cluster.cluster_version(&spec.cluster_name).await?;
+        let filled = match (&spec.ami_filters, &version) {
+            (Some(filters), Some(v)) => Some(opsy_api::kubernetes::fill_filters(filters, v)),
+            (filters, _) => filters.clone(),
+        };
+        let mut scope = Scope::of(spec);
+        scope.kubernetes_version = version.as_deref().and_then(MinorVersion::parse);
+        let selection = self
+            .select_target(
+                spec.ami.as_deref(),
+                filled.as_deref(),
+                scope,
+                spec.effective_expires_in().as_std(),
+                now,
+            )
+            .await?;
+        Ok((selection, version))
+    }
+
     /// The AMIRefresher's target: the explicit `ami`, or the images matching `filters` plus
     /// the managed AMIs (of this account) built from them that `scope` accepts; the newest
     /// eligible one that passes the promotion gates wins. An explicit `ami` is the user's
@@ -690,11 +773,27 @@ impl AwsClients {
             (None, None) => Vec::new(),
         };
         let mut selection = Selection::from_images(images, expires_in, now);
+        let bases: Vec<Image> = selection
+            .candidates
+            .iter()
+            .map(|c| c.image.clone())
+            .collect();
         for candidate in &mut selection.candidates {
             if ami.is_none()
                 && let Some(refused) = scope.refuses(&candidate.image)
             {
                 candidate.rejected = Some(refused);
+            }
+            if candidate.is_eligible()
+                && let Some(control_plane) = scope.kubernetes_version
+                && let Some(version) = kubernetes_version(&candidate.image, &bases)
+                && let Some(skew) = version.skew(control_plane)
+            {
+                candidate.rejected = Some(Ineligible::KubernetesSkew {
+                    version,
+                    control_plane,
+                    skew,
+                });
             }
             if candidate.is_eligible()
                 && let Some(hold) = scope.holds(candidate, now)
@@ -909,6 +1008,7 @@ mod tests {
             base_ami: Some("ami-base".into()),
             build_id: "b-1".into(),
             job_id: "j1".into(),
+            kubernetes_version: Some("1.31".into()),
         });
         let keys: Vec<&str> = tags.keys().map(String::as_str).collect();
         assert_eq!(
@@ -922,6 +1022,7 @@ mod tests {
                 "created-by",
                 "created-by-namespace",
                 "job-id",
+                "kubernetes-version",
                 "packer-repo",
                 "packer-repo-branch",
                 "status"

@@ -66,6 +66,7 @@ fn the_builder_may_write_exactly_the_contract_tags() {
             base_ami: Some("ami-base".into()),
             build_id: "b".into(),
             job_id: "j".into(),
+            kubernetes_version: Some("1.31".into()),
         })
         .into_keys()
         // A copy in another region also says where it came from; a quarantine spread from a

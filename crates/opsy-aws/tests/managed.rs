@@ -28,6 +28,7 @@ fn scope() -> Scope<'static> {
         cluster_name: CLUSTER,
         accept_from: &[],
         promotion: None,
+        kubernetes_version: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn facts(created: &str, base: &str, job: &str) -> BuildFacts {
         base_ami: Some(base.into()),
         build_id: "build-1".into(),
         job_id: job.into(),
+        kubernetes_version: None,
     }
 }
 
@@ -553,6 +555,7 @@ async fn another_clusters_ami_is_passed_over_unless_accepted() {
             cluster_name: CLUSTER,
             accept_from: accept,
             promotion: None,
+            kubernetes_version: None,
         };
         let selection = aws
             .select_target(None, Some(&filters), scope, DAY, now)
@@ -567,4 +570,101 @@ async fn another_clusters_ami_is_passed_over_unless_accepted() {
         .await
         .unwrap();
     assert_eq!(explicit.chosen.unwrap().image.id, theirs);
+}
+
+#[tokio::test]
+async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    fixture.create_cluster_at("versions", "1.30").await.unwrap();
+    // Bases of three versions, and an AMI built from each whose own name says nothing of it.
+    let mut built = Vec::new();
+    for (version, hour) in [("1.30", 10), ("1.26", 11), ("1.31", 12)] {
+        let base = fixture
+            .register_image(
+                &format!("amazon-eks-node-al2023-x86_64-standard-{version}-v20241101"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let id = fixture
+            .register_image(&format!("hardened-{hour}"), &[])
+            .await
+            .unwrap();
+        let mut identity = identity();
+        identity.cluster_name = "versions".into();
+        aws.tag_image(
+            &id,
+            &identity.tags(&facts(
+                &format!("2024-11-19T{hour}:00:00Z"),
+                &base,
+                &format!("j{hour}"),
+            )),
+        )
+        .await
+        .unwrap();
+        built.push(id);
+    }
+    let spec = |name: &str| -> opsy_api::AMIRefresherSpec {
+        serde_json::from_value(serde_json::json!({
+            "region": REGION,
+            "clusterName": "versions",
+            "expiresIn": "30d",
+            "amiFilters": [
+                {"name": "name", "values": [name]},
+                {"name": "owner-id", "values": [opsy_testkit::ACCOUNT_ID]},
+            ],
+        }))
+        .unwrap()
+    };
+    let every = spec("amazon-eks-node-al2023-x86_64-standard-*");
+    let (selection, version) = aws
+        .select_target_for_cluster(&aws, &every, now())
+        .await
+        .unwrap();
+    assert_eq!(version.as_deref(), Some("1.30"));
+    assert_eq!(selection.chosen.as_ref().unwrap().image.id, built[0]);
+    let why = |selection: &opsy_aws::managed::Selection, id: &str| {
+        selection
+            .candidates
+            .iter()
+            .find(|c| c.image.id == id)
+            .and_then(|c| c.rejected.as_ref())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    assert!(
+        why(&selection, &built[2]).starts_with(
+            "for Kubernetes 1.31, newer than the control plane (1.30): a kubelet must not be newer than its API server"
+        ),
+        "{}",
+        why(&selection, &built[2])
+    );
+    assert_eq!(
+        why(&selection, &built[1]),
+        "for Kubernetes 1.26, more than 3 minor versions older than the control plane (1.30)"
+    );
+
+    // Once the control plane is on 1.31, its AMI is the target.
+    fixture.upgrade_cluster("versions", "1.31").await.unwrap();
+    let (selection, _) = aws
+        .select_target_for_cluster(&aws, &every, now())
+        .await
+        .unwrap();
+    assert_eq!(selection.chosen.unwrap().image.id, built[2]);
+
+    // Filters that name the cluster's version see only that minor's AMIs.
+    let current = spec("amazon-eks-node-al2023-x86_64-standard-${KUBERNETES_VERSION}-*");
+    let (selection, _) = aws
+        .select_target_for_cluster(&aws, &current, now())
+        .await
+        .unwrap();
+    let seen: Vec<&str> = selection
+        .candidates
+        .iter()
+        .filter(|c| c.image.tag("brought-to-you-by").is_some())
+        .map(|c| c.image.id.as_str())
+        .collect();
+    assert_eq!(seen, [built[2].as_str()]);
 }

@@ -162,11 +162,51 @@ impl Fixture {
         }
     }
 
-    /// Creates an EKS cluster.
+    /// The Kubernetes version of clusters [`Fixture::create_cluster`] creates: the version of
+    /// the EKS AMIs the seed publishes.
+    pub const CLUSTER_VERSION: &'static str = "1.30";
+
+    /// Creates an EKS cluster on Kubernetes [`Fixture::CLUSTER_VERSION`].
     pub async fn create_cluster(&self, name: &str) -> Result<(), FixtureError> {
+        self.create_cluster_at(name, Self::CLUSTER_VERSION).await
+    }
+
+    /// Upgrades the control plane of cluster `name` to `version` (EKS UpdateClusterVersion)
+    /// and waits until the update is done.
+    pub async fn upgrade_cluster(&self, name: &str, version: &str) -> Result<(), FixtureError> {
+        let update = self
+            .eks
+            .update_cluster_version()
+            .name(name)
+            .version(version)
+            .send()
+            .await?
+            .update
+            .and_then(|u| u.id)
+            .unwrap_or_default();
+        for _ in 0..20 {
+            let status = self
+                .eks
+                .describe_update()
+                .name(name)
+                .update_id(&update)
+                .send()
+                .await?
+                .update
+                .and_then(|u| u.status);
+            if status != Some(aws_sdk_eks::types::UpdateStatus::InProgress) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates an EKS cluster on Kubernetes `version`.
+    pub async fn create_cluster_at(&self, name: &str, version: &str) -> Result<(), FixtureError> {
         self.eks
             .create_cluster()
             .name(name)
+            .version(version)
             .role_arn("arn:aws:iam::123456789012:role/eks-cluster")
             .resources_vpc_config(
                 aws_sdk_eks::types::VpcConfigRequest::builder()

@@ -92,10 +92,7 @@ pub async fn report(
 ) -> Result<Report, AwsError> {
     let aws = &*clients.region(&pb.spec.region).await;
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
-    let base = match filters {
-        Some(filters) => aws.resolve_base_image(filters).await?,
-        None => None,
-    };
+    let base = crate::reconcile::resolve_base(aws, pb).await?.image;
     let identity = BuildIdentity::of(pb);
     let managed = aws
         .managed_images(&identity, pb.spec.time_outs.expires_in.as_std(), now)

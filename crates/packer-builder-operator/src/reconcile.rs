@@ -205,10 +205,18 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
 
     // Observe.
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
-    let base = match filters {
-        Some(filters) => aws.resolve_base_image(filters).await?,
-        None => None,
-    };
+    let Base {
+        image: base,
+        control_plane,
+        placeholder,
+    } = resolve_base(&aws, pb.as_ref()).await?;
+    status.kubernetes_version = control_plane.clone();
+    // The version of the AMIs built now: the cluster's, else the one the base's name carries.
+    let kubernetes_version = control_plane.clone().or_else(|| {
+        base.as_ref()
+            .and_then(|b| opsy_api::kubernetes::MinorVersion::in_name(&b.name))
+            .map(|v| v.to_string())
+    });
     let expires_in = pb.spec.time_outs.expires_in.as_std();
     let builds = identity(&pb);
     let mut managed = aws.managed_images(&builds, expires_in, now).await?;
@@ -303,8 +311,23 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             requeue = ctx.poll_interval;
         }
         Decision::Complete { job, image } => {
-            let outcome =
-                complete(&pb, &ctx, &aws, &mut status, &managed, &job, &image, now).await?;
+            // The base may have moved since the build started: its version is known only
+            // from the cluster, or from the base this build used.
+            let version = kubernetes_version
+                .clone()
+                .filter(|_| placeholder || base.as_ref().map(|b| &b.id) == job.base_ami.as_ref());
+            let outcome = complete(
+                &pb,
+                &ctx,
+                &aws,
+                &mut status,
+                &managed,
+                &job,
+                &image,
+                version,
+                now,
+            )
+            .await?;
             let event = if outcome.is_ok() {
                 // Copies, sharing and retention follow at once, from a fresh look at the AMIs.
                 requeue = Duration::from_secs(1);
@@ -596,9 +619,17 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             ));
         }
         Decision::NoBaseImage => {
-            let message =
+            let message = if placeholder && control_plane.is_none() {
+                format!(
+                    "spec.amiFilters use {}, but EKS cluster {} (spec.clusterName) was not found in {}: its Kubernetes version cannot be read",
+                    opsy_api::kubernetes::VERSION_PLACEHOLDER,
+                    pb.spec.cluster_name,
+                    pb.spec.region
+                )
+            } else {
                 "no available image matches spec.amiFilters; check the filter names and values"
-                    .to_owned();
+                    .to_owned()
+            };
             stalled(&ctx, &pb, &mut status, "NoBaseImage", &message, now).await;
             let msg = notify::message(
                 &pb,
@@ -741,6 +772,46 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
     Ok(Action::requeue(requeue))
 }
 
+/// The base AMI, found with `spec.amiFilters`.
+#[derive(Debug)]
+pub(crate) struct Base {
+    /// The newest available match.
+    pub image: Option<opsy_aws::Image>,
+    /// The cluster's Kubernetes version, read when the filters use the placeholder.
+    pub control_plane: Option<String>,
+    /// Whether the filters use `${KUBERNETES_VERSION}`.
+    pub placeholder: bool,
+}
+
+/// Finds the base AMI; when the filters use `${KUBERNETES_VERSION}`, with the cluster's
+/// version filled in (none when the cluster is not found).
+pub(crate) async fn resolve_base(
+    aws: &opsy_aws::AwsClients,
+    pb: &PackerBuilder,
+) -> Result<Base, opsy_aws::AwsError> {
+    let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
+    let placeholder = filters.is_some_and(opsy_api::kubernetes::filters_use_placeholder);
+    let control_plane = if placeholder {
+        aws.cluster_version(&pb.spec.cluster_name).await?
+    } else {
+        None
+    };
+    let image = match (filters, &control_plane) {
+        (Some(filters), Some(version)) => {
+            aws.resolve_base_image(&opsy_api::kubernetes::fill_filters(filters, version))
+                .await?
+        }
+        (Some(_), None) if placeholder => None,
+        (Some(filters), _) => aws.resolve_base_image(filters).await?,
+        (None, _) => None,
+    };
+    Ok(Base {
+        image,
+        control_plane,
+        placeholder,
+    })
+}
+
 fn image_ref(candidate: &opsy_aws::managed::Candidate) -> ImageRef {
     ImageRef {
         id: candidate.image.id.clone(),
@@ -804,6 +875,7 @@ async fn complete(
     managed: &Selection,
     job: &OpenJob,
     image_id: &str,
+    kubernetes_version: Option<String>,
     now: Timestamp,
 ) -> Result<Result<(), String>, Error> {
     let generation = pb.meta().generation;
@@ -863,6 +935,7 @@ async fn complete(
         base_ami: job.base_ami.clone(),
         build_id: status.build_id.clone().unwrap_or_default(),
         job_id: job.job_id.clone(),
+        kubernetes_version,
     };
     aws.tag_image(image_id, &identity(pb).tags(&facts)).await?;
     aws.mark_snapshots(image).await?;

@@ -1832,6 +1832,7 @@ async fn copies_in_another_region_are_shared_follow_their_source_and_fall_under_
                 cluster_name: "prod-east",
                 accept_from: &[],
                 promotion: None,
+                kubernetes_version: None,
             },
             Duration::from_secs(30 * 86_400),
             world.now,
@@ -1940,4 +1941,74 @@ async fn copies_in_another_region_are_shared_follow_their_source_and_fall_under_
     // Every call within the operator's policy, on its resources and tags.
     let calls = world.moto.operator_calls().unwrap();
     opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 8).unwrap();
+}
+
+#[tokio::test]
+async fn a_control_plane_upgrade_moves_the_base_to_the_new_minor_and_builds() {
+    let world = World::new(pb_manifest(serde_json::json!({
+        "amiFilters": [
+            {"name": "name", "values": ["base-al2023-${KUBERNETES_VERSION}-*"]},
+            {"name": "owner-id", "values": [ACCOUNT_ID]},
+        ],
+    })))
+    .await;
+    let base130 = world.publish_base("base-al2023-1.30-v1").await;
+    let base131 = world.publish_base("base-al2023-1.31-v1").await;
+
+    // Without the cluster, its version cannot be read: said so, nothing built.
+    world.reconcile().await;
+    let status = world.status().await;
+    assert!(world.job_names().await.is_empty());
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        ready.contains("spec.amiFilters use ${KUBERNETES_VERSION}, but EKS cluster prod-east (spec.clusterName) was not found"),
+        "{status:#?}"
+    );
+
+    world
+        .fixture
+        .create_cluster_at("prod-east", "1.30")
+        .await
+        .unwrap();
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.kubernetes_version.as_deref(), Some("1.30"));
+    assert_eq!(
+        status.last_run_base_image_id.as_deref(),
+        Some(base130.as_str())
+    );
+    let job = status.job_name.unwrap();
+    let built = world.build_image("al2023-hardened-130").await;
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    assert_eq!(world.image_tags(&built).await["kubernetes-version"], "1.30");
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1, "steady on 1.30");
+
+    // The control plane moves to 1.31: the base moves with it, and a build starts.
+    world
+        .fixture
+        .upgrade_cluster("prod-east", "1.31")
+        .await
+        .unwrap();
+    let built131 = build_once(&world, "al2023-hardened-131").await;
+    let status = world.status().await;
+    assert_eq!(status.kubernetes_version.as_deref(), Some("1.31"));
+    assert_eq!(
+        status.last_run_base_image_id.as_deref(),
+        Some(base131.as_str())
+    );
+    assert_eq!(
+        world.image_tags(&built131).await["kubernetes-version"],
+        "1.31"
+    );
+    assert_eq!(world.image_tags(&built).await["status"], "deprecated");
+
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 3).unwrap();
 }

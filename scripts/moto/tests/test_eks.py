@@ -209,3 +209,30 @@ def test_a_new_desired_size_resizes_the_auto_scaling_group_when_the_update_succe
     assert follow(aws, "ng", update["id"])["status"] == "Successful"
     assert describe(aws, "ng")["scalingConfig"]["desiredSize"] == 4
     assert len(aws.instances(asg)) == 4
+
+
+def test_a_control_plane_upgrade_is_asynchronous_and_one_minor_at_a_time(aws: Any) -> None:
+    aws.eks.create_cluster(
+        name="upgraded",
+        version="1.30",
+        roleArn="arn:aws:iam::123456789012:role/eks",
+        resourcesVpcConfig={"subnetIds": ["subnet-0a1b2c3d"]},
+    )
+    with pytest.raises(ClientError) as refused:
+        aws.eks.update_cluster_version(name="upgraded", version="1.32")
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterException"
+    update = aws.eks.update_cluster_version(name="upgraded", version="1.31")["update"]
+    assert update["type"] == "VersionUpdate" and update["status"] == "InProgress"
+    assert {"type": "Version", "value": "1.31"} in update["params"]
+    cluster = aws.eks.describe_cluster(name="upgraded")["cluster"]
+    assert (cluster["version"], cluster["status"]) == ("1.30", "UPDATING")
+    with pytest.raises(ClientError) as busy:
+        aws.eks.update_cluster_version(name="upgraded", version="1.31")
+    assert busy.value.response["Error"]["Code"] == "ResourceInUseException"
+    for _ in range(10):
+        update = aws.eks.describe_update(name="upgraded", updateId=update["id"])["update"]
+        if update["status"] != "InProgress":
+            break
+    assert update["status"] == "Successful"
+    cluster = aws.eks.describe_cluster(name="upgraded")["cluster"]
+    assert (cluster["version"], cluster["status"]) == ("1.31", "ACTIVE")
