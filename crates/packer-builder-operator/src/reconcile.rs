@@ -843,6 +843,9 @@ async fn open_job(
                 .unwrap_or_default();
             !status.history.iter().any(|r| r.job_id == id)
         })
+        // A Job being deleted before it finished never finishes: it counts as gone (its
+        // deletion may wait on finalizers). A finished one is still read for its AMI.
+        .filter(|j| j.metadata.deletion_timestamp.is_none() || finished(j))
         .collect();
     open.sort_by_key(|j| (j.creation_timestamp().map(|t| t.0), j.name_any()));
     let Some(job) = open.pop() else {
@@ -864,6 +867,17 @@ async fn open_job(
         state: observe(&job, &pods, now),
         name,
     }))
+}
+
+/// Whether the Job has ended (a `Complete` or `Failed` condition that is `True`).
+fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
 }
 
 #[allow(clippy::too_many_arguments)]

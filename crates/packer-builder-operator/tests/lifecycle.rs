@@ -974,10 +974,27 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
         "the abandoned Job is deleted"
     );
 
-    // The next attempt's Job is deleted by someone before it finishes.
+    // The next attempt's Job is deleted by someone before it finishes; a finalizer keeps it
+    // around for a while (as deletions under load or with foreground propagation do).
     world.reconcile().await;
     let second = world.status().await.job_name.unwrap();
     assert_ne!(second, job);
+    let hold = |finalizers: serde_json::Value| {
+        let jobs = world.jobs();
+        let second = second.clone();
+        async move {
+            jobs.patch(
+                &second,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    serde_json::json!({"metadata": {"finalizers": finalizers}}),
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    hold(serde_json::json!(["opsy.test/hold"])).await;
     world
         .jobs()
         .delete(&second, &Default::default())
@@ -990,6 +1007,7 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
         status.last_run_message.as_deref(),
         Some(format!("Job {second} was deleted before it finished").as_str())
     );
+    hold(serde_json::Value::Null).await;
 }
 
 #[tokio::test]
