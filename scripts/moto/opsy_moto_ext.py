@@ -55,6 +55,8 @@ HTTP endpoints beside moto's own ``/moto-api``:
   ``DELETE`` clears it.
 - ``POST /opsy-ext/publish-image`` with ``{"region", "id", "name", "owner_id"}``: an image of
   another account appears (as when AWS publishes a new EKS-optimised AMI).
+- ``POST /opsy-ext/publish-parameter`` with ``{"region", "name", "value"}``: a new version of a
+  public SSM parameter AWS publishes (``/aws/service/eks/optimized-ami/…/image_id``).
 """
 
 from __future__ import annotations
@@ -1238,6 +1240,14 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
         # type role).
         if action == "AssumeRole" and first("RoleArn"):
             resources = [first("RoleArn")]
+    elif service == "ssm":
+        # Service Authorization Reference, AWS Systems Manager: GetParameter on resource type
+        # parameter; AWS's public parameters have no account in their ARN.
+        if action == "GetParameter" and first("Name"):
+            name = first("Name")
+            path = name if name.startswith("/") else f"/{name}"
+            owner = "" if path.startswith("/aws/") else account
+            resources = [f"arn:aws:ssm:{region}:{owner}:parameter{path}"]
     elif service == "sns":
         if action == "Publish" and first("TopicArn"):
             resources = [first("TopicArn")]
@@ -1288,6 +1298,23 @@ class Middleware:
                 params.setdefault(key, []).extend(values)
         if "Action" in params:
             return params["Action"][0], params
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target and "amz-json" in environ.get("CONTENT_TYPE", ""):
+            # JSON protocols (Systems Manager): the action is the target's operation, the
+            # parameters the body's top-level strings.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length)
+            import io
+
+            environ["wsgi.input"] = io.BytesIO(body)
+            try:
+                fields = json.loads(body or b"{}")
+            except ValueError:
+                fields = {}
+            for key, value in fields.items() if isinstance(fields, dict) else []:
+                if isinstance(value, str):
+                    params.setdefault(key, []).append(value)
+            return target.rsplit(".", 1)[-1], params
         return f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}", params
 
     @staticmethod
@@ -1345,6 +1372,33 @@ class Middleware:
             )
             backend.amis[ami.id] = ami
             return self._json(start_response, "200 OK", {"ImageId": ami.id})
+        if path == "/opsy-ext/publish-parameter":
+            # A public parameter published by AWS (Systems Manager: names under /aws/service/,
+            # which PutParameter refuses to accounts), e.g. the recommended EKS-optimised AMI
+            # of a Kubernetes version. Each call is a new version, as GetParameter reports it.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            from moto.core import DEFAULT_ACCOUNT_ID
+            from moto.core.utils import utcnow
+            from moto.ssm.models import Parameter, ssm_backends
+
+            parameters = ssm_backends[DEFAULT_ACCOUNT_ID][body["region"]]._parameters
+            versions = parameters[body["name"]]
+            versions.append(
+                Parameter(
+                    account_id=DEFAULT_ACCOUNT_ID,
+                    name=body["name"],
+                    value=body["value"],
+                    parameter_type="String",
+                    description=None,
+                    allowed_pattern=None,
+                    keyid=None,
+                    last_modified_date=utcnow(),
+                    version=len(versions) + 1,
+                    data_type="text",
+                )
+            )
+            return self._json(start_response, "200 OK", {"Version": len(versions)})
         if path == "/opsy-ext/inject-error":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             rule = json.loads(environ["wsgi.input"].read(length) or b"{}")

@@ -59,7 +59,10 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
         .await;
     let aws = &aws.region(&spec.region).await;
-    let (selection, _) = owner.select_target_for_cluster(aws, spec, now).await?;
+    let selection = owner
+        .select_target_for_cluster(aws, spec, now)
+        .await?
+        .selection;
     let status = amr.status.clone().unwrap_or_default();
     let choice = promotion::choose(spec, &status, &selection);
     let held_back: Vec<String> = choice

@@ -141,8 +141,24 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     // 1. Target.
-    let (selection, control_plane) = owner.select_target_for_cluster(&aws, spec, now).await?;
-    status.kubernetes_version = control_plane;
+    let found = owner.select_target_for_cluster(&aws, spec, now).await?;
+    status.kubernetes_version = found.control_plane.clone();
+    status.base_parameter = found
+        .parameter
+        .as_ref()
+        .map(|p| opsy_api::common::ParameterRef {
+            name: p.name.clone(),
+            version: p.version,
+            image_id: p.value.clone(),
+        });
+    let missing_parameter = match (&found.parameter_name, &found.parameter) {
+        (Some(name), None) => Some(format!(
+            "SSM parameter {name} (spec.amiParameter) does not exist in {}",
+            spec.region
+        )),
+        _ => None,
+    };
+    let selection = found.selection;
     let choice = promotion::choose(spec, &status, &selection);
     let chosen = choice.chosen.clone();
     report_held_back(&ctx, &amr, &mut status, choice.held_back).await;
@@ -155,9 +171,13 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let wake = promotion::next_wake(&status.held_back, window.as_ref().ok(), now);
     let timer = until(timer, wake, now);
     let no_eligible = chosen.is_none().then(|| {
-        let what = match &spec.ami {
-            Some(ami) => format!("spec.ami {ami} is not eligible"),
-            None => "no AMI matching spec.amiFilters is eligible".to_owned(),
+        let what = match (&spec.ami, &missing_parameter) {
+            (Some(ami), _) => format!("spec.ami {ami} is not eligible"),
+            (None, Some(missing)) => missing.clone(),
+            (None, None) if spec.ami_parameter.is_some() => {
+                "no AMI named by spec.amiParameter (or built from it) is eligible".to_owned()
+            }
+            (None, None) => "no AMI matching spec.amiFilters is eligible".to_owned(),
         };
         format!("{what}: {}", selection.explain())
     });

@@ -65,7 +65,7 @@ pub const GROUP_NAME_PATTERN: &str = r"^[0-9A-Za-z][A-Za-z0-9_.:/-]*$";
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.ami) != has(self.amiFilters)").message("set exactly one of spec.ami (an AMI id) or spec.amiFilters (EC2 filters)").reason(kube::core::Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("has(self.ami) != (has(self.amiFilters) || has(self.amiParameter))").message("set exactly one of spec.ami (an AMI id) or spec.amiFilters / spec.amiParameter (EC2 filters, an SSM parameter naming the base AMI)").reason(kube::core::Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!(has(self.expiresIn) && has(self.timeOuts) && has(self.timeOuts.expiresIn))").message("spec.expiresIn and spec.timeOuts.expiresIn are the same setting; set only one").reason(kube::core::Reason::FieldValueInvalid))]
 #[x_kube(validation = crate::common::owner_rule())]
 pub struct AMIRefresherSpec {
@@ -88,6 +88,14 @@ pub struct AMIRefresherSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20))]
     pub ami_filters: Option<Vec<AmiFilter>>,
+
+    /// An SSM parameter whose value is the base AMI's id (as AWS publishes EKS-optimised AMIs;
+    /// `${KUBERNETES_VERSION}` is the control plane's version). The candidates are that image
+    /// and the managed AMIs built from it; with `amiFilters` too, the image must also match
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = crate::common::PARAMETER_NAME_PATTERN))]
+    pub ami_parameter: Option<String>,
 
     /// Accept `amiFilters` that name no owner (`owner-id` or `owner-alias`). Without an owner
     /// any account can publish a public AMI whose name matches and become the base.
@@ -506,6 +514,9 @@ pub struct AMIRefresherStatus {
     /// The AMI being rolled out, with its creation and expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_image: Option<ImageRef>,
+    /// The SSM parameter the base AMI came from (`spec.amiParameter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_parameter: Option<crate::common::ParameterRef>,
     /// The Kubernetes version of the cluster's control plane (EKS DescribeCluster). No AMI
     /// built for a newer one, or for one more than three minors older, is rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -35,10 +35,28 @@ pub struct AmiFilter {
 /// name squatting).
 pub(crate) fn owner_rule() -> kube::core::Rule {
     kube::core::Rule::new(
-        "!has(self.amiFilters) || (has(self.allowAnyAmiOwner) && self.allowAnyAmiOwner) || self.amiFilters.exists(f, f.name == 'owner-id' || f.name == 'owner-alias')",
+        "!has(self.amiFilters) || has(self.amiParameter) || (has(self.allowAnyAmiOwner) && self.allowAnyAmiOwner) || self.amiFilters.exists(f, f.name == 'owner-id' || f.name == 'owner-alias')",
     )
     .message("amiFilters must name the AMI owner with an owner-id (e.g. 602401143452 for Amazon EKS) or owner-alias (e.g. amazon) filter, or else anyone can publish a matching AMI; set allowAnyAmiOwner: true to accept that")
     .reason(kube::core::Reason::FieldValueInvalid)
+}
+
+/// An SSM parameter name (Systems Manager: letters, digits, `.-_/`, at most 2048 characters),
+/// possibly with `${KUBERNETES_VERSION}`.
+pub const PARAMETER_NAME_PATTERN: &str =
+    r"^[a-zA-Z0-9_.\-/]*(\$\{KUBERNETES_VERSION\}[a-zA-Z0-9_.\-/]*)*$";
+
+/// The SSM parameter a base AMI came from, as recorded in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParameterRef {
+    /// The parameter's name (with `${KUBERNETES_VERSION}` filled in).
+    pub name: String,
+    /// Its version when read.
+    pub version: i64,
+    /// The AMI id it holds.
+    #[serde(rename = "imageID")]
+    pub image_id: String,
 }
 
 /// An AMI as recorded in status.

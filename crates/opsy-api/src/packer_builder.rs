@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     common::{
         AMI_ID_PATTERN, AmiFilter, CLUSTER_NAME_PATTERN, ImageRef, MaintenanceWindow, Notifier,
-        REGION_PATTERN, WindowStatus, conditions_schema, map_list,
+        PARAMETER_NAME_PATTERN, ParameterRef, REGION_PATTERN, WindowStatus, conditions_schema,
+        map_list,
     },
     conditions::Condition,
     duration::Duration,
@@ -100,6 +101,15 @@ pub struct PackerBuilderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20))]
     pub ami_filters: Option<Vec<AmiFilter>>,
+
+    /// An SSM parameter whose value is the base AMI's id, the way AWS publishes EKS-optimised
+    /// AMIs, e.g.
+    /// `/aws/service/eks/optimized-ami/${KUBERNETES_VERSION}/amazon-linux-2023/x86_64/standard/recommended/image_id`.
+    /// With `amiFilters` too, the image must also match them. Its name and version are in
+    /// `status.baseParameter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = PARAMETER_NAME_PATTERN))]
+    pub ami_parameter: Option<String>,
 
     /// Accept `amiFilters` that name no owner (`owner-id` or `owner-alias`). Without an owner
     /// any account can publish a public AMI whose name matches and become the base.
@@ -616,6 +626,9 @@ pub struct PackerBuilderStatus {
     /// The current base AMI (newest match of `amiFilters`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image: Option<ImageRef>,
+    /// The SSM parameter the base AMI came from (`spec.amiParameter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_parameter: Option<ParameterRef>,
     /// The Kubernetes version of the cluster's control plane, when `amiFilters` use
     /// `${KUBERNETES_VERSION}` (read with EKS DescribeCluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]

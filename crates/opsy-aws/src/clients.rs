@@ -22,6 +22,8 @@ pub struct AwsClients {
     pub sns: aws_sdk_sns::Client,
     /// CloudWatch: the alarms a rollout's health gate watches.
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    /// Systems Manager: parameters that name a base AMI.
+    pub ssm: aws_sdk_ssm::Client,
     /// Every call made through these clients.
     pub calls: CallCounter,
     pub(crate) images: ImageCache,
@@ -72,6 +74,7 @@ impl AwsClients {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             sns: aws_sdk_sns::Client::new(config),
             cloudwatch: aws_sdk_cloudwatch::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
             calls,
             images: ImageCache::new(options.image_cache_ttl),
             template_versions: crate::launch_templates::template_version_cache(),

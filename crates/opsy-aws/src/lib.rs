@@ -18,6 +18,7 @@ pub mod error;
 pub mod images;
 pub mod launch_templates;
 pub mod managed;
+pub mod parameters;
 mod usage;
 
 pub use calls::CallCounter;

@@ -582,6 +582,19 @@ pub fn kubernetes_version(image: &Image, bases: &[Image]) -> Option<MinorVersion
         })
 }
 
+/// An AMIRefresher's candidates for its cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterTarget {
+    /// The candidates and the chosen one.
+    pub selection: Selection,
+    /// The control plane's Kubernetes version, if the cluster was found.
+    pub control_plane: Option<String>,
+    /// `spec.amiParameter` with the version filled in.
+    pub parameter_name: Option<String>,
+    /// The parameter as read; `None` when it does not exist (or none is set).
+    pub parameter: Option<crate::parameters::Parameter>,
+}
+
 /// What a build contributes to its AMI's tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildFacts {
@@ -707,7 +720,7 @@ impl AwsClients {
         cluster: &AwsClients,
         spec: &opsy_api::AMIRefresherSpec,
         now: Timestamp,
-    ) -> Result<(Selection, Option<String>), AwsError> {
+    ) -> Result<ClusterTarget, AwsError> {
         let version = cluster.cluster_version(&spec.cluster_name).await?;
         let filled = match (&spec.ami_filters, &version) {
             (Some(filters), Some(v)) => Some(opsy_api::kubernetes::fill_filters(filters, v)),
@@ -715,16 +728,41 @@ impl AwsClients {
         };
         let mut scope = Scope::of(spec);
         scope.kubernetes_version = version.as_deref().and_then(MinorVersion::parse);
-        let selection = self
-            .select_target(
-                spec.ami.as_deref(),
-                filled.as_deref(),
-                scope,
-                spec.effective_expires_in().as_std(),
-                now,
-            )
-            .await?;
-        Ok((selection, version))
+        let expires_in = spec.effective_expires_in().as_std();
+        let mut target = ClusterTarget {
+            control_plane: version.clone(),
+            ..ClusterTarget::default()
+        };
+        target.selection = match (&spec.ami, &spec.ami_parameter) {
+            (None, Some(name)) => {
+                let name = match &version {
+                    Some(v) => name.replace(opsy_api::kubernetes::VERSION_PLACEHOLDER, v),
+                    None => name.clone(),
+                };
+                let (parameter, image) = self.parameter_image(&name, filled.as_deref()).await?;
+                target.parameter_name = Some(name);
+                target.parameter = parameter;
+                self.select_among(
+                    None,
+                    Some(image.into_iter().collect()),
+                    scope,
+                    expires_in,
+                    now,
+                )
+                .await?
+            }
+            _ => {
+                self.select_target(
+                    spec.ami.as_deref(),
+                    filled.as_deref(),
+                    scope,
+                    expires_in,
+                    now,
+                )
+                .await?
+            }
+        };
+        Ok(target)
     }
 
     /// The AMIRefresher's target: the explicit `ami`, or the images matching `filters` plus
@@ -739,16 +777,36 @@ impl AwsClients {
         expires_in: Duration,
         now: Timestamp,
     ) -> Result<Selection, AwsError> {
-        let images: Vec<Image> = match (ami, filters) {
+        let matches: Option<Vec<Image>> = match (ami, filters) {
+            (Some(_), _) => None,
+            (None, Some(filters)) => Some(
+                self.describe_images(&ImageQuery::from_filters(filters))
+                    .await?
+                    .to_vec(),
+            ),
+            (None, None) => Some(Vec::new()),
+        };
+        self.select_among(ami, matches, scope, expires_in, now)
+            .await
+    }
+
+    /// [`AwsClients::select_target`] once the base images are known (`matches`; `None` with
+    /// an explicit `ami`).
+    async fn select_among(
+        &self,
+        ami: Option<&str>,
+        matches: Option<Vec<Image>>,
+        scope: Scope<'_>,
+        expires_in: Duration,
+        now: Timestamp,
+    ) -> Result<Selection, AwsError> {
+        let images: Vec<Image> = match (ami, matches) {
             (Some(id), _) => self
                 .describe_images(&ImageQuery::default().ids([id]))
                 .await?
                 .to_vec(),
-            (None, Some(filters)) => {
-                let matches = self
-                    .describe_images(&ImageQuery::from_filters(filters))
-                    .await?;
-                let mut images = matches.to_vec();
+            (None, Some(matches)) => {
+                let mut images = matches.clone();
                 if !matches.is_empty() {
                     let derived = ImageQuery::default()
                         .owner("self")

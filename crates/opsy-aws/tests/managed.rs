@@ -619,10 +619,11 @@ async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
         .unwrap()
     };
     let every = spec("amazon-eks-node-al2023-x86_64-standard-*");
-    let (selection, version) = aws
+    let found = aws
         .select_target_for_cluster(&aws, &every, now())
         .await
         .unwrap();
+    let (selection, version) = (found.selection, found.control_plane);
     assert_eq!(version.as_deref(), Some("1.30"));
     assert_eq!(selection.chosen.as_ref().unwrap().image.id, built[0]);
     let why = |selection: &opsy_aws::managed::Selection, id: &str| {
@@ -648,18 +649,20 @@ async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
 
     // Once the control plane is on 1.31, its AMI is the target.
     fixture.upgrade_cluster("versions", "1.31").await.unwrap();
-    let (selection, _) = aws
+    let selection = aws
         .select_target_for_cluster(&aws, &every, now())
         .await
-        .unwrap();
+        .unwrap()
+        .selection;
     assert_eq!(selection.chosen.unwrap().image.id, built[2]);
 
     // Filters that name the cluster's version see only that minor's AMIs.
     let current = spec("amazon-eks-node-al2023-x86_64-standard-${KUBERNETES_VERSION}-*");
-    let (selection, _) = aws
+    let selection = aws
         .select_target_for_cluster(&aws, &current, now())
         .await
-        .unwrap();
+        .unwrap()
+        .selection;
     let seen: Vec<&str> = selection
         .candidates
         .iter()
@@ -667,4 +670,63 @@ async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
         .map(|c| c.image.id.as_str())
         .collect();
     assert_eq!(seen, [built[2].as_str()]);
+}
+
+#[tokio::test]
+async fn an_ssm_parameter_names_the_base_of_a_refreshers_candidates() {
+    let moto = Moto::start().unwrap();
+    let fixture = Fixture::new(&moto, REGION).await;
+    let aws = clients(&moto).await;
+    fixture.create_cluster_at("params", "1.31").await.unwrap();
+    let spec: opsy_api::AMIRefresherSpec = serde_json::from_value(serde_json::json!({
+        "region": REGION,
+        "clusterName": "params",
+        "expiresIn": "30d",
+        "amiParameter": "/aws/service/eks/optimized-ami/${KUBERNETES_VERSION}/amazon-linux-2023/x86_64/standard/recommended/image_id",
+    }))
+    .unwrap();
+    let name = "/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/x86_64/standard/recommended/image_id";
+    let found = aws
+        .select_target_for_cluster(&aws, &spec, now())
+        .await
+        .unwrap();
+    assert_eq!(found.parameter_name.as_deref(), Some(name));
+    assert!(found.parameter.is_none() && found.selection.candidates.is_empty());
+
+    moto.publish_parameter(REGION, name, ids::AL2023_131_OCT)
+        .unwrap();
+    let derived = fixture.register_image("hardened-131", &[]).await.unwrap();
+    let mut identity = identity();
+    identity.cluster_name = "params".into();
+    aws.tag_image(
+        &derived,
+        &identity.tags(&facts("2024-11-19T00:00:00Z", ids::AL2023_131_OCT, "j1")),
+    )
+    .await
+    .unwrap();
+    // Built from another base: not a candidate.
+    let other = fixture.register_image("hardened-other", &[]).await.unwrap();
+    aws.tag_image(
+        &other,
+        &identity.tags(&facts("2024-11-19T12:00:00Z", ids::AL2023_131_NOV, "j2")),
+    )
+    .await
+    .unwrap();
+    let found = aws
+        .select_target_for_cluster(&aws, &spec, now())
+        .await
+        .unwrap();
+    let parameter = found.parameter.unwrap();
+    assert_eq!(
+        (parameter.version, parameter.value.as_str()),
+        (1, ids::AL2023_131_OCT)
+    );
+    assert_eq!(found.selection.chosen.unwrap().image.id, derived);
+    assert!(
+        !found
+            .selection
+            .candidates
+            .iter()
+            .any(|c| c.image.id == other)
+    );
 }

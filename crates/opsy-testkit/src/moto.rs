@@ -245,6 +245,26 @@ impl Moto {
             })
     }
 
+    /// AWS publishes a new version of public SSM parameter `name` in `region` (e.g. the
+    /// recommended EKS-optimised AMI of a Kubernetes version), holding `value`.
+    pub fn publish_parameter(
+        &self,
+        region: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), MotoError> {
+        const PATH: &str = "/opsy-ext/publish-parameter";
+        let body = serde_json::json!({"region": region, "name": name, "value": value});
+        ureq::post(format!("{}{PATH}", self.endpoint))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
+    }
+
     /// Forgets the request counts (to count only what follows).
     pub fn clear_requests(&self) -> Result<(), MotoError> {
         const PATH: &str = "/opsy-ext/requests";

@@ -99,7 +99,7 @@ pub async fn report(
         .await?;
     let decision = decide(&Observed {
         region: &pb.spec.region,
-        has_filters: filters.is_some(),
+        has_filters: filters.is_some() || pb.spec.ami_parameter.is_some(),
         base: base.as_ref(),
         managed: &managed,
         job: None,

@@ -205,11 +205,15 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
 
     // Observe.
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
+    let found = resolve_base(&aws, pb.as_ref()).await?;
+    let missing_base = found.missing(pb.as_ref());
+    status.base_parameter = found.parameter_ref();
     let Base {
         image: base,
         control_plane,
         placeholder,
-    } = resolve_base(&aws, pb.as_ref()).await?;
+        ..
+    } = found;
     status.kubernetes_version = control_plane.clone();
     // The version of the AMIs built now: the cluster's, else the one the base's name carries.
     let kubernetes_version = control_plane.clone().or_else(|| {
@@ -260,7 +264,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
     };
     let decision = decide(&Observed {
         region: &pb.spec.region,
-        has_filters: filters.is_some(),
+        has_filters: filters.is_some() || pb.spec.ami_parameter.is_some(),
         base: base.as_ref(),
         managed: &managed,
         job: open.as_ref(),
@@ -619,17 +623,10 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             ));
         }
         Decision::NoBaseImage => {
-            let message = if placeholder && control_plane.is_none() {
-                format!(
-                    "spec.amiFilters use {}, but EKS cluster {} (spec.clusterName) was not found in {}: its Kubernetes version cannot be read",
-                    opsy_api::kubernetes::VERSION_PLACEHOLDER,
-                    pb.spec.cluster_name,
-                    pb.spec.region
-                )
-            } else {
+            let message = missing_base.clone().unwrap_or_else(|| {
                 "no available image matches spec.amiFilters; check the filter names and values"
                     .to_owned()
-            };
+            });
             stalled(&ctx, &pb, &mut status, "NoBaseImage", &message, now).await;
             let msg = notify::message(
                 &pb,
@@ -779,8 +776,54 @@ pub(crate) struct Base {
     pub image: Option<opsy_aws::Image>,
     /// The cluster's Kubernetes version, read when the filters use the placeholder.
     pub control_plane: Option<String>,
-    /// Whether the filters use `${KUBERNETES_VERSION}`.
+    /// Whether the filters or the parameter use `${KUBERNETES_VERSION}`.
     pub placeholder: bool,
+    /// `spec.amiParameter` with the version filled in, and the parameter as read (`None`:
+    /// it does not exist).
+    pub parameter: Option<(String, Option<opsy_aws::parameters::Parameter>)>,
+}
+
+impl Base {
+    /// Why no base was found, when a parameter or the cluster explains it.
+    pub fn missing(&self, pb: &PackerBuilder) -> Option<String> {
+        if self.placeholder && self.control_plane.is_none() {
+            return Some(format!(
+                "spec.amiFilters or spec.amiParameter use {}, but EKS cluster {} (spec.clusterName) was not found in {}: its Kubernetes version cannot be read",
+                opsy_api::kubernetes::VERSION_PLACEHOLDER,
+                pb.spec.cluster_name,
+                pb.spec.region
+            ));
+        }
+        match &self.parameter {
+            Some((name, None)) => Some(format!(
+                "SSM parameter {name} (spec.amiParameter) does not exist in {}",
+                pb.spec.region
+            )),
+            Some((name, Some(p))) if self.image.is_none() => Some(format!(
+                "SSM parameter {name} (version {}) names {}, which is not an available image{}",
+                p.version,
+                p.value,
+                if pb.spec.ami_filters.is_some() {
+                    " matching spec.amiFilters"
+                } else {
+                    ""
+                }
+            )),
+            _ => None,
+        }
+    }
+
+    /// `status.baseParameter`.
+    pub fn parameter_ref(&self) -> Option<opsy_api::common::ParameterRef> {
+        let (_, Some(p)) = self.parameter.as_ref()? else {
+            return None;
+        };
+        Some(opsy_api::common::ParameterRef {
+            name: p.name.clone(),
+            version: p.version,
+            image_id: p.value.clone(),
+        })
+    }
 }
 
 /// Finds the base AMI; when the filters use `${KUBERNETES_VERSION}`, with the cluster's
@@ -789,26 +832,47 @@ pub(crate) async fn resolve_base(
     aws: &opsy_aws::AwsClients,
     pb: &PackerBuilder,
 ) -> Result<Base, opsy_aws::AwsError> {
+    use opsy_api::kubernetes::{VERSION_PLACEHOLDER, fill_filters, filters_use_placeholder};
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
-    let placeholder = filters.is_some_and(opsy_api::kubernetes::filters_use_placeholder);
+    let parameter = pb.spec.ami_parameter.as_deref();
+    let placeholder = filters.is_some_and(filters_use_placeholder)
+        || parameter.is_some_and(|p| p.contains(VERSION_PLACEHOLDER));
     let control_plane = if placeholder {
         aws.cluster_version(&pb.spec.cluster_name).await?
     } else {
         None
     };
-    let image = match (filters, &control_plane) {
-        (Some(filters), Some(version)) => {
-            aws.resolve_base_image(&opsy_api::kubernetes::fill_filters(filters, version))
-                .await?
+    if placeholder && control_plane.is_none() {
+        return Ok(Base {
+            image: None,
+            control_plane,
+            placeholder,
+            parameter: None,
+        });
+    }
+    let filled = match (filters, &control_plane) {
+        (Some(filters), Some(version)) => Some(fill_filters(filters, version)),
+        (filters, _) => filters.map(<[_]>::to_vec),
+    };
+    let (image, parameter) = match parameter {
+        Some(name) => {
+            let name = match &control_plane {
+                Some(version) => name.replace(VERSION_PLACEHOLDER, version),
+                None => name.to_owned(),
+            };
+            let (read, image) = aws.parameter_image(&name, filled.as_deref()).await?;
+            (image, Some((name, read)))
         }
-        (Some(_), None) if placeholder => None,
-        (Some(filters), _) => aws.resolve_base_image(filters).await?,
-        (None, _) => None,
+        None => match &filled {
+            Some(filters) => (aws.resolve_base_image(filters).await?, None),
+            None => (None, None),
+        },
     };
     Ok(Base {
         image,
         control_plane,
         placeholder,
+        parameter,
     })
 }
 

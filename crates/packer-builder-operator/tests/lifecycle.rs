@@ -2030,3 +2030,80 @@ async fn a_control_plane_upgrade_moves_the_base_to_the_new_minor_and_builds() {
     let calls = world.moto.operator_calls().unwrap();
     opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 3).unwrap();
 }
+
+#[tokio::test]
+async fn an_ssm_parameter_names_the_base_and_its_new_version_starts_a_build() {
+    const PARAMETER: &str = "/aws/service/eks/optimized-ami/${KUBERNETES_VERSION}/amazon-linux-2023/x86_64/standard/recommended/image_id";
+    let resolved = PARAMETER.replace("${KUBERNETES_VERSION}", "1.30");
+    let world = World::new(pb_manifest(serde_json::json!({
+        "amiFilters": null,
+        "amiParameter": PARAMETER,
+    })))
+    .await;
+    world
+        .fixture
+        .create_cluster_at("prod-east", "1.30")
+        .await
+        .unwrap();
+
+    // Not published (yet): said so, nothing built.
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let status = world.status().await;
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        degraded,
+        format!("SSM parameter {resolved} (spec.amiParameter) does not exist in {REGION}")
+    );
+
+    let base1 = world
+        .publish_base("amazon-eks-node-al2023-x86_64-standard-1.30-v1")
+        .await;
+    world
+        .moto
+        .publish_parameter(REGION, &resolved, &base1)
+        .unwrap();
+    let built1 = build_once(&world, "al2023-hardened-1").await;
+    let status = world.status().await;
+    let parameter = status.base_parameter.unwrap();
+    assert_eq!(
+        (
+            parameter.name.as_str(),
+            parameter.version,
+            parameter.image_id.as_str()
+        ),
+        (resolved.as_str(), 1, base1.as_str())
+    );
+    assert_eq!(
+        status.last_run_base_image_id.as_deref(),
+        Some(base1.as_str())
+    );
+    assert_eq!(
+        world.image_tags(&built1).await["kubernetes-version"],
+        "1.30"
+    );
+
+    // AWS publishes a new recommended AMI: version 2 of the parameter, and a build.
+    let base2 = world
+        .publish_base("amazon-eks-node-al2023-x86_64-standard-1.30-v2")
+        .await;
+    world
+        .moto
+        .publish_parameter(REGION, &resolved, &base2)
+        .unwrap();
+    build_once(&world, "al2023-hardened-2").await;
+    let status = world.status().await;
+    assert_eq!(status.base_parameter.unwrap().version, 2);
+    assert_eq!(
+        status.last_run_base_image_id.as_deref(),
+        Some(base2.as_str())
+    );
+
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 3).unwrap();
+}

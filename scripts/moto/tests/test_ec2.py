@@ -195,3 +195,26 @@ def test_sharing_an_image_and_its_snapshot(aws: Any) -> None:
     )
     got = aws.ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
     assert got["CreateVolumePermissions"] == [{"UserId": "210987654321"}]
+
+
+def test_aws_publishes_public_parameters_in_versions(aws: Any) -> None:
+    import boto3
+
+    from conftest import post
+
+    name = "/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/x86_64/standard/recommended/image_id"
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=aws.url)
+    with pytest.raises(ClientError) as missing:
+        ssm.get_parameter(Name=name)
+    assert missing.value.response["Error"]["Code"] == "ParameterNotFound"
+    post(aws.url, "/opsy-ext/publish-parameter", {"region": REGION, "name": name, "value": "ami-0a131202410240000"})
+    post(aws.url, "/opsy-ext/publish-parameter", {"region": REGION, "name": name, "value": "ami-0a131202411150000"})
+    got = ssm.get_parameter(Name=name)["Parameter"]
+    assert (got["Value"], got["Version"]) == ("ami-0a131202411150000", 2)
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{aws.url}/opsy-ext/calls") as response:
+        calls = json.loads(response.read())
+    read = [c for c in calls if c["action"] == "ssm:GetParameter"]
+    assert read[-1]["resources"] == [f"arn:aws:ssm:{REGION}::parameter{name}"]
