@@ -1984,7 +1984,7 @@ async fn a_control_plane_upgrade_moves_the_base_to_the_new_minor_and_builds() {
         .map(|c| c.message.clone())
         .unwrap_or_default();
     assert!(
-        ready.contains("spec.amiFilters use ${KUBERNETES_VERSION}, but EKS cluster prod-east (spec.clusterName) was not found"),
+        ready.contains("spec.amiFilters or spec.amiParameter use ${KUBERNETES_VERSION}, but EKS cluster prod-east (spec.clusterName) was not found"),
         "{status:#?}"
     );
 
