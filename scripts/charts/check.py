@@ -58,6 +58,8 @@ OPERATOR_OBJECTS = {
 failures: list[str] = []
 
 HELM = os.environ.get("HELM") or str(ROOT / "target" / "control-plane" / "helm")
+PROMTOOL = os.environ.get("PROMTOOL") or str(ROOT / "target" / "promtool")
+ALERT_TESTS = ROOT / "scripts" / "charts" / "alerts"
 
 
 class HelmError(Exception):
@@ -199,11 +201,35 @@ def check_operator_chart(workdir: Path, operator: str) -> list[dict]:
     sa = next(o for o in render(chart, irsa) if o["kind"] == "ServiceAccount")
     if sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") is None:
         fail("serviceAccount.annotations do not reach the ServiceAccount")
+    check_alerts(chart, operator)
     expect_refused(chart, {"replicaCount": 2, "leaderElection": {"enabled": False}}, "two replicas without leader election")
     expect_refused(chart, {"image": {"tag": "latest"}}, "image.tag latest")
     expect_refused(chart, {"logFormat": "xml"}, "an unknown logFormat")
     print("  ok   values: ServiceMonitor, crds.install, IRSA annotation, refused values")
     return objects
+
+
+def check_alerts(chart: Path, operator: str) -> None:
+    """metrics.prometheusRule.enabled renders one PrometheusRule; its rules pass `promtool check
+    rules` and the unit tests in scripts/charts/alerts/<operator>.test.yaml (`promtool test
+    rules`, Prometheus' own evaluator)."""
+    rendered = render(chart, {"metrics": {"prometheusRule": {"enabled": True}}})
+    rules = [o for o in rendered if o["kind"] == "PrometheusRule"]
+    if len(rules) != 1:
+        fail(f"metrics.prometheusRule.enabled renders {len(rules)} PrometheusRules, not 1")
+    if not Path(PROMTOOL).exists():
+        fail(f"no promtool at {PROMTOOL}: run `cargo xtask setup` (or set PROMTOOL)")
+    with tempfile.TemporaryDirectory() as work:
+        rules_file = Path(work) / f"{operator}.rules.yaml"
+        rules_file.write_text(yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}))
+        test_file = Path(work) / f"{operator}.test.yaml"
+        shutil.copy(ALERT_TESTS / f"{operator}.test.yaml", test_file)
+        for args in (["check", "rules", str(rules_file)], ["test", "rules", str(test_file)]):
+            p = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=work)
+            if p.returncode != 0:
+                fail(f"promtool {' '.join(args[:2])}: {(p.stdout + p.stderr).strip()}")
+    alerts = [r["alert"] for g in rules[0]["spec"]["groups"] for r in g["rules"]]
+    print(f"  ok   alerts: promtool check rules and test rules ({', '.join(alerts)})")
 
 
 def expect_refused(chart: Path, values: dict, what: str) -> None:

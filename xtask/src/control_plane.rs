@@ -106,6 +106,12 @@ pub fn setup(root: &Path) -> anyhow::Result<PathBuf> {
 /// `$OPSY_CACHE_DIR`, else `$XDG_CACHE_HOME/opsy-ami-operator`, else
 /// `~/.cache/opsy-ami-operator`; the control plane lives in its `control-plane/`.
 fn cache_root() -> anyhow::Result<PathBuf> {
+    Ok(cache_base()?.join("control-plane"))
+}
+
+/// `$OPSY_CACHE_DIR`, else `$XDG_CACHE_HOME/opsy-ami-operator`, else
+/// `~/.cache/opsy-ami-operator`: where tools built or fetched for the tests are kept.
+pub fn cache_base() -> anyhow::Result<PathBuf> {
     let base = if let Some(dir) = std::env::var_os("OPSY_CACHE_DIR") {
         PathBuf::from(dir)
     } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
@@ -115,7 +121,7 @@ fn cache_root() -> anyhow::Result<PathBuf> {
     } else {
         bail!("no cache directory: set OPSY_CACHE_DIR (or HOME)");
     };
-    Ok(base.join("control-plane"))
+    Ok(base)
 }
 
 fn cache_key(modules: &Path) -> anyhow::Result<String> {

@@ -6,6 +6,7 @@ mod ci;
 mod control_plane;
 mod crds;
 mod moto;
+mod promtool;
 
 use std::{
     path::{Path, PathBuf},
@@ -100,6 +101,7 @@ fn main() -> anyhow::Result<()> {
 fn setup(root: &Path) -> anyhow::Result<()> {
     moto::setup(root)?;
     control_plane::setup(root)?;
+    promtool::setup(root)?;
     Ok(())
 }
 

@@ -48,6 +48,9 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
         None => Api::all(ctx.client.clone()),
     };
     let (cache, changes) = operator.watch_spec_changes(refreshers, &[APPROVE_ANNOTATION]);
+    ctx.metrics
+        .fleet()
+        .add_source(crate::fleet::source(cache.clone()));
     Controller::for_stream(changes, cache)
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(operator.shutdown())

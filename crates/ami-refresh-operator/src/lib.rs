@@ -7,6 +7,7 @@
 mod breaker;
 pub mod controller;
 pub mod dry_run;
+pub mod fleet;
 mod follow;
 pub mod health;
 pub mod observe;

@@ -96,6 +96,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         finished: None,
         health: None,
         rollback_version: None,
+        desired_size: group.desired,
     }
 }
 

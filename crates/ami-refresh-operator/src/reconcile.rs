@@ -638,6 +638,12 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     status.node_groups = plan.groups;
+    for entry in &mut status.node_groups {
+        entry.desired_size = groups
+            .iter()
+            .find(|g| g.name == entry.name)
+            .and_then(|g| g.desired);
+    }
     status.observed_generation = generation;
     status.last_checked = Some(Time(now));
     write_status(&ctx, &amr, &status).await?;

@@ -675,6 +675,9 @@ pub struct NodeGroupStatus {
     /// What the cluster says about the group's nodes on the target AMI (`rollout.healthGate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<GroupHealth>,
+    /// The group's desired size when last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_size: Option<i32>,
     /// The launch template version a rollback moves the group to: `fromVersion`, or a new
     /// version carrying `fromImage` when AWS refused the older one. Set once a rollback
     /// started; a rollback is tried once.

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod context;
+pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

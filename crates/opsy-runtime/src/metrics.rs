@@ -42,6 +42,8 @@ pub struct Metrics {
     builds: Family<OutcomeLabels, Counter>,
     nodegroup_updates: Family<OutcomeLabels, Counter>,
     reclaimed: Counter,
+    build_duration: Family<OutcomeLabels, Histogram>,
+    fleet: std::sync::Arc<crate::fleet::Fleet>,
 }
 
 /// Event reasons that end a build, and the outcome each stands for.
@@ -103,7 +105,18 @@ impl Metrics {
             "Bytes of EBS snapshots deleted with the AMIs retention deregistered",
             reclaimed.clone(),
         );
+        let build_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            // 1 minute to about 4 hours.
+            Histogram::new(exponential_buckets(60.0, 2.0, 9))
+        });
+        registry.register(
+            "build_duration_seconds",
+            "Time from a build's start to its end, by outcome",
+            build_duration.clone(),
+        );
         registry.register_collector(Box::new(AwsCalls(calls)));
+        let fleet = std::sync::Arc::new(crate::fleet::Fleet::default());
+        registry.register_collector(Box::new(crate::fleet::FleetCollector(fleet.clone())));
         Self {
             registry,
             reconciles,
@@ -113,7 +126,22 @@ impl Metrics {
             builds,
             nodegroup_updates,
             reclaimed,
+            build_duration,
+            fleet,
         }
+    }
+
+    /// The fleet gauges' sources (see [`crate::fleet`]).
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        &self.fleet
+    }
+
+    /// Records a build that ended after `took`, `succeeded` or `failed`.
+    pub fn build_ended(&self, succeeded: bool, took: Duration) {
+        let outcome = if succeeded { "succeeded" } else { "failed" };
+        self.build_duration
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(took.as_secs_f64());
     }
 
     /// Records snapshot bytes freed by deregistering an AMI.
@@ -221,5 +249,50 @@ mod tests {
             );
         }
         assert!(!text.contains("opsy_nodegroup_updates_total{outcome=\"failed\"}"));
+    }
+
+    #[test]
+    fn fleet_gauges_are_read_from_their_sources_at_each_scrape() {
+        use std::sync::{Arc, Mutex};
+
+        use crate::fleet;
+
+        let metrics = Metrics::new(CallCounter::default());
+        metrics.build_ended(true, Duration::from_secs(600));
+        let objects = Arc::new(Mutex::new(vec![(
+            "images".to_owned(),
+            "al2023".to_owned(),
+            vec![
+                (
+                    fleet::PB_ACTIVE_EXPIRY,
+                    vec![("cluster", "prod".to_owned())],
+                    1_767_225_600.0,
+                ),
+                (
+                    fleet::PB_FAILED_BUILDS,
+                    vec![("cluster", "prod".to_owned())],
+                    2.0,
+                ),
+            ],
+        )]));
+        let source = objects.clone();
+        metrics.fleet().add_source(Box::new(move || {
+            source.lock().map(|o| o.clone()).unwrap_or_default()
+        }));
+        let text = metrics.render();
+        for line in [
+            "# TYPE opsy_packerbuilder_active_ami_expiry_timestamp_seconds gauge",
+            "opsy_packerbuilder_active_ami_expiry_timestamp_seconds{namespace=\"images\",name=\"al2023\",cluster=\"prod\"} 1767225600.0",
+            "opsy_packerbuilder_failed_builds{namespace=\"images\",name=\"al2023\",cluster=\"prod\"} 2.0",
+            "opsy_build_duration_seconds_count{outcome=\"succeeded\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+        // The object is gone from its source: so are its series.
+        objects.lock().unwrap().clear();
+        assert!(!metrics.render().contains("al2023"));
     }
 }

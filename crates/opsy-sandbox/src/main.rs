@@ -24,7 +24,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
     runtime::events::{Recorder, Reporter},
 };
@@ -667,6 +667,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     promotion(&sandbox, &second, &builder_cluster, &amr_filters).await?;
 
+    fleet_gauges(&sandbox).await?;
     sandbox.step("kubectl get pb,amr -A  (the printer columns)");
     kubectl(&control_plane, &["get", "pb,amr", "-A"])?;
     sandbox.step("kubectl get events  (what the operators reported)");
@@ -692,6 +693,61 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(sandbox); // stops the emulator
     drop(control_plane);
+    Ok(())
+}
+
+/// Prints the fleet gauges `/metrics` serves for the sandbox's objects, beside the status
+/// they are read from.
+async fn fleet_gauges(sandbox: &Sandbox) -> anyhow::Result<()> {
+    sandbox.step("Fleet gauges  (what /metrics serves, read from the resources' status)");
+    let builders = Api::<PackerBuilder>::namespaced(sandbox.client.clone(), NAMESPACE)
+        .list(&Default::default())
+        .await?
+        .items;
+    let refreshers = Api::<AMIRefresher>::namespaced(sandbox.client.clone(), NAMESPACE)
+        .list(&Default::default())
+        .await?
+        .items;
+    for amr in &refreshers {
+        let status = amr.status.clone().unwrap_or_default();
+        detail(&format!(
+            "AMIRefresher {}: status.nodesOnTarget {}",
+            amr.name_any(),
+            status.nodes_on_target.as_deref().unwrap_or("-")
+        ));
+    }
+    let metrics = Metrics::new(Default::default());
+    metrics.fleet().add_source(Box::new(move || {
+        let mut objects: Vec<opsy_runtime::fleet::Object> = builders
+            .iter()
+            .map(|pb| {
+                (
+                    NAMESPACE.to_owned(),
+                    pb.name_any(),
+                    packer_builder_operator::fleet::samples(pb),
+                )
+            })
+            .collect();
+        objects.extend(refreshers.iter().map(|amr| {
+            (
+                NAMESPACE.to_owned(),
+                amr.name_any(),
+                ami_refresh_operator::fleet::samples(amr),
+            )
+        }));
+        objects
+    }));
+    for line in metrics.render().lines().filter(|l| {
+        [
+            "opsy_packerbuilder_",
+            "opsy_amirefresher_",
+            "opsy_nodegroup_",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    }) {
+        detail(line);
+    }
     Ok(())
 }
 

@@ -40,4 +40,36 @@ fn the_sandbox_runs_every_step_and_exits_cleanly() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
+
+    // The fleet gauges agree with the status they are read from.
+    let gauge = |metric: &str, name: &str| -> f64 {
+        let prefix = format!("{metric}{{namespace=\"default\",name=\"{name}\",");
+        stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {metric} for {name} in:\n{stdout}"))
+    };
+    let mut compared = 0;
+    for line in stdout.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("AMIRefresher ") else {
+            continue;
+        };
+        let Some((name, nodes)) = rest.split_once(": status.nodesOnTarget ") else {
+            continue;
+        };
+        let (on, of) = nodes.split_once(' ').unwrap().0.split_once('/').unwrap();
+        assert_eq!(
+            gauge("opsy_amirefresher_nodes_on_target", name),
+            on.parse::<f64>().unwrap()
+        );
+        assert_eq!(
+            gauge("opsy_amirefresher_nodes", name),
+            of.parse::<f64>().unwrap()
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 2, "{stdout}");
 }

@@ -60,6 +60,9 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
         labels::COMPONENT_PACKER_BUILD
     ));
     let (cache, changes) = operator.watch_spec_changes(builders, &[]);
+    ctx.metrics
+        .fleet()
+        .add_source(crate::fleet::source(cache.clone()));
     Controller::for_stream(changes, cache)
         .owns(jobs, job_watch)
         .with_config(Config::default().concurrency(concurrency))

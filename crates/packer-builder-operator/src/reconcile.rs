@@ -297,6 +297,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
 
     let mut requeue = timer;
     let mut notification: Option<(String, Message)> = None;
+    let last_recorded = status.history.first().map(|r| r.job_id.clone());
     // Nothing is being built: retention may look at the older AMIs.
     let settled = matches!(decision, Decision::UpToDate { .. } | Decision::Adopt { .. });
     match decision {
@@ -673,6 +674,14 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             )
             .await;
         }
+    }
+    // A build ended in this reconcile: how long it took.
+    if let Some(ended) = status.history.first()
+        && Some(&ended.job_id) != last_recorded.as_ref()
+        && let (Some(started), Some(finished)) = (&ended.started, &ended.finished)
+        && let Ok(took) = Duration::try_from(finished.0.duration_since(started.0))
+    {
+        ctx.metrics.build_ended(ended.result == "succeeded", took);
     }
     if settled {
         let spread = crate::distribution::apply(
