@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import re
 import shutil
@@ -202,6 +203,7 @@ def check_operator_chart(workdir: Path, operator: str) -> list[dict]:
     if sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") is None:
         fail("serviceAccount.annotations do not reach the ServiceAccount")
     check_alerts(chart, operator)
+    check_dashboard(chart, operator)
     expect_refused(chart, {"replicaCount": 2, "leaderElection": {"enabled": False}}, "two replicas without leader election")
     expect_refused(chart, {"image": {"tag": "latest"}}, "image.tag latest")
     expect_refused(chart, {"logFormat": "xml"}, "an unknown logFormat")
@@ -230,6 +232,23 @@ def check_alerts(chart: Path, operator: str) -> None:
                 fail(f"promtool {' '.join(args[:2])}: {(p.stdout + p.stderr).strip()}")
     alerts = [r["alert"] for g in rules[0]["spec"]["groups"] for r in g["rules"]]
     print(f"  ok   alerts: promtool check rules and test rules ({', '.join(alerts)})")
+
+
+def check_dashboard(chart: Path, operator: str) -> None:
+    """metrics.dashboard.enabled renders one ConfigMap with the sidecar's label and a dashboard
+    that parses, whose every panel queries something."""
+    rendered = render(chart, {"metrics": {"dashboard": {"enabled": True}}})
+    maps = [o for o in rendered if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    if len(maps) != 1:
+        fail(f"metrics.dashboard.enabled renders {len(maps)} dashboard ConfigMaps, not 1")
+        return
+    if maps[0]["metadata"].get("labels", {}).get("grafana_dashboard") != "1":
+        fail("the dashboard ConfigMap lacks the label grafana_dashboard=1")
+    dashboard = json.loads(maps[0]["data"][f"{operator}.json"])
+    empty = [p["title"] for p in dashboard["panels"] if not any(t.get("expr") for t in p.get("targets", []))]
+    if empty:
+        fail(f"dashboard panels without a query: {empty}")
+    print(f"  ok   dashboard: {dashboard['title']} ({len(dashboard['panels'])} panels)")
 
 
 def expect_refused(chart: Path, values: dict, what: str) -> None:

@@ -49,27 +49,31 @@ fn queried(text: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_alert_rules_query_only_exported_metrics() {
+fn the_alert_rules_and_dashboards_query_only_exported_metrics() {
     let exported = exported();
     let charts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts");
     let mut checked = 0;
     for chart in ["packer-builder-operator", "ami-refresh-operator"] {
-        let file = charts.join(chart).join("templates/prometheusrule.yaml");
-        let text = std::fs::read_to_string(&file).unwrap();
-        let names = queried(&text);
-        assert!(
-            !names.is_empty(),
-            "{} queries no opsy_ metric",
-            file.display()
-        );
-        for name in names {
+        for file in [
+            charts.join(chart).join("templates/prometheusrule.yaml"),
+            charts.join(chart).join(format!("dashboards/{chart}.json")),
+        ] {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let names = queried(&text);
             assert!(
-                exported.contains(&name),
-                "{} queries {name}, which the operators do not export; they export {exported:?}",
+                !names.is_empty(),
+                "{} queries no opsy_ metric",
                 file.display()
             );
-            checked += 1;
+            for name in names {
+                assert!(
+                    exported.contains(&name),
+                    "{} queries {name}, which the operators do not export; they export {exported:?}",
+                    file.display()
+                );
+                checked += 1;
+            }
         }
     }
-    assert!(checked >= 8, "only {checked} names checked");
+    assert!(checked >= 16, "only {checked} names checked");
 }

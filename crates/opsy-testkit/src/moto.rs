@@ -188,17 +188,10 @@ impl Moto {
         status: u16,
         count: u32,
     ) -> Result<(), MotoError> {
-        const PATH: &str = "/opsy-ext/inject-error";
-        let body =
-            serde_json::json!({"match": matching, "code": code, "status": status, "count": count});
-        ureq::post(format!("{}{PATH}", self.endpoint))
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map(drop)
-            .map_err(|e| MotoError::Api {
-                path: PATH,
-                message: e.to_string(),
-            })
+        self.post_json(
+            "/opsy-ext/inject-error",
+            &serde_json::json!({"match": matching, "code": code, "status": status, "count": count}),
+        )
     }
 
     /// Makes updates of node group or Auto Scaling group `group` started from now on fail
@@ -211,16 +204,10 @@ impl Moto {
     /// (`PodEvictionFailure`, `NodeCreationFailure`, `AsgInstanceLaunchFailures`); `None` lets
     /// them succeed again.
     pub fn fail_with(&self, group: &str, code: Option<&str>) -> Result<(), MotoError> {
-        const PATH: &str = "/opsy-ext/fail";
-        let body = serde_json::json!({"group": group, "fail": code.is_some(), "code": code});
-        ureq::post(format!("{}{PATH}", self.endpoint))
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map(drop)
-            .map_err(|e| MotoError::Api {
-                path: PATH,
-                message: e.to_string(),
-            })
+        self.post_json(
+            "/opsy-ext/fail",
+            &serde_json::json!({"group": group, "fail": code.is_some(), "code": code}),
+        )
     }
 
     /// Publishes an available image owned by `owner_id` (e.g. a new EKS-optimised AMI), which
@@ -232,17 +219,10 @@ impl Moto {
         name: &str,
         owner_id: &str,
     ) -> Result<(), MotoError> {
-        const PATH: &str = "/opsy-ext/publish-image";
-        let body =
-            serde_json::json!({"region": region, "id": id, "name": name, "owner_id": owner_id});
-        ureq::post(format!("{}{PATH}", self.endpoint))
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map(drop)
-            .map_err(|e| MotoError::Api {
-                path: PATH,
-                message: e.to_string(),
-            })
+        self.post_json(
+            "/opsy-ext/publish-image",
+            &serde_json::json!({"region": region, "id": id, "name": name, "owner_id": owner_id}),
+        )
     }
 
     /// AWS publishes a new version of public SSM parameter `name` in `region` (e.g. the
@@ -253,14 +233,20 @@ impl Moto {
         name: &str,
         value: &str,
     ) -> Result<(), MotoError> {
-        const PATH: &str = "/opsy-ext/publish-parameter";
-        let body = serde_json::json!({"region": region, "name": name, "value": value});
-        ureq::post(format!("{}{PATH}", self.endpoint))
+        self.post_json(
+            "/opsy-ext/publish-parameter",
+            &serde_json::json!({"region": region, "name": name, "value": value}),
+        )
+    }
+
+    /// POSTs `body` as JSON to the emulator's extension endpoint `path`.
+    fn post_json(&self, path: &'static str, body: &serde_json::Value) -> Result<(), MotoError> {
+        ureq::post(format!("{}{path}", self.endpoint))
             .header("Content-Type", "application/json")
             .send(body.to_string())
             .map(drop)
             .map_err(|e| MotoError::Api {
-                path: PATH,
+                path,
                 message: e.to_string(),
             })
     }
