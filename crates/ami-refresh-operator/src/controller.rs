@@ -50,7 +50,10 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
     let (cache, changes) = operator.watch_spec_changes(refreshers, &[APPROVE_ANNOTATION]);
     ctx.metrics
         .fleet()
-        .add_source(crate::fleet::source(cache.clone()));
+        .add_source(opsy_runtime::fleet::from_cache(
+            cache.clone(),
+            crate::fleet::samples,
+        ));
     Controller::for_stream(changes, cache)
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(operator.shutdown())

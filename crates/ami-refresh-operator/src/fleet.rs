@@ -1,6 +1,5 @@
 //! The AMIRefresher's fleet gauges, from its status.
 
-use kube::ResourceExt;
 use opsy_api::{AMIRefresher, ami_refresher::NodeGroupPhase, conditions};
 use opsy_runtime::fleet::{self, Sample};
 
@@ -31,20 +30,9 @@ pub fn samples(amr: &AMIRefresher) -> Vec<Sample> {
         with_phase.push(("phase", phase));
         out.push((fleet::GROUP_PHASE, with_phase, 1.0));
         halted |= group.phase.halts();
-        if matches!(
-            group.phase,
-            NodeGroupPhase::Excluded | NodeGroupPhase::Skipped
-        ) {
-            continue;
-        }
         let size = group.desired_size.map_or(0, i64::from);
-        let on = match group.phase {
-            NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => size,
-            NodeGroupPhase::Verifying => group
-                .health
-                .as_ref()
-                .map_or(0, |h| i64::from(h.ready).min(size)),
-            _ => 0,
+        let Some(on) = crate::plan::group_on_target(group, size) else {
+            continue;
         };
         on_target += on;
         total += size;
@@ -76,23 +64,6 @@ pub fn samples(amr: &AMIRefresher) -> Vec<Sample> {
         .is_some_and(|c| c.status == conditions::TRUE);
     out.push(whole(fleet::AMR_READY, f64::from(u8::from(ready))));
     out
-}
-
-/// The fleet source of a controller's cache of AMIRefreshers.
-pub fn source(cache: kube::runtime::reflector::Store<AMIRefresher>) -> fleet::Source {
-    Box::new(move || {
-        cache
-            .state()
-            .iter()
-            .map(|amr| {
-                (
-                    amr.namespace().unwrap_or_default(),
-                    amr.name_any(),
-                    samples(amr),
-                )
-            })
-            .collect()
-    })
 }
 
 #[cfg(test)]

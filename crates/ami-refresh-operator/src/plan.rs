@@ -276,28 +276,34 @@ pub fn nodes_on_target(entries: &[NodeGroupStatus], groups: &[Group]) -> (i64, i
     let mut on_target = 0;
     let mut total = 0;
     for entry in entries {
-        if matches!(
-            entry.phase,
-            NodeGroupPhase::Excluded | NodeGroupPhase::Skipped
-        ) {
-            continue;
-        }
         let desired = groups
             .iter()
             .find(|g| g.name == entry.name)
             .and_then(|g| g.desired)
             .map_or(0, i64::from);
-        total += desired;
-        on_target += match entry.phase {
-            NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => desired,
-            NodeGroupPhase::Verifying => entry
+        if let Some(on) = group_on_target(entry, desired) {
+            on_target += on;
+            total += desired;
+        }
+    }
+    (on_target, total)
+}
+
+/// A group's nodes on the target, of its `desired` size: all once it is done, its Ready ones
+/// on the target while it is verified, none before; `None` for groups the rollout does not
+/// manage (excluded, skipped).
+pub fn group_on_target(entry: &NodeGroupStatus, desired: i64) -> Option<i64> {
+    match entry.phase {
+        NodeGroupPhase::Excluded | NodeGroupPhase::Skipped => None,
+        NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => Some(desired),
+        NodeGroupPhase::Verifying => Some(
+            entry
                 .health
                 .as_ref()
                 .map_or(0, |h| i64::from(h.ready).min(desired)),
-            _ => 0,
-        };
+        ),
+        _ => Some(0),
     }
-    (on_target, total)
 }
 
 fn runs(group: &Group, target: &str) -> bool {

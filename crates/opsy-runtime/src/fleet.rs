@@ -111,6 +111,31 @@ impl Fleet {
     }
 }
 
+/// The source of a controller's cache of custom resources: each object's namespace, name and
+/// `samples`.
+pub fn from_cache<K>(
+    cache: kube::runtime::reflector::Store<K>,
+    samples: fn(&K) -> Vec<Sample>,
+) -> Source
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use kube::ResourceExt;
+    Box::new(move || {
+        cache
+            .state()
+            .iter()
+            .map(|object| {
+                (
+                    object.namespace().unwrap_or_default(),
+                    object.name_any(),
+                    samples(object),
+                )
+            })
+            .collect()
+    })
+}
+
 /// One series: its labels and value.
 type Series<'a> = (Vec<(&'a str, &'a str)>, f64);
 

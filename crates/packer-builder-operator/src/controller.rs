@@ -62,7 +62,10 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
     let (cache, changes) = operator.watch_spec_changes(builders, &[]);
     ctx.metrics
         .fleet()
-        .add_source(crate::fleet::source(cache.clone()));
+        .add_source(opsy_runtime::fleet::from_cache(
+            cache.clone(),
+            crate::fleet::samples,
+        ));
     Controller::for_stream(changes, cache)
         .owns(jobs, job_watch)
         .with_config(Config::default().concurrency(concurrency))

@@ -1,6 +1,5 @@
 //! The PackerBuilder's fleet gauges, from its status.
 
-use kube::ResourceExt;
 use opsy_api::{PackerBuilder, conditions};
 use opsy_runtime::fleet::{self, Sample};
 
@@ -37,23 +36,6 @@ pub fn samples(pb: &PackerBuilder) -> Vec<Sample> {
         .is_some_and(|c| c.status == conditions::TRUE);
     put(fleet::PB_READY, f64::from(u8::from(ready)));
     out
-}
-
-/// The fleet source of a controller's cache of PackerBuilders.
-pub fn source(cache: kube::runtime::reflector::Store<PackerBuilder>) -> fleet::Source {
-    Box::new(move || {
-        cache
-            .state()
-            .iter()
-            .map(|pb| {
-                (
-                    pb.namespace().unwrap_or_default(),
-                    pb.name_any(),
-                    samples(pb),
-                )
-            })
-            .collect()
-    })
 }
 
 #[cfg(test)]
