@@ -19,9 +19,16 @@ pub fn setup(root: &Path) -> anyhow::Result<()> {
     if !binary.exists() {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let work = tempfile::tempdir().context("a temporary directory for the package")?;
-        run(Command::new("apt-get")
-            .args(["download", PACKAGE])
-            .current_dir(work.path()))?;
+        let download = || {
+            run(Command::new("apt-get")
+                .args(["download", PACKAGE])
+                .current_dir(work.path()))
+        };
+        if download().is_err() {
+            // A machine whose package lists were never fetched.
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            download()?;
+        }
         let deb = fs::read_dir(work.path())?
             .filter_map(Result::ok)
             .map(|e| e.path())
