@@ -103,14 +103,21 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         });
     };
     let mut groups = observe_groups(aws, amr).await?;
-    if let Some(chosen) = &choice.chosen {
-        let sources: Vec<&AwsClients> = if std::sync::Arc::ptr_eq(aws, &owner) {
-            vec![aws]
-        } else {
-            vec![aws, &owner]
-        };
-        crate::observe::hold_other_architectures(&sources, &mut groups, &chosen.image).await?;
-    }
+    let sources: Vec<&AwsClients> = if std::sync::Arc::ptr_eq(aws, &owner) {
+        vec![aws]
+    } else {
+        vec![aws, &owner]
+    };
+    let mut known = crate::lanes::known(&selection);
+    crate::lanes::read(&sources, &mut groups, &mut known).await?;
+    let assignment = crate::lanes::assign(spec, &status, &selection, &known, &mut groups, &target);
+    let held_back: Vec<String> = assignment
+        .held_back
+        .iter()
+        .map(|h| format!("{} ({}): {}", h.image, h.gate, h.message))
+        .collect();
+    let targets = &assignment.targets;
+    let target = targets.primary.clone();
     let previous = amr
         .status
         .as_ref()
@@ -120,7 +127,7 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         .annotations()
         .get(APPROVE_ANNOTATION)
         .map(String::as_str);
-    let mut plan = plan(spec, &target, &groups, previous, false, approved);
+    let mut plan = plan(spec, targets, &groups, previous, false, approved);
     if window
         .as_ref()
         .is_some_and(|w| w.ends_with("no group starts"))
@@ -137,8 +144,14 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
                 NodeGroupPhase::Pending => (
                     "update",
                     format!(
-                        "{} → {target}: new version of launch template {} from v{}",
+                        "{} → {}{}: new version of launch template {} from v{}",
                         g.from_image.as_deref().unwrap_or("?"),
+                        g.to_image.as_deref().unwrap_or(&target),
+                        g.lane
+                            .as_ref()
+                            .filter(|_| targets.all().len() > 1)
+                            .map(|l| format!(" ({l})"))
+                            .unwrap_or_default(),
                         g.launch_template_id.as_deref().unwrap_or("?"),
                         g.from_version.as_deref().unwrap_or("?")
                     ),
@@ -152,9 +165,16 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
                 NodeGroupPhase::RolledBack => {
                     ("rolled-back", g.message.clone().unwrap_or_default())
                 }
-                NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => {
-                    ("none", format!("runs {target}"))
-                }
+                NodeGroupPhase::UpToDate | NodeGroupPhase::Succeeded => (
+                    "none",
+                    format!(
+                        "runs {}",
+                        g.to_image
+                            .as_deref()
+                            .or(g.from_image.as_deref())
+                            .unwrap_or(&target)
+                    ),
+                ),
             };
             GroupAction {
                 name: g.name.clone(),
@@ -229,7 +249,7 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
     };
     Ok(Report {
         resource,
-        target: Some(target),
+        target: Some(targets.describe()),
         selection: selection.explain(),
         held_back,
         groups: actions,

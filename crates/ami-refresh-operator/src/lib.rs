@@ -10,6 +10,7 @@ pub mod dry_run;
 pub mod fleet;
 mod follow;
 pub mod health;
+pub mod lanes;
 pub mod observe;
 pub mod plan;
 mod promotion;

@@ -22,76 +22,6 @@ use crate::{
     plan::{Group, GroupImage},
 };
 
-/// Groups whose AMI is of another architecture than the target's (an arm64 group beside an
-/// x86_64 target) become not manageable, with the reason: their nodes could never boot the
-/// target, so they are never moved. A group whose AMI's architecture cannot be read (not
-/// visible to this account, nor to the account that owns the managed AMIs) is not moved
-/// either. One `DescribeImages` call per source asked (an `image-id` filter, which answers for
-/// the images it finds and fails for none); `sources` are this account's clients and, with
-/// `spec.imageOwnerRoleArn`, the owner account's, asked for what the first did not find.
-pub async fn hold_other_architectures(
-    sources: &[&AwsClients],
-    groups: &mut [Group],
-    target: &opsy_aws::Image,
-) -> Result<(), Error> {
-    let Some(wanted) = target.architecture.as_deref() else {
-        return Ok(());
-    };
-    let mut ids: Vec<&str> = groups
-        .iter()
-        .filter_map(|g| match &g.image {
-            GroupImage::Runs { image_id, .. } if *image_id != target.id => Some(image_id.as_str()),
-            _ => None,
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut arch: BTreeMap<String, Option<String>> = BTreeMap::new();
-    for aws in sources {
-        let missing: Vec<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| !arch.contains_key(*id))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        let query = opsy_aws::ImageQuery::default()
-            .filter("image-id", missing)
-            .including_deprecated();
-        for image in aws.describe_images(&query).await?.iter() {
-            arch.insert(image.id.clone(), image.architecture.clone());
-        }
-    }
-    for group in groups.iter_mut() {
-        let GroupImage::Runs { image_id, .. } = &group.image else {
-            continue;
-        };
-        if *image_id == target.id {
-            continue;
-        }
-        let reason = match arch.get(image_id.as_str()).cloned().flatten().as_deref() {
-            Some(runs) if runs == wanted => continue,
-            Some(runs) => format!(
-                "runs {image_id} ({runs}); the target {} is {wanted}: a group is never moved to \
-                 another architecture (roll it out with an AMIRefresher whose candidates are \
-                 {runs}, or list it in spec.exclude)",
-                target.id
-            ),
-            None => format!(
-                "cannot tell the architecture of {image_id}, which it runs (not visible to this \
-                 account); not moved to {} ({wanted})",
-                target.id
-            ),
-        };
-        group.image = GroupImage::NotManageable { reason };
-    }
-    Ok(())
-}
-
 /// The cluster's managed node groups and (when enabled) self-managed Auto Scaling groups.
 pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<Group>, Error> {
     let cluster = &amr.spec.cluster_name;
@@ -128,6 +58,9 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
             busy,
             desired: group.desired_size,
             instances: Vec::new(),
+            lane: None,
+            image_created: None,
+            image_status: None,
         });
     }
     if amr.spec.self_managed.enabled {
@@ -150,6 +83,9 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
                 busy: false,
                 desired: asg.desired_capacity,
                 instances: asg.instances.iter().map(|i| i.id.clone()).collect(),
+                lane: None,
+                image_created: None,
+                image_status: None,
             });
         }
     }

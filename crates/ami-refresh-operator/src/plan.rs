@@ -1,11 +1,16 @@
 //! Which node groups are updated now: a pure function of the target AMI, what each group runs,
 //! and where the rollout stood.
 
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use opsy_api::{
     AMIRefresherSpec,
     ami_refresher::{
         APPROVE_ANNOTATION, NodeGroupKind, NodeGroupPhase, NodeGroupStatus, OnFailure,
     },
+    lanes::Lane,
 };
 
 /// What a group runs, as far as this operator can manage it.
@@ -45,6 +50,68 @@ pub struct Group {
     /// Its instances (`i-…`), for self-managed groups: their nodes are found by
     /// `spec.providerID`.
     pub instances: Vec<String>,
+    /// The lane of the AMI it runs, once read ([`crate::lanes`]).
+    pub lane: Option<Lane>,
+    /// When the AMI it runs was built, once read.
+    pub image_created: Option<Timestamp>,
+    /// The `status` tag of the AMI it runs, once read.
+    pub image_status: Option<String>,
+}
+
+/// The AMI each group moves to: its lane's target; `primary` for a group whose lane was not
+/// read (a cluster of one lane).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Targets {
+    /// The target of the lane with the most groups (`status.targetImage`).
+    pub primary: String,
+    /// Each lane's target.
+    pub by_lane: BTreeMap<Lane, String>,
+}
+
+impl Targets {
+    /// One target for every group.
+    pub fn single(target: &str) -> Self {
+        Self {
+            primary: target.to_owned(),
+            by_lane: BTreeMap::new(),
+        }
+    }
+
+    /// The target of `group`, or why it has none.
+    pub fn of(&self, group: &Group) -> Result<&str, String> {
+        match &group.lane {
+            Some(lane) if !self.by_lane.is_empty() => {
+                self.by_lane.get(lane).map(String::as_str).ok_or_else(|| {
+                    format!("no eligible candidate is {lane}, the lane of the AMI it runs")
+                })
+            }
+            _ => Ok(&self.primary),
+        }
+    }
+
+    /// Every target, primary first, each once.
+    pub fn all(&self) -> Vec<&str> {
+        let mut all = vec![self.primary.as_str()];
+        for target in self.by_lane.values() {
+            if !all.contains(&target.as_str()) {
+                all.push(target);
+            }
+        }
+        all
+    }
+
+    /// The targets for messages: the primary alone, or `ami-1 (x86_64/standard), ami-2
+    /// (arm64/standard)`.
+    pub fn describe(&self) -> String {
+        if self.all().len() <= 1 {
+            return self.primary.clone();
+        }
+        self.by_lane
+            .iter()
+            .map(|(lane, target)| format!("{target} ({lane})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The rollout's next step.
@@ -97,6 +164,9 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         health: None,
         rollback_version: None,
         desired_size: group.desired,
+        lane: group.lane.as_ref().map(ToString::to_string),
+        image_created: group.image_created.map(Time),
+        image_status: group.image_status.clone(),
     }
 }
 
@@ -105,7 +175,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
 /// are then tried again); `approved` is the AMI the approval annotation names, if any.
 pub fn plan(
     spec: &AMIRefresherSpec,
-    target: &str,
+    targets: &Targets,
     groups: &[Group],
     previous: &[NodeGroupStatus],
     spec_changed: bool,
@@ -114,21 +184,25 @@ pub fn plan(
     let mut sorted: Vec<&Group> = groups.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = Vec::new();
+    // Each group's target, by name.
+    let mut target_of: BTreeMap<String, String> = BTreeMap::new();
     for group in sorted {
         let prev = previous.iter().find(|p| p.name == group.name);
-        let same_target = prev.is_some_and(|p| p.to_image.as_deref() == Some(target));
+        let target = targets.of(group);
+        let same_target =
+            prev.is_some_and(|p| p.to_image.as_deref() == target.as_ref().ok().copied());
         let status = if spec.exclude.contains(&group.name) {
             NodeGroupStatus {
                 message: Some("listed in spec.exclude".into()),
                 ..entry(group, NodeGroupPhase::Excluded)
             }
         } else {
-            match &group.image {
-                GroupImage::NotManageable { reason } => NodeGroupStatus {
+            match (&group.image, target.as_ref()) {
+                (GroupImage::NotManageable { reason }, _) | (_, Err(reason)) => NodeGroupStatus {
                     message: Some(reason.clone()),
                     ..entry(group, NodeGroupPhase::Skipped)
                 },
-                GroupImage::Runs { .. } => match prev {
+                (GroupImage::Runs { .. }, Ok(&target)) => match prev {
                     // A rollback in flight is followed to its end, whatever the target is now.
                     Some(p) if p.phase == NodeGroupPhase::RollingBack => p.clone(),
                     Some(p)
@@ -171,6 +245,16 @@ pub fn plan(
                 },
             }
         };
+        if let Ok(target) = targets.of(group) {
+            target_of.insert(group.name.clone(), target.to_owned());
+        }
+        // What the group runs now, whatever the entry kept from before.
+        let status = NodeGroupStatus {
+            lane: group.lane.as_ref().map(ToString::to_string),
+            image_created: group.image_created.map(Time),
+            image_status: group.image_status.clone(),
+            ..status
+        };
         out.push(status);
     }
 
@@ -196,7 +280,8 @@ pub fn plan(
                     g.phase,
                     NodeGroupPhase::Succeeded | NodeGroupPhase::Verifying | NodeGroupPhase::Failed
                 ) && g.rollback_version.is_none()
-                    && g.to_image.as_deref() == Some(target)
+                    && g.to_image.is_some()
+                    && g.to_image.as_ref() == target_of.get(&g.name)
                     && g.from_image.is_some()
                     && g.from_image != g.to_image
                     && g.from_version.is_some()
@@ -237,6 +322,7 @@ pub fn plan(
                     NodeGroupPhase::Updating | NodeGroupPhase::Verifying | NodeGroupPhase::Failed
                 )
         });
+        let target = targets.primary.as_str();
         let needs_approval = spec.rollout.approve_after_canary && approved != Some(target);
         let wave: Vec<&NodeGroupStatus> = if !canary_pending.is_empty() {
             canary_pending
@@ -251,6 +337,7 @@ pub fn plan(
         start = wave.iter().take(slots).map(|g| g.name.clone()).collect();
     }
     if awaiting_approval {
+        let target = &targets.primary;
         for g in out
             .iter_mut()
             .filter(|g| g.phase == NodeGroupPhase::Pending)
@@ -336,6 +423,9 @@ mod tests {
             busy: false,
             desired: Some(2),
             instances: Vec::new(),
+            lane: None,
+            image_created: None,
+            image_status: None,
         }
     }
 
@@ -364,12 +454,15 @@ mod tests {
                 busy: false,
                 desired: None,
                 instances: Vec::new(),
+                lane: None,
+                image_created: None,
+                image_status: None,
             },
         ];
         let s = spec(
             serde_json::json!({"exclude": ["c", "ghost"], "rollout": {"maxInFlight": 1, "canary": ["d"]}}),
         );
-        let p = plan(&s, T, &groups, &[], false, None);
+        let p = plan(&s, &Targets::single(T), &groups, &[], false, None);
         assert_eq!(
             phases(&p),
             [
@@ -387,14 +480,17 @@ mod tests {
         let mut previous = p.groups.clone();
         previous[3].phase = NodeGroupPhase::Updating;
         assert!(
-            plan(&s, T, &groups, &previous, false, None)
+            plan(&s, &Targets::single(T), &groups, &previous, false, None)
                 .start
                 .is_empty()
         );
         previous[3].phase = NodeGroupPhase::Succeeded;
         let mut done = groups.clone();
         done[0] = group("d", T);
-        assert_eq!(plan(&s, T, &done, &previous, false, None).start, ["a"]);
+        assert_eq!(
+            plan(&s, &Targets::single(T), &done, &previous, false, None).start,
+            ["a"]
+        );
     }
 
     #[test]
@@ -405,26 +501,34 @@ mod tests {
             group("c", "ami-old"),
         ];
         let s = spec(serde_json::json!({"rollout": {"maxInFlight": 2}}));
-        let p = plan(&s, T, &groups, &[], false, None);
+        let p = plan(&s, &Targets::single(T), &groups, &[], false, None);
         assert_eq!(p.start, ["a", "b"]);
         let mut previous = p.groups.clone();
         previous[0].phase = NodeGroupPhase::Failed;
         previous[1].phase = NodeGroupPhase::Updating;
-        let p = plan(&s, T, &groups, &previous, false, None);
+        let p = plan(&s, &Targets::single(T), &groups, &previous, false, None);
         assert!(p.halted && p.start.is_empty());
-        let p = plan(&s, T, &groups, &previous, true, None);
+        let p = plan(&s, &Targets::single(T), &groups, &previous, true, None);
         assert!(!p.halted);
         assert_eq!(p.start, ["a"], "one slot left beside b, still updating");
 
         let keep_going =
             spec(serde_json::json!({"rollout": {"maxInFlight": 2, "haltOnFailure": false}}));
         assert_eq!(
-            plan(&keep_going, T, &groups, &previous, false, None).start,
+            plan(
+                &keep_going,
+                &Targets::single(T),
+                &groups,
+                &previous,
+                false,
+                None
+            )
+            .start,
             ["c"]
         );
         let suspended = spec(serde_json::json!({"suspend": true}));
         assert!(
-            plan(&suspended, T, &groups, &[], false, None)
+            plan(&suspended, &Targets::single(T), &groups, &[], false, None)
                 .start
                 .is_empty()
         );
@@ -439,7 +543,7 @@ mod tests {
             group("d", "ami-old"),
         ];
         let s = spec(serde_json::json!({"rollout": {"maxInFlight": 2, "onFailure": "rollback"}}));
-        let mut previous = plan(&s, T, &[], &[], false, None).groups;
+        let mut previous = plan(&s, &Targets::single(T), &[], &[], false, None).groups;
         for (name, phase) in [
             ("a", NodeGroupPhase::Succeeded),
             ("b", NodeGroupPhase::Failed),
@@ -450,7 +554,7 @@ mod tests {
             e.to_image = Some(T.into());
             previous.push(e);
         }
-        let p = plan(&s, T, &groups, &previous, false, None);
+        let p = plan(&s, &Targets::single(T), &groups, &previous, false, None);
         assert!(p.halted && p.start.is_empty());
         assert_eq!(p.rollback, ["a", "b"], "c is followed to its end first");
 
@@ -461,18 +565,25 @@ mod tests {
         previous[1].phase = NodeGroupPhase::RolledBack;
         previous[1].rollback_version = Some("1".into());
         previous[2].phase = NodeGroupPhase::Verifying;
-        let p = plan(&s, T, &groups, &previous, false, None);
+        let p = plan(&s, &Targets::single(T), &groups, &previous, false, None);
         assert!(p.halted && p.start.is_empty());
         assert_eq!(p.rollback, ["c"]);
         // Even when the target changes, the rollback in flight is kept.
-        let p = plan(&s, "ami-other", &groups, &previous, false, None);
+        let p = plan(
+            &s,
+            &Targets::single("ami-other"),
+            &groups,
+            &previous,
+            false,
+            None,
+        );
         assert_eq!(p.groups[0].phase, NodeGroupPhase::RollingBack);
 
         // Without onFailure: rollback, nothing goes back.
         let halt = spec(serde_json::json!({"rollout": {"maxInFlight": 2}}));
         previous[0].phase = NodeGroupPhase::Succeeded;
         previous[0].rollback_version = None;
-        let p = plan(&halt, T, &groups, &previous, false, None);
+        let p = plan(&halt, &Targets::single(T), &groups, &previous, false, None);
         assert!(p.halted && p.rollback.is_empty());
     }
 
@@ -482,7 +593,7 @@ mod tests {
         let s = spec(
             serde_json::json!({"rollout": {"maxInFlight": 2, "canary": ["a"], "approveAfterCanary": true}}),
         );
-        let p = plan(&s, T, &groups, &[], false, None);
+        let p = plan(&s, &Targets::single(T), &groups, &[], false, None);
         assert!(p.awaiting_approval && p.start.is_empty());
         assert!(
             p.groups[1]
@@ -492,14 +603,21 @@ mod tests {
                 .ends_with("ami.refresh.ops/approve=ami-target")
         );
         // An approval of another AMI does not count.
-        let p = plan(&s, T, &groups, &[], false, Some("ami-older"));
+        let p = plan(
+            &s,
+            &Targets::single(T),
+            &groups,
+            &[],
+            false,
+            Some("ami-older"),
+        );
         assert!(p.awaiting_approval && p.start.is_empty());
-        let p = plan(&s, T, &groups, &[], false, Some(T));
+        let p = plan(&s, &Targets::single(T), &groups, &[], false, Some(T));
         assert!(!p.awaiting_approval);
         assert_eq!(p.start, ["b", "c"]);
         // While the canary is pending or in flight, nothing waits for approval yet.
         let fresh = vec![group("a", "ami-old"), group("b", "ami-old")];
-        let p = plan(&s, T, &fresh, &[], false, None);
+        let p = plan(&s, &Targets::single(T), &fresh, &[], false, None);
         assert!(!p.awaiting_approval);
         assert_eq!(p.start, ["a"]);
     }
@@ -513,7 +631,7 @@ mod tests {
             group("x", "ami-old"),
         ];
         let s = spec(serde_json::json!({"exclude": ["x"]}));
-        let mut entries = plan(&s, T, &groups, &[], false, None).groups;
+        let mut entries = plan(&s, &Targets::single(T), &groups, &[], false, None).groups;
         assert_eq!(nodes_on_target(&entries, &groups), (2, 6));
         entries[1].phase = NodeGroupPhase::Verifying;
         entries[1].health = Some(opsy_api::ami_refresher::GroupHealth {
@@ -528,8 +646,11 @@ mod tests {
     fn without_wait_for_completion_started_groups_do_not_hold_a_slot() {
         let groups = vec![group("a", "ami-old"), group("b", "ami-old")];
         let s = spec(serde_json::json!({"refreshConfig": {"waitForCompletion": false}}));
-        let mut previous = plan(&s, T, &groups, &[], false, None).groups;
+        let mut previous = plan(&s, &Targets::single(T), &groups, &[], false, None).groups;
         previous[0].phase = NodeGroupPhase::Updating;
-        assert_eq!(plan(&s, T, &groups, &previous, false, None).start, ["b"]);
+        assert_eq!(
+            plan(&s, &Targets::single(T), &groups, &previous, false, None).start,
+            ["b"]
+        );
     }
 }

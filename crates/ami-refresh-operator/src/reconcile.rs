@@ -13,7 +13,7 @@ use kube::{
     runtime::{controller::Action, events::EventType},
 };
 use opsy_api::{
-    AMIRefresher, AMIRefresherStatus, ImageRef,
+    AMIRefresher, AMIRefresherStatus,
     ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, NodeGroupStatus, PdbPolicy},
     conditions,
 };
@@ -23,7 +23,8 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 use crate::{
     Error, breaker,
     follow::{implicates_image, poll, verify},
-    observe::{Blocker, disruption_blockers, hold_other_architectures, observe_groups},
+    lanes,
+    observe::{Blocker, disruption_blockers, observe_groups},
     plan::{Group, nodes_on_target, plan},
     promotion,
     start::start,
@@ -159,18 +160,14 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         _ => None,
     };
     let selection = found.selection;
+    // The newest eligible candidate of any lane: without one, nothing starts.
     let choice = promotion::choose(spec, &status, &selection);
-    let chosen = choice.chosen.clone();
-    report_held_back(&ctx, &amr, &mut status, choice.held_back).await;
     let window = promotion::window(spec, now);
     status.maintenance_window = match &window {
         Ok(w) if !spec.maintenance_windows.is_empty() => Some(w.status()),
         _ => None,
     };
-    // Something held back may move by itself at this time (a gate or a window opening).
-    let wake = promotion::next_wake(&status.held_back, window.as_ref().ok(), now);
-    let timer = until(timer, wake, now);
-    let no_eligible = chosen.is_none().then(|| {
+    let no_eligible = choice.chosen.is_none().then(|| {
         let what = match (&spec.ami, &missing_parameter) {
             (Some(ami), _) => format!("spec.ami {ami} is not eligible"),
             (None, Some(missing)) => missing.clone(),
@@ -184,12 +181,15 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     // Without an eligible AMI, groups in flight are still followed to their end (verified,
     // rolled back) toward the target they were moving to; no group starts.
     let in_flight = status.node_groups.iter().any(|g| g.phase.in_flight());
-    let following = match (&chosen, &status.target_image) {
+    let following = match (&choice.chosen, &status.target_image) {
         (Some(t), _) => Some(t.image.id.clone()),
         (None, Some(last)) if in_flight => Some(last.id.clone()),
         (None, _) => None,
     };
-    let Some(target_id) = following else {
+    let Some(following) = following else {
+        report_held_back(&ctx, &amr, &mut status, choice.held_back).await;
+        let wake = promotion::next_wake(&status.held_back, window.as_ref().ok(), now);
+        let timer = until(timer, wake, now);
         let message = no_eligible.clone().unwrap_or_default();
         set(
             &mut status,
@@ -206,16 +206,6 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         write_status(&ctx, &amr, &status).await?;
         return Ok(Action::requeue(timer));
     };
-    let new_target =
-        status.target_image.as_ref().map(|t| t.id.as_str()) != Some(target_id.as_str());
-    if let Some(target) = &chosen {
-        status.target_image = Some(ImageRef {
-            id: target_id.clone(),
-            name: Some(target.image.name.clone()),
-            created: target.created.map(Time),
-            expires: target.expires.map(Time),
-        });
-    }
 
     // 2. Follow updates in flight (before observing, so a group that just finished is seen
     //    on its new version).
@@ -248,32 +238,52 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
 
     // 3. Groups, and the health gate of those AWS reports done.
     let mut groups = observe_groups(&aws, &amr).await?;
-    if let Some(target) = &chosen {
-        let sources: Vec<&opsy_aws::AwsClients> = if Arc::ptr_eq(&aws, &owner) {
-            vec![&aws]
-        } else {
-            vec![&aws, &owner]
-        };
-        hold_other_architectures(&sources, &mut groups, &target.image).await?;
+    let sources: Vec<&opsy_aws::AwsClients> = if Arc::ptr_eq(&aws, &owner) {
+        vec![&aws]
+    } else {
+        vec![&aws, &owner]
+    };
+    let mut known = lanes::known(&selection);
+    lanes::read(&sources, &mut groups, &mut known).await?;
+    let assignment = lanes::assign(spec, &status, &selection, &known, &mut groups, &following);
+    report_held_back(&ctx, &amr, &mut status, assignment.held_back.clone()).await;
+    // Something held back may move by itself at this time (a gate or a window opening).
+    let wake = promotion::next_wake(&status.held_back, window.as_ref().ok(), now);
+    let timer = until(timer, wake, now);
+    let targets = &assignment.targets;
+    let target_id = targets.primary.clone();
+    let chosen = assignment.primary().cloned();
+    let before: Vec<String> = if status.targets.is_empty() {
+        status.target_image.iter().map(|t| t.id.clone()).collect()
+    } else {
+        status.targets.iter().map(|t| t.image.id.clone()).collect()
+    };
+    let new_target = targets.all().iter().any(|t| !before.iter().any(|b| b == t));
+    if chosen.is_some()
+        || status.target_image.as_ref().map(|t| t.id.as_str()) != Some(target_id.as_str())
+    {
+        status.target_image = Some(lanes::image_ref(&target_id, chosen.as_ref(), &known));
     }
+    status.targets = assignment.lanes.clone();
     let (healthy, unhealthy) =
         verify(&aws, &ctx, &amr, &groups, &mut previous, &target_id, now).await?;
     finished.extend(healthy);
-    // Only the AMI the failed groups moved to, which is the target unless it changed meanwhile.
-    let against: Vec<String> = failed_on
-        .into_iter()
-        .chain(unhealthy)
-        .filter(|(image, _)| *image == target_id)
-        .map(|(_, evidence)| evidence)
-        .collect();
-    if !against.is_empty() {
+    // Only the AMIs the failed groups moved to, which are targets unless they changed
+    // meanwhile; each with its own evidence.
+    let mut against: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (image, evidence) in failed_on.into_iter().chain(unhealthy) {
+        if targets.all().contains(&image.as_str()) {
+            against.entry(image).or_default().push(evidence);
+        }
+    }
+    for (image, evidence) in &against {
         breaker::quarantine(
             &ctx,
             &amr,
             &owner,
-            chosen.as_ref(),
-            &target_id,
-            &against,
+            assignment.chosen.get(image),
+            image,
+            evidence,
             now,
         )
         .await;
@@ -284,7 +294,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .annotations()
         .get(APPROVE_ANNOTATION)
         .map(String::as_str);
-    let mut plan = plan(spec, &target_id, &groups, &previous, spec_changed, approved);
+    let mut plan = plan(spec, targets, &groups, &previous, spec_changed, approved);
     if no_eligible.is_some() {
         plan.start.clear();
     }
@@ -324,7 +334,10 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
                 continue;
             }
         }
-        start(&aws, &amr, &ctx, group, entry, &target_id, now).await?;
+        let Ok(target) = targets.of(group) else {
+            continue;
+        };
+        start(&aws, &amr, &ctx, group, entry, target, now).await?;
         waiting |= entry.phase == NodeGroupPhase::Pending;
         if entry.update_id.is_some() {
             amr = record_started(&ctx, &amr, &mut status, entry).await?;
@@ -344,11 +357,12 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         }
     }
     if new_target && !plan.start.is_empty() {
-        let name = chosen
-            .as_ref()
-            .map(|t| t.image.name.as_str())
-            .unwrap_or_default();
-        let mut message = format!("rolling out {target_id} ({name})");
+        let mut message = match &chosen {
+            Some(t) if targets.all().len() == 1 => {
+                format!("rolling out {target_id} ({})", t.image.name)
+            }
+            _ => format!("rolling out {}", targets.describe()),
+        };
         let passed: Vec<String> = selection
             .passed_over()
             .take(opsy_aws::managed::Selection::EXPLAINED)
@@ -457,7 +471,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let was_ready = conditions::find(&status.conditions, conditions::READY)
         .is_some_and(|c| c.status == conditions::TRUE);
     if ready {
-        let message = format!("{done} node group(s) run {target_id}{held}");
+        let message = format!("{done} node group(s) run {}{held}", targets.describe());
         set(
             &mut status,
             conditions::READY,
@@ -478,13 +492,17 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         );
         if !was_ready {
             event(&ctx, &amr, EventType::Normal, "RolloutSucceeded", &message).await;
-            if let Some(target) = &chosen {
-                breaker::record_healthy(&ctx, &amr, &owner, &target.image, now).await;
+            for target in targets.all() {
+                if let Some(chosen) = assignment.chosen.get(target) {
+                    breaker::record_healthy(&ctx, &amr, &owner, &chosen.image, now).await;
+                }
             }
         }
     } else {
-        let message =
-            format!("{done}/{managed} node groups on {target_id}, {updating} updating{held}");
+        let message = format!(
+            "{done}/{managed} node groups on {}, {updating} updating{held}",
+            targets.describe()
+        );
         set(
             &mut status,
             conditions::READY,
@@ -546,6 +564,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         report_no_eligible(&ctx, &amr, &mut status, &message, !plan.halted, now).await;
     }
     // One notification per reconcile, the most important transition.
+    let target_id = targets.all().join(",");
     let notification = if plan.halted {
         Some((
             format!(
@@ -591,7 +610,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             &spec.region,
             status.progress.clone().unwrap_or_default(),
         )
-        .fact("Target AMI", target_id.clone())
+        .fact("Target AMI", targets.describe())
         .fact(
             "Node groups",
             plan.groups

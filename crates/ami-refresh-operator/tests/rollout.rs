@@ -1450,7 +1450,9 @@ async fn an_arm64_group_is_never_moved_to_an_x86_64_target() {
     let message = arm.message.unwrap();
     assert!(
         message.contains(&format!(
-            "runs {} (arm64); the target {target} is x86_64: a group is never moved to another architecture",
+            "runs {}: no eligible candidate is arm64/standard, the lane of the AMI it runs (1 \
+             eligible of other lanes; this cluster also runs x86_64/standard): a group is never \
+             moved to another architecture or variant",
             ids::AL2023_130_ARM_OCT
         )),
         "{message}"
@@ -2135,4 +2137,181 @@ async fn another_clusters_newer_ami_is_passed_over_until_accepted() {
     world.settle(8).await;
     assert_eq!(world.status().await.target_image.unwrap().id, theirs);
     assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
+}
+
+/// The NVIDIA and Neuron variants of the October EKS AMI (x86_64), published by AWS.
+const GPU_BASE: &str = "ami-0d130202410240000";
+const NEURON_BASE: &str = "ami-0e130202410240000";
+
+#[tokio::test]
+async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and_variant() {
+    let world = World::new().await;
+    world
+        .moto
+        .publish_image(
+            REGION,
+            GPU_BASE,
+            "amazon-eks-node-al2023-x86_64-nvidia-1.30-v20241024",
+            opsy_testkit::seed::EKS_OWNER,
+        )
+        .unwrap();
+    world
+        .moto
+        .publish_image(
+            REGION,
+            NEURON_BASE,
+            "amazon-eks-node-al2023-x86_64-neuron-1.30-v20241024",
+            opsy_testkit::seed::EKS_OWNER,
+        )
+        .unwrap();
+    for (name, image) in [
+        ("lane-x86", ids::AL2023_130_SEP),
+        ("lane-arm", ids::AL2023_130_ARM_OCT),
+        ("lane-gpu", GPU_BASE),
+        ("lane-neuron", NEURON_BASE),
+    ] {
+        world
+            .fixture
+            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
+            .await
+            .unwrap();
+    }
+    // What the PackerBuilders of this cluster built from each base; the x86_64 standard one
+    // is the newest, so a single target would be it. The arm64 and GPU builds carry the tags
+    // a PackerBuilder writes now; the standard one (an older build) only its base.
+    let at =
+        |minutes: i64| (Timestamp::now() - jiff::SignedDuration::from_mins(minutes)).to_string();
+    let managed = |base: &'static str, created: String| {
+        vec![
+            ("brought-to-you-by", "opsy-the-ami-operator".to_owned()),
+            ("cluster-name", CLUSTER.to_owned()),
+            ("status", "active".to_owned()),
+            ("base-ami", base.to_owned()),
+            ("create-timestamp", created),
+        ]
+    };
+    let register = |arch: &'static str, name: &'static str, tags: Vec<(&'static str, String)>| {
+        let fixture = &world.fixture;
+        async move {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fixture.register_image_for(arch, name, &tags).await.unwrap()
+        }
+    };
+    let mut arm_tags = managed(ids::AL2023_130_ARM_OCT, at(30));
+    arm_tags.extend([
+        ("architecture", "arm64".to_owned()),
+        ("variant", "standard".to_owned()),
+    ]);
+    let arm = register("arm64", "hardened-arm64", arm_tags).await;
+    let mut gpu_tags = managed(GPU_BASE, at(20));
+    gpu_tags.extend([
+        ("architecture", "x86_64".to_owned()),
+        ("variant", "nvidia".to_owned()),
+    ]);
+    let gpu = register("x86_64", "hardened-gpu", gpu_tags).await;
+    let x86 = register(
+        "x86_64",
+        "hardened-x86",
+        managed(ids::AL2023_130_OCT, at(10)),
+    )
+    .await;
+
+    world
+        .apply(manifest(serde_json::json!({
+            "amiFilters": [
+                {"name": "name", "values": ["amazon-eks-node-al2023-*-1.30-*"]},
+                {"name": "owner-id", "values": [opsy_testkit::seed::EKS_OWNER]},
+            ],
+            "rollout": {"maxInFlight": 4},
+        })))
+        .await;
+
+    // plan shows each group's own target, and no group of another lane.
+    let amr = world.api().get("prod-rollout").await.unwrap();
+    let report =
+        ami_refresh_operator::dry_run::report(&world.context().aws, &amr, Timestamp::now())
+            .await
+            .unwrap();
+    let detail = |name: &str| {
+        let g = report.groups.iter().find(|g| g.name == name).unwrap();
+        (g.action.clone(), g.detail.clone())
+    };
+    let (action, text) = detail("lane-x86");
+    assert_eq!(action, "update");
+    assert!(
+        text.contains(&format!("→ {x86} (x86_64/standard)")),
+        "{text}"
+    );
+    let (_, text) = detail("lane-arm");
+    assert!(
+        text.contains(&format!("→ {arm} (arm64/standard)")),
+        "{text}"
+    );
+    let (_, text) = detail("lane-gpu");
+    assert!(text.contains(&format!("→ {gpu} (x86_64/nvidia)")), "{text}");
+    let (action, text) = detail("lane-neuron");
+    assert_eq!(action, "skipped");
+    assert!(
+        text.contains("no eligible candidate is x86_64/neuron, the lane of the AMI it runs"),
+        "{text}"
+    );
+
+    world.settle(12).await;
+    let status = world.status().await;
+    let expected = [
+        ("lane-x86", &x86, "x86_64/standard"),
+        ("lane-arm", &arm, "arm64/standard"),
+        ("lane-gpu", &gpu, "x86_64/nvidia"),
+    ];
+    for (name, image, lane) in expected {
+        let entry = world.entry(name).await;
+        assert_eq!(entry.phase, Succeeded, "{entry:?}");
+        assert_eq!(entry.to_image.as_deref(), Some(image.as_str()), "{entry:?}");
+        assert_eq!(entry.lane.as_deref(), Some(lane), "{entry:?}");
+        assert!(entry.image_created.is_some(), "{entry:?}");
+        // EKS moved the group to a launch template version carrying its own lane's AMI.
+        let updates = world.updates(name).await;
+        assert_eq!(updates.len(), 1, "{name}: {updates:?}");
+    }
+    let neuron = world.entry("lane-neuron").await;
+    assert_eq!(neuron.phase, Skipped, "{neuron:?}");
+    assert!(world.updates("lane-neuron").await.is_empty());
+    assert_eq!(world.nodegroup_version("lane-neuron").await, "1");
+    // Status names each lane's target; the primary (status.targetImage) is the newest of them,
+    // as every lane has one group.
+    let lanes: Vec<(String, String, String)> = status
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.architecture.clone(),
+                t.variant.clone(),
+                t.image.id.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lanes,
+        [
+            ("arm64".into(), "standard".into(), arm.clone()),
+            ("x86_64".into(), "nvidia".into(), gpu.clone()),
+            ("x86_64".into(), "standard".into(), x86.clone()),
+        ]
+    );
+    assert_eq!(status.target_image.unwrap().id, x86);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+    for image in [&x86, &arm, &gpu] {
+        assert!(ready.message.contains(image.as_str()), "{}", ready.message);
+    }
+
+    // The next reconcile is quiet: no group moves again.
+    world.reconcile().await.unwrap();
+    for (name, _, _) in expected {
+        assert_eq!(world.updates(name).await.len(), 1, "{name}");
+    }
 }

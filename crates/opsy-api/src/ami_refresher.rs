@@ -514,6 +514,12 @@ pub struct AMIRefresherStatus {
     /// The AMI being rolled out, with its creation and expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_image: Option<ImageRef>,
+    /// The target of each lane (architecture/variant) the cluster's groups run, when they run
+    /// more than one: each group moves only to its lane's target. `targetImage` is the target
+    /// of the lane with the most groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub targets: Vec<LaneTarget>,
     /// The SSM parameter the base AMI came from (`spec.amiParameter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_parameter: Option<crate::common::ParameterRef>,
@@ -550,6 +556,21 @@ pub struct AMIRefresherStatus {
     /// The last transition a notification was sent for, so a restart does not resend it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notified: Option<String>,
+}
+
+/// The target of one lane: the newest eligible candidate of the groups' architecture and
+/// variant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaneTarget {
+    /// EC2 architecture (`x86_64`, `arm64`).
+    pub architecture: String,
+    /// `standard`, `nvidia`, `neuron`.
+    pub variant: String,
+    /// The AMI the lane's groups move to.
+    pub image: ImageRef,
+    /// How many of the cluster's groups run this lane.
+    pub groups: i32,
 }
 
 /// A candidate a promotion gate holds back.
@@ -657,6 +678,18 @@ pub struct NodeGroupStatus {
     /// AMI after the update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_image: Option<String>,
+    /// The lane (`architecture/variant`) of the AMI the group runs: it moves only to that
+    /// lane's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    /// When the AMI the group runs was built (its `create-timestamp` tag, else EC2's
+    /// `CreationDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_created: Option<Time>,
+    /// The `status` tag of the AMI the group runs (`active`, `deprecated`, `quarantined`);
+    /// absent for an AMI outside the tag contract (a public EKS AMI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_status: Option<String>,
     /// EKS update id or instance refresh id.
     #[serde(default, rename = "updateID", skip_serializing_if = "Option::is_none")]
     pub update_id: Option<String>,

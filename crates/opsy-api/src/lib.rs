@@ -17,6 +17,7 @@ pub mod conditions;
 pub mod crd;
 pub mod duration;
 pub mod kubernetes;
+pub mod lanes;
 pub mod packer_builder;
 pub mod tags;
 pub mod windows;

@@ -50,6 +50,13 @@ pub const BASE_AMI: &str = "base-ami";
 /// used `${KUBERNETES_VERSION}`, else the one the base AMI's name carries. AMIRefreshers never
 /// roll out an AMI newer than the control plane or more than three minors older.
 pub const KUBERNETES_VERSION: &str = "kubernetes-version";
+/// The architecture the AMI runs on (EC2 `Architecture`: `x86_64`, `arm64`), as the build
+/// reported it. AMIRefreshers move a group only to an AMI of its architecture.
+pub const ARCHITECTURE: &str = "architecture";
+/// The variant of the AMI (`standard`, `nvidia`, `neuron`): its base's, read from the base's
+/// name ([`crate::lanes::variant_of_name`]). AMIRefreshers move a group only to an AMI of its
+/// variant; an AMI without the tag has the variant its name names.
+pub const VARIANT: &str = "variant";
 /// On a copy in another region (`spec.distribution`): the AMI it was copied from.
 pub const SOURCE_AMI: &str = "source-ami";
 /// On a copy in another region: the region of the AMI it was copied from.

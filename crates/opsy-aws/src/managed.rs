@@ -562,6 +562,12 @@ impl BuildIdentity {
         if let Some(version) = &build.kubernetes_version {
             put(tags::KUBERNETES_VERSION, version);
         }
+        if let Some(architecture) = &build.architecture {
+            put(tags::ARCHITECTURE, architecture);
+        }
+        if let Some(variant) = &build.variant {
+            put(tags::VARIANT, variant);
+        }
         tags
     }
 }
@@ -608,6 +614,10 @@ pub struct BuildFacts {
     pub job_id: String,
     /// The Kubernetes version the AMI's nodes run, when known.
     pub kubernetes_version: Option<String>,
+    /// The AMI's architecture, as EC2 reports it.
+    pub architecture: Option<String>,
+    /// The variant of its base (`standard`, `nvidia`, `neuron`), when the base is known.
+    pub variant: Option<String>,
 }
 
 /// The tags to write when adopting `image` (found by the tag contract but not recorded in
@@ -1067,6 +1077,8 @@ mod tests {
             build_id: "b-1".into(),
             job_id: "j1".into(),
             kubernetes_version: Some("1.31".into()),
+            architecture: None,
+            variant: None,
         });
         let keys: Vec<&str> = tags.keys().map(String::as_str).collect();
         assert_eq!(

@@ -67,6 +67,8 @@ fn the_builder_may_write_exactly_the_contract_tags() {
             build_id: "b".into(),
             job_id: "j".into(),
             kubernetes_version: Some("1.31".into()),
+            architecture: Some("arm64".into()),
+            variant: Some("nvidia".into()),
         })
         .into_keys()
         // A copy in another region also says where it came from; a quarantine spread from a

@@ -49,6 +49,8 @@ fn facts(created: &str, base: &str, job: &str) -> BuildFacts {
         build_id: "build-1".into(),
         job_id: job.into(),
         kubernetes_version: None,
+        architecture: None,
+        variant: None,
     }
 }
 

@@ -69,7 +69,11 @@ gauges! {
     GROUP_UPDATE_STARTED = "nodegroup_update_started_timestamp_seconds",
         "When the group's current or last update started (Unix time)";
     GROUP_AMI_CREATED = "nodegroup_ami_created_timestamp_seconds",
-        "When the AMI the group runs was built, for groups on the target (Unix time)";
+        "When the AMI the group runs was built (Unix time)";
+    GROUP_AMI_QUARANTINED = "nodegroup_ami_quarantined",
+        "1 when the AMI the group runs is tagged status=quarantined";
+    GROUP_GATE_WAIT_STARTED = "nodegroup_gate_wait_started_timestamp_seconds",
+        "When the group began waiting on a gate (label gate: health, approval, maintenance-window; Unix time)";
 }
 
 /// One sample: a gauge, its labels beyond namespace and name, and its value.

@@ -321,6 +321,15 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             let version = kubernetes_version
                 .clone()
                 .filter(|_| placeholder || base.as_ref().map(|b| &b.id) == job.base_ami.as_ref());
+            // The variant (standard, nvidia, neuron) is the base's.
+            let variant = base
+                .as_ref()
+                .filter(|b| Some(&b.id) == job.base_ami.as_ref())
+                .map(|b| {
+                    b.tag(tags::VARIANT)
+                        .unwrap_or(opsy_api::lanes::variant_of_name(&b.name))
+                        .to_owned()
+                });
             let outcome = complete(
                 &pb,
                 &ctx,
@@ -329,7 +338,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 &managed,
                 &job,
                 &image,
-                version,
+                (version, variant),
                 now,
             )
             .await?;
@@ -962,7 +971,7 @@ async fn complete(
     managed: &Selection,
     job: &OpenJob,
     image_id: &str,
-    kubernetes_version: Option<String>,
+    (kubernetes_version, variant): (Option<String>, Option<String>),
     now: Timestamp,
 ) -> Result<Result<(), String>, Error> {
     let generation = pb.meta().generation;
@@ -1023,6 +1032,8 @@ async fn complete(
         build_id: status.build_id.clone().unwrap_or_default(),
         job_id: job.job_id.clone(),
         kubernetes_version,
+        architecture: image.architecture.clone(),
+        variant,
     };
     aws.tag_image(image_id, &identity(pb).tags(&facts)).await?;
     aws.mark_snapshots(image).await?;

@@ -93,7 +93,7 @@ pub struct Outcome {
     pub reclaimed: u64,
 }
 
-/// The AMIs AMIRefreshers name (`spec.ami`, `spec.promotion.pin`, the target in status and
+/// The AMIs AMIRefreshers name (`spec.ami`, `spec.promotion.pin`, the targets in status and
 /// each group's images before and after its update — its rollback image), each with who names
 /// it: `AMIRefresher ns/name (target)`.
 pub async fn refresher_uses(
@@ -134,6 +134,12 @@ pub async fn refresher_uses(
                     status.target_image.as_ref().map(|i| &i.id),
                     "target".to_owned(),
                 );
+                for lane in &status.targets {
+                    name(
+                        Some(&lane.image.id),
+                        format!("target of {}/{}", lane.architecture, lane.variant),
+                    );
+                }
                 for group in &status.node_groups {
                     name(
                         group.from_image.as_ref(),
