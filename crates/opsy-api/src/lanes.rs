@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 /// The variant of most AMIs: no accelerator drivers.
 pub const STANDARD: &str = "standard";
 /// AMIs with NVIDIA drivers (EKS `…-nvidia-…`, `amazon-eks-gpu-node-…`, Bottlerocket `…-nvidia-…`).
@@ -24,6 +27,71 @@ pub fn variant_of_name(name: &str) -> &'static str {
     } else {
         STANDARD
     }
+}
+
+/// What `${ARCHITECTURE}` in filters and SSM parameter names is replaced with.
+pub const ARCHITECTURE_PLACEHOLDER: &str = "${ARCHITECTURE}";
+
+/// An architecture a PackerBuilder builds for, as EC2 names it.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum Architecture {
+    /// 64-bit x86.
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit ARM (Graviton).
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+impl Architecture {
+    /// EC2's name: `x86_64`, `arm64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// The suffix of a name derived for it (a DNS label): `x86-64`, `arm64`.
+    pub fn name_suffix(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86-64",
+            Self::Arm64 => "arm64",
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `filters` for one architecture: `${ARCHITECTURE}` in their values is filled, and an
+/// `architecture` filter is added (replacing one the filters had).
+pub fn filters_for(
+    filters: &[crate::AmiFilter],
+    architecture: Architecture,
+) -> Vec<crate::AmiFilter> {
+    let mut out: Vec<crate::AmiFilter> = filters
+        .iter()
+        .filter(|f| f.name != "architecture")
+        .map(|f| crate::AmiFilter {
+            name: f.name.clone(),
+            values: f
+                .values
+                .iter()
+                .map(|v| v.replace(ARCHITECTURE_PLACEHOLDER, architecture.as_str()))
+                .collect(),
+        })
+        .collect();
+    out.push(crate::AmiFilter {
+        name: "architecture".into(),
+        values: vec![architecture.as_str().into()],
+    });
+    out
 }
 
 /// An architecture (`x86_64`, `arm64`, as EC2 names them) and a variant.

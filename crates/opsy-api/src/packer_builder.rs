@@ -45,6 +45,7 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
     derive = "PartialEq",
     doc = "PackerBuilder builds an EKS node AMI with Packer whenever no valid AMI derived from the current base AMI exists.",
     validation = kube::core::Rule::new("size(self.metadata.name) <= 50").message("metadata.name must be at most 50 characters: the build Job's name (<name>-<jobID>) and its pods' names derive from it").reason(kube::core::Reason::FieldValueInvalid),
+    validation = kube::core::Rule::new("!has(self.spec.architectures) || size(self.spec.architectures) < 2 || size(self.metadata.name) <= 43").message("with two spec.architectures, metadata.name must be at most 43 characters: each architecture's PackerBuilder is named <name>-x86-64 or <name>-arm64").reason(kube::core::Reason::FieldValueInvalid),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
     printcolumn(
         name = "Base AMI",
@@ -158,6 +159,34 @@ pub struct PackerBuilderSpec {
     /// fall under the same retention in their region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution: Option<Distribution>,
+    /// The architectures to build for, one AMI each (tagged `architecture`). One: this
+    /// PackerBuilder builds for it — the base must be of it (an `architecture` filter is added),
+    /// `${ARCHITECTURE}` in `amiFilters` and `amiParameter` is filled with it, and Packer gets
+    /// `-var architecture=<arch>`. Two: one PackerBuilder per architecture, named
+    /// `<name>-x86-64` and `<name>-arm64`, owned by this one and kept to its spec (with that one
+    /// architecture); this one builds nothing and sums them up in `status.architectures`.
+    /// Empty: one build, of whatever architecture the base is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "architectures_schema")]
+    pub architectures: Vec<crate::lanes::Architecture>,
+}
+
+/// The PackerBuilder that builds for one architecture (`spec.architectures`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchitectureStatus {
+    /// `x86_64` or `arm64`.
+    pub architecture: String,
+    /// The PackerBuilder building for it, in this namespace.
+    pub packer_builder: String,
+    /// Its active AMI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_image: Option<ImageRef>,
+    /// Its `Ready` condition's status (`True`, `False`, `Unknown`).
+    pub ready: String,
+    /// Its `Ready` condition's reason and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Copies of the active AMI in other regions, and the accounts it is shared with.
@@ -202,6 +231,16 @@ fn share_with_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "maxItems": 50,
         "x-kubernetes-list-type": "set",
         "items": {"type": "string", "pattern": "^[0-9]{12}$", "maxLength": 12},
+    })
+}
+
+/// Each architecture once (`x-kubernetes-list-type: set`).
+fn architectures_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 2,
+        "x-kubernetes-list-type": "set",
+        "items": {"type": "string", "enum": ["x86_64", "arm64"]},
     })
 }
 
@@ -576,6 +615,10 @@ pub struct PackerBuilderStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// With two `spec.architectures`: the PackerBuilder of each and where it stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub architectures: Vec<ArchitectureStatus>,
     /// Identity of this PackerBuilder's builds; written to the AMI's `build-id` tag.
     #[serde(default, rename = "buildID", skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,

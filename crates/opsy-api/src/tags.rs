@@ -78,6 +78,9 @@ pub mod labels {
     pub const COMPONENT_PACKER_BUILD: &str = "packer-build";
     /// The PackerBuilder a Job belongs to.
     pub const PACKER_BUILDER: &str = "ami.refresh.ops/packer-builder";
+    /// On the PackerBuilder of one architecture: the PackerBuilder whose `spec.architectures`
+    /// it builds for.
+    pub const PARENT: &str = "ami.refresh.ops/parent";
     /// The build id of the PackerBuilder a Job belongs to.
     pub const BUILD_ID: &str = "ami.refresh.ops/build-id";
     /// The job id (one per build attempt).

@@ -6,7 +6,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use opsy_api::packer_builder::{Builder, Command, OnError, SubCommand};
+use opsy_api::{
+    lanes::Architecture,
+    packer_builder::{Builder, Command, OnError, SubCommand},
+};
 
 /// Where git-sync puts the repository inside the build pod.
 pub const REPO_ROOT: &str = "/workspace/repo";
@@ -44,8 +47,13 @@ impl Step {
     }
 }
 
-/// The steps of a build.
-pub fn plan(builder: &Builder, base: Option<&BaseVars>) -> Vec<Step> {
+/// The steps of a build; for one `architecture` (`spec.architectures`), Packer gets
+/// `-var architecture=<arch>`.
+pub fn plan(
+    builder: &Builder,
+    base: Option<&BaseVars>,
+    architecture: Option<Architecture>,
+) -> Vec<Step> {
     let find = |kind: SubCommand| builder.commands.iter().find(|c| c.sub_command == kind);
     // Commands the spec leaves out run where the build runs.
     let build_dir = find(SubCommand::Build).and_then(|c| c.working_dir.as_deref());
@@ -63,12 +71,17 @@ pub fn plan(builder: &Builder, base: Option<&BaseVars>) -> Vec<Step> {
                 working_dir: build_dir.map(str::to_owned),
             };
             let command = find(kind).cloned().unwrap_or(default);
-            step(builder, &command, base)
+            step(builder, &command, base, architecture)
         })
         .collect()
 }
 
-fn step(builder: &Builder, command: &Command, base: Option<&BaseVars>) -> Step {
+fn step(
+    builder: &Builder,
+    command: &Command,
+    base: Option<&BaseVars>,
+    architecture: Option<Architecture>,
+) -> Step {
     let mut args = vec![name(command.sub_command).to_owned()];
     if command.sub_command == SubCommand::Build {
         // Machine-readable output carries the `artifact` lines the AMI id is read from.
@@ -87,9 +100,17 @@ fn step(builder: &Builder, command: &Command, base: Option<&BaseVars>) -> Step {
             args.push("-var".to_owned());
             args.push(format!("region={}", base.region));
         }
+        if let Some(architecture) = architecture {
+            args.push("-var".to_owned());
+            args.push(format!("architecture={architecture}"));
+        }
         for (key, value) in &command.variables {
-            // The base AMI found by the operator wins over a fixed value in the spec.
+            // The base AMI found by the operator wins over a fixed value in the spec, and so
+            // does the architecture it builds for.
             if base.is_some() && (key == "ami_id" || key == "region") {
+                continue;
+            }
+            if architecture.is_some() && key == "architecture" {
                 continue;
             }
             args.push("-var".to_owned());
@@ -203,7 +224,7 @@ mod tests {
 
     #[test]
     fn defaults_run_init_validate_build_in_the_project_dir() {
-        let steps = plan(&builder(vec![]), None);
+        let steps = plan(&builder(vec![]), None, None);
         assert_eq!(
             display(&steps),
             "packer init . && packer validate . && packer build -machine-readable -color=false ."
@@ -222,7 +243,7 @@ mod tests {
         build.debug = true;
         build.on_error = Some(OnError::Cleanup);
         build.working_dir = Some("al2023".into());
-        let steps = plan(&builder(vec![build]), Some(&base()));
+        let steps = plan(&builder(vec![build]), Some(&base()), None);
         assert_eq!(
             display(&steps),
             "packer init . && \
@@ -248,7 +269,7 @@ mod tests {
             ("eks_version".to_owned(), "1.30".to_owned()),
         ]);
         validate.variables_file = Some("vars/prod.pkrvars.hcl".into());
-        let steps = plan(&builder(vec![validate.clone()]), Some(&base()));
+        let steps = plan(&builder(vec![validate.clone()]), Some(&base()), None);
         assert_eq!(
             steps[1].args,
             [
@@ -266,8 +287,31 @@ mod tests {
             ]
         );
         // Without filters the spec's own ami_id is passed.
-        let steps = plan(&builder(vec![validate]), None);
+        let steps = plan(&builder(vec![validate]), None, None);
         assert!(steps[1].args.contains(&"ami_id=ami-fixed".to_owned()));
+    }
+
+    #[test]
+    fn one_architecture_is_a_variable_that_wins_over_the_spec() {
+        let mut build = command(SubCommand::Build);
+        build.variables = BTreeMap::from([("architecture".to_owned(), "x86_64".to_owned())]);
+        let steps = plan(
+            &builder(vec![build]),
+            Some(&base()),
+            Some(Architecture::Arm64),
+        );
+        let args = &steps[2].args;
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "-var" && w[1] == "architecture=arm64"),
+            "{args:?}"
+        );
+        assert!(
+            !args.contains(&"architecture=x86_64".to_owned()),
+            "{args:?}"
+        );
+        // init takes no variables.
+        assert!(!steps[0].args.iter().any(|a| a.starts_with("architecture=")));
     }
 
     #[test]
@@ -276,7 +320,7 @@ mod tests {
         build.args = vec!["-var=x=$(touch /pwned)".into(), "; rm -rf /".into()];
         build.variables = BTreeMap::from([("name".to_owned(), "a'b\"c`d`".to_owned())]);
         build.working_dir = Some("../../etc".into());
-        let steps = plan(&builder(vec![build]), None);
+        let steps = plan(&builder(vec![build]), None, None);
         let args = &steps[2].args;
         assert!(args.contains(&"-var=x=$(touch /pwned)".to_owned()));
         assert!(args.contains(&"; rm -rf /".to_owned()));

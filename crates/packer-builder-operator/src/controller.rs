@@ -10,6 +10,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{Action, Config},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -59,7 +60,9 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
         labels::COMPONENT,
         labels::COMPONENT_PACKER_BUILD
     ));
-    let (cache, changes) = operator.watch_spec_changes(builders, &[]);
+    // The PackerBuilders of one architecture wake their parent (its status sums them up).
+    let children = watcher::Config::default().labels(labels::PARENT);
+    let (cache, changes) = operator.watch_spec_changes(builders.clone(), &[]);
     ctx.metrics
         .fleet()
         .add_source(opsy_runtime::fleet::from_cache(
@@ -68,6 +71,17 @@ async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope:
         ));
     Controller::for_stream(changes, cache)
         .owns(jobs, job_watch)
+        .watches(builders, children, |child: PackerBuilder| {
+            let parent = child.labels().get(labels::PARENT).cloned();
+            let namespace = child.namespace();
+            parent.map(|name| {
+                let parent = ObjectRef::new(&name);
+                match namespace {
+                    Some(ns) => parent.within(&ns),
+                    None => parent,
+                }
+            })
+        })
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(operator.shutdown())
         .run(reconcile, error_policy, ctx)

@@ -127,7 +127,11 @@ pub async fn report(
         Decision::Build { reason } => (
             "build",
             reason.describe(),
-            Some(display(&plan(&pb.spec.builder, base_vars.as_ref()))),
+            Some(display(&plan(
+                &pb.spec.builder,
+                base_vars.as_ref(),
+                crate::reconcile::single_architecture(pb),
+            ))),
         ),
         Decision::Adopt { image } => (
             "none",

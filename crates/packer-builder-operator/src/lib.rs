@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod decide;
 pub mod distribution;
 pub mod dry_run;
+pub mod fan_out;
 pub mod fleet;
 pub mod job;
 pub mod notify;

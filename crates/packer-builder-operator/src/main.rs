@@ -10,7 +10,7 @@ use opsy_runtime::{
     cli::{self, PlanArgs, RunArgs},
     operator::Operator,
 };
-use packer_builder_operator::{controller, dry_run, reconcile::MANAGER};
+use packer_builder_operator::{controller, dry_run, fan_out, reconcile::MANAGER};
 
 /// Builds hardened EKS node AMIs with Packer whenever the base AMI moves on or the active AMI
 /// expires.
@@ -45,8 +45,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Plan(args) => {
             let object: opsy_api::PackerBuilder = cli::read_resource(&args, "PackerBuilder")?;
             let aws = cli::aws(args.aws_endpoint_url.clone());
-            let report = dry_run::report(&aws, &object, jiff::Timestamp::now()).await?;
-            cli::print_report(&args, &aws, &report, report.text())?;
+            let now = jiff::Timestamp::now();
+            if object.spec.architectures.len() > 1 {
+                // The PackerBuilder of each architecture, as the operator would make them.
+                let mut reports = Vec::new();
+                for architecture in &object.spec.architectures {
+                    let child = fan_out::child(&object, *architecture);
+                    reports.push(dry_run::report(&aws, &child, now).await?);
+                }
+                let text: Vec<String> = reports.iter().map(dry_run::Report::text).collect();
+                cli::print_report(&args, &aws, &reports, text.join("\n"))?;
+            } else {
+                let report = dry_run::report(&aws, &object, now).await?;
+                cli::print_report(&args, &aws, &report, report.text())?;
+            }
         }
         Command::Run(args) => {
             let crd = Kind::PackerBuilder.crd().metadata.name.unwrap_or_default();

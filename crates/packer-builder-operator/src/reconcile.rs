@@ -180,9 +180,21 @@ async fn report_error(pb: &PackerBuilder, ctx: &Context, error: &Error) {
 
 async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = pb.namespace().ok_or(Error::MissingNamespace)?;
+    // Two architectures: one PackerBuilder each, and nothing built here.
+    if pb.spec.architectures.len() > 1 {
+        return crate::fan_out::reconcile(&pb, &ctx).await;
+    }
+    if pb
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.architectures.is_empty())
+    {
+        crate::fan_out::remove_children(&pb, &ctx).await?;
+    }
     let now = (ctx.clock)();
     let aws = ctx.aws.region(&pb.spec.region).await;
     let mut status = pb.status.clone().unwrap_or_default();
+    status.architectures.clear();
     let generation = pb.meta().generation;
     // A changed spec gets a fresh set of attempts.
     if status.observed_generation.is_some() && status.observed_generation != generation {
@@ -461,7 +473,11 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 ami_id: b.id.clone(),
                 region: pb.spec.region.clone(),
             });
-            let steps = plan(&pb.spec.builder, base_vars.as_ref());
+            let steps = plan(
+                &pb.spec.builder,
+                base_vars.as_ref(),
+                single_architecture(&pb),
+            );
             let last_recorded = status
                 .history
                 .first()
@@ -872,11 +888,24 @@ pub(crate) async fn resolve_base(
         (Some(filters), Some(version)) => Some(fill_filters(filters, version)),
         (filters, _) => filters.map(<[_]>::to_vec),
     };
+    // Built for one architecture: the base must be of it.
+    let architecture = single_architecture(pb);
+    let filled = match (filled, architecture) {
+        (Some(filters), Some(arch)) => Some(opsy_api::lanes::filters_for(&filters, arch)),
+        (None, Some(arch)) if parameter.is_some() => Some(opsy_api::lanes::filters_for(&[], arch)),
+        (filled, _) => filled,
+    };
     let (image, parameter) = match parameter {
         Some(name) => {
             let name = match &control_plane {
                 Some(version) => name.replace(VERSION_PLACEHOLDER, version),
                 None => name.to_owned(),
+            };
+            let name = match architecture {
+                Some(arch) => {
+                    name.replace(opsy_api::lanes::ARCHITECTURE_PLACEHOLDER, arch.as_str())
+                }
+                None => name,
             };
             let (read, image) = aws.parameter_image(&name, filled.as_deref()).await?;
             (image, Some((name, read)))
@@ -892,6 +921,14 @@ pub(crate) async fn resolve_base(
         placeholder,
         parameter,
     })
+}
+
+/// The one architecture this PackerBuilder builds for (`spec.architectures` with one entry).
+pub(crate) fn single_architecture(pb: &PackerBuilder) -> Option<opsy_api::lanes::Architecture> {
+    match pb.spec.architectures.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
 }
 
 fn image_ref(candidate: &opsy_aws::managed::Candidate) -> ImageRef {
@@ -1186,7 +1223,7 @@ fn set_ready(
     );
 }
 
-fn set(
+pub(crate) fn set(
     status: &mut PackerBuilderStatus,
     type_: &str,
     on: bool,
@@ -1206,12 +1243,18 @@ fn set(
     );
 }
 
-async fn event(ctx: &Context, pb: &PackerBuilder, type_: EventType, reason: &str, note: &str) {
+pub(crate) async fn event(
+    ctx: &Context,
+    pb: &PackerBuilder,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     ctx.metrics.transition(reason);
     opsy_runtime::publish_event(&ctx.recorder, pb, type_, reason, note).await;
 }
 
-async fn write_status(
+pub(crate) async fn write_status(
     ctx: &Context,
     pb: &PackerBuilder,
     status: &PackerBuilderStatus,

@@ -2107,3 +2107,206 @@ async fn an_ssm_parameter_names_the_base_and_its_new_version_starts_a_build() {
     let calls = world.moto.operator_calls().unwrap();
     opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 3).unwrap();
 }
+
+#[tokio::test]
+async fn two_architectures_are_two_packer_builders_each_building_for_its_own() {
+    let world = World::new(pb_manifest(serde_json::json!({
+        "amiFilters": [
+            {"name": "name", "values": ["base-al2023-${ARCHITECTURE}-*"]},
+            {"name": "owner-id", "values": [ACCOUNT_ID]},
+        ],
+        "architectures": ["x86_64", "arm64"],
+    })))
+    .await;
+    let x86_base = world
+        .fixture
+        .register_image_for("x86_64", "base-al2023-x86_64-v1", &[])
+        .await
+        .unwrap();
+    let arm_base = world
+        .fixture
+        .register_image_for("arm64", "base-al2023-arm64-v1", &[])
+        .await
+        .unwrap();
+    // Named like an arm64 base, newer, but x86_64: never the arm64 build's base.
+    world
+        .fixture
+        .register_image_for("x86_64", "base-al2023-arm64-v2", &[])
+        .await
+        .unwrap();
+
+    // The parent builds nothing: it creates one PackerBuilder per architecture, owned by it.
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let parent = world.pb().await;
+    let mut children = Vec::new();
+    for (name, architecture) in [
+        ("al2023-hardened-x86-64", "x86_64"),
+        ("al2023-hardened-arm64", "arm64"),
+    ] {
+        let child = world.builders().get(name).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&child.spec.architectures).unwrap(),
+            serde_json::json!([architecture])
+        );
+        assert_eq!(child.spec.ami_filters, parent.spec.ami_filters);
+        let owner = &child.owner_references()[0];
+        assert_eq!(
+            (owner.name.as_str(), owner.controller),
+            ("al2023-hardened", Some(true))
+        );
+        assert_eq!(
+            child
+                .labels()
+                .get("ami.refresh.ops/parent")
+                .map(String::as_str),
+            Some("al2023-hardened")
+        );
+        children.push(child);
+    }
+    // (One Event: the recorder folds the two of one reconcile into a series.)
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"ArchitectureBuilderCreated".to_owned())
+    );
+
+    // Each builds from its own architecture's base, told its architecture.
+    let mut built = Vec::new();
+    for (child, base, architecture) in [
+        (&children[0], &x86_base, "x86_64"),
+        (&children[1], &arm_base, "arm64"),
+    ] {
+        reconcile(Arc::new(child.clone()), world.context())
+            .await
+            .unwrap();
+        let status = world
+            .builders()
+            .get(&child.name_any())
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(
+            status.last_run_base_image_id.as_deref(),
+            Some(base.as_str()),
+            "{architecture}"
+        );
+        let job_name = status.job_name.unwrap();
+        let job = world.jobs().get(&job_name).await.unwrap();
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(
+            args.contains(&format!("architecture={architecture}")),
+            "{args:?}"
+        );
+        assert!(args.contains(&format!("ami_id={base}")), "{args:?}");
+        let image = world
+            .fixture
+            .register_image_for(architecture, &format!("hardened-{architecture}"), &[])
+            .await
+            .unwrap();
+        world.finish_job(&job_name, 0, &artifact(&image)).await;
+        let latest = world.builders().get(&child.name_any()).await.unwrap();
+        reconcile(Arc::new(latest), world.context()).await.unwrap();
+        let tags = world.image_tags(&image).await;
+        assert_eq!(tags["status"], "active");
+        assert_eq!(tags["architecture"], architecture);
+        assert_eq!(tags["variant"], "standard");
+        assert_eq!(tags["created-by"], child.name_any());
+        built.push(image);
+    }
+
+    // The parent sums them up.
+    world.reconcile().await;
+    let status = world.status().await;
+    let summary: Vec<(String, String, Option<String>)> = status
+        .architectures
+        .iter()
+        .map(|a| {
+            (
+                a.architecture.clone(),
+                a.ready.clone(),
+                a.active_image.as_ref().map(|i| i.id.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("x86_64".into(), "True".into(), Some(built[0].clone())),
+            ("arm64".into(), "True".into(), Some(built[1].clone())),
+        ]
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "ArchitecturesBuilt")
+    );
+
+    // Quiet: nothing is written again.
+    let versions = |list: Vec<PackerBuilder>| -> Vec<Option<String>> {
+        list.iter()
+            .map(|p| p.metadata.resource_version.clone())
+            .collect()
+    };
+    let before = versions(
+        world
+            .builders()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    );
+    world.reconcile().await;
+    let after = versions(
+        world
+            .builders()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    );
+    assert_eq!(before, after);
+
+    // A change of the parent's spec reaches both; arm64 dropped: its PackerBuilder goes.
+    let mut parent = world.pb().await;
+    parent.spec.time_outs.expires_in = "20d".parse().unwrap();
+    parent.spec.architectures.truncate(1);
+    parent
+        .spec
+        .architectures
+        .push(opsy_api::lanes::Architecture::X86_64);
+    parent.spec.architectures.dedup();
+    world
+        .builders()
+        .replace("al2023-hardened", &PostParams::default(), &parent)
+        .await
+        .unwrap();
+    world.reconcile().await;
+    // One architecture left: the parent builds it itself, and both of its PackerBuilders go.
+    for name in ["al2023-hardened-x86-64", "al2023-hardened-arm64"] {
+        let child = world.builders().get_opt(name).await.unwrap();
+        assert!(
+            child.is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+            "{name} should be deleted"
+        );
+    }
+    assert!(world.status().await.architectures.is_empty());
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"ArchitectureBuilderDeleted".to_owned())
+    );
+
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 2).unwrap();
+}

@@ -182,3 +182,58 @@ async fn nothing_to_do_and_not_eligible_are_explained() {
     );
     read_only(&moto);
 }
+
+#[tokio::test]
+async fn two_architectures_are_planned_as_the_packer_builder_of_each() {
+    let moto = Moto::start().unwrap();
+    let manifest = serde_json::json!({
+        "apiVersion": "ami.refresh.ops/v1alpha1",
+        "kind": "PackerBuilder",
+        "metadata": {"name": "al2023", "namespace": "images"},
+        "spec": {
+            "region": "us-west-2",
+            "clusterName": "prod-east",
+            "architectures": ["x86_64", "arm64"],
+            "amiFilters": [
+                {"name": "name", "values": ["amazon-eks-node-al2023-${ARCHITECTURE}-standard-1.30-*"]},
+                {"name": "owner-id", "values": [opsy_testkit::seed::EKS_OWNER]},
+            ],
+            "builder": {
+                "repoURL": "https://github.com/example-org/eks-node-images",
+                "branch": "main",
+                "dir": "packer/al2023",
+            },
+        },
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pb.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    let reports: Value =
+        serde_json::from_str(&plan(&moto, file.to_str().unwrap(), "json")).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2);
+    for (report, name, base, architecture) in [
+        (
+            &reports[0],
+            "images/al2023-x86-64",
+            ids::AL2023_130_OCT,
+            "x86_64",
+        ),
+        (
+            &reports[1],
+            "images/al2023-arm64",
+            ids::AL2023_130_ARM_OCT,
+            "arm64",
+        ),
+    ] {
+        assert_eq!(report["resource"], name);
+        assert_eq!(report["base_ami"], base, "{report}");
+        let commands = report["commands"].as_str().unwrap();
+        assert!(
+            commands.contains(&format!("-var ami_id={base}"))
+                && commands.contains(&format!("-var architecture={architecture}")),
+            "{commands}"
+        );
+    }
+    read_only(&moto);
+}

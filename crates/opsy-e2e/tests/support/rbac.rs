@@ -292,6 +292,35 @@ pub async fn operators_need_every_rule_granted(
     .unwrap();
     super::active(&builders, "pb", &built, 60).await;
 
+    // A PackerBuilder of two architectures (suspended: no builds) creates one PackerBuilder
+    // each; with one architecture left it deletes them.
+    let mut multi = super::packer_builder("multi", "10m");
+    multi.spec.suspend = true;
+    multi.spec.architectures = vec![
+        opsy_api::lanes::Architecture::X86_64,
+        opsy_api::lanes::Architecture::Arm64,
+    ];
+    builders
+        .create(&PostParams::default(), &multi)
+        .await
+        .unwrap();
+    super::wait_for("one PackerBuilder per architecture", 60, || async {
+        builders.get_opt("multi-x86-64").await.unwrap().is_some()
+            && builders.get_opt("multi-arm64").await.unwrap().is_some()
+    })
+    .await;
+    let mut multi = builders.get("multi").await.unwrap();
+    multi.spec.architectures.truncate(1);
+    builders
+        .replace("multi", &PostParams::default(), &multi)
+        .await
+        .unwrap();
+    super::wait_for("the architectures' PackerBuilders gone", 60, || async {
+        builders.get_opt("multi-x86-64").await.unwrap().is_none()
+            && builders.get_opt("multi-arm64").await.unwrap().is_none()
+    })
+    .await;
+
     // A whole rollout of an active AMI to two managed groups and a self-managed one.
     let target = super::active_ami(&fixture, "hardened-2").await;
     super::cluster(&fixture, &["a", "b"], ids::AL2023_130_SEP).await;
