@@ -2315,3 +2315,67 @@ async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and
         assert_eq!(world.updates(name).await.len(), 1, "{name}");
     }
 }
+
+#[tokio::test]
+async fn an_ssm_parameter_per_architecture_gives_each_lane_its_base() {
+    const PARAMETER: &str = "/aws/service/eks/optimized-ami/${KUBERNETES_VERSION}/amazon-linux-2023/${ARCHITECTURE}/standard/recommended/image_id";
+    let world = World::new().await;
+    for (architecture, base) in [
+        ("x86_64", ids::AL2023_130_OCT),
+        ("arm64", ids::AL2023_130_ARM_OCT),
+    ] {
+        let name = PARAMETER
+            .replace("${KUBERNETES_VERSION}", "1.30")
+            .replace("${ARCHITECTURE}", architecture);
+        world.moto.publish_parameter(REGION, &name, base).unwrap();
+    }
+    for (name, image) in [
+        ("ssm-x86", ids::AL2023_130_SEP),
+        ("ssm-arm", ids::AL2023_130_ARM_OCT),
+    ] {
+        world
+            .fixture
+            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
+            .await
+            .unwrap();
+    }
+    let now = Timestamp::now().to_string();
+    let managed = |base: &'static str| {
+        [
+            ("brought-to-you-by", "opsy-the-ami-operator"),
+            ("cluster-name", CLUSTER),
+            ("status", "active"),
+            ("base-ami", base),
+            ("create-timestamp", now.as_str()),
+        ]
+    };
+    let x86 = world
+        .fixture
+        .register_image_for("x86_64", "hardened-x86", &managed(ids::AL2023_130_OCT))
+        .await
+        .unwrap();
+    let arm = world
+        .fixture
+        .register_image_for("arm64", "hardened-arm", &managed(ids::AL2023_130_ARM_OCT))
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "amiParameter": PARAMETER,
+            "rollout": {"maxInFlight": 2},
+        })))
+        .await;
+    world.settle(10).await;
+    assert_eq!(
+        world.entry("ssm-x86").await.to_image.as_deref(),
+        Some(x86.as_str())
+    );
+    assert_eq!(
+        world.entry("ssm-arm").await.to_image.as_deref(),
+        Some(arm.as_str())
+    );
+    assert_eq!(
+        world.phases().await,
+        map(&[("ssm-arm", Succeeded), ("ssm-x86", Succeeded)])
+    );
+}

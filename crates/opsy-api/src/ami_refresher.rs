@@ -90,9 +90,10 @@ pub struct AMIRefresherSpec {
     pub ami_filters: Option<Vec<AmiFilter>>,
 
     /// An SSM parameter whose value is the base AMI's id (as AWS publishes EKS-optimised AMIs;
-    /// `${KUBERNETES_VERSION}` is the control plane's version). The candidates are that image
-    /// and the managed AMIs built from it; with `amiFilters` too, the image must also match
-    /// them.
+    /// `${KUBERNETES_VERSION}` is the control plane's version; with `${ARCHITECTURE}`, the
+    /// parameters of `x86_64` and `arm64` both name a base, one per lane). The candidates are
+    /// those images and the managed AMIs built from them; with `amiFilters` too, the images
+    /// must also match them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = crate::common::PARAMETER_NAME_PATTERN))]
     pub ami_parameter: Option<String>,

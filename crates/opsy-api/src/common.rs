@@ -42,9 +42,9 @@ pub(crate) fn owner_rule() -> kube::core::Rule {
 }
 
 /// An SSM parameter name (Systems Manager: letters, digits, `.-_/`, at most 2048 characters),
-/// possibly with `${KUBERNETES_VERSION}`.
+/// possibly with `${KUBERNETES_VERSION}` and `${ARCHITECTURE}`.
 pub const PARAMETER_NAME_PATTERN: &str =
-    r"^[a-zA-Z0-9_.\-/]*(\$\{KUBERNETES_VERSION\}[a-zA-Z0-9_.\-/]*)*$";
+    r"^[a-zA-Z0-9_.\-/]*((\$\{KUBERNETES_VERSION\}|\$\{ARCHITECTURE\})[a-zA-Z0-9_.\-/]*)*$";
 
 /// The SSM parameter a base AMI came from, as recorded in status.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

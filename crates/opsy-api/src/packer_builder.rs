@@ -87,6 +87,7 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = crate::common::owner_rule())]
 #[x_kube(validation = kube::core::Rule::new("!has(self.distribution) || !has(self.distribution.regions) || !self.distribution.regions.exists(r, r.region == self.region)").message("distribution.regions must not name spec.region: the AMI is built there"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.architectures) && size(self.architectures) > 0) || ((!has(self.amiParameter) || !self.amiParameter.contains('${ARCHITECTURE}')) && (!has(self.amiFilters) || !self.amiFilters.exists(f, f.values.exists(v, v.contains('${ARCHITECTURE}')))))").message("${ARCHITECTURE} in amiFilters or amiParameter needs spec.architectures (e.g. [x86_64, arm64]): it is filled with the architecture each build is for").reason(kube::core::Reason::FieldValueInvalid))]
 pub struct PackerBuilderSpec {
     /// AWS region where the base AMI is looked up and the AMI is built, e.g. `us-west-2`.
     #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
@@ -107,7 +108,8 @@ pub struct PackerBuilderSpec {
     /// AMIs, e.g.
     /// `/aws/service/eks/optimized-ami/${KUBERNETES_VERSION}/amazon-linux-2023/x86_64/standard/recommended/image_id`.
     /// With `amiFilters` too, the image must also match them. Its name and version are in
-    /// `status.baseParameter`.
+    /// `status.baseParameter`. `${ARCHITECTURE}` is filled with the one of
+    /// `spec.architectures`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = PARAMETER_NAME_PATTERN))]
     pub ami_parameter: Option<String>,

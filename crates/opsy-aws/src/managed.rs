@@ -9,6 +9,7 @@ use opsy_api::{
     AmiFilter,
     ami_refresher::{AcceptFrom, Promotion},
     kubernetes::{KUBELET_MAX_MINORS_BEHIND, MinorVersion, Skew},
+    lanes::Architecture,
     tags,
 };
 
@@ -749,17 +750,30 @@ impl AwsClients {
                     Some(v) => name.replace(opsy_api::kubernetes::VERSION_PLACEHOLDER, v),
                     None => name.clone(),
                 };
-                let (parameter, image) = self.parameter_image(&name, filled.as_deref()).await?;
-                target.parameter_name = Some(name);
-                target.parameter = parameter;
-                self.select_among(
-                    None,
-                    Some(image.into_iter().collect()),
-                    scope,
-                    expires_in,
-                    now,
-                )
-                .await?
+                // `${ARCHITECTURE}`: the parameter of each architecture (a cluster mixes them;
+                // each group then takes its own lane's AMI).
+                let names: Vec<String> = if name.contains(opsy_api::lanes::ARCHITECTURE_PLACEHOLDER)
+                {
+                    [Architecture::X86_64, Architecture::Arm64]
+                        .iter()
+                        .map(|a| {
+                            name.replace(opsy_api::lanes::ARCHITECTURE_PLACEHOLDER, a.as_str())
+                        })
+                        .collect()
+                } else {
+                    vec![name]
+                };
+                let mut images = Vec::new();
+                for name in names {
+                    let (parameter, image) = self.parameter_image(&name, filled.as_deref()).await?;
+                    images.extend(image);
+                    if target.parameter.is_none() {
+                        target.parameter_name = Some(name);
+                        target.parameter = parameter;
+                    }
+                }
+                self.select_among(None, Some(images), scope, expires_in, now)
+                    .await?
             }
             _ => {
                 self.select_target(

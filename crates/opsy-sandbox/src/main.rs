@@ -715,6 +715,17 @@ async fn fleet_gauges(sandbox: &Sandbox) -> anyhow::Result<()> {
             amr.name_any(),
             status.nodes_on_target.as_deref().unwrap_or("-")
         ));
+        for group in &status.node_groups {
+            if let Some(created) = &group.image_created {
+                detail(&format!(
+                    "AMIRefresher {} group {}: status.nodeGroups[].imageCreated {} ({} s)",
+                    amr.name_any(),
+                    group.name,
+                    created.0,
+                    created.0.as_second()
+                ));
+            }
+        }
     }
     let metrics = Metrics::new(Default::default());
     metrics.fleet().add_source(Box::new(move || {

@@ -72,4 +72,33 @@ fn the_sandbox_runs_every_step_and_exits_cleanly() {
         compared += 1;
     }
     assert_eq!(compared, 2, "{stdout}");
+    // Each group's AMI age: the creation time of the AMI it runs, as status records it.
+    let mut groups = 0;
+    for line in stdout.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("AMIRefresher ") else {
+            continue;
+        };
+        let Some((who, created)) = rest.split_once(": status.nodeGroups[].imageCreated ") else {
+            continue;
+        };
+        let (name, group) = who.split_once(" group ").unwrap();
+        let seconds: f64 = created
+            .rsplit_once('(')
+            .and_then(|(_, s)| s.strip_suffix(" s)"))
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let prefix = format!(
+            "opsy_nodegroup_ami_created_timestamp_seconds{{namespace=\"default\",name=\"{name}\","
+        );
+        let exported: f64 = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix) && l.contains(&format!("group=\"{group}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no AMI age of {name}/{group} in:\n{stdout}"));
+        assert_eq!(exported, seconds, "{name}/{group}");
+        groups += 1;
+    }
+    assert!(groups >= 4, "{stdout}");
 }
