@@ -31,6 +31,10 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         "charts: lint, render, validate, install paths, kustomize drift",
         || charts::check(root, false),
     )?;
+    step(
+        "workflow actions pinned by commit (.github/workflows)",
+        || workflows_pinned(root),
+    )?;
     step("IAM policies: parliament (scripts/iam/lint.py)", || {
         moto::lint_iam(root)
     })?;
@@ -55,6 +59,58 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Every third-party action a workflow uses is pinned by a full commit SHA (a tag can be moved
+/// to other code; a commit cannot), with the version it stands for in a comment.
+fn workflows_pinned(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join(".github/workflows");
+    let mut unpinned = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        for (n, line) in text.lines().enumerate() {
+            if let Some(problem) = unpinned_action(line) {
+                unpinned.push(format!("{}:{}: {problem}", file.display(), n + 1));
+            }
+        }
+    }
+    anyhow::ensure!(
+        unpinned.is_empty(),
+        "actions not pinned by commit:\n  {}",
+        unpinned.join("\n  ")
+    );
+    Ok(())
+}
+
+/// What is wrong with a workflow line's `uses:`, if anything.
+fn unpinned_action(line: &str) -> Option<String> {
+    let uses = line
+        .trim_start()
+        .trim_start_matches("- ")
+        .strip_prefix("uses:")?;
+    let (action, comment) = match uses.split_once('#') {
+        Some((a, c)) => (a.trim(), c.trim()),
+        None => (uses.trim(), ""),
+    };
+    if action.starts_with("./") || action.starts_with("docker://") {
+        return None;
+    }
+    let Some((_, reference)) = action.split_once('@') else {
+        return Some(format!("{action} names no version"));
+    };
+    if reference.len() != 40 || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Some(format!("{action} is not pinned by a commit SHA"));
+    }
+    if comment.is_empty() {
+        return Some(format!("{action} says in no comment which version it is"));
+    }
+    None
+}
+
 fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let started = Instant::now();
     eprintln!("==> {name}");
@@ -74,4 +130,32 @@ fn has_nextest(root: &Path) -> bool {
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unpinned_action;
+
+    #[test]
+    fn only_commit_pins_with_their_version_pass() {
+        assert_eq!(
+            unpinned_action(
+                "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2"
+            ),
+            None
+        );
+        assert_eq!(
+            unpinned_action("        uses: ./.github/actions/local"),
+            None
+        );
+        assert_eq!(unpinned_action("      - run: echo uses: x@v1"), None);
+        assert!(unpinned_action("      - uses: actions/checkout@v4").is_some());
+        assert!(
+            unpinned_action(
+                "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683"
+            )
+            .is_some()
+        );
+        assert!(unpinned_action("      - uses: some/action").is_some());
+    }
 }

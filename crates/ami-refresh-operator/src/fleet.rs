@@ -1,11 +1,7 @@
 //! The AMIRefresher's fleet gauges, from its status.
 
 use opsy_api::{AMIRefresher, ami_refresher::NodeGroupPhase, conditions};
-use opsy_runtime::fleet::{self, Sample};
-
-fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
-    t.0.as_second() as f64
-}
+use opsy_runtime::fleet::{self, Sample, seconds};
 
 /// The gauges the AMIRefresher's status stands for.
 pub fn samples(amr: &AMIRefresher) -> Vec<Sample> {
@@ -96,9 +92,7 @@ pub fn samples(amr: &AMIRefresher) -> Vec<Sample> {
     out.push(whole(fleet::AMR_NODES, total as f64));
     out.push(whole(fleet::AMR_HALTED, f64::from(u8::from(halted))));
     out.push(whole(fleet::AMR_HELD_BACK, status.held_back.len() as f64));
-    let ready = conditions::find(&status.conditions, conditions::READY)
-        .is_some_and(|c| c.status == conditions::TRUE);
-    out.push(whole(fleet::AMR_READY, f64::from(u8::from(ready))));
+    out.push(whole(fleet::AMR_READY, fleet::ready(&status.conditions)));
     out
 }
 

@@ -76,6 +76,19 @@ gauges! {
         "When the group began waiting on a gate (label gate: health, approval, maintenance-window; Unix time)";
 }
 
+/// A point in time as a gauge value: Unix seconds.
+pub fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    t.0.as_second() as f64
+}
+
+/// 1 when `conditions` hold a `Ready` condition that is `True`, else 0.
+pub fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> f64 {
+    let ready = conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    f64::from(u8::from(ready))
+}
+
 /// One sample: a gauge, its labels beyond namespace and name, and its value.
 pub type Sample = (Gauge, Vec<(&'static str, String)>, f64);
 

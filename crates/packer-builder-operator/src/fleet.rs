@@ -1,11 +1,7 @@
 //! The PackerBuilder's fleet gauges, from its status.
 
-use opsy_api::{PackerBuilder, conditions};
-use opsy_runtime::fleet::{self, Sample};
-
-fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
-    t.0.as_second() as f64
-}
+use opsy_api::PackerBuilder;
+use opsy_runtime::fleet::{self, Sample, seconds};
 
 /// The gauges `status` stands for.
 pub fn samples(pb: &PackerBuilder) -> Vec<Sample> {
@@ -32,9 +28,7 @@ pub fn samples(pb: &PackerBuilder) -> Vec<Sample> {
             f64::from(u8::from(last.result == "succeeded")),
         );
     }
-    let ready = conditions::find(&status.conditions, conditions::READY)
-        .is_some_and(|c| c.status == conditions::TRUE);
-    put(fleet::PB_READY, f64::from(u8::from(ready)));
+    put(fleet::PB_READY, fleet::ready(&status.conditions));
     out
 }
 
