@@ -469,6 +469,17 @@ fn default_packer_image() -> String {
 /// The shortest re-check interval the operators use, whatever `controllerTimer` says.
 pub const MIN_CONTROLLER_TIMER: std::time::Duration = std::time::Duration::from_secs(30);
 
+impl PackerBuilderSpec {
+    /// How soon a reconcile with nothing under way looks again: `timeOuts.controllerTimer`,
+    /// never under [`MIN_CONTROLLER_TIMER`].
+    pub fn requeue_after(&self) -> std::time::Duration {
+        self.time_outs
+            .controller_timer
+            .as_std()
+            .max(MIN_CONTROLLER_TIMER)
+    }
+}
+
 /// `controllerTimer` is at least 30 seconds: a shorter timer re-reads AWS in a hot loop. The
 /// rule refuses sub-second terms and a single seconds term under 30 (what people write); the
 /// operator also never waits less than 30 seconds.

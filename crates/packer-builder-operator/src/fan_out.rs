@@ -67,12 +67,7 @@ fn in_line(have: &PackerBuilder, want: &PackerBuilder, parent: &PackerBuilder) -
 pub async fn reconcile(pb: &PackerBuilder, ctx: &Context) -> Result<Action, Error> {
     let namespace = pb.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<PackerBuilder> = Api::namespaced(ctx.client.clone(), &namespace);
-    let timer = pb
-        .spec
-        .time_outs
-        .controller_timer
-        .as_std()
-        .max(opsy_api::packer_builder::MIN_CONTROLLER_TIMER);
+    let timer = pb.spec.requeue_after();
     if pb.meta().deletion_timestamp.is_some() {
         // Its PackerBuilders go with it (owner references): each tags what its last build made.
         return Ok(Action::await_change());
@@ -147,20 +142,14 @@ pub async fn reconcile(pb: &PackerBuilder, ctx: &Context) -> Result<Action, Erro
                 .iter()
                 .any(|a| child_name(&pb.name_any(), *a) == c.name_any())
     }) {
-        api.delete(&stale.name_any(), &DeleteParams::background())
-            .await?;
-        let note = format!(
-            "PackerBuilder {} deleted: its architecture is no longer in spec.architectures",
-            stale.name_any()
-        );
-        event(
+        delete(
+            &api,
             ctx,
             pb,
-            EventType::Normal,
-            "ArchitectureBuilderDeleted",
-            &note,
+            &stale.name_any(),
+            "its architecture is no longer in spec.architectures",
         )
-        .await;
+        .await?;
     }
 
     status.architectures = children
@@ -280,21 +269,36 @@ pub async fn remove_children(pb: &PackerBuilder, ctx: &Context) -> Result<(), Er
         if let Some(child) = api.get_opt(&entry.packer_builder).await?
             && owned_by(&child, pb)
         {
-            api.delete(&entry.packer_builder, &DeleteParams::background())
-                .await?;
-            let note = format!(
-                "PackerBuilder {} deleted: spec.architectures no longer lists two",
-                entry.packer_builder
-            );
-            event(
+            delete(
+                &api,
                 ctx,
                 pb,
-                EventType::Normal,
-                "ArchitectureBuilderDeleted",
-                &note,
+                &entry.packer_builder,
+                "spec.architectures no longer lists two",
             )
-            .await;
+            .await?;
         }
     }
+    Ok(())
+}
+
+/// Deletes `pb`'s PackerBuilder `name` (its AMIs stay, and so does the Event saying `why`).
+async fn delete(
+    api: &Api<PackerBuilder>,
+    ctx: &Context,
+    pb: &PackerBuilder,
+    name: &str,
+    why: &str,
+) -> Result<(), Error> {
+    api.delete(name, &DeleteParams::background()).await?;
+    let note = format!("PackerBuilder {name} deleted: {why}");
+    event(
+        ctx,
+        pb,
+        EventType::Normal,
+        "ArchitectureBuilderDeleted",
+        &note,
+    )
+    .await;
     Ok(())
 }

@@ -300,12 +300,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         created: b.creation_date.map(time),
         expires: None,
     });
-    let timer = pb
-        .spec
-        .time_outs
-        .controller_timer
-        .as_std()
-        .max(opsy_api::packer_builder::MIN_CONTROLLER_TIMER);
+    let timer = pb.spec.requeue_after();
 
     let mut requeue = timer;
     let mut notification: Option<(String, Message)> = None;

@@ -194,12 +194,18 @@ impl World {
 
     /// Replaces `spec.maintenanceWindows`.
     async fn windows(&self, windows: serde_json::Value) {
+        self.edit(|spec| spec.maintenance_windows = serde_json::from_value(windows).unwrap())
+            .await;
+    }
+
+    /// Changes the spec as `change` says; returns the PackerBuilder as written.
+    async fn edit(&self, change: impl FnOnce(&mut opsy_api::PackerBuilderSpec)) -> PackerBuilder {
         let mut pb = self.pb().await;
-        pb.spec.maintenance_windows = serde_json::from_value(windows).unwrap();
+        change(&mut pb.spec);
         self.builders()
             .replace("al2023-hardened", &PostParams::default(), &pb)
             .await
-            .unwrap();
+            .unwrap()
     }
 
     /// Registers a base image in this account (what the filters look for).
@@ -2252,44 +2258,34 @@ async fn two_architectures_are_two_packer_builders_each_building_for_its_own() {
     );
 
     // Quiet: nothing is written again.
-    let versions = |list: Vec<PackerBuilder>| -> Vec<Option<String>> {
-        list.iter()
+    let versions = || async {
+        let list = world.builders().list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
             .map(|p| p.metadata.resource_version.clone())
-            .collect()
+            .collect::<Vec<_>>()
     };
-    let before = versions(
-        world
-            .builders()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items,
-    );
+    let before = versions().await;
     world.reconcile().await;
-    let after = versions(
-        world
-            .builders()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items,
-    );
-    assert_eq!(before, after);
+    assert_eq!(before, versions().await);
 
-    // A change of the parent's spec reaches both; arm64 dropped: its PackerBuilder goes.
-    let mut parent = world.pb().await;
-    parent.spec.time_outs.expires_in = "20d".parse().unwrap();
-    parent.spec.architectures.truncate(1);
-    parent
-        .spec
-        .architectures
-        .push(opsy_api::lanes::Architecture::X86_64);
-    parent.spec.architectures.dedup();
+    // A change of the parent's spec reaches both.
+    let parent = world
+        .edit(|spec| spec.time_outs.expires_in = "20d".parse().unwrap())
+        .await;
+    world.reconcile().await;
+    for name in ["al2023-hardened-x86-64", "al2023-hardened-arm64"] {
+        let child = world.builders().get(name).await.unwrap();
+        assert_eq!(
+            child.spec.time_outs.expires_in, parent.spec.time_outs.expires_in,
+            "{name}"
+        );
+    }
+
+    // Down to one architecture.
     world
-        .builders()
-        .replace("al2023-hardened", &PostParams::default(), &parent)
-        .await
-        .unwrap();
+        .edit(|spec| spec.architectures = vec![opsy_api::lanes::Architecture::X86_64])
+        .await;
     world.reconcile().await;
     // One architecture left: the parent builds it itself, and both of its PackerBuilders go.
     for name in ["al2023-hardened-x86-64", "al2023-hardened-arm64"] {
