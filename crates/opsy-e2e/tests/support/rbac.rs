@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use opsy_api::{AMIRefresher, PackerBuilder};
 use opsy_runtime::{
@@ -309,10 +309,13 @@ pub async fn operators_need_every_rule_granted(
             && builders.get_opt("multi-arm64").await.unwrap().is_some()
     })
     .await;
-    let mut multi = builders.get("multi").await.unwrap();
-    multi.spec.architectures.truncate(1);
+    // A merge patch of the spec: the operator writes the status meanwhile.
     builders
-        .replace("multi", &PostParams::default(), &multi)
+        .patch(
+            "multi",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"architectures": ["x86_64"]}})),
+        )
         .await
         .unwrap();
     super::wait_for("the architectures' PackerBuilders gone", 60, || async {
