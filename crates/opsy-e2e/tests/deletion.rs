@@ -80,3 +80,62 @@ async fn a_deleted_packer_builder_takes_its_build_job_and_pods_with_it() {
     );
     assert!(builders.get_opt("pb").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_deleted_two_architecture_packer_builder_takes_its_packer_builders_with_it() {
+    let cp = ControlPlane::shared().unwrap();
+    let ns = cp.namespace("deletion-arch").await.unwrap();
+    let moto = Moto::start().unwrap();
+    let builders: Api<PackerBuilder> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut multi = support::packer_builder("multi", "10m");
+    // No builds: this is about the objects.
+    multi.spec.suspend = true;
+    multi.spec.architectures = vec![
+        opsy_api::lanes::Architecture::X86_64,
+        opsy_api::lanes::Architecture::Arm64,
+    ];
+    builders
+        .create(&PostParams::default(), &multi)
+        .await
+        .unwrap();
+    let _builder = start(
+        cp,
+        &moto,
+        Kind::Builder,
+        "deletion-arch-builder",
+        Duration::from_secs(1),
+    )
+    .await;
+    let names = ["multi-x86-64", "multi-arm64"];
+    wait_for("one PackerBuilder per architecture", 60, || async {
+        let mut all = true;
+        for name in names {
+            // Reconciled (their finalizer is on) before the parent goes.
+            all &= builders
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_some_and(|b| !b.metadata.finalizers.unwrap_or_default().is_empty());
+        }
+        all
+    })
+    .await;
+
+    builders
+        .delete("multi", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the garbage collector to remove both PackerBuilders with their parent",
+        60,
+        || async {
+            builders
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        },
+    )
+    .await;
+}
