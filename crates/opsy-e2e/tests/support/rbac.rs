@@ -318,11 +318,49 @@ pub async fn operators_need_every_rule_granted(
         )
         .await
         .unwrap();
-    super::wait_for("the architectures' PackerBuilders gone", 60, || async {
-        builders.get_opt("multi-x86-64").await.unwrap().is_none()
-            && builders.get_opt("multi-arm64").await.unwrap().is_none()
-    })
-    .await;
+    // Their deletion is asked for (the delete this rule grants); their own cleanup and the
+    // garbage collector are tests/deletion.rs's.
+    let mut deleted = false;
+    for _ in 0..900 {
+        deleted = true;
+        for name in ["multi-x86-64", "multi-arm64"] {
+            deleted &= builders
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none_or(|b| b.metadata.deletion_timestamp.is_some());
+        }
+        if deleted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !deleted {
+        let left: Vec<String> = builders
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}: generation {:?}, deleting {:?}, finalizers {:?}, architectures {:?}, status {:?}",
+                    b.metadata.name.clone().unwrap_or_default(),
+                    b.metadata.generation,
+                    b.metadata.deletion_timestamp,
+                    b.metadata.finalizers,
+                    b.spec.architectures,
+                    b.status
+                        .as_ref()
+                        .map(|s| (&s.architectures, &s.conditions, s.observed_generation)),
+                )
+            })
+            .collect();
+        panic!(
+            "the architectures' PackerBuilders were not deleted within 90 s:\n{}",
+            left.join("\n")
+        );
+    }
 
     // A whole rollout of an active AMI to two managed groups and a self-managed one.
     let target = super::active_ami(&fixture, "hardened-2").await;
