@@ -87,15 +87,8 @@ async fn a_deleted_two_architecture_packer_builder_takes_its_packer_builders_wit
     let ns = cp.namespace("deletion-arch").await.unwrap();
     let moto = Moto::start().unwrap();
     let builders: Api<PackerBuilder> = Api::namespaced(ns.client.clone(), &ns.name);
-    let mut multi = support::packer_builder("multi", "10m");
-    // No builds: this is about the objects.
-    multi.spec.suspend = true;
-    multi.spec.architectures = vec![
-        opsy_api::lanes::Architecture::X86_64,
-        opsy_api::lanes::Architecture::Arm64,
-    ];
     builders
-        .create(&PostParams::default(), &multi)
+        .create(&PostParams::default(), &support::two_architectures("multi"))
         .await
         .unwrap();
     let _builder = start(

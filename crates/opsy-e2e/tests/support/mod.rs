@@ -133,6 +133,18 @@ where
     panic!("{what} within {secs} s");
 }
 
+/// A suspended PackerBuilder for x86_64 and arm64 (it creates one PackerBuilder each; none
+/// builds).
+pub fn two_architectures(name: &str) -> PackerBuilder {
+    let mut pb = packer_builder(name, "10m");
+    pb.spec.suspend = true;
+    pb.spec.architectures = vec![
+        opsy_api::lanes::Architecture::X86_64,
+        opsy_api::lanes::Architecture::Arm64,
+    ];
+    pb
+}
+
 /// A PackerBuilder of cluster [`CLUSTER`] building from this account's `base-al2023-*`.
 pub fn packer_builder(name: &str, controller_timer: &str) -> PackerBuilder {
     serde_json::from_value(serde_json::json!({

@@ -294,14 +294,8 @@ pub async fn operators_need_every_rule_granted(
 
     // A PackerBuilder of two architectures (suspended: no builds) creates one PackerBuilder
     // each; with one architecture left it deletes them.
-    let mut multi = super::packer_builder("multi", "10m");
-    multi.spec.suspend = true;
-    multi.spec.architectures = vec![
-        opsy_api::lanes::Architecture::X86_64,
-        opsy_api::lanes::Architecture::Arm64,
-    ];
     builders
-        .create(&PostParams::default(), &multi)
+        .create(&PostParams::default(), &super::two_architectures("multi"))
         .await
         .unwrap();
     super::wait_for("one PackerBuilder per architecture", 60, || async {
