@@ -1,11 +1,28 @@
 //! `cargo xtask ci`: the whole test suite, exactly as CI runs it.
 
-use std::{path::Path, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use crate::{charts, crds, moto, run};
 
 pub fn run_all(root: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
+    let target = target_dir(root);
+    // A run from a fresh clone builds everything once: incremental caches would only take disk
+    // (several GB for this workspace's test binaries) and time. A warm tree keeps its setting.
+    let incremental = std::env::var_os("CARGO_INCREMENTAL").is_some()
+        || target.join("debug/.fingerprint").exists();
+    report_disk(&target, "before");
+    let cargo = |root: &Path| {
+        let mut command = cargo(root);
+        if !incremental {
+            command.env("CARGO_INCREMENTAL", "0");
+        }
+        command
+    };
     step(
         "install the AWS emulator and the chart tools, build the control plane",
         || crate::setup(root),
@@ -45,8 +62,7 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         run(cargo(root).args(["test", "--workspace", "--doc", "--locked", "--quiet"]))
     })?;
     eprintln!("==> tests (after {:.0?} of checks)", started.elapsed());
-    // The test runner's summary is the last thing printed.
-    if has_nextest(root) {
+    let tests = if has_nextest(root) {
         run(cargo(root).args([
             "nextest",
             "run",
@@ -56,7 +72,60 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         ]))
     } else {
         run(cargo(root).args(["test", "--workspace", "--locked", "--no-fail-fast"]))
-    }
+    };
+    report_disk(&target, "after");
+    tests
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` or the workspace's `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Prints the size of the target directory and the space left beside it, so that a run that
+/// ends for want of disk says so (a cold run builds ~64 test binaries of ~140 MB each).
+fn report_disk(target: &Path, when: &str) {
+    let used = Command::new("du")
+        .arg("-sk")
+        .arg(target)
+        .output()
+        .ok()
+        .and_then(|o| first_number(&String::from_utf8_lossy(&o.stdout)));
+    let probe = if target.exists() {
+        target
+    } else {
+        target.parent().unwrap_or(target)
+    };
+    let free = Command::new("df")
+        .arg("-Pk")
+        .arg(probe)
+        .output()
+        .ok()
+        .and_then(|o| available_kib(&String::from_utf8_lossy(&o.stdout)));
+    let gib = |kib: u64| kib as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "==> disk {when}: target {}, {} free",
+        used.map_or("absent".into(), |k| format!("{:.1} GiB", gib(k))),
+        free.map_or("unknown".into(), |k| format!("{:.1} GiB", gib(k))),
+    );
+}
+
+fn first_number(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// The `Available` column of `df -Pk` (POSIX format: one header line, one line per file system).
+fn available_kib(df: &str) -> Option<u64> {
+    df.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Every third-party action a workflow uses is pinned by a full commit SHA (a tag can be moved
@@ -134,7 +203,15 @@ fn has_nextest(root: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::unpinned_action;
+    use super::{available_kib, unpinned_action};
+
+    #[test]
+    fn df_posix_output_gives_the_available_column() {
+        let df = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                  /dev/vda         263174212 20971520  75497472      22% /\n";
+        assert_eq!(available_kib(df), Some(75_497_472));
+        assert_eq!(available_kib("Filesystem 1024-blocks\n"), None);
+    }
 
     #[test]
     fn only_commit_pins_with_their_version_pass() {
