@@ -13,8 +13,8 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     let target = target_dir(root);
     // A run from a fresh clone builds everything once: incremental caches would only take disk
     // (several GB for this workspace's test binaries) and time. A warm tree keeps its setting.
-    let incremental = std::env::var_os("CARGO_INCREMENTAL").is_some()
-        || target.join("debug/.fingerprint").exists();
+    let incremental =
+        std::env::var_os("CARGO_INCREMENTAL").is_some() || built_before(&target, "opsy-e2e");
     report_disk(&target, "before");
     let cargo = |root: &Path| {
         let mut command = cargo(root);
@@ -75,6 +75,18 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
     };
     report_disk(&target, "after");
     tests
+}
+
+/// Whether `package` (one that `cargo xtask` itself does not need) was built in `target` before.
+fn built_before(target: &Path, package: &str) -> bool {
+    std::fs::read_dir(target.join("debug/.fingerprint")).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix(package)
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+    })
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR` or the workspace's `target/`.
