@@ -103,14 +103,8 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         });
     };
     let mut groups = observe_groups(aws, amr).await?;
-    let sources: Vec<&AwsClients> = if std::sync::Arc::ptr_eq(aws, &owner) {
-        vec![aws]
-    } else {
-        vec![aws, &owner]
-    };
-    let mut known = crate::lanes::known(&selection);
-    crate::lanes::read(&sources, &mut groups, &mut known).await?;
-    let assignment = crate::lanes::assign(spec, &status, &selection, &known, &mut groups, &target);
+    let (assignment, _) =
+        crate::lanes::resolve(aws, &owner, spec, &status, &selection, &mut groups, &target).await?;
     let held_back: Vec<String> = assignment
         .held_back
         .iter()

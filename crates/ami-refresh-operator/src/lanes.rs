@@ -4,7 +4,7 @@
 //! that lane that passes the promotion gates — and a group whose lane has none is skipped
 //! with that reason, never moved.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -118,6 +118,30 @@ pub async fn read(
         }
     }
     Ok(())
+}
+
+/// [`read`] and [`assign`] for the groups of an AMIRefresher whose AWS clients are `aws`; the
+/// AMIs the groups run are looked for there, then in the account that owns the managed AMIs
+/// (`owner`, when it is another). Returns the assignment and every image known on the way.
+#[allow(clippy::too_many_arguments)]
+pub async fn resolve(
+    aws: &Arc<AwsClients>,
+    owner: &Arc<AwsClients>,
+    spec: &AMIRefresherSpec,
+    status: &AMIRefresherStatus,
+    selection: &Selection,
+    groups: &mut [Group],
+    following: &str,
+) -> Result<(Assignment, BTreeMap<String, Image>), Error> {
+    let sources: Vec<&AwsClients> = if Arc::ptr_eq(aws, owner) {
+        vec![aws]
+    } else {
+        vec![aws, owner]
+    };
+    let mut known = known(selection);
+    read(&sources, groups, &mut known).await?;
+    let assignment = assign(spec, status, selection, &known, groups, following);
+    Ok((assignment, known))
 }
 
 /// What each lane moves to.

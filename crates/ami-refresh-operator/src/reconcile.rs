@@ -238,14 +238,16 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
 
     // 3. Groups, and the health gate of those AWS reports done.
     let mut groups = observe_groups(&aws, &amr).await?;
-    let sources: Vec<&opsy_aws::AwsClients> = if Arc::ptr_eq(&aws, &owner) {
-        vec![&aws]
-    } else {
-        vec![&aws, &owner]
-    };
-    let mut known = lanes::known(&selection);
-    lanes::read(&sources, &mut groups, &mut known).await?;
-    let assignment = lanes::assign(spec, &status, &selection, &known, &mut groups, &following);
+    let (assignment, known) = lanes::resolve(
+        &aws,
+        &owner,
+        spec,
+        &status,
+        &selection,
+        &mut groups,
+        &following,
+    )
+    .await?;
     report_held_back(&ctx, &amr, &mut status, assignment.held_back.clone()).await;
     // Something held back may move by itself at this time (a gate or a window opening).
     let wake = promotion::next_wake(&status.held_back, window.as_ref().ok(), now);
