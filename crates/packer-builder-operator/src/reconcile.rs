@@ -192,6 +192,24 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         crate::fan_out::remove_children(&pb, &ctx).await?;
     }
     let now = (ctx.clock)();
+    // Being deleted with no finished build to tag: nothing for the finalizer to keep, and nothing
+    // that needs AWS — a deletion must not hang on a base lookup that fails (an IAM role
+    // removed first, a parameter gone): the object is released at once.
+    if pb.meta().deletion_timestamp.is_some() {
+        let status = pb.status.clone().unwrap_or_default();
+        let jobs = Api::namespaced(ctx.client.clone(), &namespace);
+        let pods = Api::namespaced(ctx.client.clone(), &namespace);
+        let open = open_job(&pb, &jobs, &pods, &status, now).await?;
+        let built = open.as_ref().is_some_and(|job| match &job.state {
+            crate::state::JobState::Succeeded { output } => {
+                crate::artifact::built_ami(output, &pb.spec.region).is_some()
+            }
+            _ => false,
+        });
+        if !built {
+            return Ok(Action::await_change());
+        }
+    }
     let aws = ctx.aws.region(&pb.spec.region).await;
     let mut status = pb.status.clone().unwrap_or_default();
     status.architectures.clear();

@@ -1608,6 +1608,51 @@ async fn a_cached_answer_older_than_the_recorded_ami_does_not_start_a_build() {
     assert_eq!(status.last_run_status.as_deref(), Some("succeeded"));
 }
 
+/// Deleting a PackerBuilder must not hang on AWS: with no finished build to tag, its finalizer
+/// has nothing to keep, so the deletion completes even when AWS refuses every call (the IAM
+/// role removed first, as teams tearing down often do). Without the early release, the cleanup
+/// looked up the base first and failed, and non-transient errors retry only every 5 minutes.
+#[tokio::test]
+async fn a_deletion_is_not_held_by_aws_when_no_finished_build_needs_tagging() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 1, "a build runs");
+    assert!(
+        !world.pb().await.finalizers().is_empty(),
+        "the finalizer is on"
+    );
+    world
+        .builders()
+        .delete("al2023-hardened", &Default::default())
+        .await
+        .unwrap();
+    let held = world.pb().await;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    world
+        .moto
+        .inject_error("Describe", "UnauthorizedOperation", 403, 100)
+        .unwrap();
+    let calls_before: u64 = world.calls.snapshot().values().sum();
+    Box::pin(reconcile(Arc::new(held), world.context()))
+        .await
+        .unwrap();
+    assert!(
+        world
+            .builders()
+            .get_opt("al2023-hardened")
+            .await
+            .unwrap()
+            .is_none(),
+        "the finalizer is removed and the object gone"
+    );
+    assert_eq!(
+        world.calls.snapshot().values().sum::<u64>(),
+        calls_before,
+        "no AWS call was needed"
+    );
+}
+
 #[tokio::test]
 async fn aws_errors_are_reported_on_the_object() {
     let world = World::new(pb_manifest(serde_json::json!({}))).await;
