@@ -1,4 +1,4 @@
-//! Lanes: each group moves only to an AMI of its own architecture and variant
+//! Lanes: each group moves only to an AMI of its own architecture, variant and OS family
 //! ([`opsy_api::lanes`]). The AMIs the groups run are read (one `DescribeImages` per account
 //! asked); each lane the groups run gets its own target — the newest eligible candidate of
 //! that lane that passes the promotion gates — and a group whose lane has none is skipped
@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use opsy_api::{
     AMIRefresherSpec, AMIRefresherStatus, ImageRef,
     ami_refresher::{HeldBack, LaneTarget},
-    lanes::{Lane, variant_of_name},
+    lanes::{Lane, os_family_of_name, variant_of_name},
     tags,
 };
 use opsy_aws::{
@@ -26,21 +26,29 @@ use crate::{
 };
 
 /// The lane of `image`: its `architecture` tag, else EC2's architecture (EC2's default,
-/// `x86_64`, when neither is known); its `variant` tag, else the variant of its base (its
-/// `base-ami` tag, when the base is in `known`), else the variant its name names.
+/// `x86_64`, when neither is known); its `variant` and `os-family` tags, else those of its base
+/// (its `base-ami` tag, when the base is in `known`), else what its name names.
 pub fn lane_of(image: &Image, known: &BTreeMap<String, Image>) -> Lane {
     let architecture = image
         .tag(tags::ARCHITECTURE)
         .or(image.architecture.as_deref())
         .unwrap_or("x86_64");
-    let variant = match image.tag(tags::VARIANT) {
-        Some(v) => v.to_owned(),
-        None => match image.tag(tags::BASE_AMI).and_then(|b| known.get(b)) {
-            Some(base) if base.id != image.id => lane_of(base, &BTreeMap::new()).variant,
-            _ => variant_of_name(&image.name).to_owned(),
-        },
+    let base = image
+        .tag(tags::BASE_AMI)
+        .and_then(|b| known.get(b))
+        .filter(|base| base.id != image.id)
+        .map(|base| lane_of(base, &BTreeMap::new()));
+    let variant = match (image.tag(tags::VARIANT), &base) {
+        (Some(v), _) => v.to_owned(),
+        (None, Some(base)) => base.variant.clone(),
+        (None, None) => variant_of_name(&image.name).to_owned(),
     };
-    Lane::new(architecture, variant)
+    let os_family = image
+        .tag(tags::OS_FAMILY)
+        .map(str::to_owned)
+        .or_else(|| base.as_ref().and_then(|b| b.os_family.clone()))
+        .or_else(|| os_family_of_name(&image.name).map(str::to_owned));
+    Lane::new(architecture, variant).with_os_family(os_family)
 }
 
 /// When `image` was built: its `create-timestamp` tag, else EC2's `CreationDate`.
@@ -205,7 +213,7 @@ pub fn assign(
         let candidates: Vec<Candidate> = selection
             .candidates
             .iter()
-            .filter(|c| lane_of(&c.image, known) == *lane)
+            .filter(|c| lane.admits(&lane_of(&c.image, known)))
             .cloned()
             .collect();
         let sub = Selection {
@@ -216,12 +224,16 @@ pub fn assign(
         let previous = status
             .targets
             .iter()
-            .find(|t| t.architecture == lane.architecture && t.variant == lane.variant)
+            .find(|t| {
+                t.architecture == lane.architecture
+                    && t.variant == lane.variant
+                    && t.os_family == lane.os_family
+            })
             .map(|t| t.image.clone())
             .or_else(|| {
                 status.target_image.clone().filter(|t| {
                     status.targets.is_empty()
-                        && known.get(&t.id).is_none_or(|i| lane_of(i, known) == *lane)
+                        && known.get(&t.id).is_none_or(|i| lane.admits(&lane_of(i, known)))
                 })
             });
         let lane_status = AMIRefresherStatus {
@@ -265,8 +277,8 @@ pub fn assign(
                     format!(
                         "no eligible candidate is {lane}, the lane of the AMI it runs ({eligible} \
                          eligible of other lanes{}): a group is never moved to another \
-                         architecture or variant; build or name a {lane} AMI, or list the group \
-                         in spec.exclude",
+                         architecture, variant or OS family; build or name a {lane} AMI, or \
+                         list the group in spec.exclude",
                         if others.is_empty() {
                             String::new()
                         } else {
@@ -327,6 +339,7 @@ pub fn assign(
             .map(|(lane, target)| LaneTarget {
                 architecture: lane.architecture.clone(),
                 variant: lane.variant.clone(),
+                os_family: lane.os_family.clone(),
                 image: image_ref(target, out.chosen.get(target), known),
                 groups: by_lane
                     .get(lane)

@@ -1450,9 +1450,9 @@ async fn an_arm64_group_is_never_moved_to_an_x86_64_target() {
     let message = arm.message.unwrap();
     assert!(
         message.contains(&format!(
-            "runs {}: no eligible candidate is arm64/standard, the lane of the AMI it runs (1 \
-             eligible of other lanes; this cluster also runs x86_64/standard): a group is never \
-             moved to another architecture or variant",
+            "runs {}: no eligible candidate is arm64/standard/al2023, the lane of the AMI it \
+             runs (1 eligible of other lanes; this cluster also runs x86_64/standard/al2023): a \
+             group is never moved to another architecture, variant or OS family",
             ids::AL2023_130_ARM_OCT
         )),
         "{message}"
@@ -2239,29 +2239,29 @@ async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and
     let (action, text) = detail("lane-x86");
     assert_eq!(action, "update");
     assert!(
-        text.contains(&format!("→ {x86} (x86_64/standard)")),
+        text.contains(&format!("→ {x86} (x86_64/standard/al2023)")),
         "{text}"
     );
     let (_, text) = detail("lane-arm");
     assert!(
-        text.contains(&format!("→ {arm} (arm64/standard)")),
+        text.contains(&format!("→ {arm} (arm64/standard/al2023)")),
         "{text}"
     );
     let (_, text) = detail("lane-gpu");
-    assert!(text.contains(&format!("→ {gpu} (x86_64/nvidia)")), "{text}");
+    assert!(text.contains(&format!("→ {gpu} (x86_64/nvidia/al2023)")), "{text}");
     let (action, text) = detail("lane-neuron");
     assert_eq!(action, "skipped");
     assert!(
-        text.contains("no eligible candidate is x86_64/neuron, the lane of the AMI it runs"),
+        text.contains("no eligible candidate is x86_64/neuron/al2023, the lane of the AMI it runs"),
         "{text}"
     );
 
     world.settle(12).await;
     let status = world.status().await;
     let expected = [
-        ("lane-x86", &x86, "x86_64/standard"),
-        ("lane-arm", &arm, "arm64/standard"),
-        ("lane-gpu", &gpu, "x86_64/nvidia"),
+        ("lane-x86", &x86, "x86_64/standard/al2023"),
+        ("lane-arm", &arm, "arm64/standard/al2023"),
+        ("lane-gpu", &gpu, "x86_64/nvidia/al2023"),
     ];
     for (name, image, lane) in expected {
         let entry = world.entry(name).await;
@@ -2314,6 +2314,105 @@ async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and
     for (name, _, _) in expected {
         assert_eq!(world.updates(name).await.len(), 1, "{name}");
     }
+}
+
+/// AL2 and AL2023 nodes join the cluster differently (`bootstrap.sh` vs `nodeadm`): filters that
+/// match both families keep each group on its own. The AL2023 AMI is the newest, so without the
+/// OS family in the lane the AL2 group would have moved to it.
+#[tokio::test]
+async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
+    /// An AL2 1.30 image of September, outside the filters below: what the AL2 group runs.
+    const AL2_130_SEP: &str = "ami-0c130202409170000";
+    let world = World::new().await;
+    world
+        .moto
+        .publish_image(
+            REGION,
+            AL2_130_SEP,
+            "amazon-eks-node-1.30-v20240917",
+            opsy_testkit::seed::EKS_OWNER,
+        )
+        .unwrap();
+    for (name, image) in [
+        ("family-al2", AL2_130_SEP),
+        ("family-al2023", ids::AL2023_130_SEP),
+    ] {
+        world
+            .fixture
+            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
+            .await
+            .unwrap();
+    }
+    let filters = |names: serde_json::Value| {
+        serde_json::json!([
+            {"name": "name", "values": names},
+            {"name": "owner-id", "values": [opsy_testkit::seed::EKS_OWNER]},
+        ])
+    };
+    world
+        .apply(manifest(serde_json::json!({
+            "amiFilters": filters(serde_json::json!([
+                "amazon-eks-node-1.30-v202410*",
+                "amazon-eks-node-al2023-x86_64-standard-1.30-*",
+            ])),
+            "rollout": {"maxInFlight": 2},
+        })))
+        .await;
+    world.settle(10).await;
+    let al2 = world.entry("family-al2").await;
+    let al2023 = world.entry("family-al2023").await;
+    assert_eq!(
+        (al2.phase, al2.to_image.as_deref(), al2.lane.as_deref()),
+        (
+            Succeeded,
+            Some(ids::AL2_130_OCT),
+            Some("x86_64/standard/al2")
+        ),
+        "{al2:?}"
+    );
+    assert_eq!(
+        (al2023.phase, al2023.to_image.as_deref(), al2023.lane.as_deref()),
+        (
+            Succeeded,
+            Some(ids::AL2023_130_OCT),
+            Some("x86_64/standard/al2023")
+        ),
+        "{al2023:?}"
+    );
+    let families: Vec<(Option<String>, String)> = world
+        .status()
+        .await
+        .targets
+        .iter()
+        .map(|t| (t.os_family.clone(), t.image.id.clone()))
+        .collect();
+    assert_eq!(
+        families,
+        [
+            (Some("al2".to_owned()), ids::AL2_130_OCT.to_owned()),
+            (Some("al2023".to_owned()), ids::AL2023_130_OCT.to_owned()),
+        ]
+    );
+
+    // Filters of AL2023 only: the AL2 group has no candidate of its family and stays put.
+    world
+        .apply(manifest(serde_json::json!({
+            "amiFilters": filters(serde_json::json!([
+                "amazon-eks-node-al2023-x86_64-standard-1.30-*",
+            ])),
+            "rollout": {"maxInFlight": 2},
+        })))
+        .await;
+    world.settle(4).await;
+    let al2 = world.entry("family-al2").await;
+    assert_eq!(al2.phase, Skipped, "{al2:?}");
+    let message = al2.message.unwrap_or_default();
+    assert!(
+        message.contains("no eligible candidate is x86_64/standard/al2, the lane of the AMI it runs")
+            && message.contains("another architecture, variant or OS family"),
+        "{message}"
+    );
+    assert_eq!(world.updates("family-al2").await.len(), 1, "moved once, to AL2");
 }
 
 #[tokio::test]

@@ -568,6 +568,9 @@ pub struct LaneTarget {
     pub architecture: String,
     /// `standard`, `nvidia`, `neuron`.
     pub variant: String,
+    /// `al2`, `al2023`, `bottlerocket`, …, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_family: Option<String>,
     /// The AMI the lane's groups move to.
     pub image: ImageRef,
     /// How many of the cluster's groups run this lane.

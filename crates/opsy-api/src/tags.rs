@@ -57,6 +57,10 @@ pub const ARCHITECTURE: &str = "architecture";
 /// name ([`crate::lanes::variant_of_name`]). AMIRefreshers move a group only to an AMI of its
 /// variant; an AMI without the tag has the variant its name names.
 pub const VARIANT: &str = "variant";
+/// The OS family of the AMI (`al2`, `al2023`, `bottlerocket`, …): its base's, from the base's
+/// own tag or name ([`crate::lanes::os_family_of_name`]). AMIRefreshers never move a group to
+/// an AMI of another OS family: nodes join the cluster the way their OS does.
+pub const OS_FAMILY: &str = "os-family";
 /// On a copy in another region (`spec.distribution`): the AMI it was copied from.
 pub const SOURCE_AMI: &str = "source-ami";
 /// On a copy in another region: the region of the AMI it was copied from.

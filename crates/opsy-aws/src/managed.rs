@@ -569,6 +569,9 @@ impl BuildIdentity {
         if let Some(variant) = &build.variant {
             put(tags::VARIANT, variant);
         }
+        if let Some(os_family) = &build.os_family {
+            put(tags::OS_FAMILY, os_family);
+        }
         tags
     }
 }
@@ -619,6 +622,8 @@ pub struct BuildFacts {
     pub architecture: Option<String>,
     /// The variant of its base (`standard`, `nvidia`, `neuron`), when the base is known.
     pub variant: Option<String>,
+    /// The OS family of its base (`al2`, `al2023`, `bottlerocket`, …), when known.
+    pub os_family: Option<String>,
 }
 
 /// The tags to write when adopting `image` (found by the tag contract but not recorded in
@@ -1093,6 +1098,7 @@ mod tests {
             kubernetes_version: Some("1.31".into()),
             architecture: None,
             variant: None,
+            os_family: None,
         });
         let keys: Vec<&str> = tags.keys().map(String::as_str).collect();
         assert_eq!(

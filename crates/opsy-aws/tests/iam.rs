@@ -69,6 +69,7 @@ fn the_builder_may_write_exactly_the_contract_tags() {
             kubernetes_version: Some("1.31".into()),
             architecture: Some("arm64".into()),
             variant: Some("nvidia".into()),
+            os_family: Some("al2023".into()),
         })
         .into_keys()
         // A copy in another region also says where it came from; a quarantine spread from a

@@ -51,6 +51,7 @@ fn facts(created: &str, base: &str, job: &str) -> BuildFacts {
         kubernetes_version: None,
         architecture: None,
         variant: None,
+        os_family: None,
     }
 }
 

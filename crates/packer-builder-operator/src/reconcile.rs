@@ -346,15 +346,20 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             let version = kubernetes_version
                 .clone()
                 .filter(|_| placeholder || base.as_ref().map(|b| &b.id) == job.base_ami.as_ref());
-            // The variant (standard, nvidia, neuron) is the base's.
-            let variant = base
+            // The variant (standard, nvidia, neuron) and OS family are the base's.
+            let built_from = base
                 .as_ref()
-                .filter(|b| Some(&b.id) == job.base_ami.as_ref())
-                .map(|b| {
-                    b.tag(tags::VARIANT)
-                        .unwrap_or(opsy_api::lanes::variant_of_name(&b.name))
-                        .to_owned()
-                });
+                .filter(|b| Some(&b.id) == job.base_ami.as_ref());
+            let variant = built_from.map(|b| {
+                b.tag(tags::VARIANT)
+                    .unwrap_or(opsy_api::lanes::variant_of_name(&b.name))
+                    .to_owned()
+            });
+            let os_family = built_from.and_then(|b| {
+                b.tag(tags::OS_FAMILY)
+                    .or(opsy_api::lanes::os_family_of_name(&b.name))
+                    .map(str::to_owned)
+            });
             let outcome = complete(
                 &pb,
                 &ctx,
@@ -363,7 +368,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 &managed,
                 &job,
                 &image,
-                (version, variant),
+                (version, variant, os_family),
                 now,
             )
             .await?;
@@ -1021,7 +1026,7 @@ async fn complete(
     managed: &Selection,
     job: &OpenJob,
     image_id: &str,
-    (kubernetes_version, variant): (Option<String>, Option<String>),
+    (kubernetes_version, variant, os_family): (Option<String>, Option<String>, Option<String>),
     now: Timestamp,
 ) -> Result<Result<(), String>, Error> {
     let generation = pb.meta().generation;
@@ -1084,6 +1089,7 @@ async fn complete(
         kubernetes_version,
         architecture: image.architecture.clone(),
         variant,
+        os_family,
     };
     aws.tag_image(image_id, &identity(pb).tags(&facts)).await?;
     aws.mark_snapshots(image).await?;

@@ -2267,6 +2267,8 @@ async fn two_architectures_are_two_packer_builders_each_building_for_its_own() {
         assert_eq!(tags["status"], "active");
         assert_eq!(tags["architecture"], architecture);
         assert_eq!(tags["variant"], "standard");
+        // The base's OS family (its name says AL2023), so AMIRefreshers keep AL2 groups off it.
+        assert_eq!(tags["os-family"], "al2023");
         assert_eq!(tags["created-by"], child.name_any());
         built.push(image);
     }
