@@ -71,7 +71,14 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
             "--no-fail-fast",
         ]))
     } else {
-        run(cargo(root).args(["test", "--workspace", "--locked", "--no-fail-fast"]))
+        // `--tests`: the doc tests ran above; run once, and compiled before the long part.
+        run(cargo(root).args([
+            "test",
+            "--workspace",
+            "--tests",
+            "--locked",
+            "--no-fail-fast",
+        ]))
     };
     report_disk(&target, "after");
     tests
