@@ -1451,8 +1451,8 @@ async fn an_arm64_group_is_never_moved_to_an_x86_64_target() {
     assert!(
         message.contains(&format!(
             "runs {}: no eligible candidate is arm64/standard/al2023, the lane of the AMI it \
-             runs (1 eligible of other lanes; this cluster also runs x86_64/standard/al2023): a \
-             group is never moved to another architecture, variant or OS family",
+             runs (1 eligible of other lanes; this cluster also runs x86_64/standard): a group \
+             is never moved to another architecture, variant or OS family",
             ids::AL2023_130_ARM_OCT
         )),
         "{message}"
@@ -2343,6 +2343,27 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
             .await
             .unwrap();
     }
+    // This cluster's builds from the October bases: the AL2 one tagged as a PackerBuilder tags
+    // now, the AL2023 one (the newest) only with its base — its family is its base's.
+    let at =
+        |minutes: i64| (Timestamp::now() - jiff::SignedDuration::from_mins(minutes)).to_string();
+    let register = |name: &'static str, base: &'static str, created: String, family: &[&str]| {
+        let mut tags = vec![
+            ("brought-to-you-by", "opsy-the-ami-operator".to_owned()),
+            ("cluster-name", CLUSTER.to_owned()),
+            ("status", "active".to_owned()),
+            ("base-ami", base.to_owned()),
+            ("create-timestamp", created),
+        ];
+        tags.extend(family.iter().map(|f| ("os-family", (*f).to_owned())));
+        let fixture = &world.fixture;
+        async move {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fixture.register_image(name, &tags).await.unwrap()
+        }
+    };
+    let al2_build = register("hardened-al2", ids::AL2_130_OCT, at(20), &["al2"]).await;
+    let al2023_build = register("hardened-al2023", ids::AL2023_130_OCT, at(10), &[]).await;
     let filters = |names: serde_json::Value| {
         serde_json::json!([
             {"name": "name", "values": names},
@@ -2365,7 +2386,7 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
         (al2.phase, al2.to_image.as_deref(), al2.lane.as_deref()),
         (
             Succeeded,
-            Some(ids::AL2_130_OCT),
+            Some(al2_build.as_str()),
             Some("x86_64/standard/al2")
         ),
         "{al2:?}"
@@ -2374,7 +2395,7 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
         (al2023.phase, al2023.to_image.as_deref(), al2023.lane.as_deref()),
         (
             Succeeded,
-            Some(ids::AL2023_130_OCT),
+            Some(al2023_build.as_str()),
             Some("x86_64/standard/al2023")
         ),
         "{al2023:?}"
@@ -2389,8 +2410,8 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
     assert_eq!(
         families,
         [
-            (Some("al2".to_owned()), ids::AL2_130_OCT.to_owned()),
-            (Some("al2023".to_owned()), ids::AL2023_130_OCT.to_owned()),
+            (Some("al2".to_owned()), al2_build.clone()),
+            (Some("al2023".to_owned()), al2023_build.clone()),
         ]
     );
 
