@@ -184,6 +184,7 @@ pub fn assign(
     groups: &mut [Group],
     following: &str,
 ) -> Assignment {
+    infer_os_families(groups);
     let mut by_lane: BTreeMap<Lane, Vec<String>> = BTreeMap::new();
     for group in groups.iter() {
         if let (GroupImage::Runs { .. }, Some(lane)) = (&group.image, &group.lane) {
@@ -351,6 +352,33 @@ pub fn assign(
     out.held_back.retain(|h| seen.insert(h.image.clone()));
     out.held_back.truncate(5);
     out
+}
+
+/// A group whose AMI tells no OS family (a build named by the team, without the `os-family`
+/// tag, whose base is not known here) is taken to be of the family the cluster's other groups of
+/// its architecture and variant run, when they all run one: otherwise its lane would split from
+/// theirs each time it moves between a base (whose name tells) and such a build. With several
+/// families, or none, it keeps a lane of its own, which admits candidates of any family.
+fn infer_os_families(groups: &mut [Group]) {
+    let mut families: BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+        BTreeMap::new();
+    for lane in groups.iter().filter_map(|g| g.lane.as_ref()) {
+        if let Some(family) = &lane.os_family {
+            families
+                .entry((lane.architecture.clone(), lane.variant.clone()))
+                .or_default()
+                .insert(family.clone());
+        }
+    }
+    for lane in groups.iter_mut().filter_map(|g| g.lane.as_mut()) {
+        if lane.os_family.is_none()
+            && let Some(known) =
+                families.get(&(lane.architecture.clone(), lane.variant.clone()))
+            && known.len() == 1
+        {
+            lane.os_family = known.first().cloned();
+        }
+    }
 }
 
 /// `status.targetImage` (or a lane's) for `target`.
