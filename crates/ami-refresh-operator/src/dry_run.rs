@@ -9,7 +9,7 @@ use opsy_api::{
     AMIRefresher,
     ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, OnFailure, PdbPolicy},
 };
-use opsy_aws::{AwsClients, ClientSet};
+use opsy_aws::ClientSet;
 use serde::Serialize;
 
 use crate::{Error, observe::observe_groups, plan::plan, promotion};

@@ -234,7 +234,9 @@ pub fn assign(
             .or_else(|| {
                 status.target_image.clone().filter(|t| {
                     status.targets.is_empty()
-                        && known.get(&t.id).is_none_or(|i| lane.admits(&lane_of(i, known)))
+                        && known
+                            .get(&t.id)
+                            .is_none_or(|i| lane.admits(&lane_of(i, known)))
                 })
             });
         let lane_status = AMIRefresherStatus {
@@ -372,8 +374,7 @@ fn infer_os_families(groups: &mut [Group]) {
     }
     for lane in groups.iter_mut().filter_map(|g| g.lane.as_mut()) {
         if lane.os_family.is_none()
-            && let Some(known) =
-                families.get(&(lane.architecture.clone(), lane.variant.clone()))
+            && let Some(known) = families.get(&(lane.architecture.clone(), lane.variant.clone()))
             && known.len() == 1
         {
             lane.os_family = known.first().cloned();

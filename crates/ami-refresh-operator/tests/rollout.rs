@@ -2248,7 +2248,10 @@ async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and
         "{text}"
     );
     let (_, text) = detail("lane-gpu");
-    assert!(text.contains(&format!("→ {gpu} (x86_64/nvidia/al2023)")), "{text}");
+    assert!(
+        text.contains(&format!("→ {gpu} (x86_64/nvidia/al2023)")),
+        "{text}"
+    );
     let (action, text) = detail("lane-neuron");
     assert_eq!(action, "skipped");
     assert!(
@@ -2392,7 +2395,11 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
         "{al2:?}"
     );
     assert_eq!(
-        (al2023.phase, al2023.to_image.as_deref(), al2023.lane.as_deref()),
+        (
+            al2023.phase,
+            al2023.to_image.as_deref(),
+            al2023.lane.as_deref()
+        ),
         (
             Succeeded,
             Some(al2023_build.as_str()),
@@ -2429,11 +2436,16 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
     assert_eq!(al2.phase, Skipped, "{al2:?}");
     let message = al2.message.unwrap_or_default();
     assert!(
-        message.contains("no eligible candidate is x86_64/standard/al2, the lane of the AMI it runs")
+        message
+            .contains("no eligible candidate is x86_64/standard/al2, the lane of the AMI it runs")
             && message.contains("another architecture, variant or OS family"),
         "{message}"
     );
-    assert_eq!(world.updates("family-al2").await.len(), 1, "moved once, to AL2");
+    assert_eq!(
+        world.updates("family-al2").await.len(),
+        1,
+        "moved once, to AL2"
+    );
 }
 
 #[tokio::test]

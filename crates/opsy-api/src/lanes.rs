@@ -248,8 +248,14 @@ mod tests {
                 "ubuntu-eks/k8s_1.31/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20241112",
                 Some(UBUNTU),
             ),
-            ("al2023-ami-2023.6.20241111.0-kernel-6.1-x86_64", Some(AL2023)),
-            ("amzn2-ami-kernel-5.10-hvm-2.0.20241113.1-x86_64-gp2", Some(AL2)),
+            (
+                "al2023-ami-2023.6.20241111.0-kernel-6.1-x86_64",
+                Some(AL2023),
+            ),
+            (
+                "amzn2-ami-kernel-5.10-hvm-2.0.20241113.1-x86_64-gp2",
+                Some(AL2),
+            ),
             ("base-al2023-v1", Some(AL2023)),
             // A name of the team's own choosing tells nothing.
             ("hardened-node-42", None),
@@ -264,7 +270,10 @@ mod tests {
         let al2 = Lane::new("x86_64", STANDARD).with_os_family(Some(AL2));
         let al2023 = Lane::new("x86_64", STANDARD).with_os_family(Some(AL2023));
         let unknown = Lane::new("x86_64", STANDARD);
-        assert!(!al2.admits(&al2023), "AL2 user data cannot join AL2023 nodes");
+        assert!(
+            !al2.admits(&al2023),
+            "AL2 user data cannot join AL2023 nodes"
+        );
         assert!(al2.admits(&al2.clone()));
         assert!(al2.admits(&unknown));
         assert!(unknown.admits(&al2023));

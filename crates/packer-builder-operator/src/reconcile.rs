@@ -202,7 +202,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         let open = open_job(&pb, &jobs, &pods, &status, now).await?;
         let built = open.as_ref().is_some_and(|job| match &job.state {
             crate::state::JobState::Succeeded { output } => {
-                crate::artifact::built_ami(output, &pb.spec.region).is_some()
+                artifact::built_ami(output, &pb.spec.region).is_some()
             }
             _ => false,
         });
