@@ -175,6 +175,7 @@ pub struct MaintenanceWindow {
     /// name (`MON`–`SUN`, ranges such as `MON-FRI`): cron dialects number them differently.
     #[schemars(length(min = 9, max = 200))]
     #[x_kube(validation = schedule_rule())]
+    #[x_kube(validation = one_day_field_rule())]
     pub schedule: String,
     /// How long the window stays open, e.g. `4h`; at most `7d`.
     #[x_kube(validation = crate::duration::at_most_rule(604_800, "a maintenance window's duration must be at most 7d"))]
@@ -195,6 +196,16 @@ fn schedule_rule() -> kube::core::Rule {
         r"self.matches('^\\s*\\S+\\s+\\S+\\s+\\S+\\s+\\S+\\s+[*?A-Za-z,-]+\\s*$')",
     )
     .message("must be five cron fields, minute hour day-of-month month day-of-week, with the days of the week by name (MON-FRI, SAT,SUN), e.g. \"0 2 * * SAT\"")
+}
+
+/// CEL rule on a window's schedule: the day of the month or the day of the week is `*` (or
+/// `?`). With both restricted, Vixie cron and Kubernetes CronJobs open on a day matching either;
+/// the evaluator here would require both — so such a schedule is refused, not misread.
+fn one_day_field_rule() -> kube::core::Rule {
+    kube::core::Rule::new(
+        r"self.matches('^\\s*\\S+\\s+\\S+\\s+([*?]\\s+\\S+\\s+\\S+|\\S+\\s+\\S+\\s+[*?])\\s*$')",
+    )
+    .message("must not restrict both the day of the month and the day of the week (cron dialects disagree on whether a day must match either or both): restrict one of them, or give two windows")
 }
 
 fn default_time_zone() -> String {

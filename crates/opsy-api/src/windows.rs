@@ -83,6 +83,15 @@ impl Windows {
                         w.schedule
                     ));
                 }
+                if !matches!(fields[2], "*" | "?") && !matches!(fields[4], "*" | "?") {
+                    return Err(format!(
+                        "{field}[{i}].schedule {:?} restricts both the day of the month and the \
+                         day of the week: cron dialects disagree on whether a day must match \
+                         either (Vixie cron, Kubernetes CronJobs) or both; restrict one of them, \
+                         or give two windows",
+                        w.schedule
+                    ));
+                }
                 let schedule = Schedule::from_str(&format!("0 {}", fields.join(" ")))
                     .map_err(|e| format!("{field}[{i}].schedule {:?}: {e}", w.schedule))?;
                 let tz = TimeZone::get(&w.time_zone).map_err(|_| {
@@ -237,6 +246,10 @@ mod tests {
             (
                 window("0 2 * * 6", "1h", "UTC"),
                 "name the days of the week",
+            ),
+            (
+                window("0 2 1 * MON", "1h", "UTC"),
+                "restricts both the day of the month and the day of the week",
             ),
             (
                 window("0 25 * * *", "1h", "UTC"),
