@@ -222,6 +222,41 @@ impl World {
             .unwrap()
     }
 
+    /// Managed groups, each on its image.
+    async fn groups_on(&self, groups: &[(&str, &str)]) {
+        for (name, image) in groups {
+            self.fixture
+                .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// An AMI a PackerBuilder built for this cluster from `base` for `architecture`, active,
+    /// created `minutes_ago`, with the `extra` tags.
+    async fn build_for(
+        &self,
+        architecture: &str,
+        name: &str,
+        base: &str,
+        minutes_ago: i64,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let created = (Timestamp::now() - jiff::SignedDuration::from_mins(minutes_ago)).to_string();
+        let mut tags = vec![
+            ("brought-to-you-by", "opsy-the-ami-operator"),
+            ("cluster-name", CLUSTER),
+            ("status", "active"),
+            ("base-ami", base),
+            ("create-timestamp", created.as_str()),
+        ];
+        tags.extend_from_slice(extra);
+        self.fixture
+            .register_image_for(architecture, name, &tags)
+            .await
+            .unwrap()
+    }
+
     /// Managed groups `names`, on the September EKS AMI.
     async fn managed_groups(&self, names: &[&str]) {
         for name in names {
@@ -1424,16 +1459,12 @@ async fn a_newer_ami_during_a_rollout_waits_for_the_rollout_to_finish_on_its_tar
 #[tokio::test]
 async fn an_arm64_group_is_never_moved_to_an_x86_64_target() {
     let world = World::new().await;
-    for (name, image) in [
-        ("mixed-x86", ids::AL2023_130_SEP),
-        ("mixed-arm", ids::AL2023_130_ARM_OCT),
-    ] {
-        world
-            .fixture
-            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
-            .await
-            .unwrap();
-    }
+    world
+        .groups_on(&[
+            ("mixed-x86", ids::AL2023_130_SEP),
+            ("mixed-arm", ids::AL2023_130_ARM_OCT),
+        ])
+        .await;
     // Registered like a Packer build of the x86_64 project (EC2's default architecture).
     let target = world.managed_ami("hardened-x86").await;
     world
@@ -2164,57 +2195,38 @@ async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and
             opsy_testkit::seed::EKS_OWNER,
         )
         .unwrap();
-    for (name, image) in [
-        ("lane-x86", ids::AL2023_130_SEP),
-        ("lane-arm", ids::AL2023_130_ARM_OCT),
-        ("lane-gpu", GPU_BASE),
-        ("lane-neuron", NEURON_BASE),
-    ] {
-        world
-            .fixture
-            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
-            .await
-            .unwrap();
-    }
+    world
+        .groups_on(&[
+            ("lane-x86", ids::AL2023_130_SEP),
+            ("lane-arm", ids::AL2023_130_ARM_OCT),
+            ("lane-gpu", GPU_BASE),
+            ("lane-neuron", NEURON_BASE),
+        ])
+        .await;
     // What the PackerBuilders of this cluster built from each base; the x86_64 standard one
     // is the newest, so a single target would be it. The arm64 and GPU builds carry the tags
     // a PackerBuilder writes now; the standard one (an older build) only its base.
-    let at =
-        |minutes: i64| (Timestamp::now() - jiff::SignedDuration::from_mins(minutes)).to_string();
-    let managed = |base: &'static str, created: String| {
-        vec![
-            ("brought-to-you-by", "opsy-the-ami-operator".to_owned()),
-            ("cluster-name", CLUSTER.to_owned()),
-            ("status", "active".to_owned()),
-            ("base-ami", base.to_owned()),
-            ("create-timestamp", created),
-        ]
-    };
-    let register = |arch: &'static str, name: &'static str, tags: Vec<(&'static str, String)>| {
-        let fixture = &world.fixture;
-        async move {
-            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            fixture.register_image_for(arch, name, &tags).await.unwrap()
-        }
-    };
-    let mut arm_tags = managed(ids::AL2023_130_ARM_OCT, at(30));
-    arm_tags.extend([
-        ("architecture", "arm64".to_owned()),
-        ("variant", "standard".to_owned()),
-    ]);
-    let arm = register("arm64", "hardened-arm64", arm_tags).await;
-    let mut gpu_tags = managed(GPU_BASE, at(20));
-    gpu_tags.extend([
-        ("architecture", "x86_64".to_owned()),
-        ("variant", "nvidia".to_owned()),
-    ]);
-    let gpu = register("x86_64", "hardened-gpu", gpu_tags).await;
-    let x86 = register(
-        "x86_64",
-        "hardened-x86",
-        managed(ids::AL2023_130_OCT, at(10)),
-    )
-    .await;
+    let arm = world
+        .build_for(
+            "arm64",
+            "hardened-arm64",
+            ids::AL2023_130_ARM_OCT,
+            30,
+            &[("architecture", "arm64"), ("variant", "standard")],
+        )
+        .await;
+    let gpu = world
+        .build_for(
+            "x86_64",
+            "hardened-gpu",
+            GPU_BASE,
+            20,
+            &[("architecture", "x86_64"), ("variant", "nvidia")],
+        )
+        .await;
+    let x86 = world
+        .build_for("x86_64", "hardened-x86", ids::AL2023_130_OCT, 10, &[])
+        .await;
 
     world
         .apply(manifest(serde_json::json!({
@@ -2336,37 +2348,26 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
             opsy_testkit::seed::EKS_OWNER,
         )
         .unwrap();
-    for (name, image) in [
-        ("family-al2", AL2_130_SEP),
-        ("family-al2023", ids::AL2023_130_SEP),
-    ] {
-        world
-            .fixture
-            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
-            .await
-            .unwrap();
-    }
+    world
+        .groups_on(&[
+            ("family-al2", AL2_130_SEP),
+            ("family-al2023", ids::AL2023_130_SEP),
+        ])
+        .await;
     // This cluster's builds from the October bases: the AL2 one tagged as a PackerBuilder tags
     // now, the AL2023 one (the newest) only with its base — its family is its base's.
-    let at =
-        |minutes: i64| (Timestamp::now() - jiff::SignedDuration::from_mins(minutes)).to_string();
-    let register = |name: &'static str, base: &'static str, created: String, family: &[&str]| {
-        let mut tags = vec![
-            ("brought-to-you-by", "opsy-the-ami-operator".to_owned()),
-            ("cluster-name", CLUSTER.to_owned()),
-            ("status", "active".to_owned()),
-            ("base-ami", base.to_owned()),
-            ("create-timestamp", created),
-        ];
-        tags.extend(family.iter().map(|f| ("os-family", (*f).to_owned())));
-        let fixture = &world.fixture;
-        async move {
-            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            fixture.register_image(name, &tags).await.unwrap()
-        }
-    };
-    let al2_build = register("hardened-al2", ids::AL2_130_OCT, at(20), &["al2"]).await;
-    let al2023_build = register("hardened-al2023", ids::AL2023_130_OCT, at(10), &[]).await;
+    let al2_build = world
+        .build_for(
+            "x86_64",
+            "hardened-al2",
+            ids::AL2_130_OCT,
+            20,
+            &[("os-family", "al2")],
+        )
+        .await;
+    let al2023_build = world
+        .build_for("x86_64", "hardened-al2023", ids::AL2023_130_OCT, 10, &[])
+        .await;
     let filters = |names: serde_json::Value| {
         serde_json::json!([
             {"name": "name", "values": names},
@@ -2461,36 +2462,18 @@ async fn an_ssm_parameter_per_architecture_gives_each_lane_its_base() {
             .replace("${ARCHITECTURE}", architecture);
         world.moto.publish_parameter(REGION, &name, base).unwrap();
     }
-    for (name, image) in [
-        ("ssm-x86", ids::AL2023_130_SEP),
-        ("ssm-arm", ids::AL2023_130_ARM_OCT),
-    ] {
-        world
-            .fixture
-            .create_node_group(CLUSTER, &NodeGroupSpec::with_image(name, image))
-            .await
-            .unwrap();
-    }
-    let now = Timestamp::now().to_string();
-    let managed = |base: &'static str| {
-        [
-            ("brought-to-you-by", "opsy-the-ami-operator"),
-            ("cluster-name", CLUSTER),
-            ("status", "active"),
-            ("base-ami", base),
-            ("create-timestamp", now.as_str()),
-        ]
-    };
+    world
+        .groups_on(&[
+            ("ssm-x86", ids::AL2023_130_SEP),
+            ("ssm-arm", ids::AL2023_130_ARM_OCT),
+        ])
+        .await;
     let x86 = world
-        .fixture
-        .register_image_for("x86_64", "hardened-x86", &managed(ids::AL2023_130_OCT))
-        .await
-        .unwrap();
+        .build_for("x86_64", "hardened-x86", ids::AL2023_130_OCT, 0, &[])
+        .await;
     let arm = world
-        .fixture
-        .register_image_for("arm64", "hardened-arm", &managed(ids::AL2023_130_ARM_OCT))
-        .await
-        .unwrap();
+        .build_for("arm64", "hardened-arm", ids::AL2023_130_ARM_OCT, 0, &[])
+        .await;
     world
         .apply(manifest(serde_json::json!({
             "amiParameter": PARAMETER,
