@@ -290,6 +290,23 @@ impl Report {
                 }
             }
         }
+        let deregisters = self
+            .managed_amis
+            .iter()
+            .chain(self.copies.iter().flat_map(|r| r.amis.iter()))
+            .any(|a| {
+                a.fate
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("Deregister"))
+            });
+        if deregisters {
+            // The operator also keeps what an AMIRefresher names (its target, a group's
+            // rollback image, a pin); plan reads AWS only, not the cluster.
+            out.push_str(
+                "  note:         plan reads AWS only: an AMI an AMIRefresher names (target, \
+                 rollback image, pin) is kept by the operator even where plan says Deregister\n",
+            );
+        }
         out
     }
 }

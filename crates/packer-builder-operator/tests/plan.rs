@@ -117,6 +117,10 @@ async fn nothing_to_do_and_not_eligible_are_explained() {
         text.contains("action:       build — no managed AMI is eligible"),
         "{text}"
     );
+    assert!(
+        !text.contains("plan reads AWS only"),
+        "nothing to deregister: {text}"
+    );
 
     let fresh = register("fresh", contract("active", now.to_string())).await;
     let report: Value = serde_json::from_str(&plan(
@@ -154,6 +158,10 @@ async fn nothing_to_do_and_not_eligible_are_explained() {
             deprecated[3],
             ids::AL2023_130_OCT
         )),
+        "{text}"
+    );
+    assert!(
+        text.contains("plan reads AWS only: an AMI an AMIRefresher names"),
         "{text}"
     );
     read_only(&moto);
