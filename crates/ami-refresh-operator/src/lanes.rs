@@ -72,13 +72,14 @@ pub fn known(selection: &Selection) -> BTreeMap<String, Image> {
 /// tag. A group
 /// whose AMI cannot be read (not visible to this account, nor to the account that owns the
 /// managed AMIs) becomes not manageable: its lane is unknown, so it is never moved. One
-/// `DescribeImages` per source asked (an `image-id` filter), for the AMIs `known` lacks.
+/// `DescribeImages` per source asked (an `image-id` filter), for the AMIs `known` lacks, and
+/// one more for the bases of those that tell neither variant nor OS family.
 pub async fn read(
     sources: &[&AwsClients],
     groups: &mut [Group],
     known: &mut BTreeMap<String, Image>,
 ) -> Result<(), Error> {
-    let mut ids: Vec<String> = groups
+    let ids: Vec<String> = groups
         .iter()
         .filter_map(|g| match &g.image {
             GroupImage::Runs { image_id, .. } if !known.contains_key(image_id) => {
@@ -87,24 +88,22 @@ pub async fn read(
             _ => None,
         })
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    for aws in sources {
-        let missing: Vec<&str> = ids
-            .iter()
-            .map(String::as_str)
-            .filter(|id| !known.contains_key(*id))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        let query = opsy_aws::ImageQuery::default()
-            .filter("image-id", missing)
-            .including_deprecated();
-        for image in aws.describe_images(&query).await?.iter() {
-            known.insert(image.id.clone(), image.clone());
-        }
-    }
+    fetch(sources, ids, known).await?;
+    // An AMI that does not tell its variant or OS family (a build from before those tags) is
+    // of its base's: the bases not known yet are read too (none in the steady state, where
+    // the groups run a candidate built from a base the filters match).
+    let bases: Vec<String> = groups
+        .iter()
+        .filter_map(|g| match &g.image {
+            GroupImage::Runs { image_id, .. } => known.get(image_id),
+            GroupImage::NotManageable { .. } => None,
+        })
+        .filter(|i| i.tag(tags::VARIANT).is_none() || i.tag(tags::OS_FAMILY).is_none())
+        .filter_map(|i| i.tag(tags::BASE_AMI))
+        .filter(|b| !known.contains_key(*b))
+        .map(str::to_owned)
+        .collect();
+    fetch(sources, bases, known).await?;
     for group in groups.iter_mut() {
         let GroupImage::Runs { image_id, .. } = &group.image else {
             continue;
@@ -150,6 +149,34 @@ pub async fn resolve(
     read(&sources, groups, &mut known).await?;
     let assignment = assign(spec, status, selection, &known, groups, following);
     Ok((assignment, known))
+}
+
+/// Reads the images `ids` that `known` lacks into it: one `DescribeImages` (an `image-id`
+/// filter, deprecated images included) per source, until all are found.
+async fn fetch(
+    sources: &[&AwsClients],
+    mut ids: Vec<String>,
+    known: &mut BTreeMap<String, Image>,
+) -> Result<(), Error> {
+    ids.sort_unstable();
+    ids.dedup();
+    for aws in sources {
+        let missing: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !known.contains_key(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let query = opsy_aws::ImageQuery::default()
+            .filter("image-id", missing)
+            .including_deprecated();
+        for image in aws.describe_images(&query).await?.iter() {
+            known.insert(image.id.clone(), image.clone());
+        }
+    }
+    Ok(())
 }
 
 /// What each lane moves to.

@@ -2449,6 +2449,61 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
     );
 }
 
+/// A build from before the `os-family` tag, named by the team, whose base the filters no longer
+/// match: its family is its base's, read from EC2. Guessing from the cluster's other groups
+/// (all AL2023 here) would have moved this AL2 group to AL2023.
+#[tokio::test]
+async fn a_build_without_the_os_family_tag_is_of_its_bases_family() {
+    const AL2_130_SEP: &str = "ami-0c130202409170000";
+    let world = World::new().await;
+    world
+        .moto
+        .publish_image(
+            REGION,
+            AL2_130_SEP,
+            "amazon-eks-node-1.30-v20240917",
+            opsy_testkit::seed::EKS_OWNER,
+        )
+        .unwrap();
+    let legacy = world
+        .build_for("x86_64", "hardened-node-7", AL2_130_SEP, 600, &[])
+        .await;
+    world
+        .groups_on(&[
+            ("legacy-al2", &legacy),
+            ("current-al2023", ids::AL2023_130_SEP),
+        ])
+        .await;
+    let al2023_build = world
+        .build_for("x86_64", "hardened-node-8", ids::AL2023_130_OCT, 10, &[])
+        .await;
+    world
+        .apply(manifest(serde_json::json!({
+            "amiFilters": [
+                {"name": "name", "values": ["amazon-eks-node-al2023-x86_64-standard-1.30-*"]},
+                {"name": "owner-id", "values": [opsy_testkit::seed::EKS_OWNER]},
+            ],
+            "rollout": {"maxInFlight": 2},
+        })))
+        .await;
+    world.settle(10).await;
+    let current = world.entry("current-al2023").await;
+    assert_eq!(
+        (current.phase, current.to_image.as_deref()),
+        (Succeeded, Some(al2023_build.as_str())),
+        "{current:?}"
+    );
+    let legacy_entry = world.entry("legacy-al2").await;
+    assert_eq!(legacy_entry.phase, Skipped, "{legacy_entry:?}");
+    let message = legacy_entry.message.unwrap_or_default();
+    assert!(
+        message
+            .contains("no eligible candidate is x86_64/standard/al2, the lane of the AMI it runs"),
+        "{message}"
+    );
+    assert!(world.updates("legacy-al2").await.is_empty());
+}
+
 #[tokio::test]
 async fn an_ssm_parameter_per_architecture_gives_each_lane_its_base() {
     const PARAMETER: &str = "/aws/service/eks/optimized-ami/${KUBERNETES_VERSION}/amazon-linux-2023/${ARCHITECTURE}/standard/recommended/image_id";
