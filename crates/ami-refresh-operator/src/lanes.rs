@@ -73,7 +73,7 @@ pub fn known(selection: &Selection) -> BTreeMap<String, Image> {
 /// whose AMI cannot be read (not visible to this account, nor to the account that owns the
 /// managed AMIs) becomes not manageable: its lane is unknown, so it is never moved. One
 /// `DescribeImages` per source asked (an `image-id` filter), for the AMIs `known` lacks, and
-/// one more for the bases of those that tell neither variant nor OS family.
+/// one more for the bases, not known yet, of those without a `variant` or `os-family` tag.
 pub async fn read(
     sources: &[&AwsClients],
     groups: &mut [Group],
@@ -89,9 +89,9 @@ pub async fn read(
         })
         .collect();
     fetch(sources, ids, known).await?;
-    // An AMI that does not tell its variant or OS family (a build from before those tags) is
-    // of its base's: the bases not known yet are read too (none in the steady state, where
-    // the groups run a candidate built from a base the filters match).
+    // An AMI without the variant or OS-family tag (a build from before those tags) is of its
+    // base's: the bases not known yet are read too (none in the steady state, where the groups
+    // run a candidate built from a base the filters match).
     let bases: Vec<String> = groups
         .iter()
         .filter_map(|g| match &g.image {
@@ -130,7 +130,6 @@ pub async fn read(
 /// [`read`] and [`assign`] for the groups of an AMIRefresher whose AWS clients are `aws`; the
 /// AMIs the groups run are looked for there, then in the account that owns the managed AMIs
 /// (`owner`, when it is another). Returns the assignment and every image known on the way.
-#[allow(clippy::too_many_arguments)]
 pub async fn resolve(
     aws: &Arc<AwsClients>,
     owner: &Arc<AwsClients>,
