@@ -222,6 +222,18 @@ impl World {
             .unwrap()
     }
 
+    /// AWS publishes [`AL2_130_SEP`].
+    fn publish_al2_september(&self) {
+        self.moto
+            .publish_image(
+                REGION,
+                AL2_130_SEP,
+                "amazon-eks-node-1.30-v20240917",
+                opsy_testkit::seed::EKS_OWNER,
+            )
+            .unwrap();
+    }
+
     /// Managed groups, each on its image.
     async fn groups_on(&self, groups: &[(&str, &str)]) {
         for (name, image) in groups {
@@ -2170,6 +2182,9 @@ async fn another_clusters_newer_ami_is_passed_over_until_accepted() {
     assert_eq!(world.phases().await, map(&[("a", Succeeded)]));
 }
 
+/// An EKS AL2 1.30 image of September (x86_64), not in the default seed.
+const AL2_130_SEP: &str = "ami-0c130202409170000";
+
 /// The NVIDIA and Neuron variants of the October EKS AMI (x86_64), published by AWS.
 const GPU_BASE: &str = "ami-0d130202410240000";
 const NEURON_BASE: &str = "ami-0e130202410240000";
@@ -2336,18 +2351,8 @@ async fn a_mixed_cluster_rolls_each_group_to_the_ami_of_its_own_architecture_and
 /// OS family in the lane the AL2 group would have moved to it.
 #[tokio::test]
 async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
-    /// An AL2 1.30 image of September, outside the filters below: what the AL2 group runs.
-    const AL2_130_SEP: &str = "ami-0c130202409170000";
     let world = World::new().await;
-    world
-        .moto
-        .publish_image(
-            REGION,
-            AL2_130_SEP,
-            "amazon-eks-node-1.30-v20240917",
-            opsy_testkit::seed::EKS_OWNER,
-        )
-        .unwrap();
+    world.publish_al2_september();
     world
         .groups_on(&[
             ("family-al2", AL2_130_SEP),
@@ -2454,17 +2459,8 @@ async fn an_al2_group_stays_on_al2_when_the_filters_also_match_al2023() {
 /// (all AL2023 here) would have moved this AL2 group to AL2023.
 #[tokio::test]
 async fn a_build_without_the_os_family_tag_is_of_its_bases_family() {
-    const AL2_130_SEP: &str = "ami-0c130202409170000";
     let world = World::new().await;
-    world
-        .moto
-        .publish_image(
-            REGION,
-            AL2_130_SEP,
-            "amazon-eks-node-1.30-v20240917",
-            opsy_testkit::seed::EKS_OWNER,
-        )
-        .unwrap();
+    world.publish_al2_september();
     let legacy = world
         .build_for("x86_64", "hardened-node-7", AL2_130_SEP, 600, &[])
         .await;
