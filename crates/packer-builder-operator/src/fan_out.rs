@@ -258,26 +258,30 @@ pub async fn reconcile(pb: &PackerBuilder, ctx: &Context) -> Result<Action, Erro
 }
 
 /// A PackerBuilder that no longer has two architectures deletes the PackerBuilders it had for
-/// them (`status.architectures` lists them), and forgets them.
+/// them: those labelled with its name and owned by it. Found by label, not by
+/// `status.architectures`: the object a reconcile gets may predate the status write that listed
+/// them (its spec shrank right after they were created), and they would stay forever.
 pub async fn remove_children(pb: &PackerBuilder, ctx: &Context) -> Result<(), Error> {
     let Some(namespace) = pb.namespace() else {
         return Ok(());
     };
     let api: Api<PackerBuilder> = Api::namespaced(ctx.client.clone(), &namespace);
-    let status = pb.status.clone().unwrap_or_default();
-    for entry in &status.architectures {
-        if let Some(child) = api.get_opt(&entry.packer_builder).await?
-            && owned_by(&child, pb)
-        {
-            delete(
-                &api,
-                ctx,
-                pb,
-                &entry.packer_builder,
-                "spec.architectures no longer lists two",
-            )
-            .await?;
-        }
+    let children = api
+        .list(&ListParams::default().labels(&format!("{}={}", labels::PARENT, pb.name_any())))
+        .await?
+        .items;
+    for child in children
+        .iter()
+        .filter(|c| owned_by(c, pb) && c.metadata.deletion_timestamp.is_none())
+    {
+        delete(
+            &api,
+            ctx,
+            pb,
+            &child.name_any(),
+            "spec.architectures no longer lists two",
+        )
+        .await?;
     }
     Ok(())
 }

@@ -184,11 +184,11 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
     if pb.spec.architectures.len() > 1 {
         return crate::fan_out::reconcile(&pb, &ctx).await;
     }
-    if pb
-        .status
-        .as_ref()
-        .is_some_and(|s| !s.architectures.is_empty())
-    {
+    // Architecture PackerBuilders left from a spec of two: looked for when status lists some
+    // or the spec changed since the last reconcile (not in the steady state).
+    if pb.status.as_ref().is_none_or(|s| {
+        !s.architectures.is_empty() || s.observed_generation != pb.meta().generation
+    }) {
         crate::fan_out::remove_children(&pb, &ctx).await?;
     }
     let now = (ctx.clock)();

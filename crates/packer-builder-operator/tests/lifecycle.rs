@@ -2159,6 +2159,53 @@ async fn an_ssm_parameter_names_the_base_and_its_new_version_starts_a_build() {
     opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 3).unwrap();
 }
 
+/// The spec shrinks to one architecture right after the architecture PackerBuilders were
+/// created, so the status write that would list them fails (409: the object changed) and the
+/// next reconcile finds no `status.architectures`. They are found by their label and deleted
+/// all the same (they were left forever when only the status was read; CI's RBAC scenario hit
+/// it: the parent's `Degraded` said `Recovered`, its status listed no architectures).
+#[tokio::test]
+async fn shrinking_to_one_architecture_deletes_its_packer_builders_even_when_status_lost_them() {
+    let world = World::new(pb_manifest(serde_json::json!({
+        "amiFilters": [
+            {"name": "name", "values": ["base-al2023-${ARCHITECTURE}-*"]},
+            {"name": "owner-id", "values": [ACCOUNT_ID]},
+        ],
+        "architectures": ["x86_64", "arm64"],
+    })))
+    .await;
+    world.reconcile().await;
+    let names = ["al2023-hardened-x86-64", "al2023-hardened-arm64"];
+    for name in names {
+        assert!(
+            world.builders().get_opt(name).await.unwrap().is_some(),
+            "{name}"
+        );
+    }
+    // The status write that listed them never happened.
+    world
+        .builders()
+        .patch_status(
+            "al2023-hardened",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    assert!(world.status().await.architectures.is_empty());
+    world
+        .edit(|spec| spec.architectures = vec![opsy_api::lanes::Architecture::X86_64])
+        .await;
+    world.reconcile().await;
+    for name in names {
+        let child = world.builders().get_opt(name).await.unwrap();
+        assert!(
+            child.is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+            "{name} should be deleted"
+        );
+    }
+}
+
 #[tokio::test]
 async fn two_architectures_are_two_packer_builders_each_building_for_its_own() {
     let world = World::new(pb_manifest(serde_json::json!({
