@@ -57,6 +57,19 @@ HTTP endpoints beside moto's own ``/moto-api``:
   another account appears (as when AWS publishes a new EKS-optimised AMI).
 - ``POST /opsy-ext/publish-parameter`` with ``{"region", "name", "value"}``: a new version of a
   public SSM parameter AWS publishes (``/aws/service/eks/optimized-ami/…/image_id``).
+- ``GET /opsy-ext/mutations``: every mutating request so far, in order (any action but
+  ``Describe*``, ``List*``, ``Get*`` and STS ``AssumeRole*``): its sequence number, signing key,
+  ``service:Action``, resource ARNs, the tags it writes, the HTTP status it got and whether it was
+  carried out. ``/moto-api/reset`` clears it.
+- ``POST /opsy-ext/crash-after`` with ``{"mutations": N, "carried_out": true, "access_key":
+  "..."}``: a crash of the client at its N-th mutating request from now on (counting only
+  requests signed with ``access_key`` when given). With ``carried_out`` the request is carried
+  out, as AWS would; without, it is lost before AWS sees it. Either way its answer never comes:
+  the request, and every later one of that client, is held until the test clears the crash
+  (``DELETE``), then its connection is dropped unanswered. Holding (rather than answering with an
+  error at once) guarantees that the client runs no further code that depends on AWS before the
+  test kills it: exactly the state a process killed right after the call leaves.
+  ``GET`` reports ``{"armed", "after", "seen", "crashed", "carried_out", "action", "held"}``.
 """
 
 from __future__ import annotations
@@ -1272,6 +1285,106 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
     }
 
 
+_READ_ONLY = ("Describe", "List", "Get", "AssumeRole")
+
+
+def _mutation(call: dict[str, Any] | None, action: str, environ: dict[str, Any]) -> dict[str, Any] | None:
+    """The mutation log's entry of a request that changes something on AWS, else None: any
+    action but Describe*/List*/Get* (and STS AssumeRole*, which changes nothing in the account);
+    a REST request (EKS) by its method when its route is not known."""
+    if call is None:
+        return None
+    name = call["action"].split(":", 1)[-1]
+    if name.startswith("?"):
+        name = action
+    if name.startswith(_READ_ONLY) or name.startswith(("GET ", "HEAD ")):
+        return None
+    return {
+        "access_key": call["access_key"],
+        "action": call["action"],
+        "resources": [r for r in call.get("resources", []) if r != "*"],
+        "request_tags": dict(call.get("request_tags", {})),
+        "status": None,
+        "carried_out": None,
+    }
+
+
+class Crash:
+    """The crash of a client at its N-th mutating request (``/opsy-ext/crash-after``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        self.released.set()
+        self.armed = False
+        self.after = 0
+        self.seen = 0
+        self.carried_out = True
+        self.access_key: str | None = None
+        self.crashed = False
+        self.action: str | None = None
+        self.held = 0
+
+    def arm(self, after: int, carried_out: bool, access_key: str | None) -> None:
+        self.clear()
+        with self.lock:
+            self.armed, self.after, self.seen = True, after, 0
+            self.carried_out, self.access_key = carried_out, access_key
+            self.crashed, self.action = False, None
+            self.released = threading.Event()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.armed = False
+            self.crashed = False
+            self.released.set()
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "armed": self.armed,
+                "after": self.after,
+                "seen": self.seen,
+                "crashed": self.crashed,
+                "carried_out": self.carried_out,
+                "action": self.action,
+                "held": self.held,
+            }
+
+    def fate(self, access_key: str | None, mutation: dict[str, Any] | None) -> str | None:
+        """None (served as usual), "carried-out" (served, then held), "lost" (held unserved)
+        or "hold" (the client crashed already)."""
+        with self.lock:
+            if not self.armed or (self.access_key is not None and access_key != self.access_key):
+                return None
+            if self.crashed:
+                return "hold"
+            if mutation is None:
+                return None
+            self.seen += 1
+            if self.seen < self.after:
+                return None
+            self.crashed = True
+            self.action = mutation["action"]
+            return "carried-out" if self.carried_out else "lost"
+
+    def hold(self, environ: dict[str, Any]) -> list[bytes]:
+        """Holds the request until the crash is cleared, then drops its connection unanswered."""
+        with self.lock:
+            self.held += 1
+            released = self.released
+        released.wait()
+        sock = environ.get("werkzeug.socket")
+        if sock is not None:
+            import socket
+
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        raise ConnectionAbortedError("opsy-ext: the client crashed")
+
+
 class Middleware:
     """Wraps moto's WSGI application."""
 
@@ -1281,6 +1394,8 @@ class Middleware:
         self.counts: Counter[str] = Counter()
         self.rules: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
+        self.mutations: list[dict[str, Any]] = []
+        self.crash = Crash()
 
     @staticmethod
     def _action(environ: dict[str, Any]) -> tuple[str, dict[str, list[str]]]:
@@ -1407,11 +1522,27 @@ class Middleware:
             with self.lock:
                 self.rules.append(rule)
             return self._json(start_response, "200 OK", {"ok": True})
+        if path == "/opsy-ext/mutations":
+            with self.lock:
+                return self._json(start_response, "200 OK", list(self.mutations))
+        if path == "/opsy-ext/crash-after":
+            if method == "POST":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                after = int(body.get("mutations", 0))
+                if after < 1:
+                    return self._json(start_response, "400 Bad Request", {"error": "mutations must be at least 1"})
+                self.crash.arm(after, bool(body.get("carried_out", True)), body.get("access_key"))
+            elif method == "DELETE":
+                self.crash.clear()
+            return self._json(start_response, "200 OK", self.crash.report())
         if path.startswith("/moto-api"):
             if path == "/moto-api/reset":
+                self.crash.clear()
                 with self.lock:
                     self.rules.clear()
                     self.calls.clear()
+                    self.mutations.clear()
                     FAILING.clear()
             return self.app(environ, start_response)
 
@@ -1422,6 +1553,7 @@ class Middleware:
             call = describe_call(environ, action, params)
         except Exception as e:  # noqa: BLE001 - the request itself is still answered
             call = {"access_key": "?", "action": f"?:{action}", "resources": [f"error: {e}"]}
+        mutation = _mutation(call, action, environ)
         with self.lock:
             self.counts[action] += 1
             if call is not None:
@@ -1431,9 +1563,38 @@ class Middleware:
             rule = next((r for r in self.rules if action.startswith(r["match"]) and r["count"] > 0), None)
             if rule is not None:
                 rule["count"] -= 1
+            if mutation is not None:
+                mutation["seq"] = len(self.mutations) + 1
+                self.mutations.append(mutation)
+        fate = self.crash.fate(call["access_key"] if call else None, mutation)
+        if fate == "hold":
+            # The client crashed before: nothing it sends reaches AWS.
+            if mutation is not None:
+                mutation.update(status=0, carried_out=False)
+            return self.crash.hold(environ)
+        if fate == "lost":
+            mutation.update(status=0, carried_out=False)  # type: ignore[union-attr]
+            return self.crash.hold(environ)
         if rule is not None:
+            if mutation is not None:
+                mutation.update(status=int(rule["status"]), carried_out=False)
             return self._error(environ, start_response, rule)
-        return self.app(environ, start_response)
+        if mutation is None and fate is None:
+            return self.app(environ, start_response)
+
+        answer: dict[str, Any] = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Any:  # type: ignore[type-arg]
+            answer["status"], answer["headers"] = status, headers
+            return start_response(status, headers, exc_info) if fate is None else (lambda _d: None)
+
+        body = b"".join(self.app(environ, capture))
+        code = int(str(answer.get("status", "500")).split()[0])
+        if mutation is not None:
+            mutation.update(status=code, carried_out=code < 400)
+        if fate == "carried-out":
+            return self.crash.hold(environ)
+        return [body]
 
     def _rpc_v2_cbor(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         """A request in the Smithy RPC v2 CBOR protocol, which the AWS SDKs use for CloudWatch
