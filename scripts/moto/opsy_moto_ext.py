@@ -59,8 +59,11 @@ HTTP endpoints beside moto's own ``/moto-api``:
   public SSM parameter AWS publishes (``/aws/service/eks/optimized-ami/…/image_id``).
 - ``GET /opsy-ext/mutations``: every mutating request so far, in order (any action but
   ``Describe*``, ``List*``, ``Get*`` and STS ``AssumeRole*``): its sequence number, signing key,
-  ``service:Action``, resource ARNs, the tags it writes, the HTTP status it got and whether it was
+  ``service:Action``, resource ARNs with their tags then, the tags it writes, the snapshots a
+  deregistered image owned, the HTTP status it got and whether it was
   carried out. ``/moto-api/reset`` clears it.
+- ``GET /opsy-ext/facts``: the state the tests' invariants read (images, launch template
+  versions, instances, node-group updates, instance refreshes), not counted as requests.
 - ``POST /opsy-ext/crash-after`` with ``{"mutations": N, "carried_out": true, "access_key":
   "..."}``: a crash of the client at its N-th mutating request from now on (counting only
   requests signed with ``access_key`` when given). With ``carried_out`` the request is carried
@@ -1151,6 +1154,7 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
     context: dict[str, str] = {}
     # Further authorisations the request needs (tagging at creation).
     implied: list[dict[str, Any]] = []
+    implied_snapshots: list[str] = []
     if service == "ec2":
         from moto.ec2.models import ec2_backends
 
@@ -1219,6 +1223,10 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
                 except Exception:  # noqa: BLE001 - moto answers the request itself
                     lt = None
             ids = [lt] if lt else []
+        if action == "DeregisterImage" and first("ImageId") in backend.amis:
+            # For the mutation log: the snapshots the image owned (its deregistration frees them).
+            snapshot = getattr(backend.amis[first("ImageId")], "ebs_snapshot", None)
+            implied_snapshots = [snapshot.id] if snapshot is not None else []
         if ids:
             resources = [_ec2_arn(region, account, i) for i in ids if i]
             for i in ids:
@@ -1282,6 +1290,7 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
         "resource_tags": resource_tags,
         "context": context,
         "implied": implied,
+        "snapshots": implied_snapshots,
     }
 
 
@@ -1304,9 +1313,86 @@ def _mutation(call: dict[str, Any] | None, action: str, environ: dict[str, Any])
         "action": call["action"],
         "resources": [r for r in call.get("resources", []) if r != "*"],
         "request_tags": dict(call.get("request_tags", {})),
+        "resource_tags": dict(call.get("resource_tags", {})),
+        "snapshots": list(call.get("snapshots", [])),
         "status": None,
         "carried_out": None,
     }
+
+
+def _facts() -> dict[str, Any]:
+    """The AWS state the tests' invariants read, straight from the backends of every account
+    and region in use (not counted as requests, so a test may check them at any time): images
+    with their tags, state and snapshots; launch template versions with their image and
+    description; instances with their image; EKS node-group updates and Auto Scaling instance
+    refreshes with what they move to, in the order they started."""
+    from moto.autoscaling.models import autoscaling_backends
+    from moto.ec2.models import ec2_backends
+    from moto.eks.models import eks_backends
+
+    out: dict[str, list[dict[str, Any]]] = {
+        "images": [], "template_versions": [], "instances": [], "updates": [], "refreshes": []
+    }
+    for account, regions in dict.items(ec2_backends):
+        for region, backend in dict.items(regions):
+            for ami in list(backend.amis.values()):
+                snapshot = getattr(ami, "ebs_snapshot", None)
+                out["images"].append({
+                    "id": ami.id,
+                    "region": region,
+                    "owner": str(ami.owner_id),
+                    "state": getattr(ami, "state", "available"),
+                    "tags": dict(backend.tags.get(ami.id, {})),
+                    "snapshots": [snapshot.id] if snapshot is not None else [],
+                })
+            for template in list(backend.launch_templates.values()):
+                for version in template.versions:
+                    out["template_versions"].append({
+                        "template": template.id,
+                        "region": region,
+                        "version": int(version.number),
+                        "image": (version.data or {}).get("ImageId"),
+                        "description": version.description or "",
+                    })
+            for reservation in list(backend.reservations.values()):
+                for instance in reservation.instances:
+                    out["instances"].append({
+                        "id": instance.id,
+                        "region": region,
+                        "image": instance.image_id,
+                        "state": instance.state,
+                    })
+    for account, regions in dict.items(eks_backends):
+        for region, backend in dict.items(regions):
+            entries = sorted(
+                getattr(backend, "opsy_updates", {}).values(), key=lambda e: e["update"]["createdAt"]
+            )
+            for entry in entries:
+                update = entry["update"]
+                params = {p["type"]: p["value"] for p in update["params"]}
+                out["updates"].append({
+                    "id": update["id"],
+                    "region": region,
+                    "cluster": entry["cluster"],
+                    "nodegroup": entry["nodegroup"],
+                    "type": update["type"],
+                    "status": update["status"],
+                    "params": params,
+                })
+    for account, regions in dict.items(autoscaling_backends):
+        for region, backend in dict.items(regions):
+            for name, entries in getattr(backend, "opsy_refreshes", {}).items():
+                for entry in sorted(entries, key=lambda e: e["StartTime"]):
+                    template = entry.get("_template")
+                    out["refreshes"].append({
+                        "id": entry["InstanceRefreshId"],
+                        "region": region,
+                        "group": name,
+                        "status": entry["Status"],
+                        "template": template.id if template is not None else None,
+                        "version": entry.get("_resolved"),
+                    })
+    return out
 
 
 class Crash:
@@ -1330,7 +1416,7 @@ class Crash:
         with self.lock:
             self.armed, self.after, self.seen = True, after, 0
             self.carried_out, self.access_key = carried_out, access_key
-            self.crashed, self.action = False, None
+            self.crashed, self.action, self.held = False, None, 0
             self.released = threading.Event()
 
     def clear(self) -> None:
@@ -1522,6 +1608,9 @@ class Middleware:
             with self.lock:
                 self.rules.append(rule)
             return self._json(start_response, "200 OK", {"ok": True})
+        if path == "/opsy-ext/facts":
+            with self.lock:
+                return self._json(start_response, "200 OK", _facts())
         if path == "/opsy-ext/mutations":
             with self.lock:
                 return self._json(start_response, "200 OK", list(self.mutations))
@@ -1557,6 +1646,7 @@ class Middleware:
         with self.lock:
             self.counts[action] += 1
             if call is not None:
+                call.pop("snapshots", None)
                 implied = call.pop("implied", [])
                 self.calls.append(call)
                 self.calls.extend(implied)

@@ -144,3 +144,30 @@ def test_arming_needs_a_positive_count(aws: Any) -> None:
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request)
     assert error.value.code == 400
+
+
+def test_a_deregistration_names_the_snapshots_the_image_owned(aws: Any) -> None:
+    image = aws.image("owned")
+    snapshots = [
+        m["Ebs"]["SnapshotId"]
+        for m in aws.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"]
+        if "Ebs" in m
+    ]
+    assert snapshots
+    aws.ec2.deregister_image(ImageId=image)
+    entry = get(aws.url, "/opsy-ext/mutations")[-1]
+    assert entry["action"] == "ec2:DeregisterImage"
+    assert entry["snapshots"] == snapshots
+
+
+def test_facts_report_versions_updates_and_refreshes_without_counting_requests(aws: Any) -> None:
+    image = aws.image("facts")
+    template = aws.template("facts-lt", image)
+    version = aws.new_version(template, image)
+    before = get(aws.url, "/opsy-ext/requests")
+    facts = get(aws.url, "/opsy-ext/facts")
+    assert get(aws.url, "/opsy-ext/requests") == before
+    assert {"template": template, "region": "us-west-2", "version": version, "image": image, "description": ""} in facts["template_versions"]
+    mine = next(i for i in facts["images"] if i["id"] == image)
+    assert mine["snapshots"] and mine["state"] == "available"
+    assert facts["updates"] == [] and facts["refreshes"] == []
