@@ -1657,13 +1657,11 @@ class Middleware:
                 mutation["seq"] = len(self.mutations) + 1
                 self.mutations.append(mutation)
         fate = self.crash.fate(call["access_key"] if call else None, mutation)
-        if fate == "hold":
-            # The client crashed before: nothing it sends reaches AWS.
+        if fate in ("hold", "lost") or (fate is not None and rule is not None):
+            # The client crashed before (nothing it sends reaches AWS), its request is lost, or
+            # AWS refuses the crashing request (an injected error): nothing is carried out.
             if mutation is not None:
                 mutation.update(status=0, carried_out=False)
-            return self.crash.hold(environ)
-        if fate == "lost":
-            mutation.update(status=0, carried_out=False)  # type: ignore[union-attr]
             return self.crash.hold(environ)
         if rule is not None:
             if mutation is not None:

@@ -106,6 +106,43 @@ pub(crate) async fn record_healthy(
     }
 }
 
+/// The running version update of managed group `group` that moves it to a version of
+/// `template_id` carrying `image`: `(version, update id)`.
+async fn running_rollback(
+    aws: &AwsClients,
+    cluster: &str,
+    group: &str,
+    template_id: &str,
+    image: &str,
+) -> Result<Option<(i64, String)>, Error> {
+    for update in aws.running_updates(cluster, group).await? {
+        let Some(version) = update
+            .param("LaunchTemplateVersion")
+            .and_then(|v| v.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if update.kind != "VersionUpdate"
+            || update
+                .param("LaunchTemplateId")
+                .is_some_and(|id| id != template_id)
+        {
+            continue;
+        }
+        let carries = aws
+            .launch_template_version(
+                &opsy_aws::launch_templates::TemplateRef::Id(template_id.to_owned()),
+                &version.to_string(),
+            )
+            .await?
+            .image_id;
+        if carries.as_deref() == Some(image) {
+            return Ok(Some((version, update.id)));
+        }
+    }
+    Ok(None)
+}
+
 /// Joins a rolled-back group's progress and the failure that sent it back.
 const CAUSE: &str = "; it failed: ";
 
@@ -164,22 +201,37 @@ pub(crate) async fn roll_back(
         .map(|m| format!("{CAUSE}{m}"))
         .unwrap_or_default();
     entry.rollback_version = Some(from_version.to_string());
-    if *version == from_version && *image_id == from_image && others.is_empty() {
-        // The failed update never moved it: nothing to undo.
+    // A rollback is recognised by the image the group runs, not by the version number: it may
+    // have gone through a new version (below) that a crashed process never recorded.
+    if *image_id == from_image && others.is_empty() {
         entry.phase = NodeGroupPhase::RolledBack;
-        entry.message = Some(format!(
-            "rolled back: still runs {from_image} (launch template version {from_version}), the failed update did not move it{cause}"
-        ));
+        entry.rollback_version = Some(version.to_string());
+        entry.message = Some(if *version == from_version {
+            // The failed update never moved it: nothing to undo.
+            format!(
+                "rolled back: still runs {from_image} (launch template version {from_version}), the failed update did not move it{cause}"
+            )
+        } else {
+            format!("rolled back: runs {from_image} again (launch template version {version}){cause}")
+        });
         return Ok(());
     }
     let cluster = &amr.spec.cluster_name;
     let started = match entry.kind {
         NodeGroupKind::Managed if group.busy => {
-            entry.rollback_version = None;
-            entry.message = Some(format!(
-                "the rollback to {from_image} waits for the update running on the group"
-            ));
-            return Ok(());
+            // Ours, started by a process that crashed before recording it (an update to a
+            // version that carries `fromImage`), is followed; anyone else's waited for.
+            if let Some((version, id)) =
+                running_rollback(aws, cluster, &group.name, template_id, &from_image).await?
+            {
+                Ok((version, id, UpdateType::VersionUpdate))
+            } else {
+                entry.rollback_version = None;
+                entry.message = Some(format!(
+                    "the rollback to {from_image} waits for the update running on the group"
+                ));
+                return Ok(());
+            }
         }
         NodeGroupKind::Managed => {
             let force = force(&amr.spec);
@@ -192,14 +244,26 @@ pub(crate) async fn roll_back(
                     tracing::info!(group = %group.name, %message, "EKS refused the earlier launch template version; rolling back with a new one");
                     let description = format!("{VERSION_DESCRIPTION}: rollback to {from_image}");
                     let again = async {
-                        let version = aws
-                            .create_template_version_with_image(
-                                template_id,
-                                from_version,
-                                &from_image,
-                                &description,
-                            )
-                            .await?;
+                        // The version a crashed process made for this rollback, else a new one.
+                        let existing = crate::start::existing_target_version(
+                            aws,
+                            template_id,
+                            *version,
+                            &from_image,
+                        )
+                        .await?;
+                        let version = match existing {
+                            Some(version) => version,
+                            None => {
+                                aws.create_template_version_with_image(
+                                    template_id,
+                                    from_version,
+                                    &from_image,
+                                    &description,
+                                )
+                                .await?
+                            }
+                        };
                         let id = aws
                             .update_nodegroup_version(
                                 cluster,

@@ -159,7 +159,7 @@ pub(crate) async fn poll(
                 }
                 if progress.is_successful() {
                     // The node group takes the new updateConfig; now its version update.
-                    return start_version_update(aws, amr, ctx, entry).await;
+                    return start_version_update(aws, amr, ctx, entry, progress.created).await;
                 }
                 (
                     true,

@@ -233,6 +233,28 @@ pub fn plan(
                     {
                         p.clone()
                     }
+                    // Found on the target while this rollout meant to move it but had not
+                    // recorded an update (a process that crashed right after starting it, or
+                    // someone else): its arrival is no health verdict; the gate decides.
+                    Some(p)
+                        if same_target
+                            && p.phase == NodeGroupPhase::Pending
+                            && spec.rollout.health_gate
+                            && runs(group, target) =>
+                    {
+                        let now_runs = entry(group, NodeGroupPhase::Verifying);
+                        NodeGroupStatus {
+                            to_image: Some(target.to_owned()),
+                            to_version: now_runs.from_version.clone(),
+                            from_image: p.from_image.clone(),
+                            from_version: p.from_version.clone(),
+                            started: p.started.clone(),
+                            message: Some(format!(
+                                "found on {target} without a recorded update; verifying its nodes"
+                            )),
+                            ..now_runs
+                        }
+                    }
                     _ if runs(group, target) => NodeGroupStatus {
                         message: Some(format!("runs {target}")),
                         ..entry(group, NodeGroupPhase::UpToDate)
@@ -491,6 +513,37 @@ mod tests {
             plan(&s, &Targets::single(T), &done, &previous, false, None).start,
             ["a"]
         );
+    }
+
+    #[test]
+    fn a_group_found_on_the_target_it_was_waiting_for_is_verified_not_counted() {
+        // A process started the update and crashed before recording it; the update ended while
+        // no operator ran. The group's arrival is no health verdict.
+        let s = spec(serde_json::json!({}));
+        let before = plan(&s, &Targets::single(T), &[group("a", "ami-old")], &[], false, None);
+        assert_eq!(phases(&before), [("a".into(), NodeGroupPhase::Pending)]);
+        let mut moved = group("a", T);
+        if let GroupImage::Runs { version, .. } = &mut moved.image {
+            *version = 2;
+        }
+        let after = plan(&s, &Targets::single(T), &[moved.clone()], &before.groups, false, None);
+        let a = &after.groups[0];
+        assert_eq!(a.phase, NodeGroupPhase::Verifying);
+        assert_eq!(
+            (a.from_image.as_deref(), a.from_version.as_deref()),
+            (Some("ami-old"), Some("1")),
+            "what it ran before, for a rollback"
+        );
+        assert_eq!(
+            (a.to_image.as_deref(), a.to_version.as_deref()),
+            (Some(T), Some("2"))
+        );
+        // Without the health gate, or without a rollout that meant to move it, it is up to date.
+        let ungated = spec(serde_json::json!({"rollout": {"healthGate": false}}));
+        let after = plan(&ungated, &Targets::single(T), &[moved.clone()], &before.groups, false, None);
+        assert_eq!(phases(&after), [("a".into(), NodeGroupPhase::UpToDate)]);
+        let after = plan(&s, &Targets::single(T), &[moved], &[], false, None);
+        assert_eq!(phases(&after), [("a".into(), NodeGroupPhase::UpToDate)]);
     }
 
     #[test]

@@ -297,6 +297,14 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .get(APPROVE_ANNOTATION)
         .map(String::as_str);
     let mut plan = plan(spec, targets, &groups, &previous, spec_changed, approved);
+    // A group the plan found on its target without a recorded update: verified from now.
+    for entry in plan
+        .groups
+        .iter_mut()
+        .filter(|e| e.phase == NodeGroupPhase::Verifying && e.finished.is_none())
+    {
+        entry.finished = Some(Time(now));
+    }
     if no_eligible.is_some() {
         plan.start.clear();
     }

@@ -28,7 +28,7 @@ pub(crate) async fn existing_target_version(
     template_id: &str,
     from: i64,
     target: &str,
-) -> Result<Option<i64>, Error> {
+) -> Result<Option<i64>, AwsError> {
     let latest = aws
         .launch_template_version(&TemplateRef::Id(template_id.to_owned()), "$Latest")
         .await?;
@@ -85,12 +85,17 @@ pub(crate) fn updating(entry: &mut NodeGroupStatus, id: String, kind: UpdateType
     entry.message = Some(message);
 }
 
-/// Starts the version update of a managed group whose entry names the template version.
+/// Starts the version update of a managed group whose entry names the template version, once
+/// its config update (created at `after`, seconds since the epoch, as EKS reports it) has
+/// succeeded. A version update to that template version created since then is this operator's
+/// own, started by a process that crashed before recording it: it is adopted, running or ended,
+/// never issued a second time (which would replace every node of the group again).
 pub(crate) async fn start_version_update(
     aws: &AwsClients,
     amr: &AMIRefresher,
     ctx: &Context,
     entry: &mut NodeGroupStatus,
+    after: Option<i64>,
 ) -> Result<(), Error> {
     let cluster = &amr.spec.cluster_name;
     let force = force(&amr.spec);
@@ -106,6 +111,31 @@ pub(crate) async fn start_version_update(
         return Ok(());
     };
     let target = entry.to_image.clone().unwrap_or_default();
+    let wanted = version.to_string();
+    let issued = aws
+        .updates(cluster, &entry.name)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|u| {
+            u.kind == "VersionUpdate"
+                && u.param("LaunchTemplateVersion") == Some(wanted.as_str())
+                && u.param("LaunchTemplateId").is_none_or(|id| id == template_id)
+                && after.is_some_and(|after| u.created.is_some_and(|c| c >= after))
+        });
+    if let Some(update) = issued {
+        updating(
+            entry,
+            update.id.clone(),
+            UpdateType::VersionUpdate,
+            format!(
+                "moving to {target} (launch template version {version}): following update {} found {}",
+                update.id,
+                if update.is_finished() { "ended" } else { "running" }
+            ),
+        );
+        return Ok(());
+    }
     match aws
         .update_nodegroup_version(cluster, &entry.name, &template_id, version, force)
         .await

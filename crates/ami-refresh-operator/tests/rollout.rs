@@ -131,9 +131,13 @@ impl World {
     async fn reconcile(&self) -> Result<(), ami_refresh_operator::Error> {
         self.sync_nodes().await;
         let amr = self.api().get("prod-rollout").await.unwrap();
-        Box::pin(reconcile(Arc::new(amr), self.context()))
+        let result = Box::pin(reconcile(Arc::new(amr), self.context()))
             .await
-            .map(drop)
+            .map(drop);
+        // The invariants every run keeps (`opsy_testkit::invariants`), after each reconcile.
+        let scope = opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
+        opsy_testkit::invariants::check(&scope).await;
+        result
     }
 
     async fn status(&self) -> AMIRefresherStatus {

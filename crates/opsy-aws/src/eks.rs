@@ -74,6 +74,8 @@ pub struct UpdateProgress {
     pub status: String,
     /// `code: message` of each error EKS reports.
     pub errors: Vec<String>,
+    /// When EKS created it (seconds since the epoch, as EKS reports `createdAt`).
+    pub created: Option<i64>,
 }
 
 impl UpdateProgress {
@@ -343,6 +345,7 @@ impl AwsClients {
                     )
                 })
                 .collect(),
+            created: update.created_at.map(|t| t.secs()),
         })
     }
 }
@@ -351,6 +354,19 @@ impl AwsClients {
     /// The updates of `group` that are still in progress, whoever started them
     /// (`ListUpdates`, every page, then `DescribeUpdate` of each).
     pub async fn running_updates(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<UpdateProgress>, AwsError> {
+        // Callers ask only when the group is UPDATING.
+        let mut running = self.updates(cluster, group).await?;
+        running.retain(|u| !u.is_finished());
+        Ok(running)
+    }
+
+    /// Every update of `group`, ended or not (`ListUpdates`, every page, then `DescribeUpdate`
+    /// of each: ListUpdates says nothing of their state).
+    pub async fn updates(
         &self,
         cluster: &str,
         group: &str,
@@ -373,16 +389,11 @@ impl AwsClients {
                 _ => break,
             }
         }
-        let mut running = Vec::new();
-        // ListUpdates lists ended updates too and says nothing of their state: each is
-        // described. Callers ask only when the group is UPDATING.
+        let mut updates = Vec::with_capacity(ids.len());
         for id in &ids {
-            let update = self.describe_update(cluster, group, id).await?;
-            if !update.is_finished() {
-                running.push(update);
-            }
+            updates.push(self.describe_update(cluster, group, id).await?);
         }
-        Ok(running)
+        Ok(updates)
     }
 }
 

@@ -253,4 +253,7 @@ async fn a_whole_cluster_rolls_out_through_failures_and_a_restart_and_aws_agrees
             .any(|e| e.phase == NodeGroupPhase::Updating),
         "{in_flight:?}"
     );
+    // And it repeated nothing (one version and one update per group and target, …).
+    let scope = opsy_testkit::invariants::Scope::new(&moto, ns.client.clone(), &ns.name);
+    opsy_testkit::invariants::check(&scope).await;
 }

@@ -270,7 +270,7 @@ impl Moto {
     }
 
     /// `GET path` of the emulator's own endpoints, as JSON.
-    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, MotoError> {
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, MotoError> {
         let api = |e: &dyn std::fmt::Display| MotoError::Api {
             path,
             message: e.to_string(),
@@ -307,6 +307,53 @@ impl Moto {
             .into_iter()
             .filter(|c| c.role.as_deref() == Some(role_arn))
             .collect())
+    }
+
+    /// Every mutating request so far (any action but `Describe*`, `List*`, `Get*` and STS
+    /// `AssumeRole*`), in the order the emulator received them, whoever signed them.
+    pub fn mutations(&self) -> Result<Vec<Mutation>, MotoError> {
+        self.get_json("/opsy-ext/mutations")
+    }
+
+    /// The mutating requests so far signed with the operators' emulator credentials.
+    pub fn operator_mutations(&self) -> Result<Vec<Mutation>, MotoError> {
+        Ok(self
+            .mutations()?
+            .into_iter()
+            .filter(|m| m.access_key == OPERATOR_ACCESS_KEY_ID)
+            .collect())
+    }
+
+    /// Crashes the operators (requests signed with their emulator credentials) at their `n`-th
+    /// mutating request from now on: carried out by AWS when `carried_out`, lost before AWS saw
+    /// it otherwise; either way never answered. That request and every later one of theirs are
+    /// held until [`Moto::clear_crash`], then dropped.
+    pub fn crash_after(&self, n: u64, carried_out: bool) -> Result<(), MotoError> {
+        self.post_json(
+            "/opsy-ext/crash-after",
+            &serde_json::json!({
+                "mutations": n,
+                "carried_out": carried_out,
+                "access_key": OPERATOR_ACCESS_KEY_ID,
+            }),
+        )
+    }
+
+    /// Where the crash set with [`Moto::crash_after`] stands.
+    pub fn crash_report(&self) -> Result<CrashReport, MotoError> {
+        self.get_json("/opsy-ext/crash-after")
+    }
+
+    /// Ends the crash: held requests are dropped unanswered, later ones served again.
+    pub fn clear_crash(&self) -> Result<(), MotoError> {
+        const PATH: &str = "/opsy-ext/crash-after";
+        ureq::delete(format!("{}{PATH}", self.endpoint))
+            .call()
+            .map(drop)
+            .map_err(|e| MotoError::Api {
+                path: PATH,
+                message: e.to_string(),
+            })
     }
 
     /// The server's request log so far (one line per request), for debugging failed tests.
@@ -372,4 +419,73 @@ fn python(root: &Path) -> PathBuf {
     std::env::var_os("OPSY_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv/bin/python"))
+}
+
+/// One mutating request, as the emulator logged it (`GET /opsy-ext/mutations`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Mutation {
+    /// Its place in the log, from 1.
+    pub seq: u64,
+    /// The access key id that signed it.
+    pub access_key: String,
+    /// `service:Action`, e.g. `ec2:CreateTags`.
+    pub action: String,
+    /// The resources' ARNs.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Tags of each resource when the request arrived.
+    #[serde(default)]
+    pub resource_tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// Tags the request writes.
+    #[serde(default)]
+    pub request_tags: BTreeMap<String, String>,
+    /// The snapshots a deregistered image owned.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    /// The HTTP status it got (0: never answered; `None` while in flight).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Whether AWS carried it out.
+    #[serde(default)]
+    pub carried_out: Option<bool>,
+}
+
+impl Mutation {
+    /// The last part of each resource ARN (`ami-…`, `snap-…`, `lt-…`, a node group's name).
+    pub fn resource_ids(&self) -> Vec<&str> {
+        self.resources
+            .iter()
+            .map(|arn| {
+                arn.trim_end_matches("/*")
+                    .rsplit(['/', ':'])
+                    .next()
+                    .unwrap_or(arn)
+            })
+            .collect()
+    }
+
+    /// Whether AWS carried it out.
+    pub fn done(&self) -> bool {
+        self.carried_out == Some(true)
+    }
+}
+
+/// Where a crash set with [`Moto::crash_after`] stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CrashReport {
+    /// A crash is set.
+    pub armed: bool,
+    /// The mutating request it happens at.
+    pub after: u64,
+    /// Mutating requests counted since it was set.
+    pub seen: u64,
+    /// It happened.
+    pub crashed: bool,
+    /// The request it happened at was carried out.
+    pub carried_out: bool,
+    /// The request it happened at (`service:Action`).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Requests held since.
+    pub held: u64,
 }

@@ -141,6 +141,14 @@ impl World {
         reconcile(Arc::new(self.pb().await), self.context())
             .await
             .unwrap();
+        self.invariants().await;
+    }
+
+    /// The invariants every run keeps (`opsy_testkit::invariants`), checked after each
+    /// reconcile.
+    async fn invariants(&self) {
+        let scope = opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
+        opsy_testkit::invariants::check(&scope).await;
     }
 
     async fn job_names(&self) -> Vec<String> {

@@ -1,0 +1,466 @@
+//! The invariants every run must keep, crash or not, written once and checked from the
+//! emulator's mutation log and state ([`Moto::mutations`], `GET /opsy-ext/facts`) and the API
+//! server:
+//!
+//! 1. at most one launch-template version per (template, what the operator made it for): one per
+//!    target AMI, one per rollback;
+//! 2. no second node-group version update or instance refresh to an AMI while an earlier one to
+//!    the same AMI of the same group succeeded or still runs (a retry after a failure is fine);
+//! 3. no AMI goes back to `active` after it was `deprecated` or `quarantined`;
+//! 4. every AMI a build produced ends tagged with the contract, or is named in a Warning Event;
+//! 5. no `healthy-on/<cluster>` evidence for an AMI without a group of that cluster having
+//!    passed the health gate on it (its `NodeGroupHealthy` Event);
+//! 6. no snapshot deleted that was not a snapshot of a managed AMI the operator deregistered;
+//!    no managed AMI deregistered while a launch template version or an instance uses it;
+//! 7. at most one build Job per (PackerBuilder, base AMI) unless the earlier ones failed.
+//!
+//! Reading the facts is not counted as AWS requests, so any test may check them at any time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::{batch::v1::Job, events::v1::Event};
+use kube::api::{Api, ListParams};
+use serde::Deserialize;
+
+use crate::{Moto, MotoError};
+
+/// An AMI, as the emulator holds it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FactImage {
+    /// `ami-…`
+    pub id: String,
+    /// Its region.
+    pub region: String,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Its snapshots.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+}
+
+/// A launch template version.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FactVersion {
+    /// `lt-…`
+    pub template: String,
+    /// Its number.
+    pub version: i64,
+    /// The AMI it launches.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An instance.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FactInstance {
+    /// `i-…`
+    pub id: String,
+    /// The AMI it runs.
+    pub image: String,
+    /// `running`, `terminated`, …
+    pub state: String,
+}
+
+/// An EKS update.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FactUpdate {
+    /// Its id.
+    pub id: String,
+    /// Its cluster.
+    pub cluster: String,
+    /// Its node group.
+    pub nodegroup: String,
+    /// `VersionUpdate`, `ConfigUpdate`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `InProgress`, `Successful`, `Failed`, …
+    pub status: String,
+    /// Its parameters by type.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// An instance refresh.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FactRefresh {
+    /// Its id.
+    pub id: String,
+    /// Its Auto Scaling group.
+    pub group: String,
+    /// `Pending`, `InProgress`, `Successful`, …
+    pub status: String,
+    /// The launch template it moves to.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// The version it moves to.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// What `GET /opsy-ext/facts` reports.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Facts {
+    /// Every image.
+    #[serde(default)]
+    pub images: Vec<FactImage>,
+    /// Every launch template version.
+    #[serde(default)]
+    pub template_versions: Vec<FactVersion>,
+    /// Every instance.
+    #[serde(default)]
+    pub instances: Vec<FactInstance>,
+    /// Every node-group update, oldest first.
+    #[serde(default)]
+    pub updates: Vec<FactUpdate>,
+    /// Every instance refresh, oldest first.
+    #[serde(default)]
+    pub refreshes: Vec<FactRefresh>,
+}
+
+impl Moto {
+    /// The AWS state the invariants read.
+    pub fn facts(&self) -> Result<Facts, MotoError> {
+        self.get_json("/opsy-ext/facts")
+    }
+}
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Scope<'a> {
+    /// The emulator.
+    pub moto: &'a Moto,
+    /// An admin client of the API server.
+    pub client: kube::Client,
+    /// The namespace of the test's objects (Events, Jobs).
+    pub namespace: &'a str,
+    /// AMIs the scenario's builds produced (the test plays Packer), for invariant 4.
+    pub built: Vec<String>,
+}
+
+impl<'a> Scope<'a> {
+    /// The scope of a test's namespace.
+    pub fn new(moto: &'a Moto, client: kube::Client, namespace: &'a str) -> Self {
+        Self {
+            moto,
+            client,
+            namespace,
+            built: Vec::new(),
+        }
+    }
+}
+
+/// Prefix of the launch template versions the AMIRefresher makes (their description).
+const VERSION_DESCRIPTION: &str = "ami-refresh-operator";
+
+/// Every violation of the invariants, described; empty when they hold.
+pub async fn violations(scope: &Scope<'_>) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let facts = scope.moto.facts()?;
+    let mutations = scope.moto.operator_mutations()?;
+    let events: Api<Event> = Api::namespaced(scope.client.clone(), scope.namespace);
+    let events = events.list(&ListParams::default()).await?.items;
+    let jobs: Api<Job> = Api::namespaced(scope.client.clone(), scope.namespace);
+    let jobs = jobs
+        .list(&ListParams::default().labels("app.kubernetes.io/component=packer-build"))
+        .await?
+        .items;
+    let mut out = Vec::new();
+    out.extend(template_versions(&facts));
+    out.extend(updates(&facts));
+    out.extend(reactivations(&mutations));
+    out.extend(orphans(scope, &facts, &mutations, &events));
+    out.extend(evidence(&mutations, &events));
+    out.extend(deletions(&facts, &mutations));
+    out.extend(builds(&jobs));
+    Ok(out)
+}
+
+/// Panics with every violation of the invariants, if any.
+pub async fn check(scope: &Scope<'_>) {
+    match violations(scope).await {
+        Ok(found) if found.is_empty() => {}
+        Ok(found) => panic!("invariants violated:\n- {}", found.join("\n- ")),
+        Err(e) => panic!("could not check the invariants: {e}"),
+    }
+}
+
+/// 1. One launch template version per (template, target or rollback).
+fn template_versions(facts: &Facts) -> Vec<String> {
+    let mut seen: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+    for v in &facts.template_versions {
+        if v.description.starts_with(VERSION_DESCRIPTION) {
+            seen.entry((&v.template, &v.description))
+                .or_default()
+                .push(v.version);
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, versions)| versions.len() > 1)
+        .map(|((template, description), versions)| {
+            format!("launch template {template}: versions {versions:?} all made for \"{description}\"")
+        })
+        .collect()
+}
+
+/// 2. No second update or refresh to an AMI a group already moved (or is moving) to.
+fn updates(facts: &Facts) -> Vec<String> {
+    let image_of = |template: Option<&str>, version: Option<&str>| -> Option<String> {
+        let version: i64 = version?.parse().ok()?;
+        facts
+            .template_versions
+            .iter()
+            .find(|v| Some(v.template.as_str()) == template && v.version == version)
+            .and_then(|v| v.image.clone())
+    };
+    let mut out = Vec::new();
+    // (group, image) → the earlier move that succeeded or runs.
+    let mut moved: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut note = |group: String, image: Option<String>, id: &str, status: &str| {
+        let Some(image) = image else { return };
+        let key = (group, image);
+        if let Some(earlier) = moved.get(&key) {
+            out.push(format!(
+                "{} moved to {} twice: {earlier}, then {id} ({status})",
+                key.0, key.1
+            ));
+        } else if !matches!(status, "Failed" | "Cancelled" | "RollbackSuccessful" | "RollbackFailed")
+        {
+            moved.insert(key, format!("{id} ({status})"));
+        }
+    };
+    for u in facts.updates.iter().filter(|u| u.kind == "VersionUpdate") {
+        let image = image_of(
+            u.params.get("LaunchTemplateId").map(String::as_str),
+            u.params.get("LaunchTemplateVersion").map(String::as_str),
+        );
+        note(
+            format!("node group {}/{}", u.cluster, u.nodegroup),
+            image,
+            &u.id,
+            &u.status,
+        );
+    }
+    for r in &facts.refreshes {
+        let image = image_of(r.template.as_deref(), r.version.as_deref());
+        note(
+            format!("Auto Scaling group {}", r.group),
+            image,
+            &r.id,
+            &r.status,
+        );
+    }
+    out
+}
+
+/// The image ids (`ami-…`) among a mutation's resources.
+fn images_of(m: &crate::moto::Mutation) -> Vec<&str> {
+    m.resource_ids()
+        .into_iter()
+        .filter(|id| id.starts_with("ami-"))
+        .collect()
+}
+
+/// The tags an image had when `m` arrived.
+fn tags_then<'m>(m: &'m crate::moto::Mutation, image: &str) -> Option<&'m BTreeMap<String, String>> {
+    m.resource_tags
+        .iter()
+        .find(|(arn, _)| arn.ends_with(&format!("/{image}")))
+        .map(|(_, tags)| tags)
+}
+
+/// 3. No AMI back to `active` after `deprecated` or `quarantined`.
+fn reactivations(mutations: &[crate::moto::Mutation]) -> Vec<String> {
+    let mut left: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for m in mutations
+        .iter()
+        .filter(|m| m.action == "ec2:CreateTags" && m.done())
+    {
+        let Some(status) = m.request_tags.get("status") else {
+            continue;
+        };
+        for image in images_of(m) {
+            let before = tags_then(m, image)
+                .and_then(|t| t.get("status"))
+                .or(left.get(image))
+                .cloned();
+            if status == "active"
+                && let Some(before) = before.filter(|b| b == "deprecated" || b == "quarantined")
+            {
+                out.push(format!(
+                    "{image} went back to active after it was {before} (mutation {})",
+                    m.seq
+                ));
+            }
+            if status != "active" {
+                left.insert(image.to_owned(), status.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Whether some Event of `events` with `reason` (any when `None`) and `kind` names `text`.
+fn named_in(events: &[Event], kind: &str, reason: Option<&str>, text: &str) -> bool {
+    events.iter().any(|e| {
+        e.type_.as_deref() == Some(kind)
+            && reason.is_none_or(|r| e.reason.as_deref() == Some(r))
+            && e.note.as_deref().is_some_and(|n| n.contains(text))
+    })
+}
+
+/// 4. Every AMI a build produced is tagged with the contract or named in a Warning Event.
+fn orphans(
+    scope: &Scope<'_>,
+    facts: &Facts,
+    mutations: &[crate::moto::Mutation],
+    events: &[Event],
+) -> Vec<String> {
+    scope
+        .built
+        .iter()
+        .filter(|id| {
+            let tagged_now = facts.images.iter().any(|i| {
+                &i.id == *id
+                    && i.tags.get("brought-to-you-by").map(String::as_str)
+                        == Some("opsy-the-ami-operator")
+            });
+            let tagged_once = mutations.iter().any(|m| {
+                m.action == "ec2:CreateTags"
+                    && m.done()
+                    && m.request_tags.contains_key("brought-to-you-by")
+                    && images_of(m).contains(&id.as_str())
+            });
+            !tagged_now && !tagged_once && !named_in(events, "Warning", None, id)
+        })
+        .map(|id| format!("{id}, built, is neither tagged nor named in a Warning Event"))
+        .collect()
+}
+
+/// 5. No `healthy-on/<cluster>` without a group of the cluster healthy on the AMI.
+fn evidence(mutations: &[crate::moto::Mutation], events: &[Event]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in mutations
+        .iter()
+        .filter(|m| m.action == "ec2:CreateTags" && m.done())
+    {
+        for key in m
+            .request_tags
+            .keys()
+            .filter(|k| k.starts_with("healthy-on/"))
+        {
+            for image in images_of(m) {
+                if !named_in(events, "Normal", Some("NodeGroupHealthy"), image) {
+                    out.push(format!(
+                        "{key} written on {image} (mutation {}) without a node group that passed the health gate on it",
+                        m.seq
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// 6. Only snapshots of deregistered managed AMIs deleted; no AMI in use deregistered.
+fn deletions(facts: &Facts, mutations: &[crate::moto::Mutation]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut freed: BTreeSet<&str> = BTreeSet::new();
+    let mut deregistered: BTreeSet<&str> = BTreeSet::new();
+    for m in mutations.iter().filter(|m| m.done()) {
+        match m.action.as_str() {
+            "ec2:DeregisterImage" => {
+                for image in images_of(m) {
+                    let managed = tags_then(m, image)
+                        .and_then(|t| t.get("brought-to-you-by"))
+                        .is_some_and(|v| v == "opsy-the-ami-operator");
+                    if !managed {
+                        out.push(format!("{image}, not a managed AMI, was deregistered"));
+                    }
+                    deregistered.insert(image);
+                }
+                freed.extend(m.snapshots.iter().map(String::as_str));
+            }
+            "ec2:DeleteSnapshot" => {
+                for snapshot in m.resource_ids() {
+                    if !freed.contains(snapshot) {
+                        out.push(format!(
+                            "snapshot {snapshot} deleted (mutation {}) though no deregistered managed AMI owned it",
+                            m.seq
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for image in deregistered {
+        let in_template = facts
+            .template_versions
+            .iter()
+            .filter(|v| v.image.as_deref() == Some(image))
+            .map(|v| format!("{} version {}", v.template, v.version));
+        let on_instance = facts
+            .instances
+            .iter()
+            .filter(|i| i.image == image && i.state != "terminated")
+            .map(|i| format!("instance {}", i.id));
+        let users: Vec<String> = in_template.chain(on_instance).collect();
+        if !users.is_empty() {
+            out.push(format!(
+                "{image} was deregistered while in use by {}",
+                users.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// 7. One build Job per (PackerBuilder, base AMI), unless the earlier ones failed.
+fn builds(jobs: &[Job]) -> Vec<String> {
+    let mut by_base: BTreeMap<(String, String), Vec<&Job>> = BTreeMap::new();
+    for job in jobs {
+        let meta = &job.metadata;
+        let builder = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("ami.refresh.ops/packer-builder"))
+            .cloned()
+            .unwrap_or_default();
+        let base = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("ami.refresh.ops/base-ami"))
+            .cloned()
+            .unwrap_or_default();
+        by_base.entry((builder, base)).or_default().push(job);
+    }
+    let failed = |job: &Job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+    };
+    let mut out = Vec::new();
+    for ((builder, base), mut jobs) in by_base {
+        jobs.sort_by_key(|j| j.metadata.creation_timestamp.clone().map(|t| t.0));
+        let Some((_, earlier)) = jobs.split_last() else {
+            continue;
+        };
+        let kept: Vec<String> = earlier
+            .iter()
+            .filter(|j| !failed(j))
+            .filter_map(|j| j.metadata.name.clone())
+            .collect();
+        if !kept.is_empty() {
+            out.push(format!(
+                "PackerBuilder {builder} built from {base} again after {} (not failed)",
+                kept.join(", ")
+            ));
+        }
+    }
+    out
+}
