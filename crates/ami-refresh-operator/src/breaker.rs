@@ -212,7 +212,9 @@ pub(crate) async fn roll_back(
                 "rolled back: still runs {from_image} (launch template version {from_version}), the failed update did not move it{cause}"
             )
         } else {
-            format!("rolled back: runs {from_image} again (launch template version {version}){cause}")
+            format!(
+                "rolled back: runs {from_image} again (launch template version {version}){cause}"
+            )
         });
         return Ok(());
     }

@@ -520,13 +520,27 @@ mod tests {
         // A process started the update and crashed before recording it; the update ended while
         // no operator ran. The group's arrival is no health verdict.
         let s = spec(serde_json::json!({}));
-        let before = plan(&s, &Targets::single(T), &[group("a", "ami-old")], &[], false, None);
+        let before = plan(
+            &s,
+            &Targets::single(T),
+            &[group("a", "ami-old")],
+            &[],
+            false,
+            None,
+        );
         assert_eq!(phases(&before), [("a".into(), NodeGroupPhase::Pending)]);
         let mut moved = group("a", T);
         if let GroupImage::Runs { version, .. } = &mut moved.image {
             *version = 2;
         }
-        let after = plan(&s, &Targets::single(T), &[moved.clone()], &before.groups, false, None);
+        let after = plan(
+            &s,
+            &Targets::single(T),
+            &[moved.clone()],
+            &before.groups,
+            false,
+            None,
+        );
         let a = &after.groups[0];
         assert_eq!(a.phase, NodeGroupPhase::Verifying);
         assert_eq!(
@@ -540,7 +554,14 @@ mod tests {
         );
         // Without the health gate, or without a rollout that meant to move it, it is up to date.
         let ungated = spec(serde_json::json!({"rollout": {"healthGate": false}}));
-        let after = plan(&ungated, &Targets::single(T), &[moved.clone()], &before.groups, false, None);
+        let after = plan(
+            &ungated,
+            &Targets::single(T),
+            &[moved.clone()],
+            &before.groups,
+            false,
+            None,
+        );
         assert_eq!(phases(&after), [("a".into(), NodeGroupPhase::UpToDate)]);
         let after = plan(&s, &Targets::single(T), &[moved], &[], false, None);
         assert_eq!(phases(&after), [("a".into(), NodeGroupPhase::UpToDate)]);

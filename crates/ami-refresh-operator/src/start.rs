@@ -120,7 +120,8 @@ pub(crate) async fn start_version_update(
         .find(|u| {
             u.kind == "VersionUpdate"
                 && u.param("LaunchTemplateVersion") == Some(wanted.as_str())
-                && u.param("LaunchTemplateId").is_none_or(|id| id == template_id)
+                && u.param("LaunchTemplateId")
+                    .is_none_or(|id| id == template_id)
                 && after.is_some_and(|after| u.created.is_some_and(|c| c >= after))
         });
     if let Some(update) = issued {
@@ -131,7 +132,11 @@ pub(crate) async fn start_version_update(
             format!(
                 "moving to {target} (launch template version {version}): following update {} found {}",
                 update.id,
-                if update.is_finished() { "ended" } else { "running" }
+                if update.is_finished() {
+                    "ended"
+                } else {
+                    "running"
+                }
             ),
         );
         return Ok(());

@@ -240,9 +240,10 @@ impl World {
     /// Whether the target carries this cluster's soak evidence.
     async fn healthy_on(&self) -> bool {
         let facts = self.moto.facts().unwrap();
-        facts.images.iter().any(|i| {
-            i.id == self.target && i.tags.contains_key(&format!("healthy-on/{CLUSTER}"))
-        })
+        facts
+            .images
+            .iter()
+            .any(|i| i.id == self.target && i.tags.contains_key(&format!("healthy-on/{CLUSTER}")))
     }
 
     /// What must hold at the end of the scenario beyond the invariants.
@@ -253,9 +254,15 @@ impl World {
             Scenario::Rollout => {
                 // Every group runs the target, on AWS.
                 for group in ["m1", "m2"] {
-                    let nodes = self.fixture.nodegroup_updates(CLUSTER, group).await.unwrap();
+                    let nodes = self
+                        .fixture
+                        .nodegroup_updates(CLUSTER, group)
+                        .await
+                        .unwrap();
                     assert!(
-                        nodes.iter().any(|u| u.kind == "VersionUpdate" && u.status == "Successful"),
+                        nodes
+                            .iter()
+                            .any(|u| u.kind == "VersionUpdate" && u.status == "Successful"),
                         "{group}: {nodes:?}"
                     );
                 }
@@ -294,7 +301,11 @@ impl World {
     /// AMI (as in `rollout.rs`).
     async fn between(&mut self) {
         if self.scenario == Scenario::Rollback && !self.refused {
-            let canary = self.entries().await.into_iter().find(|e| e.name == "canary");
+            let canary = self
+                .entries()
+                .await
+                .into_iter()
+                .find(|e| e.name == "canary");
             if canary.is_some_and(|e| e.phase == NodeGroupPhase::Verifying) {
                 self.moto
                     .inject_error(
@@ -327,10 +338,14 @@ impl World {
                 crashed = report.action;
             }
             if self.done().await {
-                let scope = invariants::Scope::new(&self.moto, self.client.clone(), &self.namespace);
+                let scope =
+                    invariants::Scope::new(&self.moto, self.client.clone(), &self.namespace);
                 let found = invariants::violations(&scope).await.unwrap();
                 if !found.is_empty() {
-                    panic!("{what} (crashed at {crashed:?}): invariants violated:\n- {}", found.join("\n- "));
+                    panic!(
+                        "{what} (crashed at {crashed:?}): invariants violated:\n- {}",
+                        found.join("\n- ")
+                    );
                 }
                 self.check_end().await;
                 return crashed;
@@ -358,9 +373,14 @@ async fn enumerate(scenario: Scenario, carried_out: bool) {
         world.reset().await;
         world.moto.crash_after(n, carried_out).unwrap();
         let crashed = world
-            .run(&format!("{scenario:?}, crash at mutation {n} of {total} ({half})"))
+            .run(&format!(
+                "{scenario:?}, crash at mutation {n} of {total} ({half})"
+            ))
             .await;
-        assert!(crashed.is_some(), "{scenario:?}: no crash at mutation {n} of {total}");
+        assert!(
+            crashed.is_some(),
+            "{scenario:?}: no crash at mutation {n} of {total}"
+        );
     }
     eprintln!(
         "{scenario:?}: M = {total}; {total} crash runs ({half}) and one without, in {:.0?}",

@@ -135,7 +135,8 @@ impl World {
             .await
             .map(drop);
         // The invariants every run keeps (`opsy_testkit::invariants`), after each reconcile.
-        let scope = opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
+        let scope =
+            opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
         opsy_testkit::invariants::check(&scope).await;
         result
     }

@@ -129,7 +129,7 @@ impl Moto {
 }
 
 /// Where to look.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Scope<'a> {
     /// The emulator.
     pub moto: &'a Moto,
@@ -139,6 +139,16 @@ pub struct Scope<'a> {
     pub namespace: &'a str,
     /// AMIs the scenario's builds produced (the test plays Packer), for invariant 4.
     pub built: Vec<String>,
+}
+
+impl std::fmt::Debug for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("emulator", &self.moto.endpoint())
+            .field("namespace", &self.namespace)
+            .field("built", &self.built)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Scope<'a> {
@@ -200,7 +210,9 @@ fn template_versions(facts: &Facts) -> Vec<String> {
     seen.into_iter()
         .filter(|(_, versions)| versions.len() > 1)
         .map(|((template, description), versions)| {
-            format!("launch template {template}: versions {versions:?} all made for \"{description}\"")
+            format!(
+                "launch template {template}: versions {versions:?} all made for \"{description}\""
+            )
         })
         .collect()
 }
@@ -226,8 +238,10 @@ fn updates(facts: &Facts) -> Vec<String> {
                 "{} moved to {} twice: {earlier}, then {id} ({status})",
                 key.0, key.1
             ));
-        } else if !matches!(status, "Failed" | "Cancelled" | "RollbackSuccessful" | "RollbackFailed")
-        {
+        } else if !matches!(
+            status,
+            "Failed" | "Cancelled" | "RollbackSuccessful" | "RollbackFailed"
+        ) {
             moved.insert(key, format!("{id} ({status})"));
         }
     };
@@ -264,7 +278,10 @@ fn images_of(m: &crate::moto::Mutation) -> Vec<&str> {
 }
 
 /// The tags an image had when `m` arrived.
-fn tags_then<'m>(m: &'m crate::moto::Mutation, image: &str) -> Option<&'m BTreeMap<String, String>> {
+fn tags_then<'m>(
+    m: &'m crate::moto::Mutation,
+    image: &str,
+) -> Option<&'m BTreeMap<String, String>> {
     m.resource_tags
         .iter()
         .find(|(arn, _)| arn.ends_with(&format!("/{image}")))

@@ -270,7 +270,10 @@ impl Moto {
     }
 
     /// `GET path` of the emulator's own endpoints, as JSON.
-    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(&self, path: &'static str) -> Result<T, MotoError> {
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &'static str,
+    ) -> Result<T, MotoError> {
         let api = |e: &dyn std::fmt::Display| MotoError::Api {
             path,
             message: e.to_string(),

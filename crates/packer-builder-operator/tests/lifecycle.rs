@@ -147,7 +147,8 @@ impl World {
     /// The invariants every run keeps (`opsy_testkit::invariants`), checked after each
     /// reconcile.
     async fn invariants(&self) {
-        let scope = opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
+        let scope =
+            opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
         opsy_testkit::invariants::check(&scope).await;
     }
 
