@@ -327,6 +327,17 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .filter(|g| plan.start.contains(&g.name))
         .collect();
     let blockers = disruption_blockers(&ctx.client, &starting).await?;
+    if !starting.is_empty() {
+        // The intent first: a process that crashes right after starting an update finds the
+        // group Pending toward its target, so a move AWS finished meanwhile is verified by the
+        // health gate (see `plan`) instead of counted as already done.
+        for name in &plan.start {
+            if let Some(entry) = plan.groups.iter().find(|e| &e.name == name) {
+                upsert_entry(&mut status, entry);
+            }
+        }
+        amr = Arc::new(write_status(&ctx, &amr, &status).await?);
+    }
     for name in plan.start.clone() {
         let Some(group) = groups.iter().find(|g| g.name == name) else {
             continue;
@@ -814,6 +825,12 @@ async fn record_started(
     status: &mut AMIRefresherStatus,
     entry: &NodeGroupStatus,
 ) -> Result<Arc<AMIRefresher>, Error> {
+    upsert_entry(status, entry);
+    Ok(Arc::new(write_status(ctx, amr, status).await?))
+}
+
+/// Puts `entry` in `status` in place of the group's entry there, if any.
+fn upsert_entry(status: &mut AMIRefresherStatus, entry: &NodeGroupStatus) {
     let groups = &mut status.node_groups;
     match groups.iter_mut().find(|g| g.name == entry.name) {
         Some(existing) => *existing = entry.clone(),
@@ -822,7 +839,6 @@ async fn record_started(
             groups.sort_by(|a, b| a.name.cmp(&b.name));
         }
     }
-    Ok(Arc::new(write_status(ctx, amr, status).await?))
 }
 
 fn set(

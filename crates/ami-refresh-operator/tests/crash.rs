@@ -2,7 +2,8 @@
 //! M; then, for every N in 1..=M and both halves (the N-th request carried out by AWS, or lost
 //! before AWS saw it), it runs again from scratch, the operator crashing at the N-th request
 //! (the reconcile is dropped where it stands, its request never answered) and starting afresh
-//! (a new context: nothing carried over but what the cluster and AWS hold), to the end. After
+//! (a new context: nothing carried over but what the cluster and AWS hold) after AWS ended
+//! whatever it had started meanwhile (a long downtime), to the end. After
 //! every run the invariants of `opsy_testkit::invariants` hold and the scenario's end state is
 //! reached.
 
@@ -320,6 +321,51 @@ impl World {
         }
     }
 
+    /// The operator stays down long enough for AWS to end whatever it started: the updates
+    /// and instance refreshes in flight are polled (as the test, which advances them) to their
+    /// end before the next process starts.
+    async fn downtime(&self) {
+        for _ in 0..30 {
+            let facts = self.moto.facts().unwrap();
+            let updating: Vec<String> = facts
+                .updates
+                .iter()
+                .filter(|u| u.status == "InProgress")
+                .map(|u| u.nodegroup.clone())
+                .collect();
+            let refreshing: Vec<String> = facts
+                .refreshes
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.status.as_str(),
+                        "Pending" | "InProgress" | "RollbackInProgress"
+                    )
+                })
+                .map(|r| r.group.clone())
+                .collect();
+            if updating.is_empty() && refreshing.is_empty() {
+                return;
+            }
+            for group in updating {
+                self.fixture
+                    .nodegroup_updates(CLUSTER, &group)
+                    .await
+                    .unwrap();
+            }
+            for group in refreshing {
+                self.fixture
+                    .autoscaling
+                    .describe_instance_refreshes()
+                    .auto_scaling_group_name(group)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        panic!("AWS did not end its updates while the operator was down");
+    }
+
     /// One run: reconciles (each with a fresh context) until the scenario ends; a crash set
     /// beforehand drops the reconcile it happens in. Returns whether a crash happened.
     async fn run(&mut self, what: &str) -> Option<String> {
@@ -336,6 +382,7 @@ impl World {
             .unwrap();
             if let Step::Crashed(report) = step {
                 crashed = report.action;
+                self.downtime().await;
             }
             if self.done().await {
                 let scope =

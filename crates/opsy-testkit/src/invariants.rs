@@ -9,7 +9,8 @@
 //! 3. no AMI goes back to `active` after it was `deprecated` or `quarantined`;
 //! 4. every AMI a build produced ends tagged with the contract, or is named in a Warning Event;
 //! 5. no `healthy-on/<cluster>` evidence for an AMI without a group of that cluster having
-//!    passed the health gate on it (its `NodeGroupHealthy` Event);
+//!    passed the health gate on it (its `NodeGroupHealthy` Event), nor while a group of the
+//!    cluster that AWS moved to the AMI has no such verdict;
 //! 6. no snapshot deleted that was not a snapshot of a managed AMI the operator deregistered;
 //!    no managed AMI deregistered while a launch template version or an instance uses it;
 //! 7. at most one build Job per (PackerBuilder, base AMI) unless the earlier ones failed.
@@ -182,7 +183,7 @@ pub async fn violations(scope: &Scope<'_>) -> Result<Vec<String>, Box<dyn std::e
     out.extend(updates(&facts));
     out.extend(reactivations(&mutations));
     out.extend(orphans(scope, &facts, &mutations, &events));
-    out.extend(evidence(&mutations, &events));
+    out.extend(evidence(&facts, &mutations, &events));
     out.extend(deletions(&facts, &mutations));
     out.extend(builds(&jobs));
     Ok(out)
@@ -219,14 +220,8 @@ fn template_versions(facts: &Facts) -> Vec<String> {
 
 /// 2. No second update or refresh to an AMI a group already moved (or is moving) to.
 fn updates(facts: &Facts) -> Vec<String> {
-    let image_of = |template: Option<&str>, version: Option<&str>| -> Option<String> {
-        let version: i64 = version?.parse().ok()?;
-        facts
-            .template_versions
-            .iter()
-            .find(|v| Some(v.template.as_str()) == template && v.version == version)
-            .and_then(|v| v.image.clone())
-    };
+    let image_of =
+        |template: Option<&str>, version: Option<&str>| image_of(facts, template, version);
     let mut out = Vec::new();
     // (group, image) → the earlier move that succeeded or runs.
     let mut moved: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -357,9 +352,18 @@ fn orphans(
         .collect()
 }
 
-/// 5. No `healthy-on/<cluster>` without a group of the cluster healthy on the AMI.
-fn evidence(mutations: &[crate::moto::Mutation], events: &[Event]) -> Vec<String> {
+/// 5. No `healthy-on/<cluster>` without a group of the cluster healthy on the AMI, nor while a
+///    group of the cluster that AWS moved to the AMI has no health verdict on it.
+fn evidence(facts: &Facts, mutations: &[crate::moto::Mutation], events: &[Event]) -> Vec<String> {
     let mut out = Vec::new();
+    let healthy = |group: &str, image: &str| {
+        events.iter().any(|e| {
+            e.reason.as_deref() == Some("NodeGroupHealthy")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&format!("{group} ")) && n.contains(image))
+        })
+    };
     for m in mutations
         .iter()
         .filter(|m| m.action == "ec2:CreateTags" && m.done())
@@ -369,6 +373,7 @@ fn evidence(mutations: &[crate::moto::Mutation], events: &[Event]) -> Vec<String
             .keys()
             .filter(|k| k.starts_with("healthy-on/"))
         {
+            let cluster = key.trim_start_matches("healthy-on/");
             for image in images_of(m) {
                 if !named_in(events, "Normal", Some("NodeGroupHealthy"), image) {
                     out.push(format!(
@@ -376,10 +381,57 @@ fn evidence(mutations: &[crate::moto::Mutation], events: &[Event]) -> Vec<String
                         m.seq
                     ));
                 }
+                for group in moved_to(facts, cluster, image) {
+                    if !healthy(&group, image) {
+                        out.push(format!(
+                            "{key} written on {image} (mutation {}) though {group}, moved to it, has no health verdict",
+                            m.seq
+                        ));
+                    }
+                }
             }
         }
     }
     out
+}
+
+/// The image launch template version `version` of `template` launches.
+fn image_of(facts: &Facts, template: Option<&str>, version: Option<&str>) -> Option<String> {
+    let version: i64 = version?.parse().ok()?;
+    facts
+        .template_versions
+        .iter()
+        .find(|v| Some(v.template.as_str()) == template && v.version == version)
+        .and_then(|v| v.image.clone())
+}
+
+/// The groups of `cluster` whose update or instance refresh to `image` succeeded: managed node
+/// groups by name, self-managed Auto Scaling groups (whose refreshes name no cluster) by name.
+fn moved_to(facts: &Facts, cluster: &str, image: &str) -> BTreeSet<String> {
+    let managed = facts
+        .updates
+        .iter()
+        .filter(|u| u.cluster == cluster && u.kind == "VersionUpdate" && u.status == "Successful");
+    let managed = managed
+        .filter(|u| {
+            image_of(
+                facts,
+                u.params.get("LaunchTemplateId").map(String::as_str),
+                u.params.get("LaunchTemplateVersion").map(String::as_str),
+            )
+            .as_deref()
+                == Some(image)
+        })
+        .map(|u| u.nodegroup.clone());
+    let refreshed = facts
+        .refreshes
+        .iter()
+        .filter(|r| r.status == "Successful")
+        .filter(|r| {
+            image_of(facts, r.template.as_deref(), r.version.as_deref()).as_deref() == Some(image)
+        })
+        .map(|r| r.group.clone());
+    managed.chain(refreshed).collect()
 }
 
 /// 6. Only snapshots of deregistered managed AMIs deleted; no AMI in use deregistered.
