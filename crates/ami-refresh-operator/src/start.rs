@@ -22,7 +22,9 @@ use crate::{
 };
 
 /// The launch template version this operator made for `target` from `from`, if there is one
-/// (the newest version, so a restart reuses it instead of adding another).
+/// (the newest version, so a restart reuses it instead of adding another), or `from` itself
+/// when it is the newest and already carries `target` (a self-managed group pointed at it
+/// whose instances are not all replaced yet).
 pub(crate) async fn existing_target_version(
     aws: &AwsClients,
     template_id: &str,
@@ -33,7 +35,7 @@ pub(crate) async fn existing_target_version(
         .launch_template_version(&TemplateRef::Id(template_id.to_owned()), "$Latest")
         .await?;
     Ok(
-        (latest.version > from && latest.image_id.as_deref() == Some(target))
+        (latest.version >= from && latest.image_id.as_deref() == Some(target))
             .then_some(latest.version),
     )
 }

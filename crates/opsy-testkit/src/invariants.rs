@@ -4,8 +4,9 @@
 //!
 //! 1. at most one launch-template version per (template, what the operator made it for): one per
 //!    target AMI, one per rollback;
-//! 2. no second node-group version update or instance refresh to an AMI while an earlier one to
-//!    the same AMI of the same group succeeded or still runs (a retry after a failure is fine);
+//! 2. no node-group version update or instance refresh of a group to the AMI its previous move
+//!    (one that did not fail) took it to: a retry after a failure, or a return after someone
+//!    moved the group elsewhere, is fine;
 //! 3. no AMI goes back to `active` after it was `deprecated` or `quarantined`;
 //! 4. every AMI a build produced ends tagged with the contract, or is named in a Warning Event;
 //! 5. no `healthy-on/<cluster>` evidence for an AMI without a group of that cluster having
@@ -223,21 +224,30 @@ fn updates(facts: &Facts) -> Vec<String> {
     let image_of =
         |template: Option<&str>, version: Option<&str>| image_of(facts, template, version);
     let mut out = Vec::new();
-    // (group, image) → the earlier move that succeeded or runs.
-    let mut moved: BTreeMap<(String, String), String> = BTreeMap::new();
+    // Per group, its last move that did not fail: (image, what). A move to the image the group
+    // was last moved to is a repeat; a move elsewhere in between (someone else's, a rollback)
+    // or a failure makes the next move to it a new one.
+    let mut last: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut note = |group: String, image: Option<String>, id: &str, status: &str| {
-        let Some(image) = image else { return };
-        let key = (group, image);
-        if let Some(earlier) = moved.get(&key) {
-            out.push(format!(
-                "{} moved to {} twice: {earlier}, then {id} ({status})",
-                key.0, key.1
-            ));
-        } else if !matches!(
+        let failed = matches!(
             status,
             "Failed" | "Cancelled" | "RollbackSuccessful" | "RollbackFailed"
-        ) {
-            moved.insert(key, format!("{id} ({status})"));
+        );
+        let Some(image) = image else {
+            last.remove(&group);
+            return;
+        };
+        if let Some((earlier_image, earlier)) = last.get(&group)
+            && *earlier_image == image
+        {
+            out.push(format!(
+                "{group} moved to {image} twice: {earlier}, then {id} ({status})"
+            ));
+        }
+        if failed {
+            last.remove(&group);
+        } else {
+            last.insert(group, (image, format!("{id} ({status})")));
         }
     };
     for u in facts.updates.iter().filter(|u| u.kind == "VersionUpdate") {
