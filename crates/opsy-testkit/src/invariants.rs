@@ -14,7 +14,7 @@
 //!    cluster that AWS moved to the AMI has no such verdict;
 //! 6. no snapshot deleted that was not a snapshot of a managed AMI the operator deregistered;
 //!    no managed AMI deregistered while a launch template version or an instance uses it;
-//! 7. at most one build Job per (PackerBuilder, base AMI) unless the earlier ones failed.
+//! 7. one build at a time per PackerBuilder (never two of its Jobs unfinished at once).
 //!
 //! Reading the facts is not counted as AWS requests, so any test may check them at any time.
 
@@ -74,8 +74,9 @@ pub struct FactUpdate {
     pub id: String,
     /// Its cluster.
     pub cluster: String,
-    /// Its node group.
-    pub nodegroup: String,
+    /// Its node group (none for a cluster's own update).
+    #[serde(default)]
+    pub nodegroup: Option<String>,
     /// `VersionUpdate`, `ConfigUpdate`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -251,12 +252,15 @@ fn updates(facts: &Facts) -> Vec<String> {
         }
     };
     for u in facts.updates.iter().filter(|u| u.kind == "VersionUpdate") {
+        let Some(nodegroup) = &u.nodegroup else {
+            continue;
+        };
         let image = image_of(
             u.params.get("LaunchTemplateId").map(String::as_str),
             u.params.get("LaunchTemplateVersion").map(String::as_str),
         );
         note(
-            format!("node group {}/{}", u.cluster, u.nodegroup),
+            format!("node group {}/{nodegroup}", u.cluster),
             image,
             &u.id,
             &u.status,
@@ -432,7 +436,7 @@ fn moved_to(facts: &Facts, cluster: &str, image: &str) -> BTreeSet<String> {
             .as_deref()
                 == Some(image)
         })
-        .map(|u| u.nodegroup.clone());
+        .filter_map(|u| u.nodegroup.clone());
     let refreshed = facts
         .refreshes
         .iter()
@@ -498,48 +502,44 @@ fn deletions(facts: &Facts, mutations: &[crate::moto::Mutation]) -> Vec<String> 
     out
 }
 
-/// 7. One build Job per (PackerBuilder, base AMI), unless the earlier ones failed.
+/// 7. One build at a time per PackerBuilder: never two of its Jobs unfinished at once.
 fn builds(jobs: &[Job]) -> Vec<String> {
-    let mut by_base: BTreeMap<(String, String), Vec<&Job>> = BTreeMap::new();
-    for job in jobs {
-        let meta = &job.metadata;
-        let builder = meta
+    let finished = |job: &Job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True"
+                })
+            })
+    };
+    let mut running: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for job in jobs
+        .iter()
+        .filter(|j| !finished(j) && j.metadata.deletion_timestamp.is_none())
+    {
+        let builder = job
+            .metadata
             .labels
             .as_ref()
             .and_then(|l| l.get("ami.refresh.ops/packer-builder"))
             .cloned()
             .unwrap_or_default();
-        let base = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("ami.refresh.ops/base-ami"))
-            .cloned()
-            .unwrap_or_default();
-        by_base.entry((builder, base)).or_default().push(job);
+        running
+            .entry(builder)
+            .or_default()
+            .push(job.metadata.name.clone().unwrap_or_default());
     }
-    let failed = |job: &Job| {
-        job.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
-    };
-    let mut out = Vec::new();
-    for ((builder, base), mut jobs) in by_base {
-        jobs.sort_by_key(|j| j.metadata.creation_timestamp.clone().map(|t| t.0));
-        let Some((_, earlier)) = jobs.split_last() else {
-            continue;
-        };
-        let kept: Vec<String> = earlier
-            .iter()
-            .filter(|j| !failed(j))
-            .filter_map(|j| j.metadata.name.clone())
-            .collect();
-        if !kept.is_empty() {
-            out.push(format!(
-                "PackerBuilder {builder} built from {base} again after {} (not failed)",
-                kept.join(", ")
-            ));
-        }
-    }
-    out
+    running
+        .into_iter()
+        .filter(|(_, jobs)| jobs.len() > 1)
+        .map(|(builder, jobs)| {
+            format!(
+                "PackerBuilder {builder} runs {} builds at once: {}",
+                jobs.len(),
+                jobs.join(", ")
+            )
+        })
+        .collect()
 }
