@@ -331,7 +331,7 @@ impl World {
                 .updates
                 .iter()
                 .filter(|u| u.status == "InProgress")
-                .map(|u| u.nodegroup.clone())
+                .filter_map(|u| u.nodegroup.clone())
                 .collect();
             let refreshing: Vec<String> = facts
                 .refreshes

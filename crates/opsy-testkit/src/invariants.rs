@@ -191,7 +191,11 @@ pub async fn violations(scope: &Scope<'_>) -> Result<Vec<String>, Box<dyn std::e
     Ok(out)
 }
 
-/// Panics with every violation of the invariants, if any.
+/// Panics with every violation of the invariants, if any: a test assertion.
+#[allow(
+    clippy::panic,
+    reason = "an assertion for tests, which fail by panicking"
+)]
 pub async fn check(scope: &Scope<'_>) {
     match violations(scope).await {
         Ok(found) if found.is_empty() => {}
