@@ -116,19 +116,9 @@ async fn running_rollback(
     image: &str,
 ) -> Result<Option<(i64, String)>, Error> {
     for update in aws.running_updates(cluster, group).await? {
-        let Some(version) = update
-            .param("LaunchTemplateVersion")
-            .and_then(|v| v.parse::<i64>().ok())
-        else {
+        let Some(version) = update.template_version(template_id) else {
             continue;
         };
-        if update.kind != "VersionUpdate"
-            || update
-                .param("LaunchTemplateId")
-                .is_some_and(|id| id != template_id)
-        {
-            continue;
-        }
         let carries = aws
             .launch_template_version(
                 &opsy_aws::launch_templates::TemplateRef::Id(template_id.to_owned()),

@@ -327,14 +327,25 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .filter(|g| plan.start.contains(&g.name))
         .collect();
     let blockers = disruption_blockers(&ctx.client, &starting).await?;
-    if !starting.is_empty() {
-        // The intent first: a process that crashes right after starting an update finds the
-        // group Pending toward its target, so a move AWS finished meanwhile is verified by the
-        // health gate (see `plan`) instead of counted as already done.
-        for name in &plan.start {
-            if let Some(entry) = plan.groups.iter().find(|e| &e.name == name) {
-                upsert_entry(&mut status, entry);
-            }
+    // The intent first: a process that crashes right after starting an update finds the group
+    // Pending toward its target, so a move AWS finished meanwhile is verified by the health gate
+    // (see `plan`) instead of counted as already done. Written only when it is news (a group
+    // held by its pre-flight check is started again at every poll).
+    let news: Vec<NodeGroupStatus> = plan
+        .groups
+        .iter()
+        .filter(|e| plan.start.contains(&e.name))
+        .filter(|e| {
+            !status
+                .node_groups
+                .iter()
+                .any(|s| s.name == e.name && s.phase == e.phase && s.to_image == e.to_image)
+        })
+        .cloned()
+        .collect();
+    if !news.is_empty() {
+        for entry in &news {
+            upsert_entry(&mut status, entry);
         }
         amr = Arc::new(write_status(&ctx, &amr, &status).await?);
     }

@@ -113,17 +113,13 @@ pub(crate) async fn start_version_update(
         return Ok(());
     };
     let target = entry.to_image.clone().unwrap_or_default();
-    let wanted = version.to_string();
     let issued = aws
         .updates(cluster, &entry.name)
         .await?
         .into_iter()
         .rev()
         .find(|u| {
-            u.kind == "VersionUpdate"
-                && u.param("LaunchTemplateVersion") == Some(wanted.as_str())
-                && u.param("LaunchTemplateId")
-                    .is_none_or(|id| id == template_id)
+            u.template_version(&template_id) == Some(version)
                 && after.is_some_and(|after| u.created.is_some_and(|c| c >= after))
         });
     if let Some(update) = issued {
@@ -200,9 +196,7 @@ pub(crate) async fn start(
                 let running = aws.running_updates(cluster, &group.name).await?;
                 let wanted = wanted_update_config(spec);
                 let mine = running.iter().find(|u| {
-                    let version = u.param("LaunchTemplateVersion");
-                    (u.kind == "VersionUpdate"
-                        && ours.is_some_and(|v| version == Some(v.to_string().as_str())))
+                    (ours.is_some() && u.template_version(template_id) == ours)
                         || (u.kind == "ConfigUpdate" && wanted.is_some_and(|w| w.matches(u)))
                 });
                 if let Some(update) = mine {

@@ -110,43 +110,41 @@ impl World {
             )
             .await
             .unwrap();
-        let spec = match self.scenario {
-            Scenario::Rollout => {
-                for name in ["m1", "m2"] {
-                    fixture
-                        .create_node_group(
-                            CLUSTER,
-                            &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-                        )
-                        .await
-                        .unwrap();
-                }
-                fixture
-                    .create_self_managed_group(CLUSTER, "s1", ids::AL2023_130_SEP, &[])
-                    .await
-                    .unwrap();
+        // The scenario's managed groups, self-managed groups and spec.
+        let (managed, self_managed, spec): (&[&str], &[&str], _) = match self.scenario {
+            Scenario::Rollout => (
+                &["m1", "m2"],
+                &["s1"],
                 serde_json::json!({
                     "refreshConfig": {"maxUnavailable": 2},
                     "rollout": {"maxInFlight": 3},
                     "selfManaged": {"enabled": true, "minHealthyPercentage": 50},
-                })
-            }
-            Scenario::Rollback => {
-                for name in ["canary", "m1"] {
-                    fixture
-                        .create_node_group(
-                            CLUSTER,
-                            &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
-                        )
-                        .await
-                        .unwrap();
-                }
+                }),
+            ),
+            Scenario::Rollback => (
+                &["canary", "m1"],
+                &[],
                 serde_json::json!({
                     "selfManaged": {"enabled": false},
                     "rollout": {"canary": ["canary"], "healthTimeout": "2s", "onFailure": "rollback"},
-                })
-            }
+                }),
+            ),
         };
+        for name in managed {
+            fixture
+                .create_node_group(
+                    CLUSTER,
+                    &NodeGroupSpec::with_image(name, ids::AL2023_130_SEP),
+                )
+                .await
+                .unwrap();
+        }
+        for name in self_managed {
+            fixture
+                .create_self_managed_group(CLUSTER, name, ids::AL2023_130_SEP, &[])
+                .await
+                .unwrap();
+        }
         let mut full = serde_json::json!({
             "region": REGION, "clusterName": CLUSTER, "ami": self.target, "expiresIn": "30d",
             "timeOuts": {"controllerTimer": "10m"},

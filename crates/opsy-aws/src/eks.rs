@@ -89,6 +89,20 @@ impl UpdateProgress {
         self.status == UpdateStatus::Successful.as_str()
     }
 
+    /// The launch template version a version update moves its group to, when it names one of
+    /// `template_id` (an update that names the template by name only is taken as of it: a
+    /// group's template cannot change).
+    pub fn template_version(&self, template_id: &str) -> Option<i64> {
+        if self.kind != "VersionUpdate"
+            || self
+                .param("LaunchTemplateId")
+                .is_some_and(|id| id != template_id)
+        {
+            return None;
+        }
+        self.param("LaunchTemplateVersion")?.parse().ok()
+    }
+
     /// The value of parameter `kind` (e.g. `LaunchTemplateVersion`).
     pub fn param(&self, kind: &str) -> Option<&str> {
         self.params

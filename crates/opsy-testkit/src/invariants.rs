@@ -301,32 +301,24 @@ fn tags_then<'m>(
         .map(|(_, tags)| tags)
 }
 
-/// 3. No AMI back to `active` after `deprecated` or `quarantined`.
+/// 3. No AMI back to `active` after `deprecated` or `quarantined` (its tags as the emulator
+///    saw them when the request arrived).
 fn reactivations(mutations: &[crate::moto::Mutation]) -> Vec<String> {
-    let mut left: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::new();
     for m in mutations
         .iter()
         .filter(|m| m.action == "ec2:CreateTags" && m.done())
+        .filter(|m| m.request_tags.get("status").map(String::as_str) == Some("active"))
     {
-        let Some(status) = m.request_tags.get("status") else {
-            continue;
-        };
         for image in images_of(m) {
-            let before = tags_then(m, image)
+            if let Some(before) = tags_then(m, image)
                 .and_then(|t| t.get("status"))
-                .or(left.get(image))
-                .cloned();
-            if status == "active"
-                && let Some(before) = before.filter(|b| b == "deprecated" || b == "quarantined")
+                .filter(|b| *b == "deprecated" || *b == "quarantined")
             {
                 out.push(format!(
                     "{image} went back to active after it was {before} (mutation {})",
                     m.seq
                 ));
-            }
-            if status != "active" {
-                left.insert(image.to_owned(), status.clone());
             }
         }
     }

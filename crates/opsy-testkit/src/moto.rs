@@ -253,12 +253,16 @@ impl Moto {
 
     /// Forgets the request counts (to count only what follows).
     pub fn clear_requests(&self) -> Result<(), MotoError> {
-        const PATH: &str = "/opsy-ext/requests";
-        ureq::delete(format!("{}{PATH}", self.endpoint))
+        self.delete("/opsy-ext/requests")
+    }
+
+    /// `DELETE path` of the emulator's own endpoints.
+    fn delete(&self, path: &'static str) -> Result<(), MotoError> {
+        ureq::delete(format!("{}{path}", self.endpoint))
             .call()
             .map(drop)
             .map_err(|e| MotoError::Api {
-                path: PATH,
+                path,
                 message: e.to_string(),
             })
     }
@@ -349,14 +353,7 @@ impl Moto {
 
     /// Ends the crash: held requests are dropped unanswered, later ones served again.
     pub fn clear_crash(&self) -> Result<(), MotoError> {
-        const PATH: &str = "/opsy-ext/crash-after";
-        ureq::delete(format!("{}{PATH}", self.endpoint))
-            .call()
-            .map(drop)
-            .map_err(|e| MotoError::Api {
-                path: PATH,
-                message: e.to_string(),
-            })
+        self.delete("/opsy-ext/crash-after")
     }
 
     /// The server's request log so far (one line per request), for debugging failed tests.
