@@ -14,6 +14,8 @@ Each follows the AWS API reference:
   copy, and the copy is `pending` for one DescribeImages poll before it is `available`.
 - EC2 EnableImageDeregistrationProtection / DisableImageDeregistrationProtection, the image's
   DeregistrationProtection, and DeregisterImage refused while it is enabled.
+- EC2 DeregisterImage DeleteAssociatedSnapshots: the image's snapshots deleted with it unless
+  another image uses them (DeleteSnapshotResultSet).
 - EKS UpdateClusterVersion: asynchronous like a node-group update (the cluster is UPDATING,
   then takes the new version), one minor version at a time.
 - EKS UpdateNodegroupVersion and UpdateNodegroupConfig are asynchronous: an update is
@@ -60,7 +62,7 @@ HTTP endpoints beside moto's own ``/moto-api``:
 - ``GET /opsy-ext/mutations``: every mutating request so far, in order (any action but
   ``Describe*``, ``List*``, ``Get*`` and STS ``AssumeRole*``): its sequence number, signing key,
   ``service:Action``, resource ARNs with their tags then, the tags it writes, the snapshots a
-  deregistered image owned, the HTTP status it got and whether it was
+  deregistered image owned (and whether they were to be deleted with it), the HTTP status it got and whether it was
   carried out. ``/moto-api/reset`` clears it.
 - ``GET /opsy-ext/facts``: the state the tests' invariants read (images, launch template
   versions, instances, node-group updates, instance refreshes), not counted as requests.
@@ -220,11 +222,19 @@ def _patch_ec2() -> None:
         # no architecture; the image gets the one asked for.
         result = original_register_image(self)
         architecture = self._get_param("Architecture")
-        if architecture:
-            image_id = result.result["ImageId"] if hasattr(result, "result") else None
-            image = self.ec2_backend.amis.get(image_id) if image_id else None
-            if image is not None:
-                image.architecture = architecture
+        image_id = result.result["ImageId"] if hasattr(result, "result") else None
+        image = self.ec2_backend.amis.get(image_id) if image_id else None
+        if image is not None and architecture:
+            image.architecture = architecture
+        # BlockDeviceMapping.N.Ebs.SnapshotId: the image is registered from an existing
+        # snapshot (which it then shares with any other image registered from it); moto
+        # creates a new one regardless, which is dropped.
+        root = self.querystring.get("BlockDeviceMapping.1.Ebs.SnapshotId", [None])[0]
+        if image is not None and root:
+            made = getattr(image, "ebs_snapshot", None)
+            image.ebs_snapshot = self.ec2_backend.get_snapshot(root)
+            if made is not None and made.id != root:
+                self.ec2_backend.snapshots.pop(made.id, None)
         return result
 
     original_copy_image = AmisResponse.copy_image
@@ -318,7 +328,25 @@ def _patch_ec2() -> None:
                 "OperationNotPermitted",
                 f"The image {image.id} has deregistration protection enabled; disable it first",
             )
-        return original_deregister_image(self)
+        # EC2 API reference, DeregisterImage: DeleteAssociatedSnapshots deletes the image's
+        # snapshots with it ("If a snapshot is associated with multiple AMIs, it is not
+        # deleted, regardless of this setting"), reported per snapshot in
+        # DeleteSnapshotResultSet (DeleteSnapshotReturnCode: success | skipped | …).
+        delete = self._get_bool_param("DeleteAssociatedSnapshots", False)
+        owned = getattr(image, "ebs_snapshot", None) if image is not None else None
+        answer = original_deregister_image(self)
+        if not delete or owned is None:
+            return answer
+        shared = any(
+            getattr(other, "ebs_snapshot", None) is not None and other.ebs_snapshot.id == owned.id
+            for other in self.ec2_backend.amis.values()
+        )
+        if shared:
+            code = "skipped"
+        else:
+            self.ec2_backend.delete_snapshot(owned.id)
+            code = "success"
+        return ActionResult({"Return": True, "DeleteSnapshotResults": [{"SnapshotId": owned.id, "ReturnCode": code}]})
 
     for cls in (AmisResponse, EC2Response):
         cls.copy_image = copy_image
@@ -1227,6 +1255,26 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             # For the mutation log: the snapshots the image owned (its deregistration frees them).
             snapshot = getattr(backend.amis[first("ImageId")], "ebs_snapshot", None)
             implied_snapshots = [snapshot.id] if snapshot is not None else []
+            if (first("DeleteAssociatedSnapshots") or "").lower() == "true":
+                # The snapshots deleted with the image are authorised as ec2:DeleteSnapshot on
+                # each (the API reference names no separate action; a role that may not delete
+                # a snapshot would get "missing-permissions" for it): the tests' policy checks
+                # see them, and the mutation log records their tags then.
+                context["opsy:DeleteAssociatedSnapshots"] = "true"
+                for snap in implied_snapshots:
+                    arn = _ec2_arn(region, account, snap)
+                    resource_tags[arn] = dict(backend.tags.get(snap, {}))
+                    implied.append(
+                        {
+                            "access_key": key,
+                            "role": role,
+                            "action": "ec2:DeleteSnapshot",
+                            "resources": [arn],
+                            "request_tags": {},
+                            "resource_tags": {arn: dict(backend.tags.get(snap, {}))},
+                            "context": {},
+                        }
+                    )
         if ids:
             resources = [_ec2_arn(region, account, i) for i in ids if i]
             for i in ids:
@@ -1315,6 +1363,7 @@ def _mutation(call: dict[str, Any] | None, action: str, environ: dict[str, Any])
         "request_tags": dict(call.get("request_tags", {})),
         "resource_tags": dict(call.get("resource_tags", {})),
         "snapshots": list(call.get("snapshots", [])),
+        "deletes_snapshots": call.get("context", {}).get("opsy:DeleteAssociatedSnapshots") == "true",
         "status": None,
         "carried_out": None,
     }

@@ -24,12 +24,7 @@ use opsy_api::{
 };
 use opsy_aws::{AwsOptions, ClientSet};
 use opsy_runtime::metrics::Metrics;
-use opsy_testkit::{
-    ControlPlane, Fixture, Moto, NodeGroupSpec,
-    crash::{Step, until_crash},
-    invariants,
-    seed::ids,
-};
+use opsy_testkit::{ControlPlane, Fixture, Moto, NodeGroupSpec, crash, invariants, seed::ids};
 
 const REGION: &str = "us-west-2";
 const CLUSTER: &str = "prod-east";
@@ -363,74 +358,49 @@ impl World {
         }
         panic!("AWS did not end its updates while the operator was down");
     }
+}
 
-    /// One run: reconciles (each with a fresh context) until the scenario ends; a crash set
-    /// beforehand drops the reconcile it happens in. Returns whether a crash happened.
-    async fn run(&mut self, what: &str) -> Option<String> {
-        let mut crashed = None;
-        for _ in 0..80 {
-            self.between().await;
-            self.sync_nodes().await;
-            let amr = self.api().get(NAME).await.unwrap();
-            let step = until_crash(
-                &self.moto,
-                Box::pin(reconcile(Arc::new(amr), self.context())),
-            )
-            .await
-            .unwrap();
-            if let Step::Crashed(report) = step {
-                crashed = report.action;
-                self.downtime().await;
-            }
-            if self.done().await {
-                let scope =
-                    invariants::Scope::new(&self.moto, self.client.clone(), &self.namespace);
-                let found = invariants::violations(&scope).await.unwrap();
-                if !found.is_empty() {
-                    panic!(
-                        "{what} (crashed at {crashed:?}): invariants violated:\n- {}",
-                        found.join("\n- ")
-                    );
-                }
-                self.check_end().await;
-                return crashed;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+impl crash::Scenario for World {
+    fn moto(&self) -> &Moto {
+        &self.moto
+    }
+
+    async fn reset(&mut self) {
+        World::reset(self).await;
+    }
+
+    async fn between(&mut self) {
+        World::between(self).await;
+        self.sync_nodes().await;
+    }
+
+    async fn step(&self) {
+        let amr = self.api().get(NAME).await.unwrap();
+        // An error is reported on the object and retried by the next step.
+        let _ = reconcile(Arc::new(amr), self.context()).await;
+    }
+
+    async fn downtime(&mut self) {
+        World::downtime(self).await;
+    }
+
+    async fn done(&self) -> bool {
+        World::done(self).await
+    }
+
+    async fn violations(&self) -> Vec<String> {
+        let scope = invariants::Scope::new(&self.moto, self.client.clone(), &self.namespace);
+        let found = invariants::violations(&scope).await.unwrap();
+        if found.is_empty() {
+            self.check_end().await;
         }
-        panic!(
-            "{what} (crashed at {crashed:?}): the scenario did not end: {:#?}",
-            self.entries().await
-        );
+        found
     }
 }
 
-/// Runs `scenario` once to count its mutating requests, then once per crash point of the half
-/// `carried_out`.
 async fn enumerate(scenario: Scenario, carried_out: bool) {
-    let started = std::time::Instant::now();
     let mut world = World::new(Moto::start().unwrap(), scenario).await;
-    world.reset().await;
-    world.run("the run without a crash").await;
-    let total = world.moto.operator_mutations().unwrap().len() as u64;
-    assert!(total > 0);
-    let half = if carried_out { "carried out" } else { "lost" };
-    for n in 1..=total {
-        world.reset().await;
-        world.moto.crash_after(n, carried_out).unwrap();
-        let crashed = world
-            .run(&format!(
-                "{scenario:?}, crash at mutation {n} of {total} ({half})"
-            ))
-            .await;
-        assert!(
-            crashed.is_some(),
-            "{scenario:?}: no crash at mutation {n} of {total}"
-        );
-    }
-    eprintln!(
-        "{scenario:?}: M = {total}; {total} crash runs ({half}) and one without, in {:.0?}",
-        started.elapsed()
-    );
+    crash::enumerate(&mut world, &format!("{scenario:?}"), carried_out, 80).await;
 }
 
 #[tokio::test]

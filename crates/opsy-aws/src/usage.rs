@@ -211,10 +211,18 @@ impl AwsClients {
             .map(drop)
     }
 
-    /// Deregisters `image`, then deletes those of its snapshots marked as the operator's (EC2
-    /// keeps snapshots after a deregistration; unmarked ones — an AMI built before snapshots
-    /// were marked — stay, and are returned). Returns the bytes deleted and the snapshots kept.
-    pub async fn deregister_image(&self, image: &Image) -> Result<(u64, Vec<String>), AwsError> {
+    /// Deregisters `image` and deletes those of its snapshots marked as the operator's; unmarked
+    /// ones (an AMI built before snapshots were marked) stay, and are returned with the ones EC2
+    /// did not delete. Returns the bytes deleted and the snapshots kept, each with why.
+    ///
+    /// When every snapshot is marked, one `DeregisterImage` with `DeleteAssociatedSnapshots`
+    /// does both (EC2 API reference, DeregisterImage): a crash cannot fall between the two and
+    /// leave snapshots that no AMI names any more (nothing would ever find them again). Only an
+    /// AMI with unmarked snapshots is deregistered first and its marked snapshots deleted after.
+    pub async fn deregister_image(
+        &self,
+        image: &Image,
+    ) -> Result<(u64, Vec<(String, String)>), AwsError> {
         let marked: BTreeSet<String> = if image.snapshots.is_empty() {
             BTreeSet::new()
         } else {
@@ -235,19 +243,62 @@ impl AwsClients {
                 .filter_map(|s| s.snapshot_id)
                 .collect()
         };
-        let request = self.ec2.deregister_image().image_id(&image.id);
-        self.call("ec2", "DeregisterImage", request.send()).await?;
+        let size = |snapshot: &str| {
+            image
+                .snapshots
+                .iter()
+                .find(|(id, _)| id == snapshot)
+                .map(|(_, gib)| u64::try_from(*gib).unwrap_or_default() << 30)
+                .unwrap_or_default()
+        };
+        let together = !image.snapshots.is_empty()
+            && image.snapshots.iter().all(|(id, _)| marked.contains(id));
+        let request = self
+            .ec2
+            .deregister_image()
+            .image_id(&image.id)
+            .delete_associated_snapshots(together);
+        let answer = self.call("ec2", "DeregisterImage", request.send()).await?;
         self.invalidate_images();
         let mut bytes = 0u64;
         let mut kept = Vec::new();
-        for (snapshot, gib) in &image.snapshots {
+        if together {
+            // Each snapshot's fate: `success`, or kept (`skipped`: another AMI uses it; or a
+            // permission or EC2 error).
+            for result in answer.delete_snapshot_results() {
+                let Some(snapshot) = result.snapshot_id() else {
+                    continue;
+                };
+                match result.return_code().map(|c| c.as_str()) {
+                    Some("success") => bytes += size(snapshot),
+                    Some("skipped") => {
+                        kept.push((snapshot.to_owned(), "another AMI uses it".to_owned()));
+                    }
+                    code => kept.push((
+                        snapshot.to_owned(),
+                        format!(
+                            "EC2 did not delete it: {}",
+                            code.unwrap_or("no reason given")
+                        ),
+                    )),
+                }
+            }
+            return Ok((bytes, kept));
+        }
+        for (snapshot, _) in &image.snapshots {
             if !marked.contains(snapshot) {
-                kept.push(snapshot.clone());
+                kept.push((
+                    snapshot.clone(),
+                    format!(
+                        "not marked {}: not this operator's to delete",
+                        opsy_api::tags::BROUGHT_TO_YOU_BY
+                    ),
+                ));
                 continue;
             }
             let request = self.ec2.delete_snapshot().snapshot_id(snapshot);
             self.call("ec2", "DeleteSnapshot", request.send()).await?;
-            bytes += u64::try_from(*gib).unwrap_or_default() << 30;
+            bytes += size(snapshot);
         }
         Ok((bytes, kept))
     }

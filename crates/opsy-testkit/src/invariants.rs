@@ -12,9 +12,11 @@
 //! 5. no `healthy-on/<cluster>` evidence for an AMI without a group of that cluster having
 //!    passed the health gate on it (its `NodeGroupHealthy` Event), nor while a group of the
 //!    cluster that AWS moved to the AMI has no such verdict;
-//! 6. no snapshot deleted that was not a snapshot of a managed AMI the operator deregistered;
+//! 6. no snapshot deleted that was not a snapshot of a managed AMI the operator deregistered
+//!    (nor, deleted with its image, one not marked as the operator's);
 //!    no managed AMI deregistered while a launch template version or an instance uses it;
-//! 7. one build at a time per PackerBuilder (never two of its Jobs unfinished at once).
+//! 7. one build at a time per PackerBuilder (never two of its Jobs unfinished at once);
+//! 8. at most one copy of an AMI per region (by its `source-ami` tag).
 //!
 //! Reading the facts is not counted as AWS requests, so any test may check them at any time.
 
@@ -188,6 +190,7 @@ pub async fn violations(scope: &Scope<'_>) -> Result<Vec<String>, Box<dyn std::e
     out.extend(evidence(&facts, &mutations, &events));
     out.extend(deletions(&facts, &mutations));
     out.extend(builds(&jobs));
+    out.extend(copies(&facts));
     Ok(out)
 }
 
@@ -462,6 +465,21 @@ fn deletions(facts: &Facts, mutations: &[crate::moto::Mutation]) -> Vec<String> 
                     deregistered.insert(image);
                 }
                 freed.extend(m.snapshots.iter().map(String::as_str));
+                // Snapshots deleted with the image: only marked ones.
+                for snapshot in m.snapshots.iter().filter(|_| m.deletes_snapshots) {
+                    let marked = m
+                        .resource_tags
+                        .iter()
+                        .find(|(arn, _)| arn.ends_with(&format!("/{snapshot}")))
+                        .and_then(|(_, t)| t.get("brought-to-you-by"))
+                        .is_some_and(|v| v == "opsy-the-ami-operator");
+                    if !marked {
+                        out.push(format!(
+                            "snapshot {snapshot}, not marked as the operator's, deleted with its image (mutation {})",
+                            m.seq
+                        ));
+                    }
+                }
             }
             "ec2:DeleteSnapshot" => {
                 for snapshot in m.resource_ids() {
@@ -535,6 +553,27 @@ fn builds(jobs: &[Job]) -> Vec<String> {
                 "PackerBuilder {builder} runs {} builds at once: {}",
                 jobs.len(),
                 jobs.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// 8. At most one copy of an AMI per region.
+fn copies(facts: &Facts) -> Vec<String> {
+    let mut seen: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for image in &facts.images {
+        if let Some(source) = image.tags.get("source-ami") {
+            seen.entry((source, &image.region))
+                .or_default()
+                .push(&image.id);
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, copies)| copies.len() > 1)
+        .map(|((source, region), copies)| {
+            format!(
+                "{source} copied to {region} {} times: {copies:?}",
+                copies.len()
             )
         })
         .collect()

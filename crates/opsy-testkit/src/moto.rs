@@ -442,6 +442,10 @@ pub struct Mutation {
     /// The snapshots a deregistered image owned.
     #[serde(default)]
     pub snapshots: Vec<String>,
+    /// A deregistration that deletes the image's snapshots with it (their tags then are in
+    /// `resource_tags`).
+    #[serde(default)]
+    pub deletes_snapshots: bool,
     /// The HTTP status it got (0: never answered; `None` while in flight).
     #[serde(default)]
     pub status: Option<u16>,

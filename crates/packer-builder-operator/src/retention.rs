@@ -316,12 +316,8 @@ async fn judge(
                             image.snapshots.len() - kept.len(),
                             bytes >> 30
                         );
-                        if !kept.is_empty() {
-                            message.push_str(&format!(
-                                "; kept {} (not marked {}: not this operator's to delete)",
-                                kept.join(", "),
-                                tags::BROUGHT_TO_YOU_BY
-                            ));
+                        for (snapshot, why) in &kept {
+                            message.push_str(&format!("; kept {snapshot} ({why})"));
                         }
                         outcome
                             .deregistered

@@ -218,3 +218,51 @@ def test_aws_publishes_public_parameters_in_versions(aws: Any) -> None:
         calls = json.loads(response.read())
     read = [c for c in calls if c["action"] == "ssm:GetParameter"]
     assert read[-1]["resources"] == [f"arn:aws:ssm:{REGION}::parameter{name}"]
+
+
+def test_deregistering_an_image_can_delete_its_snapshots_but_not_those_another_image_uses(aws: Any) -> None:
+    from test_crash import get
+
+    def snapshot_of(image: str) -> str:
+        return aws.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+
+    def snapshots() -> set[str]:
+        return {s["SnapshotId"] for s in aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+    image = aws.image("old")
+    snapshot = snapshot_of(image)
+    aws.ec2.create_tags(Resources=[snapshot], Tags=[{"Key": "brought-to-you-by", "Value": "x"}])
+    answer = aws.ec2.deregister_image(ImageId=image, DeleteAssociatedSnapshots=True)
+    assert answer["DeleteSnapshotResults"] == [{"SnapshotId": snapshot, "ReturnCode": "success"}]
+    assert snapshot not in snapshots()
+    logged = [m for m in get(aws.url, "/opsy-ext/mutations") if m["action"] == "ec2:DeregisterImage"]
+    assert logged[-1]["deletes_snapshots"] is True and logged[-1]["snapshots"] == [snapshot]
+    arn = f"arn:aws:ec2:{REGION}::snapshot/{snapshot}"
+    assert logged[-1]["resource_tags"][arn] == {"brought-to-you-by": "x"}
+    # The policy checks see a DeleteSnapshot of it.
+    calls = get(aws.url, "/opsy-ext/calls")
+    assert any(c["action"] == "ec2:DeleteSnapshot" and c["resources"] == [arn] for c in calls)
+
+    # Without the parameter the snapshot stays (the default).
+    kept = aws.image("kept")
+    aws.ec2.deregister_image(ImageId=kept)
+    assert snapshot_of_gone_image_kept(aws, kept, snapshots())
+
+    # A snapshot another image uses is skipped.
+    first = aws.image("first")
+    shared = snapshot_of(first)
+    second = aws.ec2.register_image(
+        Name="second",
+        RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": shared}}],
+    )["ImageId"]
+    assert snapshot_of(second) == shared
+    answer = aws.ec2.deregister_image(ImageId=first, DeleteAssociatedSnapshots=True)
+    assert answer["DeleteSnapshotResults"] == [{"SnapshotId": shared, "ReturnCode": "skipped"}]
+    assert shared in snapshots()
+
+
+def snapshot_of_gone_image_kept(aws: Any, image: str, snapshots: set[str]) -> bool:
+    """Whether the snapshot of the deregistered `image` (found by its description) remains."""
+    described = aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    return any(image in (s.get("Description") or "") and s["SnapshotId"] in snapshots for s in described)
