@@ -340,7 +340,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             );
             requeue = ctx.poll_interval;
         }
-        Decision::Complete { job, image } => {
+        Decision::Complete { job, image } => 'complete: {
             // The base may have moved since the build started: its version is known only
             // from the cluster, or from the base this build used.
             let version = kubernetes_version
@@ -372,6 +372,11 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 now,
             )
             .await?;
+            let Some(outcome) = outcome else {
+                // Recorded, nothing built now: decide again at once.
+                requeue = Duration::from_secs(1);
+                break 'complete;
+            };
             let event = if outcome.is_ok() {
                 // Copies, sharing and retention follow at once, from a fresh look at the AMIs.
                 requeue = Duration::from_secs(1);
@@ -959,6 +964,12 @@ fn image_ref(candidate: &opsy_aws::managed::Candidate) -> ImageRef {
 }
 
 /// The build Job of this PackerBuilder that status has not recorded, with its state.
+///
+/// Builds run one at a time, so only a Job newer than every recorded one can be unrecorded:
+/// Jobs older than the newest recorded one were recorded before it, even once
+/// `status.history` has let them go (it keeps the last [`HISTORY`]; finished Jobs live for
+/// `ttlAfterFinished`, which may hold many more). Creation times are the API server's, so no
+/// clock of the operator's is compared with them.
 async fn open_job(
     pb: &PackerBuilder,
     jobs: &Api<Job>,
@@ -968,23 +979,30 @@ async fn open_job(
 ) -> Result<Option<OpenJob>, Error> {
     let selector = format!("{}={}", labels::PACKER_BUILDER, pb.name_any());
     let list = jobs.list(&ListParams::default().labels(&selector)).await?;
-    let mut open: Vec<Job> = list
-        .items
+    let recorded = |j: &Job| {
+        let id = j
+            .labels()
+            .get(labels::JOB_ID)
+            .map(String::as_str)
+            .unwrap_or_default();
+        status.history.iter().any(|r| r.job_id == id)
+    };
+    let created = |j: &Job| j.creation_timestamp().map(|t| t.0);
+    let owned: Vec<Job> = list.items.into_iter().filter(|j| owned_by(j, pb)).collect();
+    let newest_recorded = owned
+        .iter()
+        .filter(|j| recorded(j))
+        .filter_map(created)
+        .max();
+    let mut open: Vec<Job> = owned
         .into_iter()
-        .filter(|j| owned_by(j, pb))
-        .filter(|j| {
-            let id = j
-                .labels()
-                .get(labels::JOB_ID)
-                .map(String::as_str)
-                .unwrap_or_default();
-            !status.history.iter().any(|r| r.job_id == id)
-        })
+        .filter(|j| !recorded(j))
+        .filter(|j| newest_recorded.is_none_or(|newest| created(j).is_none_or(|c| c >= newest)))
         // A Job being deleted before it finished never finishes: it counts as gone (its
         // deletion may wait on finalizers). A finished one is still read for its AMI.
         .filter(|j| j.metadata.deletion_timestamp.is_none() || finished(j))
         .collect();
-    open.sort_by_key(|j| (j.creation_timestamp().map(|t| t.0), j.name_any()));
+    open.sort_by_key(|j| (created(j), j.name_any()));
     let Some(job) = open.pop() else {
         return Ok(None);
     };
@@ -1028,7 +1046,7 @@ async fn complete(
     image_id: &str,
     (kubernetes_version, variant, os_family): (Option<String>, Option<String>, Option<String>),
     now: Timestamp,
-) -> Result<Result<(), String>, Error> {
+) -> Result<Option<Result<(), String>>, Error> {
     let generation = pb.meta().generation;
     // Owned by this account (`self`): a build that reports a public AMI gets nothing.
     let found = aws
@@ -1078,9 +1096,32 @@ async fn complete(
             );
             event(ctx, pb, EventType::Warning, code, &reason).await;
             status.last_run_message = Some(reason.clone());
-            return Ok(Err(reason));
+            return Ok(Some(Err(reason)));
         }
     };
+    if let Some(why) = superseded(image, managed) {
+        // An AMI this Job's completion tagged long ago (status lost it since): recorded, never
+        // made active again — that would deprecate the newer AMI and roll fleets back.
+        let message = format!(
+            "Job {} reported {image_id}, which {why}: recorded, not made active again",
+            job.name
+        );
+        status.job_status = Some("completed".into());
+        record(
+            status,
+            BuildRecord {
+                job_id: job.job_id.clone(),
+                base_image_id: job.base_ami.clone(),
+                built_image_id: Some(image_id.to_owned()),
+                result: "succeeded".into(),
+                message: Some(message.clone()),
+                started: None,
+                finished: Some(time(now)),
+            },
+        );
+        event(ctx, pb, EventType::Warning, "SupersededBuild", &message).await;
+        return Ok(None);
+    }
     let facts = BuildFacts {
         created: image.creation_date.unwrap_or(now),
         base_ami: job.base_ami.clone(),
@@ -1152,7 +1193,31 @@ async fn complete(
     );
     set_ready(status, &message, now, generation);
     event(ctx, pb, EventType::Normal, "BuildSucceeded", &message).await;
-    Ok(Ok(()))
+    Ok(Some(Ok(())))
+}
+
+/// Why `image`, tagged by an earlier completion of its Job, must not become active again: it
+/// was deprecated or quarantined since, or a newer managed AMI is active.
+fn superseded(image: &opsy_aws::Image, managed: &Selection) -> Option<String> {
+    match image.tag(tags::STATUS) {
+        Some(s @ (tags::STATUS_DEPRECATED | tags::STATUS_QUARANTINED)) => {
+            return Some(format!("is {s}"));
+        }
+        _ => {}
+    }
+    // Both by the contract's `create-timestamp`, as the refreshers order AMIs.
+    let created = managed
+        .candidates
+        .iter()
+        .find(|c| c.image.id == image.id)
+        .and_then(|c| c.created)
+        .or(image.creation_date)?;
+    let newer = managed.candidates.iter().find(|c| {
+        c.image.id != image.id
+            && c.image.tag(tags::STATUS) == Some(tags::STATUS_ACTIVE)
+            && c.created.is_some_and(|c| c > created)
+    })?;
+    Some(format!("is older than the active {}", newer.image.id))
 }
 
 fn record(status: &mut PackerBuilderStatus, entry: BuildRecord) {

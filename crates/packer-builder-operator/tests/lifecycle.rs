@@ -2409,3 +2409,78 @@ async fn two_architectures_are_two_packer_builders_each_building_for_its_own() {
     let calls = world.moto.operator_calls().unwrap();
     opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 2).unwrap();
 }
+
+#[tokio::test]
+async fn builds_beyond_the_history_never_come_back_when_it_rolls_over() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    // Twelve builds within the Jobs' time to live (each from a newer base): more than the ten
+    // that status.history keeps; the first one failed.
+    world.publish_base("base-al2023-v00").await;
+    world.reconcile().await;
+    let failed = world.status().await.job_name.unwrap();
+    world.finish_job(&failed, 1, "boom").await;
+    world.reconcile().await;
+    assert_eq!(world.status().await.failed_job_count, 1);
+    let mut built = Vec::new();
+    for n in 1..=11 {
+        world.publish_base(&format!("base-al2023-v{n:02}")).await;
+        built.push(build_once(&world, &format!("al2023-hardened-{n}")).await);
+    }
+    assert_eq!(
+        world.job_names().await.len(),
+        12,
+        "every Job is still there"
+    );
+    let status = world.status().await;
+    assert_eq!(status.history.len(), 10);
+    let newest = built.last().unwrap().clone();
+
+    // Further reconciles complete no old Job again: the active AMI stays the newest build,
+    // the first build is still deprecated, no failure is counted again.
+    for _ in 0..3 {
+        world.reconcile().await;
+    }
+    let status = world.status().await;
+    assert_eq!(status.active_image.unwrap().id, newest);
+    assert_eq!(status.failed_job_count, 0, "{:?}", status.history);
+    assert_eq!(status.history, world.status().await.history);
+    assert_eq!(world.image_tags(&built[0]).await["status"], "deprecated");
+    assert_eq!(world.image_tags(&newest).await["status"], "active");
+    assert_eq!(world.job_names().await.len(), 12, "no new build");
+}
+
+#[tokio::test]
+async fn a_lost_status_never_reactivates_the_ami_of_an_older_job() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    world.publish_base("base-al2023-v1").await;
+    let first = build_once(&world, "al2023-hardened-1").await;
+    world.publish_base("base-al2023-v2").await;
+    let second = build_once(&world, "al2023-hardened-2").await;
+    // The second Job is gone (its time to live ended) and status is lost (the object restored
+    // from a backup without it): the first Job is the only one there, unrecorded.
+    let jobs = world.job_names().await;
+    let newest = world.status().await.job_name.unwrap();
+    world
+        .jobs()
+        .delete(&newest, &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
+    world
+        .builders()
+        .patch_status(
+            "al2023-hardened",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(world.image_tags(&first).await["status"], "deprecated");
+    assert_eq!(world.image_tags(&second).await["status"], "active");
+    let status = world.status().await;
+    assert_eq!(status.active_image.unwrap().id, second);
+    assert_eq!(status.failed_job_count, 0);
+    assert_eq!(world.job_names().await.len(), 1, "no new build");
+}
