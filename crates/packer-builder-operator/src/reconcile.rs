@@ -1199,11 +1199,9 @@ async fn complete(
 /// Why `image`, tagged by an earlier completion of its Job, must not become active again: it
 /// was deprecated or quarantined since, or a newer managed AMI is active.
 fn superseded(image: &opsy_aws::Image, managed: &Selection) -> Option<String> {
-    match image.tag(tags::STATUS) {
-        Some(s @ (tags::STATUS_DEPRECATED | tags::STATUS_QUARANTINED)) => {
-            return Some(format!("is {s}"));
-        }
-        _ => {}
+    if let Some(s @ (tags::STATUS_DEPRECATED | tags::STATUS_QUARANTINED)) = image.tag(tags::STATUS)
+    {
+        return Some(format!("is {s}"));
     }
     // Both by the contract's `create-timestamp`, as the refreshers order AMIs.
     let created = managed
