@@ -14,6 +14,8 @@ Each follows the AWS API reference:
   copy, and the copy is `pending` for one DescribeImages poll before it is `available`.
 - EC2 EnableImageDeregistrationProtection / DisableImageDeregistrationProtection, the image's
   DeregistrationProtection, and DeregisterImage refused while it is enabled.
+- EC2 filter limits: at most 200 filter values in one request, each at most 255 characters
+  (FilterLimitExceeded), which moto does not enforce.
 - EC2 DeregisterImage DeleteAssociatedSnapshots: the image's snapshots deleted with it unless
   another image uses them (DeleteSnapshotResultSet).
 - EKS UpdateClusterVersion: asynchronous like a node-group update (the cluster is UPDATING,
@@ -1342,6 +1344,25 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
     }
 
 
+# EC2's limits on filters (EC2 API reference, "Error codes for the Amazon EC2 API":
+# FilterLimitExceeded, "The request uses too many filters or too many filter values"; AWS
+# answers "The maximum number of filter values specified on a single call is 200", counting the
+# values of every filter of the call, and "The maximum length for a filter value is 255
+# characters").
+MAX_FILTER_VALUES = 200
+MAX_FILTER_VALUE_LENGTH = 255
+
+
+def _filter_limit(params: dict[str, list[str]]) -> str | None:
+    """Why EC2 refuses the filters of a query request (`Filter.N.Value.M`), or None."""
+    values = [v for key, vs in params.items() if re.fullmatch(r"Filter\.\d+\.Value\.\d+", key) for v in vs]
+    if len(values) > MAX_FILTER_VALUES:
+        return f"The maximum number of filter values specified on a single call is {MAX_FILTER_VALUES}"
+    if any(len(v) > MAX_FILTER_VALUE_LENGTH for v in values):
+        return f"The maximum length for a filter value is {MAX_FILTER_VALUE_LENGTH} characters"
+    return None
+
+
 _READ_ONLY = ("Describe", "List", "Get", "AssumeRole")
 
 
@@ -1712,6 +1733,10 @@ class Middleware:
             if mutation is not None:
                 mutation.update(status=0, carried_out=False)
             return self.crash.hold(environ)
+        if rule is None and "/ec2/" in environ.get("HTTP_AUTHORIZATION", ""):
+            refused = _filter_limit(params)
+            if refused is not None:
+                rule = {"code": "FilterLimitExceeded", "status": 400, "message": refused}
         if rule is not None:
             if mutation is not None:
                 mutation.update(status=int(rule["status"]), carried_out=False)

@@ -416,8 +416,26 @@ impl AwsClients {
         &self,
         query: &ImageQuery,
     ) -> Result<Arc<Vec<Image>>, AwsError> {
-        const OP: &str = "DescribeImages";
         let mut images = Vec::new();
+        // EC2 takes at most 200 filter values a request: a long list is several requests.
+        for filters in crate::filters::split(&query.filters) {
+            self.describe_images_pages(query, &filters, &mut images)
+                .await?;
+        }
+        images.sort_by(|a, b| a.id.cmp(&b.id));
+        images.dedup_by(|a, b| a.id == b.id);
+        self.images.learn_account(query, &images);
+        Ok(Arc::new(images))
+    }
+
+    /// Every page of `query` with `filters` (its own, or a part of them) into `images`.
+    async fn describe_images_pages(
+        &self,
+        query: &ImageQuery,
+        filters: &[crate::filters::NamedFilter],
+        images: &mut Vec<Image>,
+    ) -> Result<(), AwsError> {
+        const OP: &str = "DescribeImages";
         let mut token: Option<String> = None;
         loop {
             let mut request = self.ec2.describe_images().set_next_token(token.take());
@@ -428,7 +446,7 @@ impl AwsClients {
             } else {
                 request = request.set_image_ids(Some(query.image_ids.clone()));
             }
-            for (name, values) in &query.filters {
+            for (name, values) in filters {
                 request = request.filters(
                     Filter::builder()
                         .name(name)
@@ -460,10 +478,7 @@ impl AwsClients {
                 _ => break,
             }
         }
-        images.sort_by(|a, b| a.id.cmp(&b.id));
-        images.dedup_by(|a, b| a.id == b.id);
-        self.images.learn_account(query, &images);
-        Ok(Arc::new(images))
+        Ok(())
     }
 
     /// The base AMI: the newest `available` image matching `filters` (ties broken by name, then

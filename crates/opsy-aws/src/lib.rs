@@ -15,6 +15,7 @@ pub mod config;
 pub mod distribution;
 pub mod eks;
 pub mod error;
+pub mod filters;
 pub mod images;
 pub mod launch_templates;
 pub mod managed;

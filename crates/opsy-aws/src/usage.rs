@@ -92,48 +92,54 @@ impl AwsClients {
                 _ => break,
             }
         }
-        let mut token: Option<String> = None;
-        loop {
-            let request = self
-                .ec2
-                .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name("image-id")
-                        .set_values(Some(images.to_vec()))
-                        .build(),
-                )
-                .filters(
-                    Filter::builder()
-                        .name("instance-state-name")
-                        .set_values(Some(LIVE_STATES.map(str::to_owned).to_vec()))
-                        .build(),
-                )
-                .set_max_results(self.page_size)
-                .set_next_token(token.take());
-            let page = self
-                .call("ec2", "DescribeInstances", request.send())
-                .await?;
-            for reservation in page.reservations.unwrap_or_default() {
-                for instance in reservation.instances.unwrap_or_default() {
-                    let state = instance
-                        .state
-                        .as_ref()
-                        .and_then(|s| s.name.as_ref())
-                        .map(|n| n.as_str().to_owned())
-                        .unwrap_or_default();
-                    note(
-                        instance.image_id.as_deref(),
-                        format!(
-                            "instance {} ({state})",
-                            instance.instance_id.unwrap_or_default()
-                        ),
+        // Instances by image: EC2 takes at most 200 filter values a request.
+        let filters = [
+            ("image-id".to_owned(), images.to_vec()),
+            (
+                "instance-state-name".to_owned(),
+                LIVE_STATES.map(str::to_owned).to_vec(),
+            ),
+        ];
+        for filters in crate::filters::split(&filters) {
+            let mut token: Option<String> = None;
+            loop {
+                let mut request = self
+                    .ec2
+                    .describe_instances()
+                    .set_max_results(self.page_size)
+                    .set_next_token(token.take());
+                for (name, values) in &filters {
+                    request = request.filters(
+                        Filter::builder()
+                            .name(name)
+                            .set_values(Some(values.clone()))
+                            .build(),
                     );
                 }
-            }
-            match page.next_token {
-                Some(next) if !next.is_empty() => token = Some(next),
-                _ => break,
+                let page = self
+                    .call("ec2", "DescribeInstances", request.send())
+                    .await?;
+                for reservation in page.reservations.unwrap_or_default() {
+                    for instance in reservation.instances.unwrap_or_default() {
+                        let state = instance
+                            .state
+                            .as_ref()
+                            .and_then(|s| s.name.as_ref())
+                            .map(|n| n.as_str().to_owned())
+                            .unwrap_or_default();
+                        note(
+                            instance.image_id.as_deref(),
+                            format!(
+                                "instance {} ({state})",
+                                instance.instance_id.unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
+                match page.next_token {
+                    Some(next) if !next.is_empty() => token = Some(next),
+                    _ => break,
+                }
             }
         }
         Ok(used)

@@ -167,3 +167,50 @@ async fn one_client_set_per_region_shares_counters_and_cache() {
     assert_eq!(set.calls().count("ec2", "DescribeImages"), 2);
     assert_eq!(moto.requests().unwrap()["DescribeImages"], 2);
 }
+
+#[tokio::test]
+async fn lookups_by_more_ids_than_ec2_takes_in_one_request_are_split() {
+    let moto = Moto::start().unwrap();
+    let aws = clients(&moto).await;
+    let fixture = opsy_testkit::Fixture::new(&moto, support::REGION).await;
+    // 450 images, and an instance of the last one: beyond the first 200 filter values.
+    let mut images = Vec::new();
+    for n in 0..450 {
+        images.push(
+            fixture
+                .register_image(&format!("old-build-{n:03}"), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    let last = images.last().unwrap().clone();
+    let instance = fixture
+        .ec2
+        .run_instances()
+        .image_id(&last)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances
+        .unwrap()[0]
+        .instance_id
+        .clone()
+        .unwrap();
+
+    // By an image-id filter: ceil(450 / 200) = 3 requests.
+    let query = ImageQuery::default().filter("image-id", images.iter().map(String::as_str));
+    let found = aws.describe_images(&query).await.unwrap();
+    assert_eq!(found.len(), 450);
+    assert_eq!(aws.calls.count("ec2", "DescribeImages"), 3);
+
+    // Which of them instances use: 195 ids beside the 5 instance states a request.
+    let used = aws.images_in_use(&images).await.unwrap();
+    assert_eq!(
+        used.get(&last).map(String::as_str),
+        Some(format!("instance {instance} (running)").as_str())
+    );
+    assert_eq!(used.len(), 1);
+    assert_eq!(aws.calls.count("ec2", "DescribeInstances"), 3);
+}

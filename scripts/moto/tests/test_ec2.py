@@ -266,3 +266,24 @@ def snapshot_of_gone_image_kept(aws: Any, image: str, snapshots: set[str]) -> bo
     """Whether the snapshot of the deregistered `image` (found by its description) remains."""
     described = aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
     return any(image in (s.get("Description") or "") and s["SnapshotId"] in snapshots for s in described)
+
+
+def test_ec2_refuses_more_than_200_filter_values_in_one_request(aws: Any) -> None:
+    ids = [f"ami-{n:017x}" for n in range(196)]
+    states = ["pending", "running", "shutting-down", "stopping", "stopped"]
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.describe_instances(
+            Filters=[{"Name": "image-id", "Values": ids}, {"Name": "instance-state-name", "Values": states}]
+        )
+    assert refused.value.response["Error"]["Code"] == "FilterLimitExceeded"
+    assert "200" in refused.value.response["Error"]["Message"]
+    # 200 in all is served.
+    aws.ec2.describe_instances(
+        Filters=[{"Name": "image-id", "Values": ids[:195]}, {"Name": "instance-state-name", "Values": states}]
+    )
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.describe_images(Filters=[{"Name": "image-id", "Values": ids + ids[:5]}])
+    assert refused.value.response["Error"]["Code"] == "FilterLimitExceeded"
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.describe_images(Filters=[{"Name": "name", "Values": ["x" * 256]}])
+    assert "255" in refused.value.response["Error"]["Message"]
