@@ -70,6 +70,30 @@ pub const BUILD_ID: &str = "build-id";
 /// The id of the Job that built the AMI (`status.jobID`).
 pub const JOB_ID: &str = "job-id";
 
+/// Every key the PackerBuilder operator writes on AMIs (besides the AMIRefreshers'
+/// `healthy-on/<cluster>`), sorted: its IAM policy allows tagging AMIs with these keys only
+/// (`deploy/iam/packer-builder-operator.json`, `TagAmisWithTheContractTagsOnly`).
+pub const CONTRACT_KEYS: [&str; 18] = [
+    ARCHITECTURE,
+    BASE_AMI,
+    BROUGHT_TO_YOU_BY,
+    BUILD_ID,
+    CLUSTER_NAME,
+    CREATE_TIMESTAMP,
+    CREATED_BY,
+    CREATED_BY_NAMESPACE,
+    JOB_ID,
+    KUBERNETES_VERSION,
+    OS_FAMILY,
+    PACKER_REPO,
+    PACKER_REPO_BRANCH,
+    QUARANTINE_REASON,
+    SOURCE_AMI,
+    SOURCE_REGION,
+    STATUS,
+    VARIANT,
+];
+
 /// Label keys and values on objects the operators create (Jobs, Events' related objects).
 pub mod labels {
     /// Standard `app.kubernetes.io/managed-by` label.

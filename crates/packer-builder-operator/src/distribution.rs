@@ -60,9 +60,10 @@ fn status_of(image: &Image) -> &str {
     image.tag(tags::STATUS).unwrap_or_default()
 }
 
-/// The tags a copy of `source` starts with: the source's contract tags (not its soak
-/// evidence, which belongs to the image that ran), `status=active`, where it came from, and
-/// the `base-ami` of the destination region.
+/// The tags a copy of `source` starts with: the source's contract tags — not its soak
+/// evidence, which belongs to the image that ran, nor tags of the build's own (the sample
+/// project's `opsy-packer-build`, a `Name`), which the operator's policy does not let it write
+/// — `status=active`, where it came from, and the `base-ami` of the destination region.
 pub fn copy_tags(
     source: &Image,
     source_region: &str,
@@ -72,9 +73,7 @@ pub fn copy_tags(
         .tags
         .iter()
         .filter(|(k, _)| {
-            !k.starts_with(tags::HEALTHY_ON_PREFIX)
-                && k.as_str() != tags::QUARANTINE_REASON
-                && !k.starts_with("aws:")
+            tags::CONTRACT_KEYS.contains(&k.as_str()) && k.as_str() != tags::QUARANTINE_REASON
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
@@ -325,6 +324,8 @@ mod tests {
                 ("status", "active"),
                 ("base-ami", "ami-base-west"),
                 ("healthy-on/staging", "2026-11-01T00:00:00Z"),
+                ("opsy-packer-build", "true"),
+                ("Name", "packer-al2023"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -345,6 +346,30 @@ mod tests {
         );
         assert_eq!(tags.get("cluster-name").map(String::as_str), Some("prod"));
         assert!(!tags.contains_key("healthy-on/staging"));
+        assert!(!tags.contains_key("opsy-packer-build") && !tags.contains_key("Name"));
         assert!(client_token("ami-0123456789abcdef0", "ap-southeast-4").len() <= 64);
+    }
+
+    #[test]
+    fn the_contract_keys_are_the_keys_the_policy_lets_the_operator_write() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/iam/packer-builder-operator.json"
+        );
+        let policy: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let statement = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "TagAmisWithTheContractTagsOnly")
+            .unwrap();
+        let keys: Vec<&str> = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(keys, tags::CONTRACT_KEYS);
     }
 }

@@ -1767,9 +1767,14 @@ async fn a_reconcile_from_a_stale_copy_repeats_nothing_and_overwrites_nothing() 
 
 /// Builds once: a Job, the AMI it "produced", the completing reconcile. Returns the AMI.
 async fn build_once(world: &World, name: &str) -> String {
+    build_once_tagged(world, name, &[]).await
+}
+
+/// Builds once, the build tagging its AMI with `tags` (as `packer/`'s sample project does).
+async fn build_once_tagged(world: &World, name: &str, tags: &[(&str, &str)]) -> String {
     world.reconcile().await;
     let job = world.status().await.job_name.unwrap();
-    let built = world.build_image(name).await;
+    let built = world.fixture.register_image(name, tags).await.unwrap();
     world.finish_job(&job, 0, &artifact(&built)).await;
     world.reconcile().await;
     assert_eq!(world.status().await.active_image.unwrap().id, built);
@@ -1793,7 +1798,14 @@ async fn copies_in_another_region_are_shared_follow_their_source_and_fall_under_
     // The same base is published in the other region under its own id.
     let east_base = east.register_image("base-al2023-v1", &[]).await.unwrap();
 
-    let built1 = build_once(&world, "al2023-hardened-1").await;
+    // The sample project's own tags on what it builds (packer/eks-al2023-hardened): not the
+    // contract's, so not copied (the policy allows only the contract's keys on a copy).
+    let built1 = build_once_tagged(
+        &world,
+        "al2023-hardened-1",
+        &[("opsy-packer-build", "true"), ("Name", "packer-al2023")],
+    )
+    .await;
     // The next (settled) reconcile copies it and shares it.
     world.reconcile().await;
     let status = world.status().await;
