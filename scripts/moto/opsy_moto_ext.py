@@ -228,6 +228,10 @@ def _patch_ec2() -> None:
         image = self.ec2_backend.amis.get(image_id) if image_id else None
         if image is not None and architecture:
             image.architecture = architecture
+        # RootDeviceName ("The device name of the root device volume (for example,
+        # /dev/sda1)"): moto answers /dev/sda1 whatever was asked.
+        if image is not None and self._get_param("RootDeviceName"):
+            image.root_device_name = self._get_param("RootDeviceName")
         # BlockDeviceMapping.N.Ebs.SnapshotId: the image is registered from an existing
         # snapshot (which it then shares with any other image registered from it); moto
         # creates a new one regardless, which is dropped.
@@ -237,6 +241,15 @@ def _patch_ec2() -> None:
             image.ebs_snapshot = self.ec2_backend.get_snapshot(root)
             if made is not None and made.id != root:
                 self.ec2_backend.snapshots.pop(made.id, None)
+        # Further mappings (N ≥ 2) with a snapshot: more EBS volumes of the image (moto keeps
+        # only the root); the image's BlockDeviceMappings list them after the root.
+        n = 2
+        while image is not None and f"BlockDeviceMapping.{n}.DeviceName" in self.querystring:
+            snapshot = self.querystring.get(f"BlockDeviceMapping.{n}.Ebs.SnapshotId", [None])[0]
+            if snapshot:
+                device = self.querystring[f"BlockDeviceMapping.{n}.DeviceName"][0]
+                image.opsy_volumes = [*getattr(image, "opsy_volumes", []), (device, self.ec2_backend.get_snapshot(snapshot))]
+            n += 1
         return result
 
     original_copy_image = AmisResponse.copy_image
@@ -335,20 +348,58 @@ def _patch_ec2() -> None:
         # deleted, regardless of this setting"), reported per snapshot in
         # DeleteSnapshotResultSet (DeleteSnapshotReturnCode: success | skipped | …).
         delete = self._get_bool_param("DeleteAssociatedSnapshots", False)
-        owned = getattr(image, "ebs_snapshot", None) if image is not None else None
+        owned = image_snapshots(image) if image is not None else []
         answer = original_deregister_image(self)
-        if not delete or owned is None:
+        if not delete or not owned:
             return answer
-        shared = any(
-            getattr(other, "ebs_snapshot", None) is not None and other.ebs_snapshot.id == owned.id
-            for other in self.ec2_backend.amis.values()
-        )
-        if shared:
-            code = "skipped"
-        else:
-            self.ec2_backend.delete_snapshot(owned.id)
-            code = "success"
-        return ActionResult({"Return": True, "DeleteSnapshotResults": [{"SnapshotId": owned.id, "ReturnCode": code}]})
+        results = []
+        for snapshot in owned:
+            shared = any(
+                snapshot.id in {s.id for s in image_snapshots(other)} for other in self.ec2_backend.amis.values()
+            )
+            if shared:
+                code = "skipped"
+            else:
+                self.ec2_backend.delete_snapshot(snapshot.id)
+                code = "success"
+            results.append({"SnapshotId": snapshot.id, "ReturnCode": code})
+        return ActionResult({"Return": True, "DeleteSnapshotResults": results})
+
+    from moto.ec2.models.amis import Ami
+
+    original_mappings = Ami.block_device_mappings
+
+    def block_device_mappings(self):  # type: ignore[no-untyped-def]
+        mappings = list(original_mappings.fget(self))
+        for device, snapshot in getattr(self, "opsy_volumes", []):
+            mappings.append({
+                "DeviceName": device,
+                "Ebs": {
+                    "SnapshotId": snapshot.id,
+                    "VolumeSize": snapshot.volume.size if getattr(snapshot, "volume", None) else 8,
+                    "DeleteOnTermination": False,
+                    "VolumeType": "gp3",
+                },
+            })
+        return mappings
+
+    Ami.block_device_mappings = property(block_device_mappings)
+
+    # EC2 API reference, DeleteSnapshot: "you can't delete a snapshot of the root device of an
+    # EBS volume used by a registered AMI" — nor of any of its volumes (InvalidSnapshot.InUse);
+    # moto checks only the root snapshot it made itself.
+    from moto.ec2.exceptions import InvalidSnapshotInUse
+    from moto.ec2.models.elastic_block_store import EBSBackend
+
+    original_delete_snapshot = EBSBackend.delete_snapshot
+
+    def delete_snapshot(self, snapshot_id):  # type: ignore[no-untyped-def]
+        for image in list(getattr(self, "amis", {}).values()):
+            if snapshot_id in {s.id for s in image_snapshots(image)}:
+                raise InvalidSnapshotInUse(snapshot_id, image.id)
+        return original_delete_snapshot(self, snapshot_id)
+
+    EBSBackend.delete_snapshot = delete_snapshot
 
     for cls in (AmisResponse, EC2Response):
         cls.copy_image = copy_image
@@ -1142,6 +1193,12 @@ _EC2_ARN_TYPES = {
 }
 
 
+def image_snapshots(image: Any) -> list[Any]:
+    """Every snapshot of an image: moto's root one, then those of further mappings."""
+    root = getattr(image, "ebs_snapshot", None)
+    return ([root] if root is not None else []) + [s for _, s in getattr(image, "opsy_volumes", [])]
+
+
 def _ec2_arn(region: str, account: str, resource_id: str) -> str:
     kind = next((k for p, k in _EC2_ARN_TYPES.items() if resource_id.startswith(p)), "resource")
     # Images and snapshots have no account in their ARN (Service Authorization Reference, EC2).
@@ -1255,8 +1312,7 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             ids = [lt] if lt else []
         if action == "DeregisterImage" and first("ImageId") in backend.amis:
             # For the mutation log: the snapshots the image owned (its deregistration frees them).
-            snapshot = getattr(backend.amis[first("ImageId")], "ebs_snapshot", None)
-            implied_snapshots = [snapshot.id] if snapshot is not None else []
+            implied_snapshots = [snap.id for snap in image_snapshots(backend.amis[first("ImageId")])]
             if (first("DeleteAssociatedSnapshots") or "").lower() == "true":
                 # The snapshots deleted with the image are authorised as ec2:DeleteSnapshot on
                 # each (the API reference names no separate action; a role that may not delete
@@ -1406,14 +1462,13 @@ def _facts() -> dict[str, Any]:
     for account, regions in dict.items(ec2_backends):
         for region, backend in dict.items(regions):
             for ami in list(backend.amis.values()):
-                snapshot = getattr(ami, "ebs_snapshot", None)
                 out["images"].append({
                     "id": ami.id,
                     "region": region,
                     "owner": str(ami.owner_id),
                     "state": getattr(ami, "state", "available"),
                     "tags": dict(backend.tags.get(ami.id, {})),
-                    "snapshots": [snapshot.id] if snapshot is not None else [],
+                    "snapshots": [snap.id for snap in image_snapshots(ami)],
                 })
             for template in list(backend.launch_templates.values()):
                 for version in template.versions:

@@ -194,24 +194,65 @@ impl AwsClients {
             .collect())
     }
 
-    /// Marks the snapshots of a managed AMI as the operator's (`brought-to-you-by`), so that
-    /// only those can later be deleted with it (IAM conditions on the tag).
-    pub async fn mark_snapshots(&self, image: &Image) -> Result<(), AwsError> {
+    /// The snapshots of `image` as EC2 describes them (one `DescribeSnapshots`; none without
+    /// snapshots).
+    pub async fn image_snapshots(&self, image: &Image) -> Result<Vec<SnapshotFacts>, AwsError> {
         if image.snapshots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = self.ec2.describe_snapshots().set_snapshot_ids(Some(
+            image.snapshots.iter().map(|(id, _)| id.clone()).collect(),
+        ));
+        Ok(self
+            .call("ec2", "DescribeSnapshots", request.send())
+            .await?
+            .snapshots
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| {
+                Some(SnapshotFacts {
+                    marked: s.tags().iter().any(|t| {
+                        t.key() == Some(opsy_api::tags::BROUGHT_TO_YOU_BY)
+                            && t.value() == Some(opsy_api::tags::BROUGHT_TO_YOU_BY_VALUE)
+                    }),
+                    started: s
+                        .start_time
+                        .and_then(|t| jiff::Timestamp::from_second(t.secs()).ok()),
+                    description: s.description.unwrap_or_default(),
+                    id: s.snapshot_id?,
+                })
+            })
+            .collect())
+    }
+
+    /// Marks the snapshots the build of `image` made as the operator's (`brought-to-you-by`),
+    /// so that only those are shared with it and deleted with it (IAM conditions on the tag).
+    /// A snapshot is the build's when EC2 made it for this image (`CreateImage` describes it
+    /// as "Created by CreateImage(…) for ami-…") or when it started at or after `built_since`
+    /// (the build Job's start: a build registering its AMI from snapshots it made); a snapshot
+    /// that existed before — a data set the Packer project wires in with
+    /// `ami_block_device_mappings { snapshot_id }` — is someone else's and stays untouched.
+    pub async fn mark_snapshots(
+        &self,
+        image: &Image,
+        built_since: jiff::Timestamp,
+    ) -> Result<(), AwsError> {
+        let own: Vec<String> = self
+            .image_snapshots(image)
+            .await?
+            .into_iter()
+            .filter(|s| !s.marked && s.made_for(&image.id, built_since))
+            .map(|s| s.id)
+            .collect();
+        if own.is_empty() {
             return Ok(());
         }
-        let request = self
-            .ec2
-            .create_tags()
-            .set_resources(Some(
-                image.snapshots.iter().map(|(id, _)| id.clone()).collect(),
-            ))
-            .tags(
-                Tag::builder()
-                    .key(opsy_api::tags::BROUGHT_TO_YOU_BY)
-                    .value(opsy_api::tags::BROUGHT_TO_YOU_BY_VALUE)
-                    .build(),
-            );
+        let request = self.ec2.create_tags().set_resources(Some(own)).tags(
+            Tag::builder()
+                .key(opsy_api::tags::BROUGHT_TO_YOU_BY)
+                .value(opsy_api::tags::BROUGHT_TO_YOU_BY_VALUE)
+                .build(),
+        );
         self.call("ec2", "CreateTags", request.send())
             .await
             .map(drop)
@@ -229,26 +270,13 @@ impl AwsClients {
         &self,
         image: &Image,
     ) -> Result<(u64, Vec<(String, String)>), AwsError> {
-        let marked: BTreeSet<String> = if image.snapshots.is_empty() {
-            BTreeSet::new()
-        } else {
-            let request = self.ec2.describe_snapshots().set_snapshot_ids(Some(
-                image.snapshots.iter().map(|(id, _)| id.clone()).collect(),
-            ));
-            self.call("ec2", "DescribeSnapshots", request.send())
-                .await?
-                .snapshots
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|s| {
-                    s.tags().iter().any(|t| {
-                        t.key() == Some(opsy_api::tags::BROUGHT_TO_YOU_BY)
-                            && t.value() == Some(opsy_api::tags::BROUGHT_TO_YOU_BY_VALUE)
-                    })
-                })
-                .filter_map(|s| s.snapshot_id)
-                .collect()
-        };
+        let marked: BTreeSet<String> = self
+            .image_snapshots(image)
+            .await?
+            .into_iter()
+            .filter(|s| s.marked)
+            .map(|s| s.id)
+            .collect();
         let size = |snapshot: &str| {
             image
                 .snapshots
@@ -307,5 +335,26 @@ impl AwsClients {
             bytes += size(snapshot);
         }
         Ok((bytes, kept))
+    }
+}
+
+/// A snapshot of an AMI, as EC2 describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    /// `snap-…`
+    pub id: String,
+    /// Marked as the operator's (`brought-to-you-by`).
+    pub marked: bool,
+    /// When it started.
+    pub started: Option<jiff::Timestamp>,
+    /// Its description.
+    pub description: String,
+}
+
+impl SnapshotFacts {
+    /// Whether it was made for `image` by the build that made `image`: EC2 made it for the
+    /// image, or it started at or after `built_since`.
+    pub fn made_for(&self, image: &str, built_since: jiff::Timestamp) -> bool {
+        self.description.contains(image) || self.started.is_some_and(|t| t >= built_since)
     }
 }

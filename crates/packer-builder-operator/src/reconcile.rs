@@ -566,7 +566,13 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             if let Some(candidate) = found {
                 aws.tag_image(&image, &builds.adoption_tags(&candidate.image))
                     .await?;
-                aws.mark_snapshots(&candidate.image).await?;
+                // Its snapshots made around its creation (an hour covers a build that
+                // registers it from snapshots it made).
+                let created = candidate.image.creation_date.unwrap_or(now);
+                let since = created
+                    .checked_sub(SignedDuration::from_hours(1))
+                    .unwrap_or(created);
+                aws.mark_snapshots(&candidate.image, since).await?;
                 status.active_image = Some(image_ref(candidate));
             }
             let message =
@@ -1133,7 +1139,8 @@ async fn complete(
         os_family,
     };
     aws.tag_image(image_id, &identity(pb).tags(&facts)).await?;
-    aws.mark_snapshots(image).await?;
+    let built_since = job.started.or(image.creation_date).unwrap_or(now);
+    aws.mark_snapshots(image, built_since).await?;
     let deprecate_at = now
         .checked_add(SignedDuration::from_secs(60))
         .unwrap_or(now);

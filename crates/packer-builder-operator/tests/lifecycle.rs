@@ -2496,3 +2496,152 @@ async fn a_lost_status_never_reactivates_the_ami_of_an_older_job() {
     assert_eq!(status.failed_job_count, 0);
     assert_eq!(world.job_names().await.len(), 1, "no new build");
 }
+
+#[tokio::test]
+async fn a_snapshot_the_build_did_not_make_is_never_marked_shared_or_deleted() {
+    const CONSUMER: &str = "210987654321";
+    let mut world = World::new(pb_manifest(serde_json::json!({
+        "distribution": {"shareWith": [CONSUMER]},
+        "retention": {"delete": true, "keepDeprecated": 0, "minAge": "1d", "allowShared": true},
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    // A data set that exists before the build, which the Packer project wires into its AMI
+    // (`ami_block_device_mappings { snapshot_id = … }`).
+    let ec2 = world.fixture.ec2.clone();
+    let volume = ec2
+        .create_volume()
+        .availability_zone(format!("{REGION}a"))
+        .size(20)
+        .send()
+        .await
+        .unwrap()
+        .volume_id
+        .unwrap();
+    let data = ec2
+        .create_snapshot()
+        .volume_id(&volume)
+        .description("reference data set")
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id
+        .unwrap();
+    // Creation times are whole seconds: the build starts in a later one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    let built = ec2
+        .register_image()
+        .name("al2023-hardened-1")
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .build(),
+        )
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/xvdb")
+                .ebs(
+                    aws_sdk_ec2::types::EbsBlockDevice::builder()
+                        .snapshot_id(&data)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    world.finish_job(&job, 0, &artifact(&built)).await;
+    world.reconcile().await;
+    world.reconcile().await;
+    let described = ec2
+        .describe_images()
+        .image_ids(&built)
+        .send()
+        .await
+        .unwrap()
+        .images
+        .unwrap()
+        .remove(0);
+    let snapshots: Vec<String> = described
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{described:?}");
+    let root = snapshots.iter().find(|s| **s != data).unwrap().clone();
+    let snapshot = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let tags: Vec<String> = ec2
+                .describe_snapshots()
+                .snapshot_ids(&id)
+                .send()
+                .await
+                .unwrap()
+                .snapshots
+                .unwrap()
+                .remove(0)
+                .tags()
+                .iter()
+                .filter_map(|t| t.key().map(str::to_owned))
+                .collect();
+            let shared: Vec<String> = ec2
+                .describe_snapshot_attribute()
+                .snapshot_id(&id)
+                .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                .send()
+                .await
+                .unwrap()
+                .create_volume_permissions()
+                .iter()
+                .filter_map(|p| p.user_id().map(str::to_owned))
+                .collect();
+            (tags, shared)
+        }
+    };
+    assert_eq!(
+        snapshot(root.clone()).await,
+        (
+            vec!["brought-to-you-by".to_owned()],
+            vec![CONSUMER.to_owned()]
+        ),
+        "the build's own snapshot is marked and shared"
+    );
+    assert_eq!(
+        snapshot(data.clone()).await,
+        (vec![], vec![]),
+        "the data set is neither marked nor shared"
+    );
+
+    // Replaced, and past retention two days later: deregistered with its own snapshot only.
+    world.publish_base("base-al2023-v2").await;
+    build_once(&world, "al2023-hardened-2").await;
+    world.now += jiff::SignedDuration::from_hours(48);
+    world.reconcile().await;
+    let fates = world.status().await.retention;
+    let fate = fates.iter().find(|f| f.image == built).unwrap();
+    assert_eq!(fate.fate, "Deregistered", "{fates:?}");
+    assert!(fate.reason.contains(&format!("kept {data}")), "{fate:?}");
+    let left: Vec<String> = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_owned))
+        .collect();
+    assert!(left.contains(&data), "the data set is still there");
+    assert!(
+        !left.contains(&root),
+        "the build's snapshot went with its AMI"
+    );
+    let calls = world.moto.operator_calls().unwrap();
+    opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 8).unwrap();
+}

@@ -287,3 +287,26 @@ def test_ec2_refuses_more_than_200_filter_values_in_one_request(aws: Any) -> Non
     with pytest.raises(ClientError) as refused:
         aws.ec2.describe_images(Filters=[{"Name": "name", "Values": ["x" * 256]}])
     assert "255" in refused.value.response["Error"]["Message"]
+
+
+def test_an_image_with_two_volumes_lists_both_and_holds_both_snapshots(aws: Any) -> None:
+    volume = aws.ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=20)["VolumeId"]
+    data = aws.ec2.create_snapshot(VolumeId=volume, Description="shared data set")["SnapshotId"]
+    image = aws.ec2.register_image(
+        Name="two-volumes",
+        RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[
+            {"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}},
+            {"DeviceName": "/dev/xvdb", "Ebs": {"SnapshotId": data}},
+        ],
+    )["ImageId"]
+    mappings = aws.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"]
+    assert [m["DeviceName"] for m in mappings] == ["/dev/xvda", "/dev/xvdb"]
+    assert mappings[1]["Ebs"]["SnapshotId"] == data
+    # In use while the image is registered (DeleteSnapshot: InvalidSnapshot.InUse).
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.delete_snapshot(SnapshotId=data)
+    assert refused.value.response["Error"]["Code"] == "InvalidSnapshot.InUse"
+    answer = aws.ec2.deregister_image(ImageId=image, DeleteAssociatedSnapshots=True)
+    assert [r["SnapshotId"] for r in answer["DeleteSnapshotResults"]][1] == data
+    assert data not in {s["SnapshotId"] for s in aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
