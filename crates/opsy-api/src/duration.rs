@@ -41,17 +41,28 @@ pub(crate) fn at_most_rule(max_secs: u64, message: &str) -> kube::core::Rule {
     kube::core::Rule::new(sum_at_most(max_secs)).message(message)
 }
 
-/// CEL expression: the duration adds up to at most `max_secs`. Each `<number><unit>` term is
-/// weighed by its unit and the terms summed (at most five ten-digit terms fit in [`MAX_LEN`],
-/// so the sum cannot overflow a CEL int).
+/// CEL rule for a duration field: at least `min_secs` whole seconds (sub-second terms count
+/// as zero: Kubernetes takes these settings in whole seconds, where `500ms` would be 0).
+pub(crate) fn at_least_rule(min_secs: u64, message: &str) -> kube::core::Rule {
+    kube::core::Rule::new(format!("{} >= {min_secs}", seconds_of("self"))).message(message)
+}
+
+/// CEL expression: the duration adds up to at most `max_secs`.
 fn sum_at_most(max_secs: u64) -> String {
+    format!("{} <= {max_secs}", seconds_of("self"))
+}
+
+/// CEL expression: the whole seconds the duration text `var` adds up to. Each
+/// `<number><unit>` term is weighed by its unit and the terms summed (at most five ten-digit
+/// terms fit in [`MAX_LEN`], so the sum cannot overflow a CEL int); sub-second terms weigh 0.
+pub(crate) fn seconds_of(var: &str) -> String {
     let mut weight = String::new();
     for (units, secs) in UNIT_SECONDS {
         weight.push_str(&format!("t.matches('^[0-9]+\\\\s*({units})$') ? {secs} : "));
     }
     weight.push('0');
     format!(
-        "self.findAll('[0-9]+\\\\s*[a-zA-Z]+').map(t, int(t.find('^[0-9]+')) * ({weight})).sum() <= {max_secs}"
+        "{var}.findAll('[0-9]+\\\\s*[a-zA-Z]+').map(t, int(t.find('^[0-9]+')) * ({weight})).sum()"
     )
 }
 

@@ -88,6 +88,7 @@ pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
 #[x_kube(validation = crate::common::owner_rule())]
 #[x_kube(validation = kube::core::Rule::new("!has(self.distribution) || !has(self.distribution.regions) || !self.distribution.regions.exists(r, r.region == self.region)").message("distribution.regions must not name spec.region: the AMI is built there"))]
 #[x_kube(validation = kube::core::Rule::new("(has(self.architectures) && size(self.architectures) > 0) || ((!has(self.amiParameter) || !self.amiParameter.contains('${ARCHITECTURE}')) && (!has(self.amiFilters) || !self.amiFilters.exists(f, f.values.exists(v, v.contains('${ARCHITECTURE}')))))").message("${ARCHITECTURE} in amiFilters or amiParameter needs spec.architectures (e.g. [x86_64, arm64]): it is filled with the architecture each build is for").reason(kube::core::Reason::FieldValueInvalid))]
+#[x_kube(validation = ttl_after_finished_rule())]
 pub struct PackerBuilderSpec {
     /// AWS region where the base AMI is looked up and the AMI is built, e.g. `us-west-2`.
     #[schemars(length(min = 1, max = 32), regex(pattern = REGION_PATTERN))]
@@ -194,6 +195,7 @@ pub struct ArchitectureStatus {
 /// Copies of the active AMI in other regions, and the accounts it is shared with.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.shareWith) || size(self.shareWith) == 0 || !has(self.regions) || self.regions.all(r, !has(r.encrypted) || !r.encrypted || has(r.kmsKeyId))").message("an encrypted copy shared with other accounts (shareWith) needs kmsKeyId: EC2 cannot share snapshots encrypted with the AWS-managed EBS key"))]
 pub struct Distribution {
     /// Regions the active AMI is copied to (`CopyImage`), one entry per region. An
     /// AMIRefresher in such a region finds its region's copy: the copy's `base-ami` tag names
@@ -385,6 +387,7 @@ pub struct Builder {
         regex(pattern = r"^(https://|ssh://|git@)\S+$")
     )]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('^https://[^/]*@')").message("repoURL must not carry credentials (user:token@host): they would show in Job arguments, AMI tags and Events; put them in the Secret named by builder.secret"))]
+    #[x_kube(validation = kube::core::Rule::new("size(self) <= 256").message("repoURL must be at most 256 characters: it is the AMIs' packer-repo tag, and EC2 tag values are at most 256"))]
     pub repo_url: String,
     /// Branch (or tag) to build from.
     #[serde(default = "default_branch")]
@@ -490,6 +493,19 @@ pub(crate) fn controller_timer_rule() -> kube::core::Rule {
     .message("controllerTimer must be at least 30s: a shorter timer re-reads AWS in a hot loop")
 }
 
+/// A finished build Job must outlive two re-checks (`timeOuts.controllerTimer`): the operator
+/// reads the AMI a build made from its Job, and a Job deleted before it was read leaves that AMI
+/// unknown to the operator.
+fn ttl_after_finished_rule() -> kube::core::Rule {
+    let ttl = crate::duration::seconds_of("self.builder.job.ttlAfterFinished");
+    let timer = crate::duration::seconds_of("self.timeOuts.controllerTimer");
+    kube::core::Rule::new(format!(
+        "(has(self.builder.job) && has(self.builder.job.ttlAfterFinished) ? {ttl} : 86400) >= 2 * (has(self.timeOuts) && has(self.timeOuts.controllerTimer) ? {timer} : 300)"
+    ))
+    .message("builder.job.ttlAfterFinished must be at least twice timeOuts.controllerTimer: a finished build Job is read for its AMI at the next re-check")
+    .field_path(".builder.job.ttlAfterFinished")
+}
+
 /// CEL rule: a relative path inside the repository, not starting with `-` (which a tool
 /// would read as an option).
 fn relative_path_rule() -> kube::core::Rule {
@@ -574,15 +590,18 @@ pub struct JobSettings {
     /// `7d`.
     #[serde(default = "default_build_deadline")]
     #[x_kube(validation = crate::duration::at_most_rule(7 * 86_400, "deadline must be at most 7d"))]
+    #[x_kube(validation = crate::duration::at_least_rule(1, "deadline must be at least 1s: Kubernetes takes it in whole seconds"))]
     pub deadline: Duration,
     /// How long a finished Job (and its logs) is kept, e.g. `1d`; at most `30d`.
     #[serde(default = "default_ttl_after_finished")]
     #[x_kube(validation = crate::duration::at_most_rule(30 * 86_400, "ttlAfterFinished must be at most 30d"))]
+    #[x_kube(validation = crate::duration::at_least_rule(1, "ttlAfterFinished must be at least 1s: Kubernetes takes it in whole seconds"))]
     pub ttl_after_finished: Duration,
     /// How long a stopped build (deadline, eviction, deletion) has to let Packer remove the
     /// instance, key pair and security group it created, e.g. `10m`; at most `1h`.
     #[serde(default = "default_termination_grace_period")]
     #[x_kube(validation = crate::duration::at_most_rule(3_600, "terminationGracePeriod must be at most 1h"))]
+    #[x_kube(validation = crate::duration::at_least_rule(1, "terminationGracePeriod must be at least 1s: Kubernetes takes it in whole seconds"))]
     pub termination_grace_period: Duration,
     /// Resources of the Packer container. Defaults: requests 250m CPU / 256Mi, limit 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
