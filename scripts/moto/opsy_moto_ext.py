@@ -14,6 +14,8 @@ Each follows the AWS API reference:
   copy, and the copy is `pending` for one DescribeImages poll before it is `available`.
 - EC2 EnableImageDeregistrationProtection / DisableImageDeregistrationProtection, the image's
   DeregistrationProtection, and DeregisterImage refused while it is enabled.
+- EC2 sharing refused for snapshots encrypted with the AWS-managed EBS key, and
+  EnableImageDeprecation refused for a DeprecateAt in the past or over 10 years ahead.
 - EC2 filter limits: at most 200 filter values in one request, each at most 255 characters
   (FilterLimitExceeded), which moto does not enforce.
 - EC2 DeregisterImage DeleteAssociatedSnapshots: the image's snapshots deleted with it unless
@@ -59,6 +61,9 @@ HTTP endpoints beside moto's own ``/moto-api``:
   ``DELETE`` clears it.
 - ``POST /opsy-ext/publish-image`` with ``{"region", "id", "name", "owner_id"}``: an image of
   another account appears (as when AWS publishes a new EKS-optimised AMI).
+- ``POST /opsy-ext/deprecated`` with ``{"region", "id", "at"}``: the image's deprecation
+  time ``at`` has passed (EC2 refuses a ``DeprecateAt`` in the past; only time makes an image
+  deprecated).
 - ``POST /opsy-ext/publish-parameter`` with ``{"region", "name", "value"}``: a new version of a
   public SSM parameter AWS publishes (``/aws/service/eks/optimized-ami/…/image_id``).
 - ``GET /opsy-ext/mutations``: every mutating request so far, in order (any action but
@@ -1419,6 +1424,71 @@ def _filter_limit(params: dict[str, list[str]]) -> str | None:
     return None
 
 
+def _default_key(snapshot: Any) -> bool:
+    """Whether a snapshot is encrypted with the account's AWS-managed EBS key."""
+    key = getattr(snapshot, "kms_key_id", None) or ""
+    return bool(getattr(snapshot, "encrypted", False)) and (key in ("", "alias/aws/ebs") or key.endswith(":alias/aws/ebs"))
+
+
+def _ec2_refusal(environ: dict[str, Any], action: str, params: dict[str, list[str]]) -> dict[str, Any] | None:
+    """EC2 refusals moto lacks, as an injected-error rule (or None):
+
+    - sharing a snapshot encrypted with the AWS-managed EBS key (EC2 User Guide, "Share an
+      Amazon EBS snapshot": snapshots encrypted with the default AWS managed key can't be
+      shared): ModifySnapshotAttribute adding createVolumePermission answers
+      OperationNotPermitted, "Encrypted snapshots with EBS default key cannot be shared";
+      ModifyImageAttribute adding a launch permission to an AMI with such a snapshot answers
+      InvalidParameter (EC2 User Guide, "Share an AMI with specific AWS accounts": AMIs with
+      snapshots encrypted with the AWS managed key can't be shared);
+    - EnableImageDeprecation with a DeprecateAt in the past or more than 10 years ahead (EC2
+      API reference, EnableImageDeprecation: "You can’t specify a date in the past. The upper
+      limit for DeprecateAt is 10 years from now"); the reference names no error code for
+      either, so InvalidParameterValue. A minute of leeway covers EC2 rounding to the minute.
+    """
+    m = re.search(r"Credential=([^/]+)/\d{8}/([^/]+)/ec2/", environ.get("HTTP_AUTHORIZATION", ""))
+    if not m:
+        return None
+    key, region = m.groups()
+    first = lambda name: (params.get(name) or [None])[0]  # noqa: E731
+    from moto.ec2.models import ec2_backends
+    from moto.iam.models import get_account_id_from
+
+    backend = ec2_backends[get_account_id_from(key)][region]
+    if action == "ModifySnapshotAttribute" and (first("OperationType") or "").lower() == "add":
+        snapshot = backend.snapshots.get(first("SnapshotId") or "")
+        if snapshot is not None and _default_key(snapshot):
+            return {
+                "code": "OperationNotPermitted",
+                "status": 400,
+                "message": "Encrypted snapshots with EBS default key cannot be shared",
+            }
+    if action == "ModifyImageAttribute" and any(k.startswith("LaunchPermission.Add.") for k in params):
+        image = backend.amis.get(first("ImageId") or "")
+        if image is not None and any(_default_key(s) for s in image_snapshots(image)):
+            return {
+                "code": "InvalidParameter",
+                "status": 400,
+                "message": "Snapshots encrypted with the AWS Managed CMK can't be shared. Specify another snapshot.",
+            }
+    if action == "EnableImageDeprecation" and first("DeprecateAt"):
+        from datetime import timedelta
+
+        from moto.core.utils import utcnow
+
+        try:
+            at = datetime.fromisoformat(first("DeprecateAt").replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        now = utcnow().replace(tzinfo=timezone.utc)
+        if at < now - timedelta(minutes=1) or at > now + timedelta(days=3653):
+            return {
+                "code": "InvalidParameterValue",
+                "status": 400,
+                "message": f"DeprecateAt {first('DeprecateAt')} must not be in the past nor more than 10 years from now",
+            }
+    return None
+
+
 _READ_ONLY = ("Describe", "List", "Get", "AssumeRole")
 
 
@@ -1698,6 +1768,21 @@ class Middleware:
             )
             backend.amis[ami.id] = ami
             return self._json(start_response, "200 OK", {"ImageId": ami.id})
+        if path == "/opsy-ext/deprecated":
+            # An image whose deprecation time has passed (EC2 refuses a DeprecateAt in the
+            # past, so only time makes an image deprecated): {"region", "id", "at"} (ISO 8601),
+            # for any account's image.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            from moto.ec2.models import ec2_backends
+
+            for regions in dict.values(ec2_backends):
+                backend = dict.get(regions, body["region"])
+                if backend is not None and body["id"] in backend.amis:
+                    at = datetime.fromisoformat(body["at"].replace("Z", "+00:00")).astimezone(timezone.utc)
+                    backend.amis[body["id"]].deprecation_time = at.strftime("%Y-%m-%dT%H:%M:00.000Z")
+                    return self._json(start_response, "200 OK", {"ok": True})
+            return self._json(start_response, "404 Not Found", {"error": f"no image {body['id']}"})
         if path == "/opsy-ext/publish-parameter":
             # A public parameter published by AWS (Systems Manager: names under /aws/service/,
             # which PutParameter refuses to accounts), e.g. the recommended EKS-optimised AMI
@@ -1792,6 +1877,8 @@ class Middleware:
             refused = _filter_limit(params)
             if refused is not None:
                 rule = {"code": "FilterLimitExceeded", "status": 400, "message": refused}
+            else:
+                rule = _ec2_refusal(environ, action, params)
         if rule is not None:
             if mutation is not None:
                 mutation.update(status=int(rule["status"]), carried_out=False)

@@ -1522,13 +1522,8 @@ async fn a_group_on_a_public_ami_aws_deprecated_since_is_still_refreshed() {
         .unwrap();
     // AWS deprecated the EKS AMI the group runs: EC2 leaves it out of searches by default.
     world
-        .fixture
-        .ec2
-        .enable_image_deprecation()
-        .image_id(ids::AL2023_130_AUG)
-        .deprecate_at(aws_sdk_ec2::primitives::DateTime::from_secs(1_700_000_000))
-        .send()
-        .await
+        .moto
+        .deprecated(REGION, ids::AL2023_130_AUG, "2023-11-14T22:13:20Z")
         .unwrap();
     let target = world.managed_ami("hardened").await;
     world

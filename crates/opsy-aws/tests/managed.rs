@@ -55,6 +55,11 @@ fn facts(created: &str, base: &str, job: &str) -> BuildFacts {
     }
 }
 
+/// A deprecation time EC2 takes: from now on, in whole minutes (the next full hour).
+fn next_hour() -> Timestamp {
+    Timestamp::from_second((Timestamp::now().as_second() / 3600 + 1) * 3600).unwrap()
+}
+
 fn now() -> Timestamp {
     "2024-11-20T00:00:00Z".parse().unwrap()
 }
@@ -160,7 +165,7 @@ async fn deprecation_tags_the_image_and_sets_ec2_deprecation() {
             .is_some()
     );
 
-    let at: Timestamp = "2024-11-20T00:01:00Z".parse().unwrap();
+    let at = next_hour();
     aws.deprecate_image(&id, at).await.unwrap();
 
     let selection = aws
@@ -430,7 +435,7 @@ async fn builds_finishing_together_keep_the_cached_answer_current_without_re_rea
         });
     }
     finishing.join_all().await;
-    let at: Timestamp = "2024-11-20T00:01:00Z".parse().unwrap();
+    let at = next_hour();
     aws.deprecate_image(&old, at).await.unwrap();
 
     let for_a = aws.managed_images(&a, 7 * DAY, now()).await.unwrap();

@@ -225,6 +225,15 @@ impl Moto {
         )
     }
 
+    /// Image `id` in `region` (of any account) was deprecated at `at`, in the past: what only
+    /// time can do, since EC2 refuses a deprecation time in the past. `at` is ISO 8601.
+    pub fn deprecated(&self, region: &str, id: &str, at: &str) -> Result<(), MotoError> {
+        self.post_json(
+            "/opsy-ext/deprecated",
+            &serde_json::json!({"region": region, "id": id, "at": at}),
+        )
+    }
+
     /// AWS publishes a new version of public SSM parameter `name` in `region` (e.g. the
     /// recommended EKS-optimised AMI of a Kubernetes version), holding `value`.
     pub fn publish_parameter(

@@ -1787,7 +1787,7 @@ async fn copies_in_another_region_are_shared_follow_their_source_and_fall_under_
     const CONSUMER: &str = "210987654321";
     let mut world = World::new(pb_manifest(serde_json::json!({
         "distribution": {
-            "regions": [{"region": EAST, "encrypted": true}],
+            "regions": [{"region": EAST, "encrypted": true, "kmsKeyId": "alias/amis"}],
             "shareWith": [CONSUMER],
         },
         "retention": {"delete": true, "keepDeprecated": 0, "minAge": "1d", "allowShared": true},

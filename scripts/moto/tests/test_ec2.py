@@ -73,8 +73,10 @@ def test_a_registered_image_has_the_architecture_asked_for(aws: Any) -> None:
 def test_other_accounts_deprecated_images_are_found_only_when_asked_for(aws: Any) -> None:
     public = aws.publish("ami-0a1302023010000aa", "amazon-eks-node-al2023-x86_64-standard-1.30-v0", "602401143452")
     ours = aws.image("ours-deprecated")
+    from conftest import post
+
     for image in (public, ours):
-        aws.ec2.enable_image_deprecation(ImageId=image, DeprecateAt=datetime(2020, 1, 1, tzinfo=timezone.utc))
+        post(aws.url, "/opsy-ext/deprecated", {"region": REGION, "id": image, "at": "2020-01-01T00:00:00Z"})
     search = [{"Name": "image-id", "Values": [public, ours]}]
     found = [i["ImageId"] for i in aws.ec2.describe_images(Filters=search)["Images"]]
     assert found == [ours]
@@ -310,3 +312,45 @@ def test_an_image_with_two_volumes_lists_both_and_holds_both_snapshots(aws: Any)
     answer = aws.ec2.deregister_image(ImageId=image, DeleteAssociatedSnapshots=True)
     assert [r["SnapshotId"] for r in answer["DeleteSnapshotResults"]][1] == data
     assert data not in {s["SnapshotId"] for s in aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+
+def test_a_deprecation_time_in_the_past_or_over_ten_years_ahead_is_refused(aws: Any) -> None:
+    from datetime import timedelta
+
+    image = aws.image("to-deprecate")
+    now = datetime.now(timezone.utc)
+    for at in (now - timedelta(hours=1), now + timedelta(days=3660)):
+        with pytest.raises(ClientError) as refused:
+            aws.ec2.enable_image_deprecation(ImageId=image, DeprecateAt=at)
+        assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    aws.ec2.enable_image_deprecation(ImageId=image, DeprecateAt=now + timedelta(minutes=1))
+
+
+def test_snapshots_encrypted_with_the_aws_managed_key_cannot_be_shared(aws: Any) -> None:
+    source = aws.image("to-copy")
+
+    def copy(name: str, key: str | None) -> tuple[str, str]:
+        extra = {"KmsKeyId": key} if key else {}
+        image = aws.ec2.copy_image(
+            Name=name, SourceImageId=source, SourceRegion=REGION, Encrypted=True, **extra
+        )["ImageId"]
+        aws.ec2.describe_images(ImageIds=[image])  # the copy settles
+        snapshot = aws.ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        return image, snapshot
+
+    image, snapshot = copy("default-key", None)
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.modify_snapshot_attribute(
+            SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=["210987654321"]
+        )
+    assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+    with pytest.raises(ClientError) as refused:
+        aws.ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
+    assert refused.value.response["Error"]["Code"] == "InvalidParameter"
+
+    # With a key of the account's own, both are shared.
+    image, snapshot = copy("own-key", "alias/amis")
+    aws.ec2.modify_snapshot_attribute(
+        SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=["210987654321"]
+    )
+    aws.ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
