@@ -16,6 +16,7 @@ Each follows the AWS API reference:
   DeregistrationProtection, and DeregisterImage refused while it is enabled.
 - EC2 sharing refused for snapshots encrypted with the AWS-managed EBS key, and
   EnableImageDeprecation refused for a DeprecateAt in the past or over 10 years ahead.
+- EC2 DescribeImages filter creation-date (with wildcards).
 - EC2 filter limits: at most 200 filter values in one request, each at most 255 characters
   (FilterLimitExceeded), which moto does not enforce.
 - EC2 DeregisterImage DeleteAssociatedSnapshots: the image's snapshots deleted with it unless
@@ -389,6 +390,22 @@ def _patch_ec2() -> None:
         return mappings
 
     Ami.block_device_mappings = property(block_device_mappings)
+
+    # DescribeImages filter creation-date (EC2 API reference, DescribeImages, Filters: "The
+    # time when the image was created, in the ISO 8601 format in the UTC time zone
+    # (YYYY-MM-DDThh:mm:ss.sssZ) … You can use a wildcard (*), for example, 2021-09-29T*, which
+    # matches an entire day"), which moto lacks.
+    original_filter_value = Ami.get_filter_value
+
+    def get_filter_value(self, filter_name, method_name=None):  # type: ignore[no-untyped-def]
+        if filter_name == "creation-date":
+            created = self.creation_date
+            if isinstance(created, datetime):
+                return created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
+            return str(created)
+        return original_filter_value(self, filter_name, method_name)
+
+    Ami.get_filter_value = get_filter_value
 
     # EC2 API reference, DeleteSnapshot: "you can't delete a snapshot of the root device of an
     # EBS volume used by a registered AMI" — nor of any of its volumes (InvalidSnapshot.InUse);

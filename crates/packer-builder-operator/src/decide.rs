@@ -189,7 +189,9 @@ pub fn decide(observed: &Observed<'_>) -> Decision {
         return Decision::Fail {
             job: name.to_owned(),
             job_id: String::new(),
-            reason: format!("Job {name} was deleted before it finished"),
+            reason: format!(
+                "Job {name} is gone before its result was read (deleted, or removed ttlAfterFinished after it ended)"
+            ),
             abandon: false,
         };
     }
@@ -454,7 +456,7 @@ mod tests {
         );
         assert!(matches!(
             decide(&Observed { recorded_running_job: Some("pb-gone1"), ..o.clone() }),
-            Decision::Fail { reason, .. } if reason == "Job pb-gone1 was deleted before it finished"
+            Decision::Fail { reason, .. } if reason.starts_with("Job pb-gone1 is gone before its result was read")
         ));
         assert_eq!(decide(&observed(None, &empty)), Decision::NoBaseImage);
     }

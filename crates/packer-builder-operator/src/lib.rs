@@ -16,6 +16,7 @@ pub mod fan_out;
 pub mod fleet;
 pub mod job;
 pub mod notify;
+pub mod orphans;
 pub mod policy;
 pub mod reconcile;
 pub mod retention;

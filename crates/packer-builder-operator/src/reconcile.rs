@@ -305,6 +305,50 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         failures: status.failed_job_count,
         max_failures: pb.spec.max_failed_builds,
     });
+    // The recorded Job is gone before its result was read: its AMI is looked for.
+    let decision = match decision {
+        Decision::Fail {
+            job,
+            job_id,
+            reason,
+            abandon,
+        } if job_id.is_empty() => {
+            let started = status.last_run.as_ref().map_or(now, |t| t.0);
+            let base_ami = status.last_run_base_image_id.clone();
+            let found = crate::orphans::look(&aws, started, base_ami.as_deref(), now).await?;
+            match found.adopt {
+                Some(image) => {
+                    let message = format!(
+                        "Job {job} is gone before its result was read; {image}, created since it started and tagged base-ami={}, is adopted as its build",
+                        base_ami.as_deref().unwrap_or_default()
+                    );
+                    event(&ctx, &pb, EventType::Warning, "BuildAdopted", &message).await;
+                    Decision::Complete {
+                        job: OpenJob {
+                            name: job,
+                            job_id: status.job_id.clone().unwrap_or_default(),
+                            base_ami,
+                            started: Some(started),
+                            state: crate::state::JobState::Succeeded {
+                                output: String::new(),
+                            },
+                        },
+                        image,
+                    }
+                }
+                None => Decision::Fail {
+                    reason: match found.named(base_ami.as_deref()) {
+                        Some(named) => format!("{reason}; {named}"),
+                        None => reason,
+                    },
+                    job,
+                    job_id,
+                    abandon,
+                },
+            }
+        }
+        other => other,
+    };
     tracing::debug!(name = %pb.name_any(), ?decision, "decided");
     // Being deleted: only an AMI already built is seen to (tagged, so that it is never left
     // untagged); nothing new starts.

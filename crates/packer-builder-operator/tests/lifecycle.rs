@@ -1020,7 +1020,7 @@ async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_caus
     assert_eq!(status.failed_job_count, 2);
     assert_eq!(
         status.last_run_message.as_deref(),
-        Some(format!("Job {second} was deleted before it finished").as_str())
+        Some(format!("Job {second} is gone before its result was read (deleted, or removed ttlAfterFinished after it ended)").as_str())
     );
     hold(serde_json::Value::Null).await;
 }
@@ -2644,4 +2644,72 @@ async fn a_snapshot_the_build_did_not_make_is_never_marked_shared_or_deleted() {
     );
     let calls = world.moto.operator_calls().unwrap();
     opsy_testkit::iam::check_resource_calls("packer-builder-operator", &calls, 8).unwrap();
+}
+
+#[tokio::test]
+async fn the_ami_of_a_build_whose_job_is_gone_is_adopted_or_named() {
+    let world = World::new(pb_manifest(serde_json::json!({}))).await;
+    let base = world.publish_base("base-al2023-v1").await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    // The build registered its AMI, tagged as the sample project tags it; its Job was removed
+    // (ttlAfterFinished) while the operator was down, before anyone read its result.
+    let built = world
+        .fixture
+        .register_image(
+            "al2023-hardened-1",
+            &[("base-ami", base.as_str()), ("opsy-packer-build", "true")],
+        )
+        .await
+        .unwrap();
+    let jobs = world.jobs();
+    let gone = |name: String| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.delete(&name, &kube::api::DeleteParams::background())
+                .await
+                .unwrap();
+        }
+    };
+    gone(job.clone()).await;
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(
+        status.active_image.as_ref().map(|i| i.id.as_str()),
+        Some(built.as_str()),
+        "{status:#?}"
+    );
+    assert_eq!(status.failed_job_count, 0);
+    assert_eq!(world.image_tags(&built).await["status"], "active");
+    assert!(world.events().await.contains(&"BuildAdopted".to_owned()));
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty(), "no rebuild");
+
+    // The next build's AMI carries no base-ami tag: it is named in the failure, not adopted.
+    world.publish_base("base-al2023-v2").await;
+    world.reconcile().await;
+    let job = world.status().await.job_name.unwrap();
+    let unknown = world
+        .fixture
+        .register_image("al2023-hardened-2", &[])
+        .await
+        .unwrap();
+    gone(job).await;
+    world.reconcile().await;
+    let status = world.status().await;
+    assert_eq!(status.failed_job_count, 1);
+    assert!(
+        status
+            .last_run_message
+            .as_deref()
+            .is_some_and(|m| m.contains(&unknown) && m.contains("no build claims")),
+        "{:?}",
+        status.last_run_message
+    );
+    assert_eq!(status.active_image.unwrap().id, built);
+    let scope = opsy_testkit::invariants::Scope {
+        built: vec![built.clone(), unknown.clone()],
+        ..opsy_testkit::invariants::Scope::new(&world.moto, world.client.clone(), &world.ns.name)
+    };
+    opsy_testkit::invariants::check(&scope).await;
 }

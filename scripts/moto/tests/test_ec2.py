@@ -354,3 +354,13 @@ def test_snapshots_encrypted_with_the_aws_managed_key_cannot_be_shared(aws: Any)
         SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=["210987654321"]
     )
     aws.ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
+
+
+def test_images_are_found_by_their_creation_day(aws: Any) -> None:
+    image = aws.image("made-today")
+    created = aws.ec2.describe_images(ImageIds=[image])["Images"][0]["CreationDate"]
+    day = created[:10]
+    found = aws.ec2.describe_images(Owners=["self"], Filters=[{"Name": "creation-date", "Values": [f"{day}*"]}])
+    assert image in [i["ImageId"] for i in found["Images"]]
+    found = aws.ec2.describe_images(Owners=["self"], Filters=[{"Name": "creation-date", "Values": ["1999-01-01*"]}])
+    assert found["Images"] == []
