@@ -11,7 +11,8 @@ Each follows the AWS API reference:
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
 - EC2 CopyImage: TagSpecifications (image and snapshot), CopyImageTags, ClientToken
   idempotency, Encrypted/KmsKeyId (the copy's snapshot), SourceImageId/SourceImageRegion on the
-  copy, and the copy is `pending` for one DescribeImages poll before it is `available`.
+  copy, and the copy is `pending` for one DescribeImages poll before it is `available` (or
+  `failed`, when its source is tagged ``opsy.test/copy-outcome=failed``).
 - EC2 EnableImageDeregistrationProtection / DisableImageDeregistrationProtection, the image's
   DeregistrationProtection, and DeregisterImage refused while it is enabled.
 - EC2 sharing refused for snapshots encrypted with the AWS-managed EBS key, and
@@ -306,13 +307,21 @@ def _patch_ec2() -> None:
         # A copy is pending until its snapshots are copied: here for one DescribeImages poll.
         image.state = "pending"
         image.opsy_pending_polls = 1
+        # Test control: a source tagged opsy.test/copy-outcome=failed makes the copy end
+        # `failed` (Image, State: "failed"; StateReason says why), as a copy whose snapshot
+        # copy failed does.
+        from moto.ec2.models import ec2_backends as all_backends
+
+        source_tags = all_backends[self.current_account][source_region].tags.get(source_id, {})
+        if source_tags.get("opsy.test/copy-outcome") == "failed":
+            image.opsy_ends = "failed"
         return result
 
     def settle_copies(backend: Any) -> None:
         for image in list(backend.amis.values()):
             polls = getattr(image, "opsy_pending_polls", None)
             if polls is not None and polls <= 0:
-                image.state = "available"
+                image.state = getattr(image, "opsy_ends", "available")
                 del image.opsy_pending_polls
 
     def describe_images_settling(self):  # type: ignore[no-untyped-def]

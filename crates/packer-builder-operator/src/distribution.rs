@@ -86,7 +86,8 @@ pub fn copy_tags(
     copied
 }
 
-/// CopyImage's idempotency token for the copy of `source` into `region` (≤ 64 characters).
+/// CopyImage's idempotency token for the copy of `source` into `region` (≤ 64 characters);
+/// after a failed copy, `source` is that copy.
 pub fn client_token(source: &str, region: &str) -> String {
     format!("opsy-{source}-{region}").chars().take(64).collect()
 }
@@ -171,7 +172,7 @@ pub async fn apply(
 
     for regional in &mut outcome.regions {
         let region = regional.region.clone();
-        let mut copy_of_active: Option<&Image> = None;
+        let mut copies_of_active: Vec<&Image> = Vec::new();
         for c in &regional.managed.candidates {
             let Some(source) = source_of(&c.image) else {
                 continue;
@@ -189,7 +190,7 @@ pub async fn apply(
                         .push(format!("{} in {region} ({why})", c.image.id));
                 }
             } else if Some(source) == active.map(|a| a.id.as_str()) {
-                copy_of_active.get_or_insert(&c.image);
+                copies_of_active.push(&c.image);
             } else if copy_status == tags::STATUS_ACTIVE && active.is_some() {
                 // Its source is no longer the active AMI.
                 regional.aws.deprecate_image(&c.image.id, at).await?;
@@ -199,6 +200,13 @@ pub async fn apply(
                 ));
             }
         }
+        // A copy EC2 could not make (`failed`) is made again, then deregistered.
+        let failed: Vec<&Image> = copies_of_active
+            .iter()
+            .filter(|i| i.state == "failed")
+            .copied()
+            .collect();
+        let copy_of_active = copies_of_active.iter().find(|i| i.state != "failed");
         regional.active = copy_of_active.map(|i| i.id.clone());
         let Some(active) = active.filter(|a| !bad.contains_key(&a.id)) else {
             continue;
@@ -223,7 +231,12 @@ pub async fn apply(
                     tags: &tags,
                     encrypted: entry.is_some_and(|e| e.encrypted),
                     kms_key_id: entry.and_then(|e| e.kms_key_id.as_deref()),
-                    client_token: &client_token(&active.id, &region),
+                    // A copy made again after a failed one gets a token of its own (the
+                    // first one's would answer with the failed copy).
+                    client_token: &client_token(
+                        failed.first().map_or(&active.id, |f| &f.id),
+                        &region,
+                    ),
                 })
                 .await?;
             regional.aws.forget_images(&builds.query()).await;
@@ -231,6 +244,13 @@ pub async fn apply(
                 .done
                 .push(format!("copying {} to {region} as {id}", active.id));
             regional.active = Some(id);
+        }
+        for copy in failed {
+            regional.aws.deregister_image(copy).await?;
+            outcome.done.push(format!(
+                "deregistered {} in {region}: EC2 could not copy {} ({}); copied again",
+                copy.id, active.id, copy.state
+            ));
         }
     }
 

@@ -2713,3 +2713,67 @@ async fn the_ami_of_a_build_whose_job_is_gone_is_adopted_or_named() {
     };
     opsy_testkit::invariants::check(&scope).await;
 }
+
+#[tokio::test]
+async fn a_copy_that_failed_is_made_again_and_the_failed_one_deregistered() {
+    const EAST: &str = "us-east-1";
+    let world = World::new(pb_manifest(serde_json::json!({
+        "distribution": {"regions": [{"region": EAST}]},
+    })))
+    .await;
+    let east = Fixture::new(&world.moto, EAST).await;
+    world.publish_base("base-al2023-v1").await;
+    east.register_image("base-al2023-v1", &[]).await.unwrap();
+    // The emulator fails copies of an AMI tagged so (as a snapshot copy can fail).
+    let built = build_once_tagged(
+        &world,
+        "al2023-hardened-1",
+        &[("opsy.test/copy-outcome", "failed")],
+    )
+    .await;
+    world.reconcile().await;
+    let first = world.status().await.distribution[1].image_id.clone();
+    let state = |id: String| {
+        let ec2 = east.ec2.clone();
+        async move {
+            ec2.describe_images()
+                .image_ids(id)
+                .send()
+                .await
+                .unwrap()
+                .images
+                .unwrap_or_default()
+                .first()
+                .and_then(|i| i.state().map(|s| s.as_str().to_owned()))
+        }
+    };
+    // Pending for a poll, then failed.
+    assert_eq!(state(first.clone()).await.as_deref(), Some("pending"));
+    assert_eq!(state(first.clone()).await.as_deref(), Some("failed"));
+    world
+        .fixture
+        .ec2
+        .delete_tags()
+        .resources(&built)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("opsy.test/copy-outcome")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Copied again (pending for a poll), then available.
+    for _ in 0..3 {
+        world.reconcile().await;
+    }
+    let copy = &world.status().await.distribution[1];
+    assert_ne!(copy.image_id, first, "copied again");
+    assert_eq!(copy.state, "available");
+    assert_eq!(
+        state(first.clone()).await,
+        None,
+        "the failed copy is deregistered"
+    );
+    assert!(world.events().await.contains(&"Distributed".to_owned()));
+}
