@@ -9,6 +9,8 @@ Each follows the AWS API reference:
 - EC2 CreateLaunchTemplateVersion: SourceVersion inheritance (the new version starts from the
   source version's data; LaunchTemplateData overrides it key by key).
 - EC2 EnableImageDeprecation: sets the image's DeprecationTime.
+- EC2 DescribeLaunchTemplateVersions ResolveAlias: `resolve:ssm:` image ids answered with the
+  parameter's AMI id.
 - EC2 CopyImage: TagSpecifications (image and snapshot), CopyImageTags, ClientToken
   idempotency, Encrypted/KmsKeyId (the copy's snapshot), SourceImageId/SourceImageRegion on the
   copy, and the copy is `pending` for one DescribeImages poll before it is `available` (or
@@ -181,6 +183,26 @@ def _patch_ec2() -> None:
         return ActionResult({"Return": True})
 
     original_create_version = LaunchTemplates.create_launch_template_version
+    original_describe_versions = LaunchTemplates.describe_launch_template_versions
+
+    def describe_launch_template_versions(self):  # type: ignore[no-untyped-def]
+        # EC2 API reference, DescribeLaunchTemplateVersions, ResolveAlias: "If true, and if a
+        # Systems Manager parameter is specified for ImageId, the AMI ID is displayed in the
+        # response for imageId" (ImageId `resolve:ssm:<name>[:<version>]`); moto ignores it.
+        result = original_describe_versions(self)
+        if not self._get_bool_param("ResolveAlias", False):
+            return result
+        from moto.ssm.models import ssm_backends
+
+        parameters = ssm_backends[self.current_account][self.region]
+        for item in result.result["LaunchTemplateVersions"]:
+            data = item.get("LaunchTemplateData") or {}
+            image = data.get("ImageId") or ""
+            if image.startswith("resolve:ssm:"):
+                found = parameters.get_parameter(image[len("resolve:ssm:"):])
+                if found is not None:
+                    item["LaunchTemplateData"] = {**data, "ImageId": found.value}
+        return result
 
     def create_launch_template_version(self):  # type: ignore[no-untyped-def]
         source = self._get_param("SourceVersion")
@@ -443,6 +465,7 @@ def _patch_ec2() -> None:
         cls.register_image = register_image
     for cls in (LaunchTemplates, EC2Response):
         cls.create_launch_template_version = create_launch_template_version
+        cls.describe_launch_template_versions = describe_launch_template_versions
 
 
 # --------------------------------------------------------------------------------------------

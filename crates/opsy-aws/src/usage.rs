@@ -1,7 +1,8 @@
 //! What still uses an AMI before retention deregisters it, and the deregistration itself.
 //!
-//! An AMI is in use when a launch-template version (any template, any version), a launch
-//! configuration, or an instance in any state but `terminated` references it. Managed node
+//! An AMI is in use when a launch-template version (any template, any version; one naming its
+//! AMI by a Systems Manager parameter, `resolve:ssm:…`, through the AMI the parameter names
+//! now), a launch configuration, or an instance in any state but `terminated` references it. Managed node
 //! groups and Auto Scaling groups reach their AMI through a launch template or a launch
 //! configuration, so those cover them (EC2 API Reference: DescribeLaunchTemplates,
 //! DescribeLaunchTemplateVersions, DescribeInstances; Auto Scaling API Reference:
@@ -41,6 +42,9 @@ impl AwsClients {
                     .ec2
                     .describe_launch_template_versions()
                     .launch_template_id(&id)
+                    // A version naming its AMI by parameter (`resolve:ssm:…`) is read as the
+                    // AMI the parameter names now.
+                    .resolve_alias(true)
                     .set_max_results(self.page_size.or(Some(200)))
                     .set_next_token(token.take());
                 let page = self

@@ -214,3 +214,37 @@ async fn lookups_by_more_ids_than_ec2_takes_in_one_request_are_split() {
     assert_eq!(used.len(), 1);
     assert_eq!(aws.calls.count("ec2", "DescribeInstances"), 3);
 }
+
+#[tokio::test]
+async fn an_ami_a_launch_template_names_by_parameter_is_in_use() {
+    let moto = Moto::start().unwrap();
+    let aws = clients(&moto).await;
+    let fixture = opsy_testkit::Fixture::new(&moto, support::REGION).await;
+    let image = fixture.register_image("by-parameter", &[]).await.unwrap();
+    moto.publish_parameter(support::REGION, "/platform/eks/node-ami", &image)
+        .unwrap();
+    let template = fixture
+        .ec2
+        .create_launch_template()
+        .launch_template_name("web")
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id("resolve:ssm:/platform/eks/node-ami")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .launch_template
+        .unwrap()
+        .launch_template_id
+        .unwrap();
+    let used = aws
+        .images_in_use(std::slice::from_ref(&image))
+        .await
+        .unwrap();
+    assert_eq!(
+        used.get(&image).map(String::as_str),
+        Some(format!("launch template {template} (web) version 1").as_str())
+    );
+}

@@ -364,3 +364,19 @@ def test_images_are_found_by_their_creation_day(aws: Any) -> None:
     assert image in [i["ImageId"] for i in found["Images"]]
     found = aws.ec2.describe_images(Owners=["self"], Filters=[{"Name": "creation-date", "Values": ["1999-01-01*"]}])
     assert found["Images"] == []
+
+
+def test_a_launch_template_naming_its_ami_by_parameter_resolves_it_when_asked(aws: Any) -> None:
+    from conftest import post
+
+    image = aws.image("by-parameter")
+    post(aws.url, "/opsy-ext/publish-parameter", {"region": REGION, "name": "/platform/eks/ami", "value": image})
+    template = aws.ec2.create_launch_template(
+        LaunchTemplateName="by-parameter", LaunchTemplateData={"ImageId": "resolve:ssm:/platform/eks/ami"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    versions = aws.ec2.describe_launch_template_versions(LaunchTemplateId=template)["LaunchTemplateVersions"]
+    assert versions[0]["LaunchTemplateData"]["ImageId"] == "resolve:ssm:/platform/eks/ami"
+    versions = aws.ec2.describe_launch_template_versions(LaunchTemplateId=template, ResolveAlias=True)[
+        "LaunchTemplateVersions"
+    ]
+    assert versions[0]["LaunchTemplateData"]["ImageId"] == image
