@@ -734,6 +734,12 @@ pub struct PackerBuilderStatus {
     /// When the AMIs' use was last checked for retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_checked: Option<Time>,
+    /// `spec.distribution.shareWith` as of the last check of every managed AMI's sharing
+    /// (accounts no longer in it lose their permissions on all of them, not only the active
+    /// one); absent until the first check, and after status was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 50))]
+    pub sharing_checked_for: Option<Vec<String>>,
 }
 
 /// The active AMI (or its copy) in one region.

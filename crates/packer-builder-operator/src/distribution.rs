@@ -317,6 +317,46 @@ pub async fn apply(
             });
         }
     }
+    // Accounts taken out of shareWith lose their permissions on every managed AMI, in every
+    // region — checked whenever shareWith changes, and once after status was lost (when what
+    // was shared is unknown).
+    let mut wanted = spec.share_with.clone();
+    wanted.sort();
+    let distributes = pb.spec.distribution.is_some() || !status.distribution.is_empty();
+    if distributes && status.sharing_checked_for.as_ref() != Some(&wanted) {
+        let mut everywhere: Vec<(&str, &AwsClients, &Selection)> =
+            vec![(home_region, home, managed)];
+        everywhere.extend(
+            outcome
+                .regions
+                .iter()
+                .map(|r| (r.region.as_str(), r.aws.as_ref(), &r.managed)),
+        );
+        for (region, aws, selection) in everywhere {
+            for image in selection.candidates.iter().map(|c| &c.image) {
+                if !image.is_available() {
+                    continue;
+                }
+                // Accounts only: groups (`all`) and organisations are not this operator's.
+                let extra: Vec<String> = aws
+                    .image_shared_with(&image.id)
+                    .await?
+                    .into_iter()
+                    .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|a| !wanted.contains(a))
+                    .collect();
+                if !extra.is_empty() {
+                    aws.share_image(image, &[], &extra).await?;
+                    outcome.done.push(format!(
+                        "stopped sharing {} in {region} with {}",
+                        image.id,
+                        extra.join(", ")
+                    ));
+                }
+            }
+        }
+        status.sharing_checked_for = Some(wanted);
+    }
     status.distribution = if spec.regions.is_empty() && spec.share_with.is_empty() {
         Vec::new()
     } else {

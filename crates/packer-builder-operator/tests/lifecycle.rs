@@ -2777,3 +2777,68 @@ async fn a_copy_that_failed_is_made_again_and_the_failed_one_deregistered() {
     );
     assert!(world.events().await.contains(&"Distributed".to_owned()));
 }
+
+#[tokio::test]
+async fn an_account_taken_out_of_share_with_loses_every_ami_even_after_status_was_lost() {
+    const KEPT: &str = "210987654321";
+    const REMOVED: &str = "310987654321";
+    let world = World::new(pb_manifest(serde_json::json!({
+        "distribution": {"shareWith": [KEPT, REMOVED]},
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    let first = build_once(&world, "al2023-hardened-1").await;
+    world.reconcile().await;
+    world.publish_base("base-al2023-v2").await;
+    let second = build_once(&world, "al2023-hardened-2").await;
+    world.reconcile().await;
+    let shared_with = |image: String| {
+        let ec2 = world.fixture.ec2.clone();
+        async move {
+            let mut accounts: Vec<String> = ec2
+                .describe_image_attribute()
+                .image_id(image)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .unwrap()
+                .launch_permissions()
+                .iter()
+                .filter_map(|p| p.user_id().map(str::to_owned))
+                .collect();
+            accounts.sort();
+            accounts
+        }
+    };
+    assert_eq!(shared_with(first.clone()).await, [KEPT, REMOVED]);
+    assert_eq!(shared_with(second.clone()).await, [KEPT, REMOVED]);
+
+    // Status is lost, and one account is taken out: no AMI of this PackerBuilder stays
+    // shared with it, the older one included.
+    world
+        .builders()
+        .patch_status(
+            "al2023-hardened",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    world
+        .edit(|spec| {
+            spec.distribution.as_mut().unwrap().share_with = vec![KEPT.to_owned()];
+        })
+        .await;
+    // (The first reconcile records the last Job again, which status forgot.)
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(shared_with(first).await, [KEPT]);
+    assert_eq!(shared_with(second).await, [KEPT]);
+    // Checked once: the next reconcile asks EC2 about no AMI's sharing.
+    world.moto.clear_requests().unwrap();
+    world.reconcile().await;
+    assert_eq!(
+        world.moto.requests().unwrap().get("DescribeImageAttribute"),
+        None
+    );
+}
