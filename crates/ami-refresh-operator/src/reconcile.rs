@@ -525,8 +525,25 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         if !was_ready {
             event(&ctx, &amr, EventType::Normal, "RolloutSucceeded", &message).await;
             for target in targets.all() {
-                if let Some(chosen) = assignment.chosen.get(target) {
+                let Some(chosen) = assignment.chosen.get(target) else {
+                    continue;
+                };
+                // Soak evidence only from nodes: a group of this cluster moved to the AMI
+                // through the health gate. Zero groups on target is no evidence (0 of 0).
+                let proven = plan.groups.iter().any(|g| {
+                    g.phase == NodeGroupPhase::Succeeded
+                        && g.to_image.as_deref() == Some(chosen.image.id.as_str())
+                });
+                if proven {
                     breaker::record_healthy(&ctx, &amr, &owner, &chosen.image, now).await;
+                } else {
+                    let note = format!(
+                        "no soak evidence recorded for {} ({}): no node group of cluster {} moved to it through the health gate (excluded, skipped or already on it)",
+                        chosen.image.id,
+                        opsy_api::tags::healthy_on(&amr.spec.cluster_name),
+                        amr.spec.cluster_name
+                    );
+                    event(&ctx, &amr, EventType::Normal, "NoSoakEvidence", &note).await;
                 }
             }
         }

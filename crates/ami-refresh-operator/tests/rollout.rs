@@ -2545,3 +2545,36 @@ async fn an_ssm_parameter_per_architecture_gives_each_lane_its_base() {
         map(&[("ssm-arm", Succeeded), ("ssm-x86", Succeeded)])
     );
 }
+
+#[tokio::test]
+async fn a_cluster_whose_groups_never_ran_the_ami_records_no_soak_evidence() {
+    let world = World::new().await;
+    let target = world.managed_ami("hardened-unproven").await;
+    world.managed_groups(&["a"]).await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false}, "exclude": ["a"],
+        })))
+        .await;
+    let phases = reconcile_until(&world, 10, |p| p.values().all(|p| *p == Excluded)).await;
+    assert_eq!(phases, map(&[("a", Excluded)]));
+    world.reconcile().await.unwrap();
+    let status = world.status().await;
+    let ready = opsy_api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(
+        ready.status, "True",
+        "0 of 0 groups is rolled out: {ready:?}"
+    );
+    let aws = world.context().aws.region(REGION).await;
+    let image = aws
+        .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    assert_eq!(
+        image.tag("healthy-on/prod-east"),
+        None,
+        "no evidence without nodes"
+    );
+    assert!(world.events().await.contains(&"NoSoakEvidence".to_owned()));
+}
