@@ -109,13 +109,7 @@ impl AwsClients {
         // Create-volume permission on the snapshots the build made (marked as the operator's);
         // one it wired in from elsewhere is not the operator's to share. (Launching the AMI in
         // the other account needs only the launch permission.)
-        let marked: Vec<String> = self
-            .image_snapshots(image)
-            .await?
-            .into_iter()
-            .filter(|s| s.marked)
-            .map(|s| s.id)
-            .collect();
+        let marked = self.marked_snapshots(image).await?;
         for snapshot in &marked {
             for (accounts, operation) in
                 [(add, OperationType::Add), (remove, OperationType::Remove)]

@@ -229,6 +229,17 @@ impl AwsClients {
             .collect())
     }
 
+    /// The snapshots of `image` marked as the operator's.
+    pub async fn marked_snapshots(&self, image: &Image) -> Result<BTreeSet<String>, AwsError> {
+        Ok(self
+            .image_snapshots(image)
+            .await?
+            .into_iter()
+            .filter(|s| s.marked)
+            .map(|s| s.id)
+            .collect())
+    }
+
     /// Marks the snapshots the build of `image` made as the operator's (`brought-to-you-by`),
     /// so that only those are shared with it and deleted with it (IAM conditions on the tag).
     /// A snapshot is the build's when EC2 made it for this image (`CreateImage` describes it
@@ -274,13 +285,7 @@ impl AwsClients {
         &self,
         image: &Image,
     ) -> Result<(u64, Vec<(String, String)>), AwsError> {
-        let marked: BTreeSet<String> = self
-            .image_snapshots(image)
-            .await?
-            .into_iter()
-            .filter(|s| s.marked)
-            .map(|s| s.id)
-            .collect();
+        let marked = self.marked_snapshots(image).await?;
         let size = |snapshot: &str| {
             image
                 .snapshots

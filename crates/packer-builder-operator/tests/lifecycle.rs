@@ -207,6 +207,18 @@ impl World {
             .await;
     }
 
+    /// Status is lost (the object restored from a backup without it).
+    async fn lose_status(&self) {
+        self.builders()
+            .patch_status(
+                "al2023-hardened",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"status": null})),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Changes the spec as `change` says; returns the PackerBuilder as written.
     async fn edit(&self, change: impl FnOnce(&mut opsy_api::PackerBuilderSpec)) -> PackerBuilder {
         let mut pb = self.pb().await;
@@ -2204,15 +2216,7 @@ async fn shrinking_to_one_architecture_deletes_its_packer_builders_even_when_sta
         );
     }
     // The status write that listed them never happened.
-    world
-        .builders()
-        .patch_status(
-            "al2023-hardened",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"status": null})),
-        )
-        .await
-        .unwrap();
+    world.lose_status().await;
     assert!(world.status().await.architectures.is_empty());
     world
         .edit(|spec| spec.architectures = vec![opsy_api::lanes::Architecture::X86_64])
@@ -2477,15 +2481,7 @@ async fn a_lost_status_never_reactivates_the_ami_of_an_older_job() {
         .delete(&newest, &kube::api::DeleteParams::background())
         .await
         .unwrap();
-    world
-        .builders()
-        .patch_status(
-            "al2023-hardened",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"status": null})),
-        )
-        .await
-        .unwrap();
+    world.lose_status().await;
     assert_eq!(jobs.len(), 2);
     world.reconcile().await;
     world.reconcile().await;
@@ -2815,15 +2811,7 @@ async fn an_account_taken_out_of_share_with_loses_every_ami_even_after_status_wa
 
     // Status is lost, and one account is taken out: no AMI of this PackerBuilder stays
     // shared with it, the older one included.
-    world
-        .builders()
-        .patch_status(
-            "al2023-hardened",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"status": null})),
-        )
-        .await
-        .unwrap();
+    world.lose_status().await;
     world
         .edit(|spec| {
             spec.distribution.as_mut().unwrap().share_with = vec![KEPT.to_owned()];
