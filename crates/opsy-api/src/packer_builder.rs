@@ -740,6 +740,24 @@ pub struct PackerBuilderStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 50))]
     pub sharing_checked_for: Option<Vec<String>>,
+    /// Snapshots of AMIs retention deregistered that EC2 did not delete (a failed
+    /// `DeleteSnapshot`): deleted again at each reconcile until they are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub pending_snapshot_deletions: Vec<PendingSnapshot>,
+}
+
+/// A snapshot retention still has to delete.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSnapshot {
+    /// `snap-…`
+    pub snapshot: String,
+    /// Its region, when not `spec.region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Why the last attempt failed.
+    pub reason: String,
 }
 
 /// The active AMI (or its copy) in one region.

@@ -27,4 +27,4 @@ pub use clients::{AwsClients, ClientSet};
 pub use config::{AwsOptions, load_sdk_config};
 pub use error::AwsError;
 pub use images::{Image, ImageQuery};
-pub use usage::SnapshotFacts;
+pub use usage::{Deregistered, SnapshotFacts};

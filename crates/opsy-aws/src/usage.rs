@@ -281,10 +281,7 @@ impl AwsClients {
     /// does both (EC2 API reference, DeregisterImage): a crash cannot fall between the two and
     /// leave snapshots that no AMI names any more (nothing would ever find them again). Only an
     /// AMI with unmarked snapshots is deregistered first and its marked snapshots deleted after.
-    pub async fn deregister_image(
-        &self,
-        image: &Image,
-    ) -> Result<(u64, Vec<(String, String)>), AwsError> {
+    pub async fn deregister_image(&self, image: &Image) -> Result<Deregistered, AwsError> {
         let marked = self.marked_snapshots(image).await?;
         let size = |snapshot: &str| {
             image
@@ -305,6 +302,7 @@ impl AwsClients {
         self.invalidate_images();
         let mut bytes = 0u64;
         let mut kept = Vec::new();
+        let mut retry = Vec::new();
         if together {
             // Each snapshot's fate: `success`, or kept (`skipped`: another AMI uses it; or a
             // permission or EC2 error).
@@ -317,16 +315,17 @@ impl AwsClients {
                     Some("skipped") => {
                         kept.push((snapshot.to_owned(), "another AMI uses it".to_owned()));
                     }
-                    code => kept.push((
-                        snapshot.to_owned(),
-                        format!(
+                    code => {
+                        let why = format!(
                             "EC2 did not delete it: {}",
                             code.unwrap_or("no reason given")
-                        ),
-                    )),
+                        );
+                        retry.push((snapshot.to_owned(), why.clone()));
+                        kept.push((snapshot.to_owned(), format!("{why}; deleted again later")));
+                    }
                 }
             }
-            return Ok((bytes, kept));
+            return Ok(Deregistered { bytes, kept, retry });
         }
         for (snapshot, _) in &image.snapshots {
             if !marked.contains(snapshot) {
@@ -339,11 +338,27 @@ impl AwsClients {
                 ));
                 continue;
             }
-            let request = self.ec2.delete_snapshot().snapshot_id(snapshot);
-            self.call("ec2", "DeleteSnapshot", request.send()).await?;
-            bytes += size(snapshot);
+            // The AMI is gone: a snapshot that fails now is recorded and deleted again later,
+            // never lost track of.
+            match self.delete_snapshot(snapshot).await {
+                Ok(()) => bytes += size(snapshot),
+                Err(e) => {
+                    let why = format!("DeleteSnapshot failed: {e}");
+                    retry.push((snapshot.clone(), why.clone()));
+                    kept.push((snapshot.clone(), format!("{why}; deleted again later")));
+                }
+            }
         }
-        Ok((bytes, kept))
+        Ok(Deregistered { bytes, kept, retry })
+    }
+
+    /// Deletes `snapshot`; one already gone counts as deleted.
+    pub async fn delete_snapshot(&self, snapshot: &str) -> Result<(), AwsError> {
+        let request = self.ec2.delete_snapshot().snapshot_id(snapshot);
+        match self.call("ec2", "DeleteSnapshot", request.send()).await {
+            Ok(_) | Err(AwsError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -366,4 +381,15 @@ impl SnapshotFacts {
     pub fn made_for(&self, image: &str, built_since: jiff::Timestamp) -> bool {
         self.description.contains(image) || self.started.is_some_and(|t| t >= built_since)
     }
+}
+
+/// What a deregistration did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deregistered {
+    /// Snapshot bytes deleted.
+    pub bytes: u64,
+    /// Snapshots kept, each with why.
+    pub kept: Vec<(String, String)>,
+    /// Snapshots of the operator's that EC2 did not delete, each with why: to delete again.
+    pub retry: Vec<(String, String)>,
 }

@@ -833,6 +833,32 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         )
         .await?;
         ctx.metrics.reclaimed(outcome.reclaimed);
+        if !outcome.retry.is_empty() {
+            let failed: Vec<String> = outcome
+                .retry
+                .iter()
+                .map(|p| format!("{} ({})", p.snapshot, p.reason))
+                .collect();
+            let message = format!(
+                "snapshots of deregistered AMIs not deleted, deleted again at the next reconcile (status.pendingSnapshotDeletions): {}",
+                failed.join("; ")
+            );
+            event(
+                &ctx,
+                &pb,
+                EventType::Warning,
+                "SnapshotDeletionFailed",
+                &message,
+            )
+            .await;
+        }
+        if !outcome.deleted_again.is_empty() {
+            let message = format!(
+                "deleted {}, left behind by an earlier deregistration",
+                outcome.deleted_again.join(", ")
+            );
+            event(&ctx, &pb, EventType::Normal, "SnapshotsDeleted", &message).await;
+        }
         // One Event per reconcile: the recorder folds Events of one reason into a series.
         if !outcome.deregistered.is_empty() {
             let messages: Vec<&str> = outcome

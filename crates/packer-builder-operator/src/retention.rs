@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use opsy_api::{
     AMIRefresher,
-    packer_builder::{ImageFate, PackerBuilderStatus, Retention},
+    packer_builder::{ImageFate, PackerBuilderStatus, PendingSnapshot, Retention},
     tags,
 };
 use opsy_aws::{
@@ -91,6 +91,10 @@ pub struct Outcome {
     pub deregistered: Vec<(String, String)>,
     /// Snapshot bytes deleted.
     pub reclaimed: u64,
+    /// Snapshots of deregistered AMIs that EC2 did not delete (recorded to delete again).
+    pub retry: Vec<PendingSnapshot>,
+    /// Snapshots recorded earlier and deleted now.
+    pub deleted_again: Vec<String>,
 }
 
 /// The AMIs AMIRefreshers name (`spec.ami`, `spec.promotion.pin`, the targets in status and
@@ -194,6 +198,24 @@ pub async fn apply(
     // AMIRefreshers are listed once, and only when some AMI is past retention.
     let mut named: Option<Result<BTreeMap<String, String>, String>> = None;
     let mut outcome = Outcome::default();
+    // Snapshots a deregistration left behind: deleted again until they are gone.
+    let mut still = Vec::new();
+    for pending in std::mem::take(&mut status.pending_snapshot_deletions) {
+        let place = places
+            .iter()
+            .find(|p| p.region.map(str::to_owned) == pending.region);
+        let Some(place) = place else {
+            still.push(pending);
+            continue;
+        };
+        match place.aws.delete_snapshot(&pending.snapshot).await {
+            Ok(()) => outcome.deleted_again.push(pending.snapshot),
+            Err(e) => still.push(PendingSnapshot {
+                reason: format!("DeleteSnapshot failed: {e}"),
+                ..pending
+            }),
+        }
+    }
     let fresh = status
         .retention_checked
         .as_ref()
@@ -253,6 +275,9 @@ pub async fn apply(
     }
     fates.truncate(MAX_RECORDED);
     status.retention = fates;
+    still.extend(outcome.retry.iter().cloned());
+    still.truncate(100);
+    status.pending_snapshot_deletions = still;
     status.retention_checked = if checked {
         Some(Time(now))
     } else if kept_check {
@@ -307,8 +332,16 @@ async fn judge(
                             ),
                         )
                     } else if retention.delete {
-                        let (bytes, kept) = aws.deregister_image(image).await?;
+                        let opsy_aws::Deregistered { bytes, kept, retry } =
+                            aws.deregister_image(image).await?;
                         outcome.reclaimed += bytes;
+                        outcome
+                            .retry
+                            .extend(retry.into_iter().map(|(snapshot, reason)| PendingSnapshot {
+                                snapshot,
+                                region: place.region.map(str::to_owned),
+                                reason,
+                            }));
                         let mut message = format!(
                             "deregistered {} ({}){within}: past retention and unused; {} snapshot(s) deleted, {} GiB",
                             image.id,

@@ -2617,12 +2617,33 @@ async fn a_snapshot_the_build_did_not_make_is_never_marked_shared_or_deleted() {
     // Replaced, and past retention two days later: deregistered with its own snapshot only.
     world.publish_base("base-al2023-v2").await;
     build_once(&world, "al2023-hardened-2").await;
+    // EC2 refuses the deletion of the build's snapshot once: recorded, and deleted again.
     world.now += jiff::SignedDuration::from_hours(48);
+    world
+        .moto
+        .inject_error("DeleteSnapshot", "InvalidSnapshot.InUse", 400, 1)
+        .unwrap();
     world.reconcile().await;
-    let fates = world.status().await.retention;
-    let fate = fates.iter().find(|f| f.image == built).unwrap();
-    assert_eq!(fate.fate, "Deregistered", "{fates:?}");
+    let status = world.status().await;
+    let fate = status.retention.iter().find(|f| f.image == built).unwrap();
+    assert_eq!(fate.fate, "Deregistered", "{:?}", status.retention);
     assert!(fate.reason.contains(&format!("kept {data}")), "{fate:?}");
+    assert_eq!(
+        status
+            .pending_snapshot_deletions
+            .iter()
+            .map(|p| p.snapshot.as_str())
+            .collect::<Vec<_>>(),
+        [root.as_str()]
+    );
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"SnapshotDeletionFailed".to_owned())
+    );
+    world.reconcile().await;
+    assert!(world.status().await.pending_snapshot_deletions.is_empty());
     let left: Vec<String> = ec2
         .describe_snapshots()
         .owner_ids("self")
