@@ -38,6 +38,19 @@ pub fn split(filters: &[NamedFilter]) -> Vec<Vec<NamedFilter>> {
         .collect()
 }
 
+/// `filters` as the SDK's EC2 filters.
+pub fn ec2(filters: &[NamedFilter]) -> Vec<aws_sdk_ec2::types::Filter> {
+    filters
+        .iter()
+        .map(|(name, values)| {
+            aws_sdk_ec2::types::Filter::builder()
+                .name(name)
+                .set_values(Some(values.clone()))
+                .build()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

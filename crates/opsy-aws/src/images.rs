@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use aws_sdk_ec2::types::Filter;
 use jiff::Timestamp;
 use moka::future::Cache;
 use opsy_api::AmiFilter;
@@ -446,13 +445,8 @@ impl AwsClients {
             } else {
                 request = request.set_image_ids(Some(query.image_ids.clone()));
             }
-            for (name, values) in filters {
-                request = request.filters(
-                    Filter::builder()
-                        .name(name)
-                        .set_values(Some(values.clone()))
-                        .build(),
-                );
+            if !filters.is_empty() {
+                request = request.set_filters(Some(crate::filters::ec2(filters)));
             }
             if !query.owners.is_empty() {
                 request = request.set_owners(Some(query.owners.clone()));

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::{Filter, LaunchPermission, Tag};
+use aws_sdk_ec2::types::{LaunchPermission, Tag};
 
 use crate::{AwsClients, AwsError, Image};
 
@@ -107,19 +107,12 @@ impl AwsClients {
         for filters in crate::filters::split(&filters) {
             let mut token: Option<String> = None;
             loop {
-                let mut request = self
+                let request = self
                     .ec2
                     .describe_instances()
+                    .set_filters(Some(crate::filters::ec2(&filters)))
                     .set_max_results(self.page_size)
                     .set_next_token(token.take());
-                for (name, values) in &filters {
-                    request = request.filters(
-                        Filter::builder()
-                            .name(name)
-                            .set_values(Some(values.clone()))
-                            .build(),
-                    );
-                }
                 let page = self
                     .call("ec2", "DescribeInstances", request.send())
                     .await?;

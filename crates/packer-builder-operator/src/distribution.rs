@@ -86,6 +86,39 @@ pub fn copy_tags(
     copied
 }
 
+/// Takes every account not in `wanted` off the sharing of every available AMI of `places`
+/// (`(region, clients, AMIs)`). Accounts only: groups (`all`) and organisations are not this
+/// operator's. Returns what was done.
+async fn revoke_all_but(
+    places: &[(&str, &AwsClients, &Selection)],
+    wanted: &[String],
+) -> Result<Vec<String>, AwsError> {
+    let mut done = Vec::new();
+    for (region, aws, selection) in places {
+        for image in selection.candidates.iter().map(|c| &c.image) {
+            if !image.is_available() {
+                continue;
+            }
+            let extra: Vec<String> = aws
+                .image_shared_with(&image.id)
+                .await?
+                .into_iter()
+                .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+                .filter(|a| !wanted.contains(a))
+                .collect();
+            if !extra.is_empty() {
+                aws.share_image(image, &[], &extra).await?;
+                done.push(format!(
+                    "stopped sharing {} in {region} with {}",
+                    image.id,
+                    extra.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// CopyImage's idempotency token for the copy of `source` into `region` (≤ 64 characters);
 /// after a failed copy, `source` is that copy.
 pub fn client_token(source: &str, region: &str) -> String {
@@ -332,29 +365,9 @@ pub async fn apply(
                 .iter()
                 .map(|r| (r.region.as_str(), r.aws.as_ref(), &r.managed)),
         );
-        for (region, aws, selection) in everywhere {
-            for image in selection.candidates.iter().map(|c| &c.image) {
-                if !image.is_available() {
-                    continue;
-                }
-                // Accounts only: groups (`all`) and organisations are not this operator's.
-                let extra: Vec<String> = aws
-                    .image_shared_with(&image.id)
-                    .await?
-                    .into_iter()
-                    .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
-                    .filter(|a| !wanted.contains(a))
-                    .collect();
-                if !extra.is_empty() {
-                    aws.share_image(image, &[], &extra).await?;
-                    outcome.done.push(format!(
-                        "stopped sharing {} in {region} with {}",
-                        image.id,
-                        extra.join(", ")
-                    ));
-                }
-            }
-        }
+        outcome
+            .done
+            .extend(revoke_all_but(&everywhere, &wanted).await?);
         status.sharing_checked_for = Some(wanted);
     }
     status.distribution = if spec.regions.is_empty() && spec.share_with.is_empty() {

@@ -10,8 +10,13 @@
 //!   Event and `status.lastRunMessage`): never left unknown.
 
 use jiff::{SignedDuration, Timestamp};
-use opsy_api::tags;
+use opsy_api::{packer_builder::PackerBuilderStatus, tags};
 use opsy_aws::{AwsClients, AwsError, ImageQuery};
+
+use crate::{
+    decide::{Decision, OpenJob},
+    state::JobState,
+};
 
 /// How far the AMI's creation may precede the Job's recorded start (clocks differ).
 const SKEW: SignedDuration = SignedDuration::from_mins(5);
@@ -76,5 +81,70 @@ pub async fn look(
             _ => None,
         },
         unclaimed: unclaimed.iter().map(|i| i.id.clone()).collect(),
+    })
+}
+
+/// `decision` again when it records the Job status says runs as gone (a failure without a
+/// Job id): the build's AMI, when found, completes it instead; else the failure names every
+/// unclaimed candidate. Returns the decision and, for an adoption, the Warning to emit.
+pub async fn reconsider(
+    aws: &AwsClients,
+    status: &PackerBuilderStatus,
+    decision: Decision,
+    now: Timestamp,
+) -> Result<(Decision, Option<String>), AwsError> {
+    let Decision::Fail {
+        job,
+        job_id,
+        reason,
+        abandon,
+    } = decision
+    else {
+        return Ok((decision, None));
+    };
+    if !job_id.is_empty() {
+        return Ok((
+            Decision::Fail {
+                job,
+                job_id,
+                reason,
+                abandon,
+            },
+            None,
+        ));
+    }
+    let started = status.last_run.as_ref().map_or(now, |t| t.0);
+    let base_ami = status.last_run_base_image_id.clone();
+    let found = look(aws, started, base_ami.as_deref(), now).await?;
+    Ok(match found.adopt {
+        Some(image) => {
+            let message = format!(
+                "Job {job} is gone before its result was read; {image}, created since it started and tagged base-ami={}, is adopted as its build",
+                base_ami.as_deref().unwrap_or_default()
+            );
+            let job = OpenJob {
+                name: job,
+                job_id: status.job_id.clone().unwrap_or_default(),
+                base_ami,
+                started: Some(started),
+                state: JobState::Succeeded {
+                    output: String::new(),
+                },
+            };
+            (Decision::Complete { job, image }, Some(message))
+        }
+        None => {
+            let reason = match found.named(base_ami.as_deref()) {
+                Some(named) => format!("{reason}; {named}"),
+                None => reason,
+            };
+            let decision = Decision::Fail {
+                job,
+                job_id,
+                reason,
+                abandon,
+            };
+            (decision, None)
+        }
     })
 }

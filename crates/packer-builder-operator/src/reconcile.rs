@@ -306,49 +306,10 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         max_failures: pb.spec.max_failed_builds,
     });
     // The recorded Job is gone before its result was read: its AMI is looked for.
-    let decision = match decision {
-        Decision::Fail {
-            job,
-            job_id,
-            reason,
-            abandon,
-        } if job_id.is_empty() => {
-            let started = status.last_run.as_ref().map_or(now, |t| t.0);
-            let base_ami = status.last_run_base_image_id.clone();
-            let found = crate::orphans::look(&aws, started, base_ami.as_deref(), now).await?;
-            match found.adopt {
-                Some(image) => {
-                    let message = format!(
-                        "Job {job} is gone before its result was read; {image}, created since it started and tagged base-ami={}, is adopted as its build",
-                        base_ami.as_deref().unwrap_or_default()
-                    );
-                    event(&ctx, &pb, EventType::Warning, "BuildAdopted", &message).await;
-                    Decision::Complete {
-                        job: OpenJob {
-                            name: job,
-                            job_id: status.job_id.clone().unwrap_or_default(),
-                            base_ami,
-                            started: Some(started),
-                            state: crate::state::JobState::Succeeded {
-                                output: String::new(),
-                            },
-                        },
-                        image,
-                    }
-                }
-                None => Decision::Fail {
-                    reason: match found.named(base_ami.as_deref()) {
-                        Some(named) => format!("{reason}; {named}"),
-                        None => reason,
-                    },
-                    job,
-                    job_id,
-                    abandon,
-                },
-            }
-        }
-        other => other,
-    };
+    let (decision, adopted) = crate::orphans::reconsider(&aws, &status, decision, now).await?;
+    if let Some(message) = adopted {
+        event(&ctx, &pb, EventType::Warning, "BuildAdopted", &message).await;
+    }
     tracing::debug!(name = %pb.name_any(), ?decision, "decided");
     // Being deleted: only an AMI already built is seen to (tagged, so that it is never left
     // untagged); nothing new starts.
@@ -833,16 +794,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         )
         .await?;
         ctx.metrics.reclaimed(outcome.reclaimed);
-        if !outcome.retry.is_empty() {
-            let failed: Vec<String> = outcome
-                .retry
-                .iter()
-                .map(|p| format!("{} ({})", p.snapshot, p.reason))
-                .collect();
-            let message = format!(
-                "snapshots of deregistered AMIs not deleted, deleted again at the next reconcile (status.pendingSnapshotDeletions): {}",
-                failed.join("; ")
-            );
+        if let Some(message) = outcome.left_behind() {
             event(
                 &ctx,
                 &pb,
@@ -852,11 +804,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             )
             .await;
         }
-        if !outcome.deleted_again.is_empty() {
-            let message = format!(
-                "deleted {}, left behind by an earlier deregistration",
-                outcome.deleted_again.join(", ")
-            );
+        if let Some(message) = outcome.deleted_again() {
             event(&ctx, &pb, EventType::Normal, "SnapshotsDeleted", &message).await;
         }
         // One Event per reconcile: the recorder folds Events of one reason into a series.

@@ -97,6 +97,33 @@ pub struct Outcome {
     pub deleted_again: Vec<String>,
 }
 
+impl Outcome {
+    /// The Warning for snapshots of deregistered AMIs EC2 did not delete, if any.
+    pub fn left_behind(&self) -> Option<String> {
+        let failed: Vec<String> = self
+            .retry
+            .iter()
+            .map(|p| format!("{} ({})", p.snapshot, p.reason))
+            .collect();
+        (!failed.is_empty()).then(|| {
+            format!(
+                "snapshots of deregistered AMIs not deleted, deleted again at the next reconcile (status.pendingSnapshotDeletions): {}",
+                failed.join("; ")
+            )
+        })
+    }
+
+    /// The note for snapshots recorded earlier and deleted now, if any.
+    pub fn deleted_again(&self) -> Option<String> {
+        (!self.deleted_again.is_empty()).then(|| {
+            format!(
+                "deleted {}, left behind by an earlier deregistration",
+                self.deleted_again.join(", ")
+            )
+        })
+    }
+}
+
 /// The AMIs AMIRefreshers name (`spec.ami`, `spec.promotion.pin`, the targets in status and
 /// each group's images before and after its update — its rollback image), each with who names
 /// it: `AMIRefresher ns/name (target)`.
