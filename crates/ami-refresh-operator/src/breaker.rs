@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{ResourceExt, runtime::events::EventType};
 use opsy_api::{
     AMIRefresher,
-    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, UpdateType},
+    ami_refresher::{
+        EvidenceKind, NodeGroupKind, NodeGroupPhase, NodeGroupStatus, PendingEvidence, UpdateType,
+    },
     tags,
 };
 use opsy_aws::{AwsClients, AwsError, autoscaling::RefreshSettings};
@@ -21,8 +23,9 @@ use crate::{
 
 /// The circuit breaker: the target's nodes failed the health gate, so the AMI (if it is a
 /// managed one) is quarantined — tagged and EC2-deprecated — so that no AMIRefresher selects it
-/// again and its PackerBuilder builds anew. A failure to quarantine is reported, not fatal:
-/// the rollout is halted either way.
+/// again and its PackerBuilder builds anew. A write that fails is returned as evidence still to
+/// be written (status `pendingEvidence`, written again at each reconcile); the rollout is
+/// halted either way.
 pub(crate) async fn quarantine(
     ctx: &Context,
     amr: &AMIRefresher,
@@ -31,79 +34,167 @@ pub(crate) async fn quarantine(
     image_id: &str,
     evidence: &[String],
     now: Timestamp,
-) {
-    // The chosen target as selected; else (no longer eligible) as EC2 describes it now.
-    let image = match chosen.filter(|c| c.image.id == image_id) {
-        Some(c) => c.image.clone(),
-        None => match aws
-            .describe_images(&opsy_aws::ImageQuery::default().ids([image_id]))
-            .await
-        {
-            Ok(images) => match images.first() {
-                Some(image) => image.clone(),
-                None => return,
-            },
-            Err(e) => {
-                let note = format!("could not quarantine {image_id}: {e}");
-                event(ctx, amr, EventType::Warning, "QuarantineFailed", &note).await;
-                return;
-            }
-        },
-    };
-    let image = &image;
-    if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
-        || image.tag(tags::STATUS) == Some(tags::STATUS_QUARANTINED)
-    {
-        return;
-    }
+) -> Option<PendingEvidence> {
     let reason = format!(
         "{}/{}: {}",
         amr.spec.cluster_name,
         amr.name_any(),
         evidence.join("; ")
     );
-    let at = now
-        .checked_add(jiff::SignedDuration::from_secs(60))
-        .unwrap_or(now);
-    match aws.quarantine_image(&image.id, &reason, at).await {
-        Ok(()) => {
+    let chosen = chosen
+        .filter(|c| c.image.id == image_id)
+        .map(|c| c.image.clone());
+    let written = write_quarantine(aws, chosen, image_id, &reason, now).await;
+    match written {
+        Ok(Some(name)) => {
             let note = format!(
-                "quarantined {} ({}): {}; no AMIRefresher will select it again and its PackerBuilder builds anew",
-                image.id,
-                image.name,
+                "quarantined {image_id} ({name}): {}; no AMIRefresher will select it again and its PackerBuilder builds anew",
                 evidence.join("; ")
             );
             event(ctx, amr, EventType::Warning, "AmiQuarantined", &note).await;
+            None
         }
+        Ok(None) => None,
         Err(e) => {
-            let note = format!("could not quarantine {}: {e}", image.id);
+            let note =
+                format!("could not quarantine {image_id} (tried again at each reconcile): {e}");
             event(ctx, amr, EventType::Warning, "QuarantineFailed", &note).await;
+            Some(PendingEvidence {
+                image: image_id.to_owned(),
+                kind: EvidenceKind::Quarantine,
+                value: reason,
+                error: e.to_string(),
+                since: Time(now),
+            })
         }
     }
 }
 
+/// Quarantines `image_id` (described as `image`, else read now) with `reason`, if it is a
+/// managed AMI not quarantined already. Returns its name when it was quarantined now.
+async fn write_quarantine(
+    aws: &AwsClients,
+    image: Option<opsy_aws::Image>,
+    image_id: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Option<String>, AwsError> {
+    let image = match image {
+        Some(image) => image,
+        None => match aws
+            .describe_images(&opsy_aws::ImageQuery::default().ids([image_id]))
+            .await?
+            .first()
+        {
+            Some(image) => image.clone(),
+            // Gone: nothing launches it any more.
+            None => return Ok(None),
+        },
+    };
+    // A quarantine a crash cut short (tagged, not yet EC2-deprecated) is finished.
+    if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
+        || (image.tag(tags::STATUS) == Some(tags::STATUS_QUARANTINED)
+            && image.deprecation_time.is_some())
+    {
+        return Ok(None);
+    }
+    let at = now
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap_or(now);
+    aws.quarantine_image(&image.id, reason, at).await?;
+    Ok(Some(image.name))
+}
+
 /// The soak evidence: the rollout of `image` (a managed AMI) to this cluster is complete and
 /// healthy, recorded on it as `healthy-on/<cluster>` = `now`, once (an AMI that carries the tag
-/// keeps its first time). A failure is reported, not fatal.
+/// keeps its first time). A write that fails is returned as evidence still to be written.
 pub(crate) async fn record_healthy(
     ctx: &Context,
     amr: &AMIRefresher,
     aws: &AwsClients,
     image: &opsy_aws::Image,
     now: Timestamp,
-) {
+) -> Option<PendingEvidence> {
     let key = tags::healthy_on(&amr.spec.cluster_name);
     if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
         || image.tag(&key).is_some()
     {
-        return;
+        return None;
     }
     let since = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let tags = std::collections::BTreeMap::from([(key.clone(), since)]);
-    if let Err(e) = aws.tag_image(&image.id, &tags).await {
-        let note = format!("could not record {key} on {}: {e}", image.id);
-        event(ctx, amr, EventType::Warning, "SoakEvidenceFailed", &note).await;
+    let tags = std::collections::BTreeMap::from([(key.clone(), since.clone())]);
+    match aws.tag_image(&image.id, &tags).await {
+        Ok(()) => None,
+        Err(e) => {
+            let note = format!(
+                "could not record {key} on {} (tried again at each reconcile): {e}",
+                image.id
+            );
+            event(ctx, amr, EventType::Warning, "SoakEvidenceFailed", &note).await;
+            Some(PendingEvidence {
+                image: image.id.clone(),
+                kind: EvidenceKind::HealthyOn,
+                value: since,
+                error: e.to_string(),
+                since: Time(now),
+            })
+        }
     }
+}
+
+/// Writes each evidence of `pending` again; returns what still did not land. Evidence on an
+/// AMI that is gone is dropped.
+pub(crate) async fn write_pending(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    aws: &AwsClients,
+    pending: Vec<PendingEvidence>,
+    now: Timestamp,
+) -> Vec<PendingEvidence> {
+    let mut left = Vec::new();
+    for mut item in pending {
+        let written = match item.kind {
+            EvidenceKind::Quarantine => write_quarantine(aws, None, &item.image, &item.value, now)
+                .await
+                .map(|_| ()),
+            EvidenceKind::HealthyOn => {
+                let key = tags::healthy_on(&amr.spec.cluster_name);
+                let tags = std::collections::BTreeMap::from([(key, item.value.clone())]);
+                aws.tag_image(&item.image, &tags).await
+            }
+        };
+        match written {
+            Ok(()) => {
+                let what = match item.kind {
+                    EvidenceKind::Quarantine => {
+                        format!("quarantined {}: {}", item.image, item.value)
+                    }
+                    EvidenceKind::HealthyOn => format!(
+                        "recorded {} on {}",
+                        tags::healthy_on(&amr.spec.cluster_name),
+                        item.image
+                    ),
+                };
+                let note = format!("{what} (after an earlier attempt failed: {})", item.error);
+                event(ctx, amr, EventType::Normal, "EvidenceRecorded", &note).await;
+            }
+            Err(AwsError::NotFound { .. }) => {
+                tracing::info!(image = %item.image, "the AMI of pending evidence is gone");
+            }
+            Err(e) => {
+                item.error = e.to_string();
+                left.push(item);
+            }
+        }
+    }
+    left
+}
+
+/// Adds `item` to `pending`, replacing an older one of the same AMI and kind.
+pub(crate) fn remember(pending: &mut Vec<PendingEvidence>, item: PendingEvidence) {
+    pending.retain(|p| !(p.image == item.image && p.kind == item.kind));
+    pending.insert(0, item);
+    pending.truncate(20);
 }
 
 /// The running version update of managed group `group` that moves it to a version of

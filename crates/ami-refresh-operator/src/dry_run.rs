@@ -50,6 +50,8 @@ pub struct Report {
     pub gates: Vec<String>,
     /// The circuit breaker: `closed`, or what tripped it and what follows.
     pub breaker: String,
+    /// Whether the rollout would write soak evidence (`healthy-on/<cluster>`), and why not.
+    pub evidence: String,
 }
 
 /// Builds the report for `amr` at `now`.
@@ -100,6 +102,7 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
             unknown_groups: Vec::new(),
             gates: window.into_iter().collect(),
             breaker: "closed".into(),
+            evidence: "none: nothing would be rolled out".into(),
         });
     };
     let mut groups = observe_groups(aws, amr).await?;
@@ -241,9 +244,48 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
             tripped.join(", ")
         )
     };
+    // Soak evidence comes only from groups that move to a target through the health gate.
+    let key = opsy_api::tags::healthy_on(&spec.cluster_name);
+    let unproven: Vec<&str> = targets
+        .all()
+        .into_iter()
+        .filter(|t| {
+            !plan.groups.iter().any(|g| {
+                g.to_image.as_deref() == Some(*t)
+                    && matches!(
+                        g.phase,
+                        NodeGroupPhase::Pending
+                            | NodeGroupPhase::Updating
+                            | NodeGroupPhase::Verifying
+                            | NodeGroupPhase::Succeeded
+                    )
+            })
+        })
+        .collect();
+    let evidence = if unproven.is_empty() {
+        format!("{key} once the rollout is complete and healthy")
+    } else {
+        format!(
+            "none for {}: no node group of cluster {} would move to it through the health gate",
+            unproven.join(", "),
+            spec.cluster_name
+        )
+    };
+    let quarantine = std::iter::once("nodes")
+        .chain(rollout.quarantine_on.iter().map(|s| match s {
+            opsy_api::ami_refresher::QuarantineSignal::Capacity => "capacity",
+            opsy_api::ami_refresher::QuarantineSignal::Alarms => "alarms",
+            opsy_api::ami_refresher::QuarantineSignal::Pods => "pods",
+        }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    gates.push(format!(
+        "quarantine: on evidence from {quarantine} (rollout.quarantineOn); other failures halt only"
+    ));
     Ok(Report {
         resource,
         target: Some(targets.describe()),
+        evidence,
         selection: selection.explain(),
         held_back,
         groups: actions,
@@ -277,6 +319,7 @@ impl Report {
         }
         if self.target.is_some() {
             out.push_str(&format!("  breaker: {}\n", self.breaker));
+            out.push_str(&format!("  soak evidence: {}\n", self.evidence));
         }
         if !self.unknown_groups.is_empty() {
             out.push_str(&format!(

@@ -6,7 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 use opsy_api::{
     AMIRefresher,
-    ami_refresher::{NodeGroupKind, NodeGroupPhase, NodeGroupStatus, UpdateType},
+    ami_refresher::{
+        FailureEvidence, NodeGroupKind, NodeGroupPhase, NodeGroupStatus, QuarantineSignal,
+        UpdateType,
+    },
 };
 use opsy_aws::AwsClients;
 
@@ -18,6 +21,31 @@ use crate::{
     reconcile::{Context, event},
     start::start_version_update,
 };
+
+/// Evidence against an AMI: a group that failed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Against {
+    /// The AMI the group moved to.
+    pub image: String,
+    /// The group and what failed it.
+    pub evidence: String,
+    /// Which kind of evidence it is.
+    pub kind: FailureEvidence,
+}
+
+/// What evidence of `kind` does, for status and Events.
+pub(crate) fn verdict_of(kind: FailureEvidence, quarantine_on: &[QuarantineSignal]) -> String {
+    let name = kind.as_str();
+    if kind.quarantines(quarantine_on) {
+        format!("{name} evidence: the AMI is quarantined")
+    } else if kind.signal().is_some() {
+        format!(
+            "{name} evidence: this rollout halts, the AMI is not quarantined (rollout.quarantineOn does not list {name})"
+        )
+    } else {
+        format!("{name} evidence: this rollout halts, the AMI is not quarantined")
+    }
+}
 
 /// The health gate of every `Verifying` entry of `entries`: the nodes that may belong to those
 /// groups are read (one list, only while some group is being verified) and judged.
@@ -31,7 +59,7 @@ pub(crate) async fn verify(
     entries: &mut [NodeGroupStatus],
     target: &str,
     now: Timestamp,
-) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
+) -> Result<(Vec<String>, Vec<Against>), Error> {
     if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -121,19 +149,23 @@ pub(crate) async fn verify(
                 entry.health = Some(health);
                 entry.message = Some(message);
             }
-            Verdict::Unhealthy(health, message) => {
+            Verdict::Unhealthy(health, message, kind) => {
                 entry.phase = NodeGroupPhase::Failed;
                 entry.health = Some(health);
                 entry.message = Some(message.clone());
+                entry.failed_on = Some(kind);
                 let note = format!(
-                    "{}: not healthy on {}: {message}",
-                    entry.name, subject.target
+                    "{}: not healthy on {} ({}): {message}",
+                    entry.name,
+                    subject.target,
+                    verdict_of(kind, &rollout.quarantine_on)
                 );
                 event(ctx, amr, EventType::Warning, "NodeGroupUnhealthy", &note).await;
-                unhealthy.push((
-                    subject.target.to_owned(),
-                    format!("{}: {message}", entry.name),
-                ));
+                unhealthy.push(Against {
+                    image: subject.target.to_owned(),
+                    evidence: format!("{}: {message}", entry.name),
+                    kind,
+                });
             }
         }
     }
@@ -250,6 +282,7 @@ pub(crate) async fn poll(
         event(ctx, amr, EventType::Normal, "NodeGroupUpdated", &message).await;
     } else {
         entry.phase = NodeGroupPhase::Failed;
+        entry.failed_on = Some(FailureEvidence::Update);
         entry.message = Some(if detail.is_empty() {
             "update failed".into()
         } else {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time};
-use opsy_api::ami_refresher::{GroupHealth, NodeGroupKind};
+use opsy_api::ami_refresher::{FailureEvidence, GroupHealth, NodeGroupKind};
 
 /// Label EKS puts on the nodes of a managed node group: its name.
 pub const NODEGROUP_LABEL: &str = "eks.amazonaws.com/nodegroup";
@@ -88,8 +88,8 @@ pub enum Verdict {
     Healthy(GroupHealth),
     /// Not yet; the message says what is awaited.
     Waiting(GroupHealth, String),
-    /// Not healthy within the timeout; the message names the evidence.
-    Unhealthy(GroupHealth, String),
+    /// Not healthy within the timeout; the message names the evidence, of this kind.
+    Unhealthy(GroupHealth, String, FailureEvidence),
 }
 
 /// The nodes of `subject` that run its target (managed groups: by their labels; self-managed
@@ -184,9 +184,47 @@ pub fn judge(
         } else {
             format!("{secs}s")
         };
+        // Nodes on the AMI that are NotReady, or instances of the group that never joined as
+        // nodes, implicate the AMI; fewer nodes than desired and nothing else is capacity.
+        let joined: Vec<&str> = on_target
+            .iter()
+            .filter_map(|n| n.instance.as_deref())
+            .collect();
+        let never_joined: Vec<&String> = subject
+            .instances
+            .iter()
+            .filter(|i| !joined.contains(&i.as_str()))
+            .collect();
+        let (evidence, kind) = if !not_ready.is_empty() {
+            (evidence, FailureEvidence::Nodes)
+        } else if !never_joined.is_empty() {
+            let mut named = never_joined
+                .iter()
+                .take(NAMED)
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if never_joined.len() > NAMED {
+                named.push_str(&format!(" and {} more", never_joined.len() - NAMED));
+            }
+            (
+                format!(
+                    "{} of {} instances never joined the cluster as nodes: {named}",
+                    never_joined.len(),
+                    subject.instances.len()
+                ),
+                FailureEvidence::Nodes,
+            )
+        } else {
+            (
+                format!("{evidence} (no node NotReady: capacity)"),
+                FailureEvidence::Capacity,
+            )
+        };
         return Verdict::Unhealthy(
             health,
             format!("{evidence} after {waited} (rollout.healthTimeout)"),
+            kind,
         );
     }
     let message = match bake_until {
@@ -246,9 +284,9 @@ pub fn with_pods(verdict: Verdict, pods: &[PodView], max_percent: i32, timed_out
     let total = i32::try_from(counted.len()).unwrap_or(i32::MAX);
     let bad = i32::try_from(unready.len()).unwrap_or(i32::MAX);
     let (mut health, message, unhealthy) = match verdict {
-        Verdict::Healthy(h) => (h, None, false),
-        Verdict::Waiting(h, m) => (h, Some(m), false),
-        Verdict::Unhealthy(h, m) => (h, Some(m), true),
+        Verdict::Healthy(h) => (h, None, None),
+        Verdict::Waiting(h, m) => (h, Some(m), None),
+        Verdict::Unhealthy(h, m, kind) => (h, Some(m), Some(kind)),
     };
     health.pods = Some(total);
     health.pods_ready = Some(total - bad);
@@ -257,8 +295,8 @@ pub fn with_pods(verdict: Verdict, pods: &[PodView], max_percent: i32, timed_out
         .take(NAMED)
         .map(|p| format!("{} {}", p.name, p.reason))
         .collect();
-    if unhealthy {
-        return Verdict::Unhealthy(health, message.unwrap_or_default());
+    if let Some(kind) = unhealthy {
+        return Verdict::Unhealthy(health, message.unwrap_or_default(), kind);
     }
     // bad / total > max / 100, in integers.
     let too_many = i64::from(bad) * 100 > i64::from(max_percent.max(0)) * i64::from(total);
@@ -271,6 +309,7 @@ pub fn with_pods(verdict: Verdict, pods: &[PodView], max_percent: i32, timed_out
             Verdict::Unhealthy(
                 health,
                 format!("{evidence}; still after rollout.healthTimeout"),
+                FailureEvidence::Pods,
             )
         } else {
             Verdict::Waiting(health, evidence)
@@ -320,9 +359,9 @@ pub fn with_alarms(
         })
         .collect();
     let (mut health, message, unhealthy) = match verdict {
-        Verdict::Healthy(h) => (h, None, false),
-        Verdict::Waiting(h, m) => (h, Some(m), false),
-        Verdict::Unhealthy(h, m) => (h, Some(m), true),
+        Verdict::Healthy(h) => (h, None, None),
+        Verdict::Waiting(h, m) => (h, Some(m), None),
+        Verdict::Unhealthy(h, m, kind) => (h, Some(m), Some(kind)),
     };
     health.alarms = evidence;
     let firing: Vec<&AlarmView> = alarms
@@ -341,10 +380,10 @@ pub fn with_alarms(
             since(a),
             a.reason
         );
-        return Verdict::Unhealthy(health, message);
+        return Verdict::Unhealthy(health, message, FailureEvidence::Alarms);
     }
-    if unhealthy {
-        return Verdict::Unhealthy(health, message.unwrap_or_default());
+    if let Some(kind) = unhealthy {
+        return Verdict::Unhealthy(health, message.unwrap_or_default(), kind);
     }
     if let Some(a) = firing.first() {
         let message = format!(
@@ -357,6 +396,7 @@ pub fn with_alarms(
             return Verdict::Unhealthy(
                 health,
                 format!("{message}; still after rollout.healthTimeout"),
+                FailureEvidence::Alarms,
             );
         }
         return Verdict::Waiting(health, message);
@@ -515,12 +555,48 @@ mod tests {
             10 * MIN,
             at("2024-11-20T10:10:00Z"),
         ) {
-            Verdict::Unhealthy(h, m) => {
+            Verdict::Unhealthy(h, m, kind) => {
+                assert_eq!(kind, FailureEvidence::Nodes);
                 assert_eq!(
                     m,
                     "2 of 3 new nodes NotReady: ip-10-0-1-23 KubeletNotReady, ip-10-0-1-24 KubeletNotReady after 10m (rollout.healthTimeout)"
                 );
                 assert_eq!(h.not_ready.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_shortfall_without_a_node_notready_is_capacity_and_instances_that_never_joined_are_the_amis()
+     {
+        let mut ready = node("ip-1", T, true, "2024-11-20T10:01:00Z");
+        ready.instance = Some("i-1".into());
+        let late = at("2024-11-20T10:10:00Z");
+        // 1 of 3 nodes, no instance without a node: the capacity fell short.
+        match judge(subject(3), &[ready.clone()], None, 10 * MIN, late) {
+            Verdict::Unhealthy(_, m, kind) => {
+                assert_eq!(kind, FailureEvidence::Capacity);
+                assert!(
+                    m.starts_with("1 of 3 nodes on ami-target Ready (no node NotReady: capacity)"),
+                    "{m}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Instances i-2 and i-3 launched and never joined: the AMI's fault.
+        let instances = ["i-1".to_owned(), "i-2".to_owned(), "i-3".to_owned()];
+        let s = Subject {
+            instances: &instances,
+            ..subject(3)
+        };
+        match judge(s, &[ready], None, 10 * MIN, late) {
+            Verdict::Unhealthy(_, m, kind) => {
+                assert_eq!(kind, FailureEvidence::Nodes);
+                assert!(
+                    m.starts_with("2 of 3 instances never joined the cluster as nodes: i-2, i-3"),
+                    "{m}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -591,7 +667,7 @@ mod tests {
             panic!("quiet alarms keep a healthy group healthy")
         };
         assert_eq!(health.alarms, ["web-5xx: OK", "typo: not found"]);
-        let Verdict::Unhealthy(_, message) = with_alarms(
+        let Verdict::Unhealthy(_, message, FailureEvidence::Alarms) = with_alarms(
             healthy(),
             &wanted,
             &[alarm("web-5xx", true, 1_200)],

@@ -163,6 +163,7 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         finished: None,
         health: None,
         rollback_version: None,
+        failed_on: None,
         desired_size: group.desired,
         lane: group.lane.as_ref().map(ToString::to_string),
         image_created: group.image_created.map(Time),

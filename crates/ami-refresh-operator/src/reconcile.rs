@@ -14,7 +14,9 @@ use kube::{
 };
 use opsy_api::{
     AMIRefresher, AMIRefresherStatus,
-    ami_refresher::{APPROVE_ANNOTATION, NodeGroupPhase, NodeGroupStatus, PdbPolicy},
+    ami_refresher::{
+        APPROVE_ANNOTATION, FailureEvidence, NodeGroupPhase, NodeGroupStatus, PdbPolicy,
+    },
     conditions,
 };
 use opsy_aws::AwsError;
@@ -22,7 +24,7 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 
 use crate::{
     Error, breaker,
-    follow::{implicates_image, poll, verify},
+    follow::{Against, implicates_image, poll, verify},
     lanes,
     observe::{Blocker, disruption_blockers, observe_groups},
     plan::{Group, nodes_on_target, plan},
@@ -118,6 +120,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
         .await;
     let mut status = amr.status.clone().unwrap_or_default();
+    // Evidence decided earlier whose write failed is written again first.
+    if !status.pending_evidence.is_empty() {
+        let pending = std::mem::take(&mut status.pending_evidence);
+        status.pending_evidence = breaker::write_pending(&ctx, &amr, &owner, pending, now).await;
+    }
     let spec_changed =
         status.observed_generation.is_some() && status.observed_generation != generation;
     let timer = spec
@@ -212,7 +219,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let mut previous = status.node_groups.clone();
     let mut finished = Vec::new();
     // The AMIs whose nodes failed (here: never joined the cluster), with the evidence.
-    let mut failed_on: Vec<(String, String)> = Vec::new();
+    let mut failed_on: Vec<Against> = Vec::new();
     for entry in previous.iter_mut().filter(|e| {
         matches!(
             e.phase,
@@ -225,7 +232,12 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         if was == NodeGroupPhase::Updating
             && let Some(evidence) = implicates_image(&aws, &amr, entry).await?
         {
-            failed_on.push((entry.to_image.clone().unwrap_or_default(), evidence));
+            entry.failed_on = Some(FailureEvidence::Nodes);
+            failed_on.push(Against {
+                image: entry.to_image.clone().unwrap_or_default(),
+                evidence,
+                kind: FailureEvidence::Nodes,
+            });
         }
         if entry.update_id != before {
             // A new update started (the version update after the config update).
@@ -273,13 +285,20 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     // Only the AMIs the failed groups moved to, which are targets unless they changed
     // meanwhile; each with its own evidence.
     let mut against: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (image, evidence) in failed_on.into_iter().chain(unhealthy) {
-        if targets.all().contains(&image.as_str()) {
+    for against_image in failed_on.into_iter().chain(unhealthy) {
+        let Against {
+            image,
+            evidence,
+            kind,
+        } = against_image;
+        // Evidence that does not implicate the AMI halts this rollout only.
+        if kind.quarantines(&spec.rollout.quarantine_on) && targets.all().contains(&image.as_str())
+        {
             against.entry(image).or_default().push(evidence);
         }
     }
     for (image, evidence) in &against {
-        breaker::quarantine(
+        if let Some(pending) = breaker::quarantine(
             &ctx,
             &amr,
             &owner,
@@ -288,7 +307,10 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             evidence,
             now,
         )
-        .await;
+        .await
+        {
+            breaker::remember(&mut status.pending_evidence, pending);
+        }
     }
 
     // 4. Plan and start the next wave.
@@ -503,7 +525,31 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let was_ready = conditions::find(&status.conditions, conditions::READY)
         .is_some_and(|c| c.status == conditions::TRUE);
     if ready {
-        let message = format!("{done} node group(s) run {}{held}", targets.describe());
+        // Soak evidence only from nodes: a group of this cluster moved to the AMI through the
+        // health gate. Zero groups on target is no evidence (0 of 0).
+        let proven = |image: &str| {
+            plan.groups.iter().any(|g| {
+                g.phase == NodeGroupPhase::Succeeded && g.to_image.as_deref() == Some(image)
+            })
+        };
+        let unproven: Vec<&str> = targets
+            .all()
+            .into_iter()
+            .filter(|t| assignment.chosen.contains_key(*t) && !proven(t))
+            .collect();
+        let no_evidence = if unproven.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; no soak evidence ({}) for {}: no node group of the cluster moved to it through the health gate",
+                opsy_api::tags::healthy_on(&amr.spec.cluster_name),
+                unproven.join(", ")
+            )
+        };
+        let message = format!(
+            "{done} node group(s) run {}{held}{no_evidence}",
+            targets.describe()
+        );
         set(
             &mut status,
             conditions::READY,
@@ -528,14 +574,12 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
                 let Some(chosen) = assignment.chosen.get(target) else {
                     continue;
                 };
-                // Soak evidence only from nodes: a group of this cluster moved to the AMI
-                // through the health gate. Zero groups on target is no evidence (0 of 0).
-                let proven = plan.groups.iter().any(|g| {
-                    g.phase == NodeGroupPhase::Succeeded
-                        && g.to_image.as_deref() == Some(chosen.image.id.as_str())
-                });
-                if proven {
-                    breaker::record_healthy(&ctx, &amr, &owner, &chosen.image, now).await;
+                if proven(&chosen.image.id) {
+                    if let Some(pending) =
+                        breaker::record_healthy(&ctx, &amr, &owner, &chosen.image, now).await
+                    {
+                        breaker::remember(&mut status.pending_evidence, pending);
+                    }
                 } else {
                     let note = format!(
                         "no soak evidence recorded for {} ({}): no node group of cluster {} moved to it through the health gate (excluded, skipped or already on it)",

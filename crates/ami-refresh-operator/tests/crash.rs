@@ -268,6 +268,34 @@ impl World {
                     Some("quarantined"),
                     "{image:?}"
                 );
+                // The whole quarantine: EC2-deprecated too, and no evidence left pending.
+                let described = self
+                    .fixture
+                    .ec2
+                    .describe_images()
+                    .image_ids(&self.target)
+                    .include_deprecated(true)
+                    .send()
+                    .await
+                    .unwrap()
+                    .images
+                    .unwrap_or_default();
+                assert!(
+                    described
+                        .first()
+                        .and_then(|i| i.deprecation_time())
+                        .is_some(),
+                    "{described:?}"
+                );
+                let pending = self
+                    .api()
+                    .get(NAME)
+                    .await
+                    .unwrap()
+                    .status
+                    .map(|s| s.pending_evidence)
+                    .unwrap_or_default();
+                assert!(pending.is_empty(), "{pending:?}");
                 // The canary runs its previous image again; m1 never moved.
                 let running: Vec<&str> = facts
                     .instances

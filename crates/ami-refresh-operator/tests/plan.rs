@@ -268,6 +268,7 @@ async fn a_rollout_in_flight_shows_its_gates_and_the_tripped_breaker() {
             format!("approval: the canary is done; waiting for ami.refresh.ops/approve={target}")
                 .as_str(),
             "disruption budgets: checked before each group starts; pdbPolicy wait",
+            "quarantine: on evidence from nodes (rollout.quarantineOn); other failures halt only",
         ]
     );
     assert_eq!(report["breaker"], "closed");

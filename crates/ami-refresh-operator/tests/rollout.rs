@@ -180,6 +180,20 @@ impl World {
             .collect()
     }
 
+    /// The notes of the Events with `reason`.
+    async fn event_notes(&self, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+
     /// A managed AMI, active, created now.
     async fn active_ami(&self, name: &str) -> String {
         let now = Timestamp::now().to_string();
@@ -652,6 +666,83 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
+#[tokio::test]
+async fn a_quarantine_whose_write_is_denied_is_kept_in_status_and_lands_on_the_next_reconcile() {
+    let world = World::new().await;
+    let target = world.managed_ami("hardened-broken").await;
+    world.broken.lock().unwrap().push(target.clone());
+    world.managed_groups(&["a", "b"]).await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "healthTimeout": "4s"},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Verifying)).await;
+    assert_eq!(phases["a"], Verifying);
+    // The quarantine's first write is refused.
+    world
+        .moto
+        .inject_error("CreateTags", "UnauthorizedOperation", 403, 1)
+        .unwrap();
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Failed)).await;
+    assert_eq!(phases, map(&[("a", Failed), ("b", Pending)]));
+    assert_eq!(
+        world.entry("a").await.failed_on,
+        Some(opsy_api::ami_refresher::FailureEvidence::Nodes)
+    );
+    let pending = world.status().await.pending_evidence;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (pending[0].image.as_str(), pending[0].kind),
+        (
+            target.as_str(),
+            opsy_api::ami_refresher::EvidenceKind::Quarantine
+        )
+    );
+    assert!(
+        pending[0]
+            .value
+            .starts_with("prod-east/prod-rollout: a: 2 of 2 new nodes NotReady"),
+        "{pending:?}"
+    );
+    assert!(
+        pending[0].error.contains("UnauthorizedOperation"),
+        "{pending:?}"
+    );
+    assert_eq!(status_tag(&world, &target).await.as_deref(), Some("active"));
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"QuarantineFailed".to_owned())
+    );
+    // The group is not judged again, yet the quarantine lands.
+    world.reconcile().await.unwrap();
+    assert!(world.status().await.pending_evidence.is_empty());
+    assert_eq!(
+        status_tag(&world, &target).await.as_deref(),
+        Some("quarantined")
+    );
+    let aws = world.context().aws.region(REGION).await;
+    let image = aws
+        .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+        .await
+        .unwrap()[0]
+        .clone();
+    assert!(image.deprecation_time.is_some());
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"EvidenceRecorded".to_owned())
+    );
+    // Nothing is written again.
+    let tagged = world.requests("CreateTags");
+    world.reconcile().await.unwrap();
+    assert_eq!(world.requests("CreateTags"), tagged);
+}
+
 /// The Nodes of managed group `group` that this test's fixture plays, sorted by name.
 async fn group_nodes(world: &World, group: &str) -> Vec<k8s_openapi::api::core::v1::Node> {
     world.sync_nodes().await;
@@ -982,6 +1073,123 @@ async fn after_a_healthy_canary_the_rest_waits_for_an_approval_naming_the_ami() 
     );
 }
 
+/// The status tag of `image`, read afresh.
+async fn status_tag(world: &World, image: &str) -> Option<String> {
+    let aws = world.context().aws.region(REGION).await;
+    aws.forget_images(&opsy_aws::ImageQuery::default().ids([image]))
+        .await;
+    aws.describe_images(&opsy_aws::ImageQuery::default().ids([image]))
+        .await
+        .unwrap()[0]
+        .tag("status")
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_capacity_shortfall_or_an_alarm_halts_the_rollout_without_quarantining_unless_opted_in() {
+    let world = World::new().await;
+    let target = world.managed_ami("hardened-short").await;
+    world.managed_groups(&["a", "b"]).await;
+    world.fixture.alarm("web-5xx", "OK", "quiet").await.unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "bakeTime": "1h", "healthTimeout": "4s",
+                        "alarms": ["web-5xx"]},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Verifying)).await;
+    assert_eq!(phases["a"], Verifying);
+    // The group's Auto Scaling group runs one instance of the two desired (capacity ran
+    // short): its one node is Ready, none is NotReady.
+    let group = world
+        .fixture
+        .eks
+        .describe_nodegroup()
+        .cluster_name(CLUSTER)
+        .nodegroup_name("a")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap();
+    let asg = group.resources.unwrap().auto_scaling_groups.unwrap()[0]
+        .name
+        .clone()
+        .unwrap();
+    world
+        .fixture
+        .autoscaling
+        .set_desired_capacity()
+        .auto_scaling_group_name(&asg)
+        .desired_capacity(1)
+        .send()
+        .await
+        .unwrap();
+    let phases = reconcile_until(&world, 30, |p| p.get("a") == Some(&Failed)).await;
+    assert_eq!(phases, map(&[("a", Failed), ("b", Pending)]));
+    let a = world.entry("a").await;
+    assert_eq!(
+        a.failed_on,
+        Some(opsy_api::ami_refresher::FailureEvidence::Capacity)
+    );
+    let message = a.message.unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "1 of 2 nodes on {target} Ready (no node NotReady: capacity)"
+        )),
+        "{message}"
+    );
+    // Halted, not quarantined; the Event says which evidence decided and why.
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await["b"], Pending);
+    assert_eq!(status_tag(&world, &target).await.as_deref(), Some("active"));
+    let notes = world.event_notes("NodeGroupUnhealthy").await;
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "capacity evidence: this rollout halts, the AMI is not quarantined (rollout.quarantineOn does not list capacity)"
+        )),
+        "{notes:?}"
+    );
+    assert!(!world.events().await.contains(&"AmiQuarantined".to_owned()));
+
+    // A new spec retries a: this time the workloads' alarm fires during the bake. Without
+    // `alarms` in rollout.quarantineOn that halts, and does not quarantine either.
+    world
+        .fixture
+        .autoscaling
+        .set_desired_capacity()
+        .auto_scaling_group_name(&asg)
+        .desired_capacity(2)
+        .send()
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "bakeTime": "1h", "healthTimeout": "30s",
+                        "alarms": ["web-5xx"]},
+        })))
+        .await;
+    // a (back to two nodes) runs the AMI already; b moves and bakes.
+    let phases = reconcile_until(&world, 30, |p| p.get("b") == Some(&Verifying)).await;
+    assert_eq!(phases["b"], Verifying, "{phases:?}");
+    world
+        .fixture
+        .alarm("web-5xx", "ALARM", "Threshold Crossed")
+        .await
+        .unwrap();
+    let phases = reconcile_until(&world, 10, |p| p.get("b") == Some(&Failed)).await;
+    assert_eq!(phases["b"], Failed);
+    let b = world.entry("b").await;
+    assert_eq!(
+        b.failed_on,
+        Some(opsy_api::ami_refresher::FailureEvidence::Alarms)
+    );
+    assert_eq!(status_tag(&world, &target).await.as_deref(), Some("active"));
+    assert!(!world.events().await.contains(&"AmiQuarantined".to_owned()));
+}
+
 #[tokio::test]
 async fn an_alarm_entering_alarm_during_the_bake_trips_the_breaker() {
     let world = World::new().await;
@@ -991,7 +1199,8 @@ async fn an_alarm_entering_alarm_during_the_bake_trips_the_breaker() {
     world
         .apply(manifest(serde_json::json!({
             "ami": target, "selfManaged": {"enabled": false},
-            "rollout": {"maxInFlight": 1, "bakeTime": "1h", "alarms": ["web-5xx", "web-latency"]},
+            "rollout": {"maxInFlight": 1, "bakeTime": "1h", "alarms": ["web-5xx", "web-latency"],
+                        "quarantineOn": ["alarms"]},
         })))
         .await;
     // a's nodes are Ready and baking; the alarms are part of the evidence.
@@ -1185,9 +1394,32 @@ async fn a_complete_healthy_rollout_records_since_when_the_ami_is_healthy_on_thi
         })))
         .await;
     let started = Timestamp::now();
+    // The first write of the evidence is throttled: it is kept in status and lands next time.
+    world
+        .moto
+        .inject_error("CreateTags", "RequestLimitExceeded", 503, 1)
+        .unwrap();
     let phases = reconcile_until(&world, 30, |p| p.values().all(|p| *p == Succeeded)).await;
     assert_eq!(phases, map(&[("a", Succeeded), ("b", Succeeded)]));
+    let pending = world.status().await.pending_evidence;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].image, target);
+    assert_eq!(
+        pending[0].kind,
+        opsy_api::ami_refresher::EvidenceKind::HealthyOn
+    );
+    assert_eq!(status_tag(&world, &target).await.as_deref(), Some("active"));
+    world.reconcile().await.unwrap();
+    assert!(world.status().await.pending_evidence.is_empty());
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"EvidenceRecorded".to_owned())
+    );
     let aws = world.context().aws.region(REGION).await;
+    aws.forget_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
+        .await;
     let tag = |image: &opsy_aws::Image| image.tag("healthy-on/prod-east").map(str::to_owned);
     let image = aws
         .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
@@ -2564,6 +2796,27 @@ async fn a_cluster_whose_groups_never_ran_the_ami_records_no_soak_evidence() {
     assert_eq!(
         ready.status, "True",
         "0 of 0 groups is rolled out: {ready:?}"
+    );
+    assert!(
+        ready.message.ends_with(&format!(
+            "; no soak evidence (healthy-on/prod-east) for {target}: no node group of the cluster moved to it through the health gate"
+        )),
+        "{ready:?}"
+    );
+    // plan says so too.
+    let report = ami_refresh_operator::dry_run::report(
+        &world.context().aws,
+        &world.api().get("prod-rollout").await.unwrap(),
+        Timestamp::now(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.text().contains(&format!(
+            "soak evidence: none for {target}: no node group of cluster prod-east would move to it through the health gate"
+        )),
+        "{}",
+        report.text()
     );
     let aws = world.context().aws.region(REGION).await;
     let image = aws

@@ -378,6 +378,15 @@ pub struct Rollout {
     /// per group like an update (`RollingBack`, then `RolledBack`).
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Which evidence besides the AMI's own nodes quarantines the AMI fleet-wide. Nodes
+    /// launched from it that turn (or stay) NotReady, instances that never join, and EKS's
+    /// `NodeCreationFailure` always do. A capacity shortfall (fewer Ready nodes than desired,
+    /// none NotReady), an alarm of `alarms` or unready pods (`maxUnreadyPodsPercent`) fail the
+    /// group and halt (or roll back) this rollout, but quarantine the AMI only when listed here:
+    /// `capacity`, `alarms`, `pods`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub quarantine_on: Vec<QuarantineSignal>,
     /// PodDisruptionBudgets that allow no disruption of pods on a group's nodes are reported
     /// before the group starts. `wait` (default): the group starts only once they allow it;
     /// `proceed`: it starts anyway (EKS then fails the update with `PodEvictionFailure` if it
@@ -423,6 +432,69 @@ pub enum OnFailure {
     Rollback,
 }
 
+/// Evidence against an AMI that quarantines it only when `rollout.quarantineOn` lists it.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineSignal {
+    /// Fewer Ready nodes than desired, none NotReady (capacity, Spot, quotas).
+    Capacity,
+    /// An alarm of `rollout.alarms`.
+    Alarms,
+    /// Unready pods on the new nodes (`rollout.maxUnreadyPodsPercent`).
+    Pods,
+}
+
+/// What decided that a group failed (`status.nodeGroups[].failedOn`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureEvidence {
+    /// Its nodes on the AMI: NotReady, never joined, or EKS's `NodeCreationFailure`.
+    Nodes,
+    /// Fewer Ready nodes than desired, none NotReady.
+    Capacity,
+    /// An alarm of `rollout.alarms`.
+    Alarms,
+    /// Unready pods on the new nodes.
+    Pods,
+    /// AWS failed the update for a reason that does not implicate the AMI (an eviction, a
+    /// launch failure, a permission).
+    Update,
+}
+
+impl FailureEvidence {
+    /// The signal of `rollout.quarantineOn` this evidence is, if it is one.
+    pub fn signal(self) -> Option<QuarantineSignal> {
+        match self {
+            FailureEvidence::Capacity => Some(QuarantineSignal::Capacity),
+            FailureEvidence::Alarms => Some(QuarantineSignal::Alarms),
+            FailureEvidence::Pods => Some(QuarantineSignal::Pods),
+            FailureEvidence::Nodes | FailureEvidence::Update => None,
+        }
+    }
+
+    /// Whether this evidence quarantines the AMI, given `rollout.quarantineOn`.
+    pub fn quarantines(self, quarantine_on: &[QuarantineSignal]) -> bool {
+        match self {
+            FailureEvidence::Nodes => true,
+            FailureEvidence::Update => false,
+            other => other.signal().is_some_and(|s| quarantine_on.contains(&s)),
+        }
+    }
+
+    /// Its name in status and in `rollout.quarantineOn`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureEvidence::Nodes => "nodes",
+            FailureEvidence::Capacity => "capacity",
+            FailureEvidence::Alarms => "alarms",
+            FailureEvidence::Pods => "pods",
+            FailureEvidence::Update => "update",
+        }
+    }
+}
+
 /// What to do when PodDisruptionBudgets allow no disruption of pods on a group's nodes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -448,6 +520,7 @@ impl Default for Rollout {
             alarms: Vec::new(),
             max_unready_pods_percent: None,
             on_failure: OnFailure::Halt,
+            quarantine_on: Vec::new(),
             pdb_policy: PdbPolicy::Wait,
             approve_after_canary: false,
             on_newer_ami: OnNewerAmi::Finish,
@@ -557,6 +630,38 @@ pub struct AMIRefresherStatus {
     /// The last transition a notification was sent for, so a restart does not resend it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notified: Option<String>,
+    /// Evidence (a quarantine, `healthy-on/<cluster>`) decided but not yet written on its AMI
+    /// because the write failed (throttled, denied): written again at each reconcile until it
+    /// lands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub pending_evidence: Vec<PendingEvidence>,
+}
+
+/// Evidence still to be written on an AMI.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingEvidence {
+    /// The AMI id.
+    pub image: String,
+    /// `Quarantine` or `HealthyOn`.
+    pub kind: EvidenceKind,
+    /// The quarantine's reason (its `quarantine-reason` tag), or the time `healthy-on/<cluster>`
+    /// records.
+    pub value: String,
+    /// Why the last write failed.
+    pub error: String,
+    /// When the evidence was decided.
+    pub since: Time,
+}
+
+/// Which evidence a [`PendingEvidence`] writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EvidenceKind {
+    /// The AMI is quarantined (tag `status=quarantined`, `quarantine-reason`, EC2 deprecation).
+    Quarantine,
+    /// The AMI rolled out healthy on this cluster (tag `healthy-on/<cluster>`).
+    HealthyOn,
 }
 
 /// The target of one lane: the newest eligible candidate of the groups' architecture and
@@ -720,6 +825,11 @@ pub struct NodeGroupStatus {
     /// started; a rollback is tried once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_version: Option<String>,
+    /// What decided that the group failed: `nodes` (its nodes on the AMI; quarantines the
+    /// AMI), `capacity`, `alarms`, `pods` (quarantine only when `rollout.quarantineOn` lists
+    /// them) or `update` (AWS failed the update for another reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_on: Option<FailureEvidence>,
 }
 
 /// The evidence of a group's health gate.
