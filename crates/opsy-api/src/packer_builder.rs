@@ -26,6 +26,9 @@ pub const DEFAULT_GIT_SYNC_IMAGE: &str = "registry.k8s.io/git-sync/git-sync:v4.4
 pub const DEFAULT_PACKER_IMAGE: &str = "hashicorp/packer:1.11.2";
 /// Default number of consecutive failed builds after which building stops until the spec changes.
 pub const DEFAULT_MAX_FAILED_BUILDS: i32 = 3;
+/// The annotation that gives a PackerBuilder stopped at `spec.maxFailedBuilds` a fresh set of
+/// attempts: any new value (e.g. the time) is honoured once.
+pub const RETRY_ANNOTATION: &str = "ami.refresh.ops/retry";
 
 /// Desired state of a PackerBuilder: the base AMI to watch (found with EC2 filters) and the
 /// Packer project to run as a Kubernetes Job whenever no valid AMI derived from it exists — none
@@ -139,7 +142,11 @@ pub struct PackerBuilderSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 
-    /// Consecutive failed builds after which no new build starts until the spec changes.
+    /// Failed builds after which no new build starts until the base AMI moves, the spec
+    /// changes or the annotation `ami.refresh.ops/retry` gets a new value. Counted: consecutive
+    /// failed builds, plus the AMIs built from the current base that an AMIRefresher
+    /// quarantined since (so a bad base or Packer project costs at most this many canary
+    /// rotations).
     #[serde(default = "default_max_failed_builds")]
     #[schemars(range(min = 1, max = 100))]
     pub max_failed_builds: i32,
@@ -294,6 +301,10 @@ fn default_keep_deprecated() -> i32 {
 
 fn default_retention_min_age() -> Duration {
     Duration::literal("7d", 7 * 86_400)
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn default_max_failed_builds() -> i32 {
@@ -661,9 +672,17 @@ pub struct PackerBuilderStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// Consecutive failed builds since the last success or spec change.
+    /// Consecutive failed builds since the last success, spec change, new base or retry.
     #[serde(default)]
     pub failed_job_count: i32,
+    /// AMIs built from the current base that were quarantined since the last spec change, new
+    /// base or retry; counted with `failedJobCount` against `spec.maxFailedBuilds`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quarantined_builds: i32,
+    /// The last value of the annotation `ami.refresh.ops/retry` that was honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub retried: Option<String>,
     /// Id of the current or last build Job; part of its name.
     #[serde(default, rename = "jobID", skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
@@ -813,9 +832,10 @@ pub struct BuildRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub built_image_id: Option<String>,
-    /// `succeeded` or `failed`.
+    /// `succeeded`, `failed`, or `quarantined` (it succeeded; an AMIRefresher quarantined
+    /// its AMI since).
     pub result: String,
-    /// Why the build failed, if it did.
+    /// Why the build failed, or why its AMI was quarantined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When the build started.

@@ -97,6 +97,18 @@ pub async fn report(
     let managed = aws
         .managed_images(&identity, pb.spec.time_outs.expires_in.as_std(), now)
         .await?;
+    // The failed builds as the operator counts them, from the status given.
+    let mut counting = pb.status.clone().unwrap_or_default();
+    let base_id = base.as_ref().map(|b| b.id.as_str());
+    let retry = pb
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(opsy_api::packer_builder::RETRY_ANNOTATION));
+    if crate::quarantines::fresh_start(&counting, retry.map(String::as_str), base_id).is_some() {
+        crate::quarantines::reset(&mut counting);
+    }
+    crate::quarantines::notice(&mut counting, &managed, base_id);
     let decision = decide(&Observed {
         region: &pb.spec.region,
         has_filters: filters.is_some() || pb.spec.ami_parameter.is_some(),
@@ -116,7 +128,7 @@ pub async fn report(
             }
             Err(message) => Some(format!("invalid maintenance window: {message}")),
         },
-        failures: 0,
+        failures: crate::quarantines::counted(&counting),
         max_failures: pb.spec.max_failed_builds,
     });
     let base_vars = base.as_ref().map(|b| BaseVars {
@@ -157,6 +169,18 @@ pub async fn report(
         Decision::NoBaseImage => (
             "blocked",
             "no available image matches spec.amiFilters".to_owned(),
+            None,
+        ),
+        Decision::FailureLimit { reason } => (
+            "blocked",
+            format!(
+                "a build is needed ({}) but {} builds failed ({} quarantined; spec.maxFailedBuilds {}): waits for a new base AMI, a spec change or {}",
+                reason.describe(),
+                crate::quarantines::counted(&counting),
+                counting.quarantined_builds,
+                pb.spec.max_failed_builds,
+                opsy_api::packer_builder::RETRY_ANNOTATION
+            ),
             None,
         ),
         // Only reachable with Kubernetes state, which plan does not read.

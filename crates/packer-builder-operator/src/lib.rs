@@ -18,6 +18,7 @@ pub mod job;
 pub mod notify;
 pub mod orphans;
 pub mod policy;
+pub mod quarantines;
 pub mod reconcile;
 pub mod retention;
 pub mod state;

@@ -216,7 +216,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
     let generation = pb.meta().generation;
     // A changed spec gets a fresh set of attempts.
     if status.observed_generation.is_some() && status.observed_generation != generation {
-        status.failed_job_count = 0;
+        crate::quarantines::reset(&mut status);
     }
     status.build_id = pb.meta().uid.clone();
     let warnings: Vec<(&str, String)> = pb
@@ -262,6 +262,37 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         aws.forget_images(&builds.query()).await;
         managed = aws.managed_images(&builds, expires_in, now).await?;
     }
+    // A retry, or a base other than the failed builds', gives a fresh set of attempts; then
+    // the builds whose AMI an AMIRefresher quarantined since count as failed.
+    let base_id = base.as_ref().map(|b| b.id.as_str());
+    let retry = pb
+        .annotations()
+        .get(opsy_api::packer_builder::RETRY_ANNOTATION)
+        .cloned();
+    if let Some(why) = crate::quarantines::fresh_start(&status, retry.as_deref(), base_id) {
+        crate::quarantines::reset(&mut status);
+        let message = format!("{why}: failed builds are counted afresh");
+        event(&ctx, &pb, EventType::Normal, "FailuresReset", &message).await;
+    }
+    if retry.is_some() {
+        status.retried = retry;
+    }
+    for q in crate::quarantines::notice(&mut status, &managed, base_id) {
+        let counts = if q.counted {
+            format!(
+                "counts as a failed build ({} of {} allowed, spec.maxFailedBuilds)",
+                crate::quarantines::counted(&status),
+                pb.spec.max_failed_builds
+            )
+        } else {
+            "built from an older base: not counted".to_owned()
+        };
+        let message = format!(
+            "the AMI {} of build {} was quarantined ({}); {counts}",
+            q.image, q.job_id, q.reason
+        );
+        event(&ctx, &pb, EventType::Warning, "BuildQuarantined", &message).await;
+    }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let open = open_job(
         &pb,
@@ -302,7 +333,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         recorded_active: status.active_image.as_ref().map(|i| i.id.as_str()),
         suspended: pb.spec.suspend,
         window_closed,
-        failures: status.failed_job_count,
+        failures: crate::quarantines::counted(&status),
         max_failures: pb.spec.max_failed_builds,
     });
     // The recorded Job is gone before its result was read: its AMI is looked for.
@@ -661,10 +692,16 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             }
         }
         Decision::FailureLimit { reason } => {
+            let quarantined = match status.quarantined_builds {
+                0 => String::new(),
+                n => format!(", {n} of them quarantined by an AMIRefresher"),
+            };
             let message = format!(
-                "a build is needed ({}) but {} builds failed in a row (spec.maxFailedBuilds); fix the cause, then change the spec to try again",
+                "a build is needed ({}) but {} builds failed{quarantined} (spec.maxFailedBuilds {}); fix the cause, then wait for a new base AMI, change the spec, or annotate {}=<any new value> to try again",
                 reason.describe(),
-                status.failed_job_count
+                crate::quarantines::counted(&status),
+                pb.spec.max_failed_builds,
+                opsy_api::packer_builder::RETRY_ANNOTATION
             );
             stalled(&ctx, &pb, &mut status, "FailureLimitReached", &message, now).await;
             let msg = notify::message(
@@ -676,8 +713,10 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             .at(now);
             notification = Some((
                 format!(
-                    "BuildStalled:FailureLimitReached:{}",
-                    generation.unwrap_or_default()
+                    "BuildStalled:FailureLimitReached:{}:{}:{}",
+                    generation.unwrap_or_default(),
+                    status.retried.as_deref().unwrap_or_default(),
+                    status.last_run_base_image_id.as_deref().unwrap_or_default()
                 ),
                 msg,
             ));

@@ -962,6 +962,131 @@ async fn a_quarantined_ami_is_built_again() {
 }
 
 #[tokio::test]
+async fn a_bad_base_is_built_at_most_max_failed_builds_times_then_waits_for_a_retry_or_a_new_base()
+{
+    let world = World::new(pb_manifest(serde_json::json!({"maxFailedBuilds": 2}))).await;
+    world.publish_base("base-al2023-v1").await;
+    let aws = world.context().aws.region(REGION).await;
+    // Build → canary fails → quarantine, twice: each quarantine counts as a failed build.
+    for attempt in 1..=2 {
+        let built = build_once(&world, &format!("al2023-hardened-{attempt}")).await;
+        aws.quarantine_image(
+            &built,
+            "staging/amr: canary: 2 of 2 new nodes NotReady",
+            world.now,
+        )
+        .await
+        .unwrap();
+        world.reconcile().await;
+        let status = world.status().await;
+        assert_eq!(status.quarantined_builds, attempt, "{status:?}");
+        assert_eq!(status.failed_job_count, 0);
+        let record = status
+            .history
+            .iter()
+            .find(|r| r.built_image_id.as_deref() == Some(built.as_str()))
+            .unwrap();
+        assert_eq!(record.result, "quarantined");
+        assert_eq!(
+            record.message.as_deref(),
+            Some("staging/amr: canary: 2 of 2 new nodes NotReady")
+        );
+    }
+    // The limit: no third build from the same base, said in Ready, an Event and status.
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 2);
+    let status = world.status().await;
+    let ready = opsy_api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "FailureLimitReached")
+    );
+    assert!(
+        ready.message.contains(
+            "2 builds failed, 2 of them quarantined by an AMIRefresher (spec.maxFailedBuilds 2)"
+        ) && ready.message.contains("ami.refresh.ops/retry"),
+        "{}",
+        ready.message
+    );
+    let events = world.events().await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "BuildQuarantined").count(),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| *e == "FailureLimitReached")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    // plan says so.
+    let report = packer_builder_operator::dry_run::report(
+        &world.context().aws,
+        &world.pb().await,
+        world.now,
+    )
+    .await
+    .unwrap();
+    let text = report.text();
+    assert!(text.contains("builds failed (2 quarantined"), "{text}");
+
+    // The retry annotation: one more build, once.
+    let mut pb = world.pb().await;
+    pb.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("ami.refresh.ops/retry".into(), "2026-12-03T10:00".into());
+    world
+        .builders()
+        .replace("al2023-hardened", &PostParams::default(), &pb)
+        .await
+        .unwrap();
+    let third = build_once(&world, "al2023-hardened-3").await;
+    assert_eq!(world.job_names().await.len(), 3);
+    assert_eq!(world.status().await.quarantined_builds, 0);
+    assert!(world.events().await.contains(&"FailuresReset".to_owned()));
+    aws.quarantine_image(
+        &third,
+        "staging/amr: canary: NodeCreationFailure",
+        world.now,
+    )
+    .await
+    .unwrap();
+    world.reconcile().await;
+    assert_eq!(world.status().await.quarantined_builds, 1);
+    assert_eq!(world.job_names().await.len(), 4, "1 of 2 after the retry");
+    let fourth_job = world.status().await.job_name.unwrap();
+    let fourth = world.build_image("al2023-hardened-4").await;
+    world.finish_job(&fourth_job, 0, &artifact(&fourth)).await;
+    world.reconcile().await;
+    aws.quarantine_image(
+        &fourth,
+        "staging/amr: canary: NodeCreationFailure",
+        world.now,
+    )
+    .await
+    .unwrap();
+    world.reconcile().await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 4, "the limit again");
+
+    // A new base: a fresh set of attempts.
+    world.publish_base("base-al2023-v2").await;
+    world.reconcile().await;
+    assert_eq!(world.job_names().await.len(), 5);
+    let status = world.status().await;
+    assert_eq!(crate_counted(&status), 0, "{status:?}");
+}
+
+fn crate_counted(status: &PackerBuilderStatus) -> i32 {
+    status.failed_job_count + status.quarantined_builds
+}
+
+#[tokio::test]
 async fn a_pod_that_cannot_start_and_a_deleted_job_end_as_failures_with_the_cause() {
     let world = World::new(pb_manifest(serde_json::json!({}))).await;
     world.publish_base("base-al2023-v1").await;
