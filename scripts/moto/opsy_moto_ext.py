@@ -927,6 +927,10 @@ def _patch_eks() -> None:
         cluster_name = self._get_param("name")
         update_id = self._get_param("updateId")
         group_name = self._get_param("nodegroupName")
+        # DescribeUpdate, "Errors": ResourceNotFoundException — the node group named is gone
+        # (deleted since the update started): its updates are not found either.
+        if group_name:
+            nodegroup(self.eks_backend, cluster_name, group_name)
         entry = updates(self.eks_backend).get(update_id)
         if entry is None or entry["cluster"] != cluster_name or (
             group_name and entry["nodegroup"] != group_name

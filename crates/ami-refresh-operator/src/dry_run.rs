@@ -198,13 +198,22 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         "health: off (AWS's word alone)".to_owned()
     });
     if rollout.approve_after_canary {
+        let all = targets.all().join(",");
         gates.push(if plan.awaiting_approval {
-            format!("approval: the canary is done; waiting for {APPROVE_ANNOTATION}={target}")
-        } else if approved == Some(target.as_str()) {
-            format!("approval: {target} approved")
+            format!(
+                "approval: the canary is done; waiting for {APPROVE_ANNOTATION}={}",
+                crate::plan::to_approve(&plan.groups, approved)
+            )
+        } else if approved.is_some_and(|a| {
+            targets
+                .all()
+                .iter()
+                .all(|t| a.split(',').map(str::trim).any(|a| a == *t))
+        }) {
+            format!("approval: {all} approved")
         } else {
             format!(
-                "approval: after the canary ({}), {APPROVE_ANNOTATION}={target}",
+                "approval: after the canary ({}), {APPROVE_ANNOTATION}={all}",
                 rollout.canary.join(", ")
             )
         });

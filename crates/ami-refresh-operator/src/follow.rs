@@ -16,7 +16,7 @@ use opsy_aws::AwsClients;
 use crate::{
     Error,
     health::{AlarmView, Subject, Verdict, judge, on_target, with_alarms, with_pods},
-    observe::{nodes_of, pods_on},
+    observe::{managed_instances_on, nodes_of, pods_on},
     plan::Group,
     reconcile::{Context, event},
     start::start_version_update,
@@ -63,12 +63,7 @@ pub(crate) async fn verify(
     if !entries.iter().any(|e| e.phase == NodeGroupPhase::Verifying) {
         return Ok((Vec::new(), Vec::new()));
     }
-    let verifying: Vec<(&str, NodeGroupKind)> = entries
-        .iter()
-        .filter(|e| e.phase == NodeGroupPhase::Verifying)
-        .map(|e| (e.name.as_str(), e.kind))
-        .collect();
-    let nodes = nodes_of(&ctx.client, &verifying).await?;
+    let nodes = nodes_of(&ctx.client).await?;
     let rollout = &amr.spec.rollout;
     // The watched alarms: one DescribeAlarms while some group is being verified.
     let alarms: Vec<AlarmView> = if rollout.alarms.is_empty() {
@@ -93,12 +88,24 @@ pub(crate) async fn verify(
         .filter(|e| e.phase == NodeGroupPhase::Verifying)
     {
         let group = groups.iter().find(|g| g.name == entry.name);
+        let to = entry.to_image.as_deref().unwrap_or(target);
+        // A managed group's instances on the target, from its Auto Scaling group.
+        let managed_instances = match group {
+            Some(g) if entry.kind == NodeGroupKind::Managed => {
+                managed_instances_on(aws, g, to).await?
+            }
+            _ => None,
+        };
         let subject = Subject {
             name: &entry.name,
             kind: entry.kind,
-            target: entry.to_image.as_deref().unwrap_or(target),
+            target: to,
             desired: group.and_then(|g| g.desired).unwrap_or(0),
-            instances: group.map_or(&[][..], |g| g.instances.as_slice()),
+            instances: match &managed_instances {
+                Some(instances) => instances.as_slice(),
+                None => group.map_or(&[][..], |g| g.instances.as_slice()),
+            },
+            by_instance: managed_instances.is_some(),
             done_at: entry.finished.as_ref().map_or(now, |t| t.0),
         };
         let verdict = judge(
@@ -338,4 +345,24 @@ pub(crate) async fn implicates_image(
         .iter()
         .find(|(code, _)| code == "NodeCreationFailure")
         .map(|(code, message)| format!("{}: {code}: {message}", entry.name)))
+}
+
+/// Whether the group of `entry` no longer exists (a managed node group EKS does not know, an
+/// Auto Scaling group Auto Scaling does not list).
+pub(crate) async fn is_gone(
+    aws: &AwsClients,
+    cluster: &str,
+    entry: &NodeGroupStatus,
+) -> Result<bool, Error> {
+    match entry.kind {
+        NodeGroupKind::Managed => match aws.describe_nodegroup(cluster, &entry.name).await {
+            Ok(_) => Ok(false),
+            Err(opsy_aws::AwsError::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        },
+        NodeGroupKind::SelfManaged => Ok(aws
+            .auto_scaling_groups(std::slice::from_ref(&entry.name))
+            .await?
+            .is_empty()),
+    }
 }

@@ -75,8 +75,13 @@ pub struct Subject<'a> {
     pub target: &'a str,
     /// Its desired size.
     pub desired: i32,
-    /// Its instances (self-managed groups; all on the target when AWS reported done).
+    /// Its instances on the target: a self-managed group's (all on the target when AWS
+    /// reported done); a managed group's launched from the target, when read from its Auto
+    /// Scaling group.
     pub instances: &'a [String],
+    /// A managed group's nodes are matched by instance (`instances` read from its Auto Scaling
+    /// group), not by the labels EKS may not write for a custom AMI.
+    pub by_instance: bool,
     /// When AWS reported its update done.
     pub done_at: Timestamp,
 }
@@ -92,20 +97,22 @@ pub enum Verdict {
     Unhealthy(GroupHealth, String, FailureEvidence),
 }
 
-/// The nodes of `subject` that run its target (managed groups: by their labels; self-managed
-/// groups: by instance id), sorted by name.
+/// The nodes of `subject` that run its target, sorted by name: by instance id
+/// (`spec.providerID`) — for a managed group whose Auto Scaling group was not read, by the
+/// labels EKS writes.
 pub fn on_target<'n>(subject: Subject<'_>, nodes: &'n [NodeView]) -> Vec<&'n NodeView> {
+    let by_instance = subject.by_instance || subject.kind == NodeGroupKind::SelfManaged;
     let mut on_target: Vec<&NodeView> = nodes
         .iter()
-        .filter(|n| match subject.kind {
-            NodeGroupKind::Managed => {
+        .filter(|n| {
+            if by_instance {
+                n.instance
+                    .as_ref()
+                    .is_some_and(|i| subject.instances.contains(i))
+            } else {
                 n.group.as_deref() == Some(subject.name)
                     && n.image.as_deref() == Some(subject.target)
             }
-            NodeGroupKind::SelfManaged => n
-                .instance
-                .as_ref()
-                .is_some_and(|i| subject.instances.contains(i)),
         })
         .collect();
     on_target.sort_by(|a, b| a.name.cmp(&b.name));
@@ -441,6 +448,7 @@ mod tests {
             target: T,
             desired,
             instances: &[],
+            by_instance: false,
             done_at: at("2024-11-20T10:00:00Z"),
         }
     }
@@ -588,6 +596,7 @@ mod tests {
         let instances = ["i-1".to_owned(), "i-2".to_owned(), "i-3".to_owned()];
         let s = Subject {
             instances: &instances,
+            by_instance: true,
             ..subject(3)
         };
         match judge(s, &[ready], None, 10 * MIN, late) {
@@ -600,6 +609,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_managed_groups_nodes_are_found_by_instance_without_labels_or_despite_stale_ones() {
+        let mut unlabelled = node("ip-1", "", true, "2024-11-20T10:01:00Z");
+        unlabelled.group = None;
+        unlabelled.image = None;
+        unlabelled.instance = Some("i-1".into());
+        // A stale label names the target on a node whose instance runs something else.
+        let mut stale = node("ip-2", T, true, "2024-11-20T10:01:00Z");
+        stale.instance = Some("i-old".into());
+        let instances = ["i-1".to_owned()];
+        let s = Subject {
+            instances: &instances,
+            by_instance: true,
+            ..subject(1)
+        };
+        let nodes = [unlabelled, stale];
+        let found: Vec<&str> = on_target(s, &nodes)
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(found, ["ip-1"]);
+        assert!(matches!(
+            judge(s, &nodes, None, 30 * MIN, at("2024-11-20T10:02:00Z")),
+            Verdict::Healthy(_)
+        ));
     }
 
     #[test]

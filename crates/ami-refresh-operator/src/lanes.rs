@@ -375,11 +375,21 @@ pub fn assign(
                     .map_or(0, |g| i32::try_from(g.len()).unwrap_or(i32::MAX)),
             })
             .collect();
+        out.lanes = for_status(std::mem::take(&mut out.lanes));
     }
     let mut seen = std::collections::BTreeSet::new();
     out.held_back.retain(|h| seen.insert(h.image.clone()));
     out.held_back.truncate(5);
     out
+}
+
+/// The lanes `status.targets` shows: at most [`MAX_TARGETS`](opsy_api::ami_refresher::MAX_TARGETS)
+/// (a status beyond its schema would fail every write), those with the most groups first.
+/// Every lane keeps its target whether shown or not.
+pub fn for_status(mut lanes: Vec<LaneTarget>) -> Vec<LaneTarget> {
+    lanes.sort_by(|a, b| b.groups.cmp(&a.groups));
+    lanes.truncate(opsy_api::ami_refresher::MAX_TARGETS);
+    lanes
 }
 
 /// A group whose AMI tells no OS family (a build named by the team, without the `os-family`
@@ -427,5 +437,35 @@ pub fn image_ref(
             created: known.get(target).and_then(created).map(Time),
             expires: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_at_most_its_schema_limit_of_lanes_the_largest_first() {
+        let lanes: Vec<LaneTarget> = (0..20)
+            .map(|i| LaneTarget {
+                architecture: "x86_64".into(),
+                variant: format!("v{i}"),
+                groups: i,
+                ..LaneTarget::default()
+            })
+            .collect();
+        let shown = for_status(lanes);
+        assert_eq!(shown.len(), opsy_api::ami_refresher::MAX_TARGETS);
+        assert_eq!(shown[0].groups, 19);
+        assert_eq!(shown[15].groups, 4);
+        // The limit is the schema's.
+        let crd = serde_json::to_value(<opsy_api::AMIRefresher as kube::CustomResourceExt>::crd())
+            .unwrap();
+        let max = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["targets"]["maxItems"];
+        assert_eq!(
+            max,
+            &serde_json::json!(opsy_api::ami_refresher::MAX_TARGETS)
+        );
     }
 }

@@ -27,7 +27,12 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
     let cluster = &amr.spec.cluster_name;
     let mut groups = Vec::new();
     for name in aws.list_nodegroups(cluster).await? {
-        let group = aws.describe_nodegroup(cluster, &name).await?;
+        let group = match aws.describe_nodegroup(cluster, &name).await {
+            Ok(group) => group,
+            // Deleted since it was listed.
+            Err(opsy_aws::AwsError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         let busy = group.status == "UPDATING";
         let image = match aws.nodegroup_image(&group).await? {
             NodeGroupImage::NoLaunchTemplate { ami_type } => GroupImage::NotManageable {
@@ -58,6 +63,7 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
             busy,
             desired: group.desired_size,
             instances: Vec::new(),
+            scaling_groups: group.auto_scaling_groups.clone(),
             lane: None,
             image_created: None,
             image_status: None,
@@ -83,6 +89,7 @@ pub async fn observe_groups(aws: &AwsClients, amr: &AMIRefresher) -> Result<Vec<
                 busy: false,
                 desired: asg.desired_capacity,
                 instances: asg.instances.iter().map(|i| i.id.clone()).collect(),
+                scaling_groups: Vec::new(),
                 lane: None,
                 image_created: None,
                 image_status: None,
@@ -120,12 +127,40 @@ async fn self_managed_image(
         });
     };
     // Image per (template, version), looked up once each.
-    let mut known: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
+    let mut known: Known = BTreeMap::new();
     known.insert(
         (Some(own.template_id.clone()), own.version.to_string()),
         own_image.clone(),
     );
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, image) in instance_images(aws, instances, &mut known).await? {
+        *counts.entry(image).or_default() += 1;
+    }
+    // The image most instances run; the others are listed. No instances: what the group
+    // would launch.
+    let mut by_count: Vec<(String, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut images = by_count.into_iter().map(|(image, _)| image);
+    let image_id = images.next().unwrap_or(own_image);
+    Ok(GroupImage::Runs {
+        image_id,
+        others: images.collect(),
+        template_id: own.template_id,
+        version: own.version,
+    })
+}
+
+/// The image of each `(template, version)`, as far as looked up.
+type Known = BTreeMap<(Option<String>, String), String>;
+
+/// The AMI each of `instances` was launched from, read from the launch template version it was
+/// launched from (each version looked up once; `known` keeps them).
+async fn instance_images(
+    aws: &AwsClients,
+    instances: &[GroupInstance],
+    known: &mut Known,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
     for instance in instances {
         let image = match &instance.launch_template {
             None => "unknown (not launched from a launch template)".to_owned(),
@@ -149,44 +184,104 @@ async fn self_managed_image(
                 }
             }
         };
-        *counts.entry(image).or_default() += 1;
+        out.push((instance.id.clone(), image));
     }
-    // The image most instances run; the others are listed. No instances: what the group
-    // would launch.
-    let mut by_count: Vec<(String, usize)> = counts.into_iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let mut images = by_count.into_iter().map(|(image, _)| image);
-    let image_id = images.next().unwrap_or(own_image);
-    Ok(GroupImage::Runs {
-        image_id,
-        others: images.collect(),
-        template_id: own.template_id,
-        version: own.version,
-    })
+    Ok(out)
 }
 
-/// The Nodes that may belong to `groups` (name and kind). Managed groups' nodes carry their
-/// group's label, so only those are listed; self-managed groups' nodes are known by their
-/// instance ids alone, so then every node is read.
-pub async fn nodes_of(
-    client: &kube::Client,
-    groups: &[(&str, NodeGroupKind)],
-) -> Result<Vec<NodeView>, Error> {
-    let params = if groups
-        .iter()
-        .all(|(_, kind)| *kind == NodeGroupKind::Managed)
-    {
-        let names: Vec<&str> = groups.iter().map(|(name, _)| *name).collect();
-        ListParams::default().labels(&format!(
-            "{} in ({})",
-            crate::health::NODEGROUP_LABEL,
-            names.join(",")
-        ))
-    } else {
-        ListParams::default()
+/// The instances of managed group `group` launched from `target`, read from the Auto Scaling
+/// groups EKS runs its nodes in; `None` when EKS names none. With a custom AMI in the launch
+/// template EKS generates no bootstrap user data, so the label
+/// `eks.amazonaws.com/nodegroup-image` may be missing or stale: nodes are matched by instance.
+pub async fn managed_instances_on(
+    aws: &AwsClients,
+    group: &Group,
+    target: &str,
+) -> Result<Option<Vec<String>>, Error> {
+    if group.scaling_groups.is_empty() {
+        return Ok(None);
+    }
+    let mut known = Known::new();
+    let mut on = Vec::new();
+    for asg in aws.auto_scaling_groups(&group.scaling_groups).await? {
+        for (id, image) in instance_images(aws, &asg.instances, &mut known).await? {
+            if image == target {
+                on.push(id);
+            }
+        }
+    }
+    Ok(Some(on))
+}
+
+/// Refuses to move the groups of `groups` that would move now while an Auto Scaling group of
+/// the cluster follows their launch template at `$Latest` (see `rollout.allowLatestFollowers`):
+/// such a group becomes not manageable, with the followers and the fix. The cluster's Auto
+/// Scaling groups are read (one `DescribeAutoScalingGroups`, every page) only when some group
+/// would move. Groups behind managed node groups run EKS's own copy of the template and never
+/// follow ours. (`$Default` followers are not affected: this operator never changes a
+/// template's default version.) Returns the groups refused, with why.
+pub async fn refuse_latest_followers(
+    aws: &AwsClients,
+    amr: &AMIRefresher,
+    targets: &crate::plan::Targets,
+    previous: &[opsy_api::ami_refresher::NodeGroupStatus],
+    groups: &mut [Group],
+) -> Result<Vec<(String, String)>, Error> {
+    let spec = &amr.spec;
+    if spec.rollout.allow_latest_followers {
+        return Ok(Vec::new());
+    }
+    let would_move = |g: &Group| match &g.image {
+        GroupImage::Runs { image_id, .. } => {
+            !spec.exclude.contains(&g.name)
+                && targets.of(g).is_ok_and(|t| t != image_id)
+                && !previous
+                    .iter()
+                    .any(|p| p.name == g.name && p.phase.in_flight())
+        }
+        GroupImage::NotManageable { .. } => false,
     };
+    if !groups.iter().any(would_move) {
+        return Ok(Vec::new());
+    }
+    let scaling = aws.cluster_auto_scaling_groups(&spec.cluster_name).await?;
+    let mut refused = Vec::new();
+    for group in groups.iter_mut() {
+        if !would_move(group) {
+            continue;
+        }
+        let GroupImage::Runs { template_id, .. } = &group.image else {
+            continue;
+        };
+        let followers: Vec<&str> = scaling
+            .iter()
+            .filter(|a| {
+                a.launch_template.as_ref().is_some_and(|t| {
+                    t.id.as_deref() == Some(template_id.as_str()) && t.version == "$Latest"
+                })
+            })
+            .map(|a| a.name.as_str())
+            .collect();
+        if followers.is_empty() {
+            continue;
+        }
+        let reason = format!(
+            "launch template {template_id} is followed at $Latest by Auto Scaling group(s) {}: the new version would go live at once for their scale-outs, before any health gate; give them a numbered version, or set rollout.allowLatestFollowers",
+            followers.join(", ")
+        );
+        group.image = GroupImage::NotManageable {
+            reason: reason.clone(),
+        };
+        refused.push((group.name.clone(), reason));
+    }
+    Ok(refused)
+}
+
+/// Every Node of the cluster, from the API server's cache: nodes are matched to groups by
+/// instance (`spec.providerID`), their labels serving only as a fallback.
+pub async fn nodes_of(client: &kube::Client) -> Result<Vec<NodeView>, Error> {
     Ok(Api::<Node>::all(client.clone())
-        .list(&params)
+        .list(&ListParams::default().match_any())
         .await?
         .items
         .iter()
@@ -227,11 +322,9 @@ pub async fn disruption_blockers(
     if blocking.is_empty() {
         return Ok(out);
     }
-    let kinds: Vec<(&str, NodeGroupKind)> =
-        groups.iter().map(|g| (g.name.as_str(), g.kind)).collect();
     // Node name → the group it belongs to.
     let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-    for node in nodes_of(client, &kinds).await? {
+    for node in nodes_of(client).await? {
         let group = groups.iter().find(|g| match g.kind {
             NodeGroupKind::Managed => node.group.as_deref() == Some(g.name.as_str()),
             NodeGroupKind::SelfManaged => node

@@ -50,6 +50,9 @@ pub struct Group {
     /// Its instances (`i-…`), for self-managed groups: their nodes are found by
     /// `spec.providerID`.
     pub instances: Vec<String>,
+    /// For managed groups: the Auto Scaling groups EKS runs its nodes in
+    /// (`resources.autoScalingGroups`), read while the group is verified.
+    pub scaling_groups: Vec<String>,
     /// The lane of the AMI it runs, once read ([`crate::lanes`]).
     pub lane: Option<Lane>,
     /// When the AMI it runs was built, once read.
@@ -169,6 +172,30 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
         image_created: group.image_created.map(Time),
         image_status: group.image_status.clone(),
     }
+}
+
+/// Whether the approval annotation's value `approved` (AMI ids, comma-separated) names the
+/// target of `entry`.
+pub fn is_approved(approved: Option<&str>, entry: &NodeGroupStatus) -> bool {
+    let target = entry.to_image.as_deref().unwrap_or_default();
+    approved.is_some_and(|a| {
+        a.split(',')
+            .map(str::trim)
+            .any(|a| !a.is_empty() && a == target)
+    })
+}
+
+/// The targets of the pending groups of `groups` that `approved` does not approve yet, as the
+/// annotation's value that would approve them (sorted, comma-separated).
+pub fn to_approve(groups: &[NodeGroupStatus], approved: Option<&str>) -> String {
+    let mut unapproved: Vec<&str> = groups
+        .iter()
+        .filter(|g| g.phase == NodeGroupPhase::Pending && !is_approved(approved, g))
+        .filter_map(|g| g.to_image.as_deref())
+        .collect();
+    unapproved.sort_unstable();
+    unapproved.dedup();
+    unapproved.join(",")
 }
 
 /// Plans the rollout of `target`. `previous` is the last status, with the groups that were
@@ -345,28 +372,31 @@ pub fn plan(
                     NodeGroupPhase::Updating | NodeGroupPhase::Verifying | NodeGroupPhase::Failed
                 )
         });
-        let target = targets.primary.as_str();
-        let needs_approval = spec.rollout.approve_after_canary && approved != Some(target);
+        // Each lane's target is approved on its own: the annotation lists the AMIs it approves.
+        let needs_approval =
+            |g: &NodeGroupStatus| spec.rollout.approve_after_canary && !is_approved(approved, g);
         let wave: Vec<&NodeGroupStatus> = if !canary_pending.is_empty() {
             canary_pending
         } else if canary_busy {
             Vec::new()
-        } else if needs_approval {
-            awaiting_approval = out.iter().any(|g| pending(&g));
-            Vec::new()
         } else {
-            out.iter().filter(pending).collect()
+            awaiting_approval = out.iter().filter(pending).any(|g| needs_approval(g));
+            out.iter()
+                .filter(pending)
+                .filter(|g| !needs_approval(g))
+                .collect()
         };
         start = wave.iter().take(slots).map(|g| g.name.clone()).collect();
     }
     if awaiting_approval {
-        let target = &targets.primary;
+        // Every target still to approve, so that one annotation can approve them all.
+        let all = to_approve(&out, approved);
         for g in out
             .iter_mut()
-            .filter(|g| g.phase == NodeGroupPhase::Pending)
+            .filter(|g| g.phase == NodeGroupPhase::Pending && !is_approved(approved, g))
         {
             g.message = Some(format!(
-                "waiting for approval after the canary: annotate the AMIRefresher {APPROVE_ANNOTATION}={target}"
+                "waiting for approval after the canary: annotate the AMIRefresher {APPROVE_ANNOTATION}={all}"
             ));
         }
     }
@@ -446,6 +476,7 @@ mod tests {
             busy: false,
             desired: Some(2),
             instances: Vec::new(),
+            scaling_groups: Vec::new(),
             lane: None,
             image_created: None,
             image_status: None,
@@ -477,6 +508,7 @@ mod tests {
                 busy: false,
                 desired: None,
                 instances: Vec::new(),
+                scaling_groups: Vec::new(),
                 lane: None,
                 image_created: None,
                 image_status: None,
@@ -695,6 +727,59 @@ mod tests {
         let p = plan(&s, &Targets::single(T), &fresh, &[], false, None);
         assert!(!p.awaiting_approval);
         assert_eq!(p.start, ["a"]);
+    }
+
+    #[test]
+    fn approving_one_lanes_target_does_not_approve_the_others() {
+        use opsy_api::lanes::Lane;
+        let x86 = Lane::new("x86_64", "standard");
+        let arm = Lane::new("arm64", "standard");
+        let laned = |name: &str, image: &str, lane: &Lane| Group {
+            lane: Some(lane.clone()),
+            ..group(name, image)
+        };
+        let groups = vec![
+            laned("a", "ami-x-new", &x86),
+            laned("b", "ami-x-old", &x86),
+            laned("c", "ami-a-old", &arm),
+        ];
+        let targets = Targets {
+            primary: "ami-x-new".into(),
+            by_lane: BTreeMap::from([
+                (x86.clone(), "ami-x-new".to_owned()),
+                (arm.clone(), "ami-a-new".to_owned()),
+            ]),
+        };
+        let s = spec(
+            serde_json::json!({"rollout": {"maxInFlight": 3, "canary": ["a"], "approveAfterCanary": true}}),
+        );
+        // The primary lane's target approved: only its groups go on; c waits, and its message
+        // names what is left to approve.
+        let p = plan(&s, &targets, &groups, &[], false, Some("ami-x-new"));
+        assert_eq!(p.start, ["b"]);
+        assert!(p.awaiting_approval);
+        let c = p.groups.iter().find(|g| g.name == "c").unwrap();
+        assert!(
+            c.message
+                .as_deref()
+                .unwrap()
+                .ends_with("ami.refresh.ops/approve=ami-a-new"),
+            "{c:?}"
+        );
+        assert_eq!(to_approve(&p.groups, Some("ami-x-new")), "ami-a-new");
+        // Nothing approved: one annotation naming both approves both.
+        let p = plan(&s, &targets, &groups, &[], false, None);
+        assert_eq!(to_approve(&p.groups, None), "ami-a-new,ami-x-new");
+        let p = plan(
+            &s,
+            &targets,
+            &groups,
+            &[],
+            false,
+            Some("ami-a-new, ami-x-new"),
+        );
+        assert_eq!(p.start, ["b", "c"]);
+        assert!(!p.awaiting_approval);
     }
 
     #[test]

@@ -24,9 +24,9 @@ use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 
 use crate::{
     Error, breaker,
-    follow::{Against, implicates_image, poll, verify},
+    follow::{self, Against, implicates_image, poll, verify},
     lanes,
-    observe::{Blocker, disruption_blockers, observe_groups},
+    observe::{Blocker, disruption_blockers, observe_groups, refuse_latest_followers},
     plan::{Group, nodes_on_target, plan},
     promotion,
     start::start,
@@ -218,6 +218,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     //    on its new version).
     let mut previous = status.node_groups.clone();
     let mut finished = Vec::new();
+    let mut gone: Vec<String> = Vec::new();
     // The AMIs whose nodes failed (here: never joined the cluster), with the evidence.
     let mut failed_on: Vec<Against> = Vec::new();
     for entry in previous.iter_mut().filter(|e| {
@@ -228,7 +229,29 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }) {
         let before = entry.update_id.clone();
         let was = entry.phase;
-        poll(&aws, &amr, &ctx, entry, now).await?;
+        match poll(&aws, &amr, &ctx, entry, now).await {
+            Ok(()) => {}
+            // The group (or its Auto Scaling group) was deleted mid-update: it leaves the
+            // rollout; the others go on.
+            // (Auto Scaling answers a deleted group's refreshes with a ValidationError.)
+            Err(Error::Aws(AwsError::NotFound { .. } | AwsError::InvalidRequest { .. }))
+                if follow::is_gone(&aws, &amr.spec.cluster_name, entry).await? =>
+            {
+                let note = format!(
+                    "{} was deleted while {} (update {}); it leaves this rollout",
+                    entry.name,
+                    match was {
+                        NodeGroupPhase::RollingBack => "rolling back",
+                        _ => "updating",
+                    },
+                    entry.update_id.as_deref().unwrap_or("unknown")
+                );
+                event(&ctx, &amr, EventType::Warning, "NodeGroupGone", &note).await;
+                gone.push(entry.name.clone());
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         if was == NodeGroupPhase::Updating
             && let Some(evidence) = implicates_image(&aws, &amr, entry).await?
         {
@@ -246,6 +269,11 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         if entry.phase == NodeGroupPhase::Succeeded {
             finished.push(entry.name.clone());
         }
+    }
+
+    if !gone.is_empty() {
+        previous.retain(|e| !gone.contains(&e.name));
+        status.node_groups.retain(|e| !gone.contains(&e.name));
     }
 
     // 3. Groups, and the health gate of those AWS reports done.
@@ -313,11 +341,20 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         }
     }
 
-    // 4. Plan and start the next wave.
-    let approved = amr
-        .annotations()
-        .get(APPROVE_ANNOTATION)
-        .map(String::as_str);
+    // 4. Plan and start the next wave, without the groups whose template follows at $Latest.
+    let refused = refuse_latest_followers(&aws, &amr, targets, &previous, &mut groups).await?;
+    for (name, reason) in &refused {
+        let was = previous
+            .iter()
+            .find(|p| p.name == *name)
+            .and_then(|p| p.message.as_deref());
+        if was != Some(reason.as_str()) {
+            let note = format!("{name} is not moved: {reason}");
+            event(&ctx, &amr, EventType::Warning, "LatestFollowers", &note).await;
+        }
+    }
+    let approval = amr.annotations().get(APPROVE_ANNOTATION).cloned();
+    let approved = approval.as_deref();
     let mut plan = plan(spec, targets, &groups, &previous, spec_changed, approved);
     // A group the plan found on its target without a recorded update: verified from now.
     for entry in plan
@@ -632,7 +669,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             let was = conditions::find(&status.conditions, conditions::PROGRESSING)
                 .map(|c| c.reason.clone());
             let message = format!(
-                "{message}; the canary groups are healthy: annotate this AMIRefresher {APPROVE_ANNOTATION}={target_id} to roll out the rest"
+                "{message}; the canary groups are healthy: annotate this AMIRefresher {APPROVE_ANNOTATION}={} to roll out the rest",
+                crate::plan::to_approve(&plan.groups, approved)
             );
             if was.as_deref() != Some(reason) {
                 event(&ctx, &amr, EventType::Normal, "ApprovalRequired", &message).await;

@@ -35,6 +35,9 @@ struct World {
     calls: CallCounter,
     /// AMIs whose nodes never become Ready (a bad AMI).
     broken: std::sync::Mutex<Vec<String>>,
+    /// The played nodes carry no EKS labels (as with a custom AMI, whose user data EKS does
+    /// not generate).
+    unlabelled: std::sync::atomic::AtomicBool,
 }
 
 fn manifest(spec: serde_json::Value) -> AMIRefresher {
@@ -70,6 +73,7 @@ impl World {
             client,
             slack_api: "http://127.0.0.1:9".into(),
             broken: std::sync::Mutex::new(Vec::new()),
+            unlabelled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -77,10 +81,14 @@ impl World {
     /// an AMI marked broken.
     async fn sync_nodes(&self) {
         let broken = self.broken.lock().unwrap().clone();
+        let labels = !self.unlabelled.load(std::sync::atomic::Ordering::SeqCst);
         self.fixture
-            .sync_nodes(&self.client, CLUSTER, &move |image| {
-                !broken.iter().any(|b| b == image)
-            })
+            .sync_nodes_labelled(
+                &self.client,
+                CLUSTER,
+                &move |image| !broken.iter().any(|b| b == image),
+                labels,
+            )
             .await
             .unwrap();
     }
@@ -1083,6 +1091,170 @@ async fn status_tag(world: &World, image: &str) -> Option<String> {
         .unwrap()[0]
         .tag("status")
         .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn nodes_without_the_eks_labels_are_matched_by_instance_and_pass_the_gate_when_healthy() {
+    let world = World::new().await;
+    world
+        .unlabelled
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let target = world.active_ami("hardened-custom").await;
+    world.managed_groups(&["a", "b"]).await;
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "healthTimeout": "6s"},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 40, |p| p.values().all(|p| *p == Succeeded)).await;
+    assert_eq!(phases, map(&[("a", Succeeded), ("b", Succeeded)]));
+    let health = world.entry("a").await.health.unwrap();
+    assert_eq!((health.ready, health.desired), (2, 2));
+    // The nodes carried no EKS label: they were found through the groups' instances.
+    assert!(node_images(&world, "a").await.is_empty());
+    let calls = world.moto.operator_calls().unwrap();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.action == "autoscaling:DescribeAutoScalingGroups")
+    );
+    opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
+}
+
+#[tokio::test]
+async fn a_node_group_deleted_mid_update_leaves_the_rollout_and_the_others_go_on() {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-2").await;
+    world.managed_groups(&["a", "b", "c"]).await;
+    world
+        .fixture
+        .create_self_managed_group(CLUSTER, "s", ids::AL2023_130_SEP, &[])
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "rollout": {"maxInFlight": 4},
+        })))
+        .await;
+    world.reconcile().await.unwrap();
+    assert_eq!(
+        world.phases().await,
+        map(&[
+            ("a", Updating),
+            ("b", Updating),
+            ("c", Updating),
+            ("s", Updating)
+        ])
+    );
+    // Someone deletes b while EKS updates it, and s during its instance refresh.
+    world
+        .fixture
+        .eks
+        .delete_nodegroup()
+        .cluster_name(CLUSTER)
+        .nodegroup_name("b")
+        .send()
+        .await
+        .unwrap();
+    world
+        .fixture
+        .autoscaling
+        .delete_auto_scaling_group()
+        .auto_scaling_group_name("s")
+        .force_delete(true)
+        .send()
+        .await
+        .unwrap();
+    let phases = reconcile_until(&world, 40, |p| p.values().all(|p| *p == Succeeded)).await;
+    assert_eq!(phases, map(&[("a", Succeeded), ("c", Succeeded)]));
+    let mut notes = world.event_notes("NodeGroupGone").await;
+    notes.sort();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].starts_with("b was deleted while updating (update ")
+            && notes[1].starts_with("s was deleted while updating (update "),
+        "{notes:?}"
+    );
+    let status = world.status().await;
+    let ready = opsy_api::conditions::find(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+}
+
+#[tokio::test]
+async fn a_group_whose_template_an_auto_scaling_group_follows_at_latest_is_not_moved_unless_allowed()
+ {
+    let world = World::new().await;
+    let target = world.active_ami("hardened-2").await;
+    world.managed_groups(&["a", "b"]).await;
+    // A self-managed Auto Scaling group of the cluster (not one this refresher manages) runs
+    // a's launch template at $Latest.
+    let template = world
+        .fixture
+        .eks
+        .describe_nodegroup()
+        .cluster_name(CLUSTER)
+        .nodegroup_name("a")
+        .send()
+        .await
+        .unwrap()
+        .nodegroup
+        .unwrap()
+        .launch_template
+        .unwrap()
+        .id
+        .unwrap();
+    world
+        .fixture
+        .autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("batch-latest")
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_id(&template)
+                .version("$Latest")
+                .build(),
+        )
+        .min_size(0)
+        .max_size(2)
+        .desired_capacity(0)
+        .availability_zones(format!("{REGION}a"))
+        .tags(
+            aws_sdk_autoscaling::types::Tag::builder()
+                .key(format!("kubernetes.io/cluster/{CLUSTER}"))
+                .value("owned")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false}, "rollout": {"maxInFlight": 1},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 40, |p| p.get("b") == Some(&Succeeded)).await;
+    assert_eq!(phases, map(&[("a", Skipped), ("b", Succeeded)]));
+    let message = world.entry("a").await.message.unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "launch template {template} is followed at $Latest by Auto Scaling group(s) batch-latest"
+        )) && message.ends_with("or set rollout.allowLatestFollowers"),
+        "{message}"
+    );
+    // Nothing was added to a's template.
+    assert_eq!(world.nodegroup_version("a").await, "1");
+    assert_eq!(world.event_notes("LatestFollowers").await.len(), 1);
+
+    // Allowed: a moves.
+    world
+        .apply(manifest(serde_json::json!({
+            "ami": target, "selfManaged": {"enabled": false},
+            "rollout": {"maxInFlight": 1, "allowLatestFollowers": true},
+        })))
+        .await;
+    let phases = reconcile_until(&world, 40, |p| p.get("a") == Some(&Succeeded)).await;
+    assert_eq!(phases, map(&[("a", Succeeded), ("b", Succeeded)]));
 }
 
 #[tokio::test]

@@ -343,9 +343,9 @@ pub struct Rollout {
     #[serde(default = "default_true")]
     pub halt_on_failure: bool,
     /// A group whose update AWS reports done is `Verifying` until the cluster agrees: its nodes
-    /// on the target AMI (managed groups: labels `eks.amazonaws.com/nodegroup` and
-    /// `eks.amazonaws.com/nodegroup-image`; self-managed groups: the Auto Scaling group's
-    /// instances, matched by `spec.providerID`) number at least its desired size, are Ready,
+    /// on the target AMI (the instances of its Auto Scaling group launched from the target,
+    /// matched by `spec.providerID`; EKS's node labels only when no Auto Scaling group is
+    /// known) number at least its desired size, are Ready,
     /// and have stayed Ready for `bakeTime`. Only then is it `Succeeded` and the next wave may
     /// start. On by default; `false` trusts AWS's word alone.
     #[serde(default = "default_true")]
@@ -387,6 +387,13 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 3))]
     pub quarantine_on: Vec<QuarantineSignal>,
+    /// A group is not moved (`Skipped`, naming them) while an Auto Scaling group of the
+    /// cluster follows its launch template at `$Latest`: the new version this operator adds
+    /// would go live at once for every scale-out of those groups — later waves, excluded
+    /// groups — before any health gate, and a rollback would not pin them. Give them a
+    /// numbered version; or set this to move such groups anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_latest_followers: bool,
     /// PodDisruptionBudgets that allow no disruption of pods on a group's nodes are reported
     /// before the group starts. `wait` (default): the group starts only once they allow it;
     /// `proceed`: it starts anyway (EKS then fails the update with `PodEvictionFailure` if it
@@ -521,6 +528,7 @@ impl Default for Rollout {
             max_unready_pods_percent: None,
             on_failure: OnFailure::Halt,
             quarantine_on: Vec::new(),
+            allow_latest_followers: false,
             pdb_policy: PdbPolicy::Wait,
             approve_after_canary: false,
             on_newer_ami: OnNewerAmi::Finish,
@@ -592,7 +600,7 @@ pub struct AMIRefresherStatus {
     /// more than one: each group moves only to its lane's target. `targetImage` is the target
     /// of the lane with the most groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = MAX_TARGETS))]
     pub targets: Vec<LaneTarget>,
     /// The SSM parameter the base AMI came from (`spec.amiParameter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -637,6 +645,9 @@ pub struct AMIRefresherStatus {
     #[schemars(length(max = 20))]
     pub pending_evidence: Vec<PendingEvidence>,
 }
+
+/// `status.targets` holds at most this many lanes (those with the most groups).
+pub const MAX_TARGETS: usize = 16;
 
 /// Evidence still to be written on an AMI.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

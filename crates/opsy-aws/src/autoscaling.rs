@@ -25,6 +25,31 @@ pub struct AutoScalingGroup {
     pub desired_capacity: Option<i32>,
 }
 
+impl AutoScalingGroup {
+    fn of(group: aws_sdk_autoscaling::types::AutoScalingGroup) -> Self {
+        let template = |t: LaunchTemplateSpecification| GroupTemplate {
+            id: t.launch_template_id,
+            name: t.launch_template_name,
+            version: t.version.unwrap_or_else(|| "$Default".to_owned()),
+        };
+        AutoScalingGroup {
+            name: group.auto_scaling_group_name.unwrap_or_default(),
+            instances: group
+                .instances
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| GroupInstance {
+                    id: i.instance_id.unwrap_or_default(),
+                    launch_template: i.launch_template.map(template),
+                })
+                .collect(),
+            desired_capacity: group.desired_capacity,
+            mixed_instances: group.mixed_instances_policy.is_some(),
+            launch_template: group.launch_template.map(template),
+        }
+    }
+}
+
 /// An instance of an Auto Scaling group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInstance {
@@ -120,30 +145,7 @@ impl AwsClients {
                 if managed_by_eks {
                     continue;
                 }
-                let instances = group
-                    .instances
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|i| GroupInstance {
-                        id: i.instance_id.unwrap_or_default(),
-                        launch_template: i.launch_template.map(|t| GroupTemplate {
-                            id: t.launch_template_id,
-                            name: t.launch_template_name,
-                            version: t.version.unwrap_or_else(|| "$Default".to_owned()),
-                        }),
-                    })
-                    .collect();
-                groups.push(AutoScalingGroup {
-                    name: group.auto_scaling_group_name.unwrap_or_default(),
-                    instances,
-                    desired_capacity: group.desired_capacity,
-                    mixed_instances: group.mixed_instances_policy.is_some(),
-                    launch_template: group.launch_template.map(|t| GroupTemplate {
-                        id: t.launch_template_id,
-                        name: t.launch_template_name,
-                        version: t.version.unwrap_or_else(|| "$Default".to_owned()),
-                    }),
-                });
+                groups.push(AutoScalingGroup::of(group));
             }
             match page.next_token {
                 Some(next) if !next.is_empty() => token = Some(next),
@@ -151,6 +153,40 @@ impl AwsClients {
             }
         }
         groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(groups)
+    }
+
+    /// The Auto Scaling groups named `names` (those behind a managed node group, from its
+    /// `resources.autoScalingGroups`) with their instances. Every page.
+    pub async fn auto_scaling_groups(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<AutoScalingGroup>, AwsError> {
+        const OP: &str = "DescribeAutoScalingGroups";
+        let mut groups = Vec::new();
+        if names.is_empty() {
+            return Ok(groups);
+        }
+        let mut token: Option<String> = None;
+        loop {
+            let request = self
+                .autoscaling
+                .describe_auto_scaling_groups()
+                .set_auto_scaling_group_names(Some(names.to_vec()))
+                .set_max_records(self.page_size)
+                .set_next_token(token.take());
+            let page = self.call("autoscaling", OP, request.send()).await?;
+            groups.extend(
+                page.auto_scaling_groups
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(AutoScalingGroup::of),
+            );
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
         Ok(groups)
     }
 

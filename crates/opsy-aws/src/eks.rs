@@ -25,6 +25,8 @@ pub struct NodeGroup {
     /// `health.issues`: `(code, message)`, e.g. `NodeCreationFailure` when its instances do
     /// not join the cluster.
     pub health_issues: Vec<(String, String)>,
+    /// `resources.autoScalingGroups`: the Auto Scaling groups EKS runs its nodes in.
+    pub auto_scaling_groups: Vec<String>,
 }
 
 /// The launch template a node group uses.
@@ -200,6 +202,16 @@ impl AwsClients {
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default(),
             ami_type: group.ami_type.map(|t| t.as_str().to_owned()),
+            auto_scaling_groups: group
+                .resources
+                .as_ref()
+                .map(|r| {
+                    r.auto_scaling_groups()
+                        .iter()
+                        .filter_map(|g| g.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
             desired_size: group.scaling_config.as_ref().and_then(|c| c.desired_size),
             health_issues: group
                 .health

@@ -550,6 +550,18 @@ impl Fixture {
         cluster: &str,
         ready: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<usize, FixtureError> {
+        self.sync_nodes_labelled(client, cluster, ready, true).await
+    }
+
+    /// [`Self::sync_nodes`], with the EKS node labels only when `labels`: with a custom AMI in
+    /// the launch template EKS generates no bootstrap user data, so real nodes may carry none.
+    pub async fn sync_nodes_labelled(
+        &self,
+        client: &kube::Client,
+        cluster: &str,
+        ready: &(dyn Fn(&str) -> bool + Send + Sync),
+        eks_labels: bool,
+    ) -> Result<usize, FixtureError> {
         use k8s_openapi::api::core::v1::Node;
         use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
@@ -619,7 +631,7 @@ impl Fixture {
         }
         for (name, (id, zone, image, managed)) in &wanted {
             let mut labels = serde_json::json!({ TEST_NODE_LABEL: self.node_owner });
-            if let Some(group) = managed {
+            if let Some(group) = managed.as_ref().filter(|_| eks_labels) {
                 labels["eks.amazonaws.com/nodegroup"] = group.clone().into();
                 labels["eks.amazonaws.com/nodegroup-image"] = image.clone().into();
             }

@@ -236,3 +236,18 @@ def test_a_control_plane_upgrade_is_asynchronous_and_one_minor_at_a_time(aws: An
     assert update["status"] == "Successful"
     cluster = aws.eks.describe_cluster(name="upgraded")["cluster"]
     assert (cluster["version"], cluster["status"]) == ("1.31", "ACTIVE")
+
+
+def test_the_updates_of_a_deleted_node_group_are_not_found(cluster: Any) -> None:
+    # DescribeUpdate, "Errors": ResourceNotFoundException when the node group is gone.
+    aws = cluster
+    old, new = aws.image("old"), aws.image("new")
+    template = group(aws, "ng", old)
+    version = aws.new_version(template, new)
+    update = aws.eks.update_nodegroup_version(
+        clusterName=CLUSTER, nodegroupName="ng", launchTemplate={"id": template, "version": str(version)}
+    )["update"]
+    aws.eks.delete_nodegroup(clusterName=CLUSTER, nodegroupName="ng")
+    with pytest.raises(ClientError) as gone:
+        aws.eks.describe_update(name=CLUSTER, nodegroupName="ng", updateId=update["id"])
+    assert gone.value.response["Error"]["Code"] == "ResourceNotFoundException"
