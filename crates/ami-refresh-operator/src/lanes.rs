@@ -387,7 +387,7 @@ pub fn assign(
 /// (a status beyond its schema would fail every write), those with the most groups first.
 /// Every lane keeps its target whether shown or not.
 pub fn for_status(mut lanes: Vec<LaneTarget>) -> Vec<LaneTarget> {
-    lanes.sort_by(|a, b| b.groups.cmp(&a.groups));
+    lanes.sort_by_key(|l| std::cmp::Reverse(l.groups));
     lanes.truncate(opsy_api::ami_refresher::MAX_TARGETS);
     lanes
 }

@@ -380,7 +380,7 @@ pub fn plan(
         } else if canary_busy {
             Vec::new()
         } else {
-            awaiting_approval = out.iter().filter(pending).any(|g| needs_approval(g));
+            awaiting_approval = out.iter().filter(pending).any(&needs_approval);
             out.iter()
                 .filter(pending)
                 .filter(|g| !needs_approval(g))
