@@ -760,6 +760,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             client: ctx.client.clone(),
             aws: ctx.aws.clone(),
             slack_api: ctx.slack_api.clone(),
+            webhook_addresses: ctx.webhook_addresses,
         };
         let namespace = amr.namespace().unwrap_or_default();
         let errors = setup

@@ -180,6 +180,7 @@ impl World {
             clock: Arc::new(Timestamp::now),
             poll_interval: Duration::from_secs(1),
             slack_api: "http://127.0.0.1:9".into(),
+            webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(calls)),
             build_policy: Default::default(),

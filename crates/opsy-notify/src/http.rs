@@ -18,6 +18,8 @@ pub struct HttpSettings {
     pub backoff: Duration,
     /// Longest `Retry-After` honoured; a longer one ends the retries.
     pub max_retry_after: Duration,
+    /// The addresses a webhook may reach besides public ones.
+    pub addresses: crate::AddressPolicy,
 }
 
 impl Default for HttpSettings {
@@ -27,6 +29,7 @@ impl Default for HttpSettings {
             max_attempts: 3,
             backoff: Duration::from_secs(1),
             max_retry_after: Duration::from_secs(30),
+            addresses: crate::AddressPolicy::default(),
         }
     }
 }
@@ -40,6 +43,25 @@ pub(crate) fn http_client(
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         .user_agent(concat!("opsy-ami-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| NotifyError::Config {
+            target: target.to_owned(),
+            detail: format!("cannot build an HTTP client: {}", e.without_url()),
+        })
+}
+
+/// The HTTP client of a webhook: it follows no redirect (a 3xx is an error) and connects only
+/// to addresses `settings.addresses` allows.
+pub(crate) fn webhook_client(
+    settings: &HttpSettings,
+    target: &str,
+) -> Result<reqwest::Client, NotifyError> {
+    reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .user_agent(concat!("opsy-ami-operator/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(crate::addresses::resolver(settings.addresses))
         .build()
         .map_err(|e| NotifyError::Config {
             target: target.to_owned(),
@@ -126,8 +148,12 @@ fn transport(target: &str, settings: &HttpSettings, error: reqwest::Error) -> No
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
+    // The detail (connection refused, a name that does not resolve, an address refused) would
+    // let whoever sets a webhook probe the operator's network through conditions and Events:
+    // it goes to the log only.
+    tracing::warn!(target, %detail, "notification not delivered");
     NotifyError::Transport {
         target: target.to_owned(),
-        detail,
+        detail: "delivery failed (see the operator's log)".to_owned(),
     }
 }

@@ -7,6 +7,7 @@
 //! secrets and appear in no error, log line or `Debug` output. Sending once per transition is
 //! the caller's part: it records what was sent in status.
 
+mod addresses;
 mod error;
 mod http;
 mod message;
@@ -15,6 +16,7 @@ pub mod slack;
 pub mod sns;
 pub mod webhook;
 
+pub use addresses::AddressPolicy;
 pub use error::NotifyError;
 pub use http::HttpSettings;
 pub use message::{Event, Message, Outcome, ResourceRef};

@@ -26,6 +26,8 @@ pub struct Setup {
     pub aws: ClientSet,
     /// Slack Web API base URL.
     pub slack_api: String,
+    /// The addresses webhooks may reach besides public ones.
+    pub webhook_addresses: crate::AddressPolicy,
 }
 
 impl std::fmt::Debug for Setup {
@@ -107,7 +109,10 @@ impl Setup {
         region: &str,
         spec: &opsy_api::Notifier,
     ) -> (Notifiers, Vec<NotifyError>) {
-        let settings = HttpSettings::default();
+        let settings = HttpSettings {
+            addresses: self.webhook_addresses,
+            ..HttpSettings::default()
+        };
         let mut list = Vec::new();
         let mut errors = Vec::new();
         if let Some(slack) = &spec.slack {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     HttpSettings, Message, NotifyError,
-    http::{http_client, post_json},
+    http::{post_json, webhook_client},
 };
 
 /// POSTs each message to one URL in one format.
@@ -47,7 +47,7 @@ impl WebhookNotifier {
         Ok(Self {
             url,
             format,
-            client: http_client(&settings, &target)?,
+            client: webhook_client(&settings, &target)?,
             target,
             settings,
         })
@@ -65,6 +65,21 @@ impl WebhookNotifier {
             WebhookFormat::Slack => crate::slack::payload(message, None),
             WebhookFormat::Discord => discord(message),
         };
+        {
+            use secrecy::ExposeSecret;
+            if let Some(why) =
+                crate::addresses::refuses_literal(self.url.expose_secret(), self.settings.addresses)
+            {
+                let e = NotifyError::Config {
+                    target: self.target.clone(),
+                    detail: format!(
+                        "the URL's address is {why}: webhooks reach public addresses only (private ones when the operator allows them)"
+                    ),
+                };
+                tracing::warn!(error = %e, "webhook notification failed");
+                return Err(e);
+            }
+        }
         post_json(
             &self.client,
             &self.settings,

@@ -23,6 +23,11 @@ fn settings() -> HttpSettings {
         max_attempts: 3,
         backoff: Duration::from_millis(20),
         max_retry_after: Duration::from_secs(5),
+        // The test servers listen on loopback.
+        addresses: opsy_notify::AddressPolicy {
+            loopback: true,
+            private: false,
+        },
     }
 }
 
@@ -307,5 +312,80 @@ async fn webhook_formats() {
                 "timestamp": "2024-09-01T18:30:48Z",
             }],
         })
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_follows_no_redirect() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hooks/x"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/elsewhere", server.uri())),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/elsewhere"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let hook = WebhookNotifier::new(
+        SecretString::from(format!("{}/hooks/x", server.uri())),
+        WebhookFormat::Generic,
+        1,
+        settings(),
+    )
+    .unwrap();
+    let err = hook.send(&message()).await.unwrap_err();
+    assert_eq!(err.to_string(), "webhook #1 (generic): HTTP 307");
+}
+
+#[tokio::test]
+async fn a_webhook_never_reaches_loopback_by_address_or_by_name() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let strict = HttpSettings {
+        addresses: opsy_notify::AddressPolicy::default(),
+        ..settings()
+    };
+    let port = server.address().port();
+    // An IP literal: refused before any connection, saying why.
+    let err = WebhookNotifier::new(
+        SecretString::from(format!("http://127.0.0.1:{port}/hooks/x")),
+        WebhookFormat::Generic,
+        1,
+        strict.clone(),
+    )
+    .unwrap()
+    .send(&message())
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, NotifyError::Config { detail, .. } if detail.starts_with("the URL's address is loopback")),
+        "{err:?}"
+    );
+    // A name that resolves to loopback only: no connection either, and the condition says
+    // nothing about the network (the operator's log does).
+    let err = WebhookNotifier::new(
+        SecretString::from(format!("http://localhost:{port}/hooks/x")),
+        WebhookFormat::Generic,
+        2,
+        strict,
+    )
+    .unwrap()
+    .send(&message())
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "webhook #2 (generic): delivery failed (see the operator's log)"
     );
 }

@@ -37,6 +37,11 @@ fn settings() -> HttpSettings {
         max_attempts: 2,
         backoff: Duration::from_millis(10),
         max_retry_after: Duration::from_secs(1),
+        // The test servers listen on loopback.
+        addresses: opsy_notify::AddressPolicy {
+            loopback: true,
+            private: false,
+        },
     }
 }
 

@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// or prefixes ending in `*`); empty: the default Packer and git-sync repositories.
     #[arg(long, env = "OPSY_ALLOWED_BUILD_IMAGES", value_delimiter = ',', num_args = 0..)]
     pub allowed_build_images: Vec<String>,
+    /// Let webhooks reach private addresses (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// `fc00::/7`), for webhook receivers inside the VPC. Loopback and link-local addresses
+    /// (the instance metadata service) stay refused.
+    #[arg(long, env = "OPSY_ALLOW_PRIVATE_WEBHOOKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_webhooks: bool,
 }
 
 impl RunArgs {
@@ -197,5 +202,13 @@ mod tests {
         );
         // The chart's empty value.
         assert_eq!(watch_scopes(&[String::new()]), [None]);
+    }
+
+    #[test]
+    fn webhooks_reach_private_addresses_only_when_allowed() {
+        let cli = Cli::try_parse_from(["op"]).unwrap();
+        assert!(!cli.run.allow_private_webhooks);
+        let cli = Cli::try_parse_from(["op", "--allow-private-webhooks", "true"]).unwrap();
+        assert!(cli.run.allow_private_webhooks);
     }
 }

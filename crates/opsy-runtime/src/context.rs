@@ -11,6 +11,8 @@ use opsy_aws::ClientSet;
 
 use crate::{Failures, metrics::Metrics};
 
+pub use opsy_notify::AddressPolicy;
+
 /// Source of the current time (tests move it).
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -30,6 +32,8 @@ pub struct Context {
     pub poll_interval: Duration,
     /// Slack Web API base URL.
     pub slack_api: String,
+    /// The addresses webhooks may reach besides public ones (`--allow-private-webhooks`).
+    pub webhook_addresses: AddressPolicy,
     /// Consecutive reconcile failures per object, for the retry backoff.
     pub failures: Failures,
     /// Reconciles, errors, durations and transitions, served at `/metrics`.
@@ -131,6 +135,7 @@ impl Context {
             clock,
             poll_interval: Duration::from_secs(30),
             slack_api: opsy_notify::slack::SLACK_API.to_owned(),
+            webhook_addresses: AddressPolicy::default(),
             failures: Failures::default(),
             metrics,
             build_policy: BuildPolicy::default(),

@@ -39,6 +39,7 @@ pub struct Operator {
     pub health: Health,
     leadership: Option<Leadership>,
     poll_interval: Duration,
+    webhook_addresses: opsy_notify::AddressPolicy,
 }
 
 impl std::fmt::Debug for Operator {
@@ -61,6 +62,7 @@ impl Operator {
             health: Health::default(),
             leadership: None,
             poll_interval: Duration::from_secs(30),
+            webhook_addresses: opsy_notify::AddressPolicy::default(),
         }
     }
 
@@ -120,6 +122,10 @@ impl Operator {
             health,
             leadership,
             poll_interval: args.poll_interval,
+            webhook_addresses: opsy_notify::AddressPolicy {
+                private: args.allow_private_webhooks,
+                loopback: false,
+            },
         })
     }
 
@@ -134,6 +140,7 @@ impl Operator {
         );
         if let Some(context) = Arc::get_mut(&mut context) {
             context.poll_interval = self.poll_interval;
+            context.webhook_addresses = self.webhook_addresses;
         }
         context
     }

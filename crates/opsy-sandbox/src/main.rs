@@ -121,6 +121,7 @@ impl Sandbox {
             poll_interval: Duration::from_secs(30),
             // No Slack in the sandbox: notifications fail fast and show in status.
             slack_api: "http://127.0.0.1:9".into(),
+            webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
             failures: Default::default(),
             build_policy: Default::default(),
             namespaces: vec![None],
@@ -162,6 +163,7 @@ impl Sandbox {
             clock: self.clock(),
             poll_interval: Duration::from_secs(30),
             slack_api: "http://127.0.0.1:9".into(),
+            webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
             failures: Default::default(),
             build_policy: Default::default(),
             namespaces: vec![None],

@@ -748,6 +748,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             client: ctx.client.clone(),
             aws: ctx.aws.clone(),
             slack_api: ctx.slack_api.clone(),
+            webhook_addresses: ctx.webhook_addresses,
         };
         let errors = setup
             .send_once(

@@ -114,6 +114,7 @@ impl World {
             clock: Arc::new(move || now),
             poll_interval: Duration::from_secs(30),
             slack_api: self.slack_api.clone(),
+            webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
