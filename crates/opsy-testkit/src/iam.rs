@@ -387,6 +387,42 @@ mod tests {
     }
 
     #[test]
+    fn a_refresher_may_quarantine_a_managed_ami_but_never_un_quarantine_it() {
+        let image = "arn:aws:ec2:us-west-2::image/ami-1";
+        let tagging = |tags: &[(&str, &str)]| Call {
+            request_tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            resource_tags: BTreeMap::from([(
+                image.to_owned(),
+                BTreeMap::from([
+                    (
+                        "brought-to-you-by".to_owned(),
+                        "opsy-the-ami-operator".to_owned(),
+                    ),
+                    ("status".to_owned(), "quarantined".to_owned()),
+                ]),
+            )]),
+            ..call("ec2:CreateTags", image)
+        };
+        for policy in ["ami-refresh-operator", "ami-owner-access"] {
+            let quarantine = tagging(&[
+                ("status", "quarantined"),
+                ("quarantine-reason", "prod/amr: a: 2 of 2 nodes NotReady"),
+            ]);
+            assert_eq!(refuses(policy, &quarantine).unwrap(), None, "{policy}");
+            for status in ["active", "deprecated"] {
+                let lifted = tagging(&[("status", status)]);
+                assert!(
+                    refuses(policy, &lifted).unwrap().is_some(),
+                    "{policy} lets a refresher set status={status}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn resources_tags_and_conditions_are_evaluated() {
         assert!(glob(
             "arn:aws:ec2:*::image/*",
