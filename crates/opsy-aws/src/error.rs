@@ -91,6 +91,15 @@ pub enum AwsError {
         /// What went wrong.
         detail: String,
     },
+    /// Not sent: this replica no longer holds its leader Lease with time to spare (see
+    /// [`crate::calls::CallCounter::set_fence`]).
+    #[error("{service} {operation} not sent: this replica is no longer the leader")]
+    Fenced {
+        /// e.g. `ec2`.
+        service: &'static str,
+        /// e.g. `DeregisterImage`.
+        operation: &'static str,
+    },
     /// AWS answered successfully but without a field the call needs.
     #[error("{service} {operation}: response lacks {field}")]
     MissingField {
@@ -115,6 +124,7 @@ impl AwsError {
             AwsError::Service { .. } => "service_error",
             AwsError::Transport { .. } => "transport",
             AwsError::MissingField { .. } => "bad_response",
+            AwsError::Fenced { .. } => "fenced",
         }
     }
 

@@ -112,6 +112,16 @@ impl Leadership {
         *self.state.borrow() && !*self.unconfirmed.borrow()
     }
 
+    /// The fence of this leadership, for [`opsy_aws::CallCounter::set_fence`]: true while
+    /// [`Self::is_leader`] is — the Lease held, and its last renewal seen valid for at least
+    /// another `renew_before / 2`, so that a call it lets through starts before a standby can
+    /// take over.
+    pub fn fence(&self) -> opsy_aws::calls::Fence {
+        let state = self.state.clone();
+        let unconfirmed = self.unconfirmed.clone();
+        std::sync::Arc::new(move || *state.borrow() && !*unconfirmed.borrow())
+    }
+
     /// Resolves when this replica loses the Lease, cannot confirm it in time, or the election
     /// task stops.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + Sync + 'static {

@@ -111,6 +111,9 @@ impl Operator {
             )
             .await?;
             health.set_ready(false);
+            // Every mutating AWS call checks the Lease first: a reconcile in flight when the
+            // Lease is lost changes nothing more.
+            aws.calls().set_fence(leadership.fence());
             Some(leadership)
         } else {
             None

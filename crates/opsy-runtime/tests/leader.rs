@@ -103,6 +103,53 @@ async fn a_leader_whose_lease_is_taken_learns_it() {
 }
 
 #[tokio::test]
+async fn once_its_lease_is_lost_a_replica_sends_no_mutating_aws_call() {
+    let ns = ControlPlane::shared()
+        .unwrap()
+        .namespace("fence")
+        .await
+        .unwrap();
+    let (client, namespace) = (ns.client.clone(), ns.name.as_str());
+    let a = Leadership::acquire(client.clone(), namespace, LEASE, "replica-a", FAST)
+        .await
+        .unwrap();
+    let calls = opsy_aws::CallCounter::default();
+    calls.set_fence(a.fence());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let call = |sent: std::sync::Arc<std::sync::atomic::AtomicU32>| async move {
+        sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, opsy_aws::AwsError>(())
+    };
+    calls
+        .track("ec2", "DeregisterImage", call(sent.clone()))
+        .await
+        .unwrap();
+    let lost = a.lost();
+    let intruder = serde_json::json!({
+        "spec": {"holderIdentity": "replica-z", "leaseDurationSeconds": 3600,
+                 "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
+    });
+    Api::<Lease>::namespaced(client.clone(), namespace)
+        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&intruder))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), lost)
+        .await
+        .expect("the leader noticed it lost the Lease");
+    // A reconcile still in flight: its next change is not sent; its reads are.
+    let err = calls
+        .track("ec2", "CreateTags", call(sent.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "fenced");
+    calls
+        .track("ec2", "DescribeImages", call(sent.clone()))
+        .await
+        .unwrap();
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn a_leader_cut_off_from_the_api_server_gives_up_before_its_lease_can_expire() {
     let cp = ControlPlane::shared().unwrap();
     let ns = cp.namespace("partition").await.unwrap();
