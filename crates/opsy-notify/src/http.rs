@@ -39,15 +39,21 @@ pub(crate) fn http_client(
     settings: &HttpSettings,
     target: &str,
 ) -> Result<reqwest::Client, NotifyError> {
+    build(builder(settings), target)
+}
+
+fn builder(settings: &HttpSettings) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         .user_agent(concat!("opsy-ami-operator/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| NotifyError::Config {
-            target: target.to_owned(),
-            detail: format!("cannot build an HTTP client: {}", e.without_url()),
-        })
+}
+
+fn build(builder: reqwest::ClientBuilder, target: &str) -> Result<reqwest::Client, NotifyError> {
+    builder.build().map_err(|e| NotifyError::Config {
+        target: target.to_owned(),
+        detail: format!("cannot build an HTTP client: {}", e.without_url()),
+    })
 }
 
 /// The HTTP client of a webhook: it follows no redirect (a 3xx is an error) and connects only
@@ -56,17 +62,12 @@ pub(crate) fn webhook_client(
     settings: &HttpSettings,
     target: &str,
 ) -> Result<reqwest::Client, NotifyError> {
-    reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout)
-        .user_agent(concat!("opsy-ami-operator/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(crate::addresses::resolver(settings.addresses))
-        .build()
-        .map_err(|e| NotifyError::Config {
-            target: target.to_owned(),
-            detail: format!("cannot build an HTTP client: {}", e.without_url()),
-        })
+    build(
+        builder(settings)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(crate::addresses::resolver(settings.addresses)),
+        target,
+    )
 }
 
 /// POSTs `body` to `url` and returns the response body of the first non-retryable answer.

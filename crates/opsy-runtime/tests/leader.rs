@@ -75,6 +75,18 @@ async fn one_replica_leads_and_the_standby_takes_over_when_it_lets_go() {
     b.release().await;
 }
 
+/// Someone else holds the Lease now, for a long time (as after a partition).
+async fn take_over(client: &Client, namespace: &str) {
+    let intruder = serde_json::json!({
+        "spec": {"holderIdentity": "replica-z", "leaseDurationSeconds": 3600,
+                 "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
+    });
+    Api::<Lease>::namespaced(client.clone(), namespace)
+        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&intruder))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_learns_it() {
     let ns = ControlPlane::shared()
@@ -87,15 +99,7 @@ async fn a_leader_whose_lease_is_taken_learns_it() {
         .await
         .unwrap();
     let lost = a.lost();
-    // Someone else holds the Lease now, for a long time (as after a partition).
-    let intruder = serde_json::json!({
-        "spec": {"holderIdentity": "replica-z", "leaseDurationSeconds": 3600,
-                 "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
-    });
-    Api::<Lease>::namespaced(client.clone(), namespace)
-        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&intruder))
-        .await
-        .unwrap();
+    take_over(&client, namespace).await;
     tokio::time::timeout(Duration::from_secs(15), lost)
         .await
         .expect("the leader noticed it lost the Lease");
@@ -125,14 +129,7 @@ async fn once_its_lease_is_lost_a_replica_sends_no_mutating_aws_call() {
         .await
         .unwrap();
     let lost = a.lost();
-    let intruder = serde_json::json!({
-        "spec": {"holderIdentity": "replica-z", "leaseDurationSeconds": 3600,
-                 "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
-    });
-    Api::<Lease>::namespaced(client.clone(), namespace)
-        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&intruder))
-        .await
-        .unwrap();
+    take_over(&client, namespace).await;
     tokio::time::timeout(Duration::from_secs(15), lost)
         .await
         .expect("the leader noticed it lost the Lease");
