@@ -73,7 +73,13 @@ impl CallCounter {
         *self.fence.lock().unwrap_or_else(PoisonError::into_inner) = Some(fence);
     }
 
-    /// Whether a mutating call may be made now.
+    /// Whether this process may change anything outside Kubernetes now (its fence, if any,
+    /// allows it): also asked before notifications go out.
+    pub fn allows_changes(&self) -> bool {
+        !self.fenced()
+    }
+
+    /// Whether a mutating call may not be made now.
     fn fenced(&self) -> bool {
         let fence = self
             .fence

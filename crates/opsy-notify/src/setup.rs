@@ -170,6 +170,18 @@ impl Setup {
         if last_notified.as_deref() == Some(key) {
             return Vec::new();
         }
+        // A replica that lost its leader Lease sends nothing, and records nothing as sent: the
+        // new leader sends it.
+        if !self.aws.calls().allows_changes() {
+            tracing::warn!(
+                key,
+                "notification not sent: this replica is no longer the leader"
+            );
+            return vec![NotifyError::Config {
+                target: "notifications".into(),
+                detail: "not sent: this replica is no longer the leader".into(),
+            }];
+        }
         *last_notified = Some(key.to_owned());
         let (notifiers, mut errors) = self.notifiers(namespace, region, spec).await;
         match tokio::time::timeout(BUDGET, notifiers.send(&message)).await {
