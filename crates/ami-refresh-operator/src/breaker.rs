@@ -54,7 +54,8 @@ pub(crate) async fn quarantine(
             event(ctx, amr, EventType::Warning, "AmiQuarantined", &note).await;
             None
         }
-        Ok(None) => None,
+        // Not a managed AMI, already quarantined, or gone: nothing (more) to write.
+        Ok(None) | Err(AwsError::NotFound { .. }) => None,
         Err(e) => {
             let note =
                 format!("could not quarantine {image_id} (tried again at each reconcile): {e}");
@@ -71,7 +72,8 @@ pub(crate) async fn quarantine(
 }
 
 /// Quarantines `image_id` (described as `image`, else read now) with `reason`, if it is a
-/// managed AMI not quarantined already. Returns its name when it was quarantined now.
+/// managed AMI not quarantined already. Returns its name when it was quarantined now; an AMI
+/// that is gone is `NotFound`.
 async fn write_quarantine(
     aws: &AwsClients,
     image: Option<opsy_aws::Image>,
@@ -88,7 +90,14 @@ async fn write_quarantine(
         {
             Some(image) => image.clone(),
             // Gone: nothing launches it any more.
-            None => return Ok(None),
+            None => {
+                return Err(AwsError::NotFound {
+                    service: "ec2",
+                    operation: "DescribeImages",
+                    code: "InvalidAMIID.NotFound".into(),
+                    message: format!("{image_id} no longer exists"),
+                });
+            }
         },
     };
     // A quarantine a crash cut short (tagged, not yet EC2-deprecated) is finished.

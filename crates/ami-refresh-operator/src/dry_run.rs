@@ -204,12 +204,11 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
                 "approval: the canary is done; waiting for {APPROVE_ANNOTATION}={}",
                 crate::plan::to_approve(&plan.groups, approved)
             )
-        } else if approved.is_some_and(|a| {
-            targets
-                .all()
-                .iter()
-                .all(|t| a.split(',').map(str::trim).any(|a| a == *t))
-        }) {
+        } else if targets
+            .all()
+            .iter()
+            .all(|t| crate::plan::approves(approved, t))
+        {
             format!("approval: {all} approved")
         } else {
             format!(
@@ -281,11 +280,7 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         )
     };
     let quarantine = std::iter::once("nodes")
-        .chain(rollout.quarantine_on.iter().map(|s| match s {
-            opsy_api::ami_refresher::QuarantineSignal::Capacity => "capacity",
-            opsy_api::ami_refresher::QuarantineSignal::Alarms => "alarms",
-            opsy_api::ami_refresher::QuarantineSignal::Pods => "pods",
-        }))
+        .chain(rollout.quarantine_on.iter().map(|s| s.as_str()))
         .collect::<Vec<_>>()
         .join(", ");
     gates.push(format!(

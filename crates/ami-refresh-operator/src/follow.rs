@@ -16,7 +16,7 @@ use opsy_aws::AwsClients;
 use crate::{
     Error,
     health::{AlarmView, Subject, Verdict, judge, on_target, with_alarms, with_pods},
-    observe::{managed_instances_on, nodes_of, pods_on},
+    observe::{ManagedInstances, nodes_of, pods_on},
     plan::Group,
     reconcile::{Context, event},
     start::start_version_update,
@@ -64,6 +64,13 @@ pub(crate) async fn verify(
         return Ok((Vec::new(), Vec::new()));
     }
     let nodes = nodes_of(&ctx.client).await?;
+    // The managed groups' instances: one read of their Auto Scaling groups.
+    let verified: Vec<&Group> = entries
+        .iter()
+        .filter(|e| e.phase == NodeGroupPhase::Verifying && e.kind == NodeGroupKind::Managed)
+        .filter_map(|e| groups.iter().find(|g| g.name == e.name))
+        .collect();
+    let mut instances = ManagedInstances::read(aws, &verified).await?;
     let rollout = &amr.spec.rollout;
     // The watched alarms: one DescribeAlarms while some group is being verified.
     let alarms: Vec<AlarmView> = if rollout.alarms.is_empty() {
@@ -91,9 +98,7 @@ pub(crate) async fn verify(
         let to = entry.to_image.as_deref().unwrap_or(target);
         // A managed group's instances on the target, from its Auto Scaling group.
         let managed_instances = match group {
-            Some(g) if entry.kind == NodeGroupKind::Managed => {
-                managed_instances_on(aws, g, to).await?
-            }
+            Some(g) if entry.kind == NodeGroupKind::Managed => instances.on(aws, g, to).await?,
             _ => None,
         };
         let subject = Subject {

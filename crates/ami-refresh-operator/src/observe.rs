@@ -189,28 +189,54 @@ async fn instance_images(
     Ok(out)
 }
 
-/// The instances of managed group `group` launched from `target`, read from the Auto Scaling
-/// groups EKS runs its nodes in; `None` when EKS names none. With a custom AMI in the launch
-/// template EKS generates no bootstrap user data, so the label
+/// The instances of managed groups, read from the Auto Scaling groups EKS runs their nodes in
+/// (one `DescribeAutoScalingGroups` for all of them), and the AMI each was launched from. With a
+/// custom AMI in the launch template EKS generates no bootstrap user data, so the label
 /// `eks.amazonaws.com/nodegroup-image` may be missing or stale: nodes are matched by instance.
-pub async fn managed_instances_on(
-    aws: &AwsClients,
-    group: &Group,
-    target: &str,
-) -> Result<Option<Vec<String>>, Error> {
-    if group.scaling_groups.is_empty() {
-        return Ok(None);
+#[derive(Debug)]
+pub struct ManagedInstances {
+    scaling: Vec<opsy_aws::autoscaling::AutoScalingGroup>,
+    known: Known,
+}
+
+impl ManagedInstances {
+    /// Reads the Auto Scaling groups of `groups` (none when they name none).
+    pub async fn read(aws: &AwsClients, groups: &[&Group]) -> Result<Self, Error> {
+        let names: Vec<String> = groups
+            .iter()
+            .flat_map(|g| g.scaling_groups.iter().cloned())
+            .collect();
+        Ok(Self {
+            scaling: aws.auto_scaling_groups(&names).await?,
+            known: Known::new(),
+        })
     }
-    let mut known = Known::new();
-    let mut on = Vec::new();
-    for asg in aws.auto_scaling_groups(&group.scaling_groups).await? {
-        for (id, image) in instance_images(aws, &asg.instances, &mut known).await? {
-            if image == target {
-                on.push(id);
+
+    /// The instances of managed group `group` launched from `target`; `None` when EKS names no
+    /// Auto Scaling group for it.
+    pub async fn on(
+        &mut self,
+        aws: &AwsClients,
+        group: &Group,
+        target: &str,
+    ) -> Result<Option<Vec<String>>, Error> {
+        if group.scaling_groups.is_empty() {
+            return Ok(None);
+        }
+        let mut on = Vec::new();
+        for asg in self
+            .scaling
+            .iter()
+            .filter(|a| group.scaling_groups.contains(&a.name))
+        {
+            for (id, image) in instance_images(aws, &asg.instances, &mut self.known).await? {
+                if image == target {
+                    on.push(id);
+                }
             }
         }
+        Ok(Some(on))
     }
-    Ok(Some(on))
 }
 
 /// Refuses to move the groups of `groups` that would move now while an Auto Scaling group of

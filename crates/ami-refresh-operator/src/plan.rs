@@ -177,7 +177,12 @@ fn entry(group: &Group, phase: NodeGroupPhase) -> NodeGroupStatus {
 /// Whether the approval annotation's value `approved` (AMI ids, comma-separated) names the
 /// target of `entry`.
 pub fn is_approved(approved: Option<&str>, entry: &NodeGroupStatus) -> bool {
-    let target = entry.to_image.as_deref().unwrap_or_default();
+    approves(approved, entry.to_image.as_deref().unwrap_or_default())
+}
+
+/// Whether the approval annotation's value `approved` (AMI ids, comma-separated) names
+/// `target`.
+pub fn approves(approved: Option<&str>, target: &str) -> bool {
     approved.is_some_and(|a| {
         a.split(',')
             .map(str::trim)

@@ -453,6 +453,17 @@ pub enum QuarantineSignal {
     Pods,
 }
 
+impl QuarantineSignal {
+    /// Its name in `rollout.quarantineOn`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuarantineSignal::Capacity => "capacity",
+            QuarantineSignal::Alarms => "alarms",
+            QuarantineSignal::Pods => "pods",
+        }
+    }
+}
+
 /// What decided that a group failed (`status.nodeGroups[].failedOn`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -490,14 +501,12 @@ impl FailureEvidence {
         }
     }
 
-    /// Its name in status and in `rollout.quarantineOn`.
+    /// Its name in status (and, for a signal, in `rollout.quarantineOn`).
     pub fn as_str(self) -> &'static str {
         match self {
             FailureEvidence::Nodes => "nodes",
-            FailureEvidence::Capacity => "capacity",
-            FailureEvidence::Alarms => "alarms",
-            FailureEvidence::Pods => "pods",
             FailureEvidence::Update => "update",
+            other => other.signal().map_or("", QuarantineSignal::as_str),
         }
     }
 }

@@ -56,11 +56,11 @@ impl CallCounter {
     }
 
     /// Calls that changed something in AWS (any operation not starting with Describe, List or
-    /// Get), any outcome.
+    /// Get), any outcome but `fenced` (not sent).
     pub fn mutating(&self) -> u64 {
         self.snapshot()
             .iter()
-            .filter(|((_, o, _), _)| !is_read_only(o))
+            .filter(|((_, o, outcome), _)| !is_read_only(o) && *outcome != "fenced")
             .map(|(_, n)| n)
             .sum()
     }
@@ -155,5 +155,10 @@ mod tests {
             .unwrap();
         assert!(sent.load(Ordering::SeqCst), "reads go on");
         assert_eq!(calls.snapshot()[&("ec2", "DeregisterImage", "fenced")], 1);
+        assert_eq!(
+            calls.mutating(),
+            1,
+            "only the call that was sent changed something"
+        );
     }
 }

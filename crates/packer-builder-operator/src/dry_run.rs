@@ -105,10 +105,7 @@ pub async fn report(
         .annotations
         .as_ref()
         .and_then(|a| a.get(opsy_api::packer_builder::RETRY_ANNOTATION));
-    if crate::quarantines::fresh_start(&counting, retry.map(String::as_str), base_id).is_some() {
-        crate::quarantines::reset(&mut counting);
-    }
-    crate::quarantines::notice(&mut counting, &managed, base_id);
+    crate::quarantines::count(&mut counting, &managed, retry.map(String::as_str), base_id);
     let decision = decide(&Observed {
         region: &pb.spec.region,
         has_filters: filters.is_some() || pb.spec.ami_parameter.is_some(),

@@ -26,7 +26,7 @@ pub struct Quarantined {
 /// The builds in `status.history` whose AMI `managed` shows quarantined since: their record
 /// becomes `quarantined` (so each is found once) and, if built from `base` (the current base;
 /// any base when unknown), `quarantinedBuilds` counts it.
-pub fn notice(
+fn notice(
     status: &mut PackerBuilderStatus,
     managed: &Selection,
     base: Option<&str>,
@@ -70,7 +70,7 @@ pub fn notice(
 
 /// Why the failed-build count starts again, if it does: the retry annotation has a value not
 /// honoured yet, or the base moved on from the one the counted builds used.
-pub fn fresh_start(
+fn fresh_start(
     status: &PackerBuilderStatus,
     retry: Option<&str>,
     base: Option<&str>,
@@ -90,6 +90,37 @@ pub fn fresh_start(
             Some(format!("the base AMI moved on from {last} to {base}"))
         }
         _ => None,
+    }
+}
+
+/// What [`count`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counting {
+    /// Why the count started afresh, if it did.
+    pub fresh: Option<String>,
+    /// The builds found quarantined now.
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// Brings the failed-build count of `status` up to date: afresh on a new value of the retry
+/// annotation (`retry`, then recorded as honoured) or a new `base`, then with the builds whose
+/// AMI `managed` shows quarantined since.
+pub fn count(
+    status: &mut PackerBuilderStatus,
+    managed: &Selection,
+    retry: Option<&str>,
+    base: Option<&str>,
+) -> Counting {
+    let fresh = fresh_start(status, retry, base);
+    if fresh.is_some() {
+        reset(status);
+    }
+    if let Some(token) = retry {
+        status.retried = Some(token.to_owned());
+    }
+    Counting {
+        fresh,
+        quarantined: notice(status, managed, base),
     }
 }
 

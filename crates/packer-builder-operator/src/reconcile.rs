@@ -269,15 +269,12 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         .annotations()
         .get(opsy_api::packer_builder::RETRY_ANNOTATION)
         .cloned();
-    if let Some(why) = crate::quarantines::fresh_start(&status, retry.as_deref(), base_id) {
-        crate::quarantines::reset(&mut status);
+    let counting = crate::quarantines::count(&mut status, &managed, retry.as_deref(), base_id);
+    if let Some(why) = counting.fresh {
         let message = format!("{why}: failed builds are counted afresh");
         event(&ctx, &pb, EventType::Normal, "FailuresReset", &message).await;
     }
-    if retry.is_some() {
-        status.retried = retry;
-    }
-    for q in crate::quarantines::notice(&mut status, &managed, base_id) {
+    for q in counting.quarantined {
         let counts = if q.counted {
             format!(
                 "counts as a failed build ({} of {} allowed, spec.maxFailedBuilds)",
