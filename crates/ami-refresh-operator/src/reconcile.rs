@@ -494,6 +494,8 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let done = count(NodeGroupPhase::UpToDate) + count(NodeGroupPhase::Succeeded);
     let updating = plan.groups.iter().filter(|g| g.phase.in_flight()).count();
     let failed: Vec<&NodeGroupStatus> = plan.groups.iter().filter(|g| g.phase.halts()).collect();
+    // Whether this reconcile is the one that halts the rollout.
+    let mut newly_halted = false;
     status.progress = Some(format!("{done}/{managed} on target"));
     let (nodes, total) = nodes_on_target(&plan.groups, &groups);
     status.nodes_on_target =
@@ -538,6 +540,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
             generation,
         );
         if was.as_deref() != Some(reason) {
+            newly_halted = plan.halted;
             event(&ctx, &amr, EventType::Warning, reason, &message).await;
         }
     }
@@ -694,99 +697,87 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         // A halted rollout's Degraded condition says more than this.
         report_no_eligible(&ctx, &amr, &mut status, &message, !plan.halted, now).await;
     }
-    // One notification per reconcile, the most important transition.
+    // Every transition of this reconcile, in the order they happened. A halt is notified when
+    // the rollout enters it (as its Warning event is), not while it lasts: groups in flight
+    // may finish after it. Awaiting approval comes last, so the next reconcile finds its key in
+    // `lastNotified` and does not queue it again.
     let target_id = targets.all().join(",");
-    let notification = if plan.halted {
-        Some((
-            format!(
-                "RolloutHalted:{target_id}:{}",
-                generation.unwrap_or_default()
-            ),
-            NotifyEvent::RolloutHalted,
-        ))
-    } else if ready && !was_ready {
-        Some((
-            format!("RolloutSucceeded:{target_id}"),
-            NotifyEvent::RolloutSucceeded,
-        ))
-    } else if new_target && !plan.start.is_empty() {
-        Some((
+    let mut transitions = Vec::new();
+    if new_target && !plan.start.is_empty() {
+        transitions.push((
             format!("RolloutStarted:{target_id}"),
             NotifyEvent::RolloutStarted,
-        ))
-    } else if plan.awaiting_approval && updating == 0 {
-        Some((
-            format!("RolloutAwaitingApproval:{target_id}"),
-            NotifyEvent::RolloutAwaitingApproval,
-        ))
-    } else if !finished.is_empty() {
-        Some((
+        ));
+    }
+    if !finished.is_empty() {
+        transitions.push((
             format!("NodeGroupUpdated:{target_id}:{}", finished.join(",")),
             NotifyEvent::NodeGroupUpdated,
-        ))
-    } else {
-        None
-    };
-    if let Some((key, kind)) = notification {
-        let degraded =
-            conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.message.clone());
-        let mut message = Message::new(
-            kind,
-            ResourceRef {
-                kind: "AMIRefresher".into(),
-                namespace: amr.namespace().unwrap_or_default(),
-                name: amr.name_any(),
-            },
-            &spec.cluster_name,
-            &spec.region,
-            status.progress.clone().unwrap_or_default(),
-        )
-        .fact("Target AMI", targets.describe())
-        .fact(
-            "Node groups",
-            plan.groups
-                .iter()
-                .map(|g| format!("{} {:?}", g.name, g.phase))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-        .at(now);
-        if kind == NotifyEvent::RolloutHalted
-            && let Some(reason) = degraded
-        {
-            message = message.reason(reason);
-        }
-        let setup = opsy_notify::Setup {
-            client: ctx.client.clone(),
-            aws: ctx.aws.clone(),
-            slack_api: ctx.slack_api.clone(),
-            webhook_addresses: ctx.webhook_addresses,
-        };
-        let namespace = amr.namespace().unwrap_or_default();
-        let errors = setup
-            .send_once(
-                &namespace,
-                &spec.region,
-                spec.notifier.as_ref(),
-                &mut status.last_notified,
-                &key,
-                message,
-            )
-            .await;
-        let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        if let Some(message) =
-            conditions::record_delivery(&mut status.conditions, &key, &failures, now, generation)
-        {
-            event(
-                &ctx,
-                &amr,
-                EventType::Warning,
-                "NotificationFailed",
-                &message,
-            )
-            .await;
-        }
+        ));
     }
+    if plan.halted {
+        if newly_halted {
+            transitions.push((
+                format!(
+                    "RolloutHalted:{target_id}:{}",
+                    generation.unwrap_or_default()
+                ),
+                NotifyEvent::RolloutHalted,
+            ));
+        }
+    } else if ready && !was_ready {
+        transitions.push((
+            format!("RolloutSucceeded:{target_id}"),
+            NotifyEvent::RolloutSucceeded,
+        ));
+    } else if plan.awaiting_approval && updating == 0 {
+        transitions.push((
+            format!("RolloutAwaitingApproval:{target_id}"),
+            NotifyEvent::RolloutAwaitingApproval,
+        ));
+    }
+    let degraded =
+        conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.message.clone());
+    let notifications = transitions
+        .into_iter()
+        .map(|(key, kind)| {
+            let mut message = Message::new(
+                kind,
+                ResourceRef {
+                    kind: "AMIRefresher".into(),
+                    namespace: amr.namespace().unwrap_or_default(),
+                    name: amr.name_any(),
+                },
+                &spec.cluster_name,
+                &spec.region,
+                status.progress.clone().unwrap_or_default(),
+            )
+            .fact("Target AMI", targets.describe())
+            .fact(
+                "Node groups",
+                plan.groups
+                    .iter()
+                    .map(|g| format!("{} {:?}", g.name, g.phase))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+            .at(now);
+            if kind == NotifyEvent::RolloutHalted
+                && let Some(reason) = &degraded
+            {
+                message = message.reason(reason.clone());
+            }
+            (key, message)
+        })
+        .collect();
+    opsy_runtime::outbox::queue(
+        &mut status.outbox,
+        &mut status.last_notified,
+        &mut status.conditions,
+        notifications,
+        now,
+        generation,
+    );
 
     status.node_groups = plan.groups;
     for entry in &mut status.node_groups {
@@ -797,13 +788,19 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
     status.observed_generation = generation;
     status.last_checked = Some(Time(now));
-    write_status(&ctx, &amr, &status).await?;
+    let requeue = opsy_runtime::outbox::sooner(
+        if updating > 0 || waiting {
+            ctx.poll_interval
+        } else {
+            timer
+        },
+        &status.outbox,
+        now,
+    );
+    let written = write_status(&ctx, &amr, &status).await?;
+    ctx.send_notifications(&written);
     ctx.failures.record_success(amr.as_ref());
-    Ok(Action::requeue(if updating > 0 || waiting {
-        ctx.poll_interval
-    } else {
-        timer
-    }))
+    Ok(Action::requeue(requeue))
 }
 
 /// `timer`, or less when `wake` comes sooner.

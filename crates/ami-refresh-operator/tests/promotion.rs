@@ -116,6 +116,7 @@ impl World {
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
             namespaces: vec![None],
+            outbox: Default::default(),
         })
     }
 

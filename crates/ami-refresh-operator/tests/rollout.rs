@@ -38,6 +38,8 @@ struct World {
     /// The played nodes carry no EKS labels (as with a custom AMI, whose user data EKS does
     /// not generate).
     unlabelled: std::sync::atomic::AtomicBool,
+    /// Sends what reconciles queue, shared by every context of the test.
+    outbox: Arc<opsy_runtime::outbox::Outbox>,
 }
 
 fn manifest(spec: serde_json::Value) -> AMIRefresher {
@@ -74,6 +76,7 @@ impl World {
             slack_api: "http://127.0.0.1:9".into(),
             broken: std::sync::Mutex::new(Vec::new()),
             unlabelled: std::sync::atomic::AtomicBool::new(false),
+            outbox: Arc::default(),
         }
     }
 
@@ -134,6 +137,7 @@ impl World {
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
             namespaces: vec![None],
+            outbox: self.outbox.clone(),
         })
     }
 
@@ -143,6 +147,8 @@ impl World {
         let result = Box::pin(reconcile(Arc::new(amr), self.context()))
             .await
             .map(drop);
+        // What the reconcile queued has been sent (or has failed) before the test looks.
+        self.outbox.idle().await;
         // The invariants every run keeps (`opsy_testkit::invariants`), after each reconcile.
         let scope =
             opsy_testkit::invariants::Scope::new(&self.moto, self.client.clone(), &self.ns.name);
@@ -2035,6 +2041,44 @@ async fn bad_input_is_reported_clearly() {
 
 #[tokio::test]
 async fn rollouts_are_notified_once_per_transition() {
+    let texts = notified_transitions(1, true).await;
+    assert_eq!(
+        events(&texts),
+        ["RolloutStarted", "NodeGroupUpdated", "RolloutHalted"],
+        "{texts:#?}"
+    );
+}
+
+/// A group still in flight when another one halts the rollout finishes afterwards, and that is
+/// notified too; the halt is not notified again. (One notification per reconcile, halt first,
+/// lost the group.)
+#[tokio::test]
+async fn a_group_that_finishes_after_the_halt_is_notified_and_the_halt_once() {
+    let texts = notified_transitions(2, true).await;
+    assert_eq!(
+        events(&texts),
+        ["RolloutStarted", "RolloutHalted", "NodeGroupUpdated"],
+        "{texts:#?}"
+    );
+}
+
+/// The reconcile that sees the last groups finish notifies both transitions, in order: the
+/// groups, then the rollout. (One notification per reconcile lost the groups.)
+#[tokio::test]
+async fn every_transition_of_one_reconcile_is_notified() {
+    let texts = notified_transitions(2, false).await;
+    assert_eq!(
+        events(&texts),
+        ["RolloutStarted", "NodeGroupUpdated", "RolloutSucceeded"],
+        "{texts:#?}"
+    );
+    // Both groups finished in the reconcile that finished the rollout.
+    assert!(texts[1].ends_with("2/2 on target"), "{texts:#?}");
+}
+
+/// Rolls `hardened-1` out to groups `a` and `b` (`b` fails if `fail_b`) `max_in_flight` at a
+/// time and returns the texts Slack received, in order.
+async fn notified_transitions(max_in_flight: u32, fail_b: bool) -> Vec<String> {
     use k8s_openapi::{ByteString, api::core::v1::Secret};
     use kube::api::ObjectMeta;
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
@@ -2061,11 +2105,12 @@ async fn rollouts_are_notified_once_per_transition() {
         .unwrap();
     let target = world.active_ami("hardened-1").await;
     world.managed_groups(&["a", "b"]).await;
-    world.moto.set_failing("b", true).unwrap();
+    world.moto.set_failing("b", fail_b).unwrap();
     world
         .apply(manifest(serde_json::json!({
             "ami": target,
             "notifier": {"slack": {"channelIDs": ["C1"], "secret": "slack-token"}},
+            "rollout": {"maxInFlight": max_in_flight},
         })))
         .await;
     for _ in 0..10 {
@@ -2083,12 +2128,12 @@ async fn rollouts_are_notified_once_per_transition() {
                 .to_owned()
         })
         .collect();
-    let events: Vec<&str> = texts.iter().map(|t| t.split(':').next().unwrap()).collect();
-    assert_eq!(
-        events,
-        ["RolloutStarted", "NodeGroupUpdated", "RolloutHalted"],
-        "{texts:#?}"
-    );
+    texts
+}
+
+/// The event each Slack text names.
+fn events(texts: &[String]) -> Vec<&str> {
+    texts.iter().map(|t| t.split(':').next().unwrap()).collect()
 }
 
 #[tokio::test]

@@ -644,9 +644,15 @@ pub struct AMIRefresherStatus {
     /// When node groups were last compared with the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checked: Option<Time>,
-    /// The last transition a notification was sent for, so a restart does not resend it.
+    /// The last transition a notification was decided for, so a later reconcile does not
+    /// decide it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notified: Option<String>,
+    /// Notifications decided and not yet delivered everywhere; sent outside the reconcile,
+    /// again after failures, until each lands or its attempts run out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub outbox: Vec<crate::common::OutgoingNotification>,
     /// Evidence (a quarantine, `healthy-on/<cluster>`) decided but not yet written on its AMI
     /// because the write failed (throttled, denied): written again at each reconcile until it
     /// lands.

@@ -248,3 +248,54 @@ pub(crate) fn map_list<T: JsonSchema>(generator: &mut SchemaGenerator, key: &str
     );
     schema
 }
+
+/// Most notifications an outbox holds; when a new one would exceed it, the oldest is dropped
+/// (with a Warning event). Notifications are rare — a handful per build or rollout — so this is
+/// reached only when every destination has been failing for hours.
+pub const MAX_OUTBOX: usize = 20;
+
+/// A notification decided by a reconcile and not yet delivered to every destination
+/// (`status.outbox`). It is written to status before it is sent, so it goes out at least once:
+/// a crash, a lost Lease or a failing destination leaves it here, and it is sent again (to the
+/// destinations that did not take it) until it lands or its attempts run out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutgoingNotification {
+    /// The transition, unique for this object, e.g. `BuildSucceeded:<job id>`; with the
+    /// object's uid it is the `Idempotency-Key` receivers may deduplicate on.
+    pub key: String,
+    /// `BuildStarted`, `BuildSucceeded`, `BuildFailed`, `BuildStalled`, `RolloutStarted`,
+    /// `NodeGroupUpdated`, `RolloutSucceeded`, `RolloutHalted`, `RolloutAwaitingApproval`.
+    pub event: String,
+    /// One line for people.
+    pub summary: String,
+    /// Facts in display order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<NotificationFact>,
+    /// Why it failed, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the transition happened.
+    pub at: Time,
+    /// Destinations that took it (`slack`, `sns`, `webhook #2`): not sent to again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<String>,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Why the last attempt failed (never a token or a webhook URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Not sent again before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<Time>,
+}
+
+/// One fact of a notification, e.g. `Base AMI: ami-…`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct NotificationFact {
+    /// What it is.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}

@@ -734,9 +734,15 @@ pub struct PackerBuilderStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub history: Vec<BuildRecord>,
-    /// The last transition a notification was sent for, so a restart does not resend it.
+    /// The last transition a notification was decided for, so a later reconcile does not
+    /// decide it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notified: Option<String>,
+    /// Notifications decided and not yet delivered everywhere; sent outside the reconcile,
+    /// again after failures, until each lands or its attempts run out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub outbox: Vec<crate::common::OutgoingNotification>,
     /// Where `spec.maintenanceWindows` stand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<WindowStatus>,

@@ -79,6 +79,7 @@ pub(crate) async fn post_json(
     target: &str,
     url: &SecretString,
     bearer: Option<&SecretString>,
+    idempotency_key: Option<&str>,
     body: &serde_json::Value,
 ) -> Result<String, NotifyError> {
     let mut backoff = settings.backoff;
@@ -87,6 +88,9 @@ pub(crate) async fn post_json(
         let mut request = client.post(url.expose_secret()).json(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token.expose_secret());
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
         }
         let response = request
             .send()

@@ -4,13 +4,14 @@
 //! Delivery never blocks the caller for long: every request has a timeout and a bounded number
 //! of retries (429 and 5xx, honouring `Retry-After`), and failures come back as typed
 //! [`NotifyError`]s for a Warning event and a condition. Tokens and webhook URLs are held as
-//! secrets and appear in no error, log line or `Debug` output. Sending once per transition is
-//! the caller's part: it records what was sent in status.
+//! secrets and appear in no error, log line or `Debug` output. What is still to be sent lives in
+//! the resource's status ([`outbox`]), so a notification goes out at least once per transition.
 
 mod addresses;
 mod error;
 mod http;
 mod message;
+pub mod outbox;
 pub mod setup;
 pub mod slack;
 pub mod sns;

@@ -55,6 +55,24 @@ impl Event {
         }
     }
 
+    /// The event named `name` (as [`Event::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Event> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
+    /// Every event.
+    pub const ALL: [Event; 9] = [
+        Event::BuildStarted,
+        Event::BuildSucceeded,
+        Event::BuildFailed,
+        Event::BuildStalled,
+        Event::RolloutStarted,
+        Event::NodeGroupUpdated,
+        Event::RolloutSucceeded,
+        Event::RolloutHalted,
+        Event::RolloutAwaitingApproval,
+    ];
+
     /// How the event reads.
     pub fn outcome(self) -> Outcome {
         match self {
@@ -126,6 +144,9 @@ pub struct Message {
     pub reason: Option<String>,
     /// When the transition happened.
     pub at: Timestamp,
+    /// The same on every delivery of this transition (`<object uid>/<transition>`), for
+    /// receivers to deduplicate: delivery is at least once.
+    pub idempotency_key: Option<String>,
 }
 
 impl Message {
@@ -146,6 +167,7 @@ impl Message {
             facts: Vec::new(),
             reason: None,
             at: Timestamp::now(),
+            idempotency_key: None,
         }
     }
 
@@ -167,6 +189,12 @@ impl Message {
     /// Sets the time of the transition.
     pub fn at(mut self, at: Timestamp) -> Self {
         self.at = at;
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 
@@ -205,7 +233,7 @@ impl Message {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "event": self.event.as_str(),
             "outcome": self.outcome(),
             "summary": self.summary,
@@ -215,7 +243,11 @@ impl Message {
             "facts": facts,
             "reason": self.reason,
             "at": self.at.to_string(),
-        })
+        });
+        if let (Some(key), Some(object)) = (&self.idempotency_key, json.as_object_mut()) {
+            object.insert("idempotencyKey".into(), key.clone().into());
+        }
+        json
     }
 }
 
@@ -258,6 +290,14 @@ mod tests {
         assert!(json["facts"].get("Empty").is_none());
         assert_eq!(json["resource"]["name"], "al2023-hardened");
         assert_eq!(json["at"], "2024-11-20T10:00:00Z");
+    }
+
+    #[test]
+    fn every_event_reads_back_from_its_name() {
+        for event in Event::ALL {
+            assert_eq!(Event::parse(event.as_str()), Some(event));
+        }
+        assert_eq!(Event::parse("Nope"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! From a custom resource's `notifier` spec to working notifiers: Slack tokens and webhook URLs
 //! are read from Secrets in the resource's namespace, SNS goes through the topic region's
-//! client. Sending is once per transition: the caller keeps the last key in its status.
+//! client. What to send and to whom it went is kept in the resource's status
+//! ([`crate::outbox`]).
 
 use std::time::Duration;
 
@@ -102,19 +103,19 @@ fn check_scheme(
 
 impl Setup {
     /// The destinations of `spec` (of a resource in `namespace` whose own region is `region`),
-    /// and the ones that could not be set up.
-    pub async fn notifiers(
+    /// each by a name that stays the same while the spec does (`slack`, `sns`, `webhook #2`),
+    /// with the reason it could not be set up where it could not.
+    pub async fn destinations(
         &self,
         namespace: &str,
         region: &str,
         spec: &opsy_api::Notifier,
-    ) -> (Notifiers, Vec<NotifyError>) {
+    ) -> Vec<(String, Result<Notifier, NotifyError>)> {
         let settings = HttpSettings {
             addresses: self.webhook_addresses,
             ..HttpSettings::default()
         };
         let mut list = Vec::new();
-        let mut errors = Vec::new();
         if let Some(slack) = &spec.slack {
             let built = match secret_value(&self.client, namespace, &slack.secret, "token", "slack")
                 .await
@@ -123,18 +124,18 @@ impl Setup {
                     .map(|n| n.with_api(&self.slack_api)),
                 Err(e) => Err(e),
             };
-            match built {
-                Ok(n) => list.push(Notifier::Slack(n)),
-                Err(e) => errors.push(e),
-            }
+            list.push(("slack".to_owned(), built.map(Notifier::Slack)));
         }
         if let Some(sns) = &spec.sns {
             let region = topic_region(&sns.topic_arn).unwrap_or(region).to_owned();
             let clients = self.aws.region(&region).await;
-            list.push(Notifier::Sns(SnsNotifier::new(
-                clients.sns.clone(),
-                &sns.topic_arn,
-            )));
+            list.push((
+                "sns".to_owned(),
+                Ok(Notifier::Sns(SnsNotifier::new(
+                    clients.sns.clone(),
+                    &sns.topic_arn,
+                ))),
+            ));
         }
         for (i, hook) in spec.webhooks.iter().enumerate() {
             let target = format!("webhook #{}", i + 1);
@@ -146,50 +147,57 @@ impl Setup {
                     }),
                     Err(e) => Err(e),
                 };
+            list.push((target, built.map(Notifier::Webhook)));
+        }
+        list
+    }
+
+    /// The destinations of `spec` that could be set up, and the reasons the others could not.
+    pub async fn notifiers(
+        &self,
+        namespace: &str,
+        region: &str,
+        spec: &opsy_api::Notifier,
+    ) -> (Notifiers, Vec<NotifyError>) {
+        let mut list = Vec::new();
+        let mut errors = Vec::new();
+        for (_, built) in self.destinations(namespace, region, spec).await {
             match built {
-                Ok(n) => list.push(Notifier::Webhook(n)),
+                Ok(n) => list.push(n),
                 Err(e) => errors.push(e),
             }
         }
         (Notifiers::new(list), errors)
     }
 
-    /// Sends `message` unless `key` is already in `last_notified`; records `key` there first,
-    /// so a notification goes out at most once even across restarts (a failure is returned
-    /// for a condition and a Warning event instead). Bounded to 45 seconds in all.
-    pub async fn send_once(
-        &self,
-        namespace: &str,
-        region: &str,
-        spec: Option<&opsy_api::Notifier>,
-        last_notified: &mut Option<String>,
-        key: &str,
-        message: Message,
+    /// Sends `message` to each of `destinations` not named in `delivered`, within 45 seconds
+    /// in all; adds to `delivered` the ones that took it and returns why the others did not.
+    pub async fn send_to(
+        destinations: &[(String, Result<Notifier, NotifyError>)],
+        delivered: &mut Vec<String>,
+        message: &Message,
     ) -> Vec<NotifyError> {
-        let Some(spec) = spec else { return Vec::new() };
-        if last_notified.as_deref() == Some(key) {
-            return Vec::new();
-        }
-        // A replica that lost its leader Lease sends nothing, and records nothing as sent: the
-        // new leader sends it.
-        if !self.aws.calls().allows_changes() {
-            tracing::warn!(
-                key,
-                "notification not sent: this replica is no longer the leader"
-            );
-            return vec![NotifyError::Config {
-                target: "notifications".into(),
-                detail: "not sent: this replica is no longer the leader".into(),
-            }];
-        }
-        *last_notified = Some(key.to_owned());
-        let (notifiers, mut errors) = self.notifiers(namespace, region, spec).await;
-        match tokio::time::timeout(BUDGET, notifiers.send(&message)).await {
-            Ok(mut failed) => errors.append(&mut failed),
-            Err(_) => errors.push(NotifyError::Timeout {
-                target: "notifications".into(),
-                timeout: BUDGET,
-            }),
+        let deadline = tokio::time::Instant::now() + BUDGET;
+        let mut errors = Vec::new();
+        for (name, destination) in destinations {
+            if delivered.contains(name) {
+                continue;
+            }
+            let notifier = match destination {
+                Ok(notifier) => notifier,
+                Err(e) => {
+                    errors.push(e.clone());
+                    continue;
+                }
+            };
+            match tokio::time::timeout_at(deadline, notifier.send(message)).await {
+                Ok(Ok(())) => delivered.push(name.clone()),
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(NotifyError::Timeout {
+                    target: name.clone(),
+                    timeout: BUDGET,
+                }),
+            }
         }
         errors
     }

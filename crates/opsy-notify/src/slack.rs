@@ -67,6 +67,7 @@ impl SlackNotifier {
                 "slack",
                 &url,
                 Some(&self.token),
+                None,
                 &body,
             )
             .await

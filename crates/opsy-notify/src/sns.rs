@@ -49,22 +49,25 @@ impl SnsNotifier {
 
     /// Publishes `message`.
     pub async fn send(&self, message: &Message) -> Result<(), NotifyError> {
-        self.client
-            .publish()
+        let attribute = |value: &str| {
+            aws_sdk_sns::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| NotifyError::Config {
+                    target: self.target.clone(),
+                    detail: e.to_string(),
+                })
+        };
+        let mut request = self.client.publish();
+        if let Some(key) = &message.idempotency_key {
+            request = request.message_attributes("idempotency-key", attribute(key)?);
+        }
+        request
             .topic_arn(&self.topic_arn)
             .subject(subject(message))
             .message(message.to_json().to_string())
-            .message_attributes(
-                "event",
-                aws_sdk_sns::types::MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(message.event.as_str())
-                    .build()
-                    .map_err(|e| NotifyError::Config {
-                        target: self.target.clone(),
-                        detail: e.to_string(),
-                    })?,
-            )
+            .message_attributes("event", attribute(message.event.as_str())?)
             .send()
             .await
             .map(drop)

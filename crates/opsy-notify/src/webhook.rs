@@ -86,6 +86,7 @@ impl WebhookNotifier {
             &self.target,
             &self.url,
             None,
+            message.idempotency_key.as_deref(),
             &body,
         )
         .await

@@ -261,6 +261,27 @@ async fn webhook_body(format: WebhookFormat) -> Value {
 }
 
 #[tokio::test]
+async fn a_webhook_carries_the_idempotency_key_in_a_header_and_the_body() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("idempotency-key", "uid-1/BuildSucceeded:7"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let url = SecretString::from(format!("{}/hook", server.uri()));
+    WebhookNotifier::new(url, WebhookFormat::Generic, 1, settings())
+        .unwrap()
+        .send(&message().idempotency_key("uid-1/BuildSucceeded:7"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(&server).await.remove(0)["idempotencyKey"],
+        "uid-1/BuildSucceeded:7"
+    );
+}
+
+#[tokio::test]
 async fn webhook_formats() {
     assert_eq!(
         webhook_body(WebhookFormat::Generic).await,

@@ -43,6 +43,8 @@ pub struct Context {
     /// The namespaces the operator watches (`[None]`: every namespace), for what it reads
     /// besides its own objects (the PackerBuilder operator: AMIRefreshers using its AMIs).
     pub namespaces: Vec<Option<String>>,
+    /// Sends the notifications reconciles queue in status.
+    pub outbox: Arc<crate::outbox::Outbox>,
 }
 
 /// The images a build Job may run, set by whoever installs the operator: whoever can create a
@@ -140,7 +142,24 @@ impl Context {
             metrics,
             build_policy: BuildPolicy::default(),
             namespaces: vec![None],
+            outbox: Arc::default(),
         })
+    }
+
+    /// What building the notifiers of a resource needs.
+    pub fn notify_setup(&self) -> opsy_notify::Setup {
+        opsy_notify::Setup {
+            client: self.client.clone(),
+            aws: self.aws.clone(),
+            slack_api: self.slack_api.clone(),
+            webhook_addresses: self.webhook_addresses,
+        }
+    }
+
+    /// Sends the due notifications queued in `object`'s status (as just written), outside the
+    /// reconcile.
+    pub fn send_notifications<K: crate::outbox::Notifying>(&self, object: &K) {
+        self.outbox.dispatch(self, object);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod outbox;
 
 use std::{
     collections::HashMap,

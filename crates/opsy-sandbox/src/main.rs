@@ -125,6 +125,7 @@ impl Sandbox {
             failures: Default::default(),
             build_policy: Default::default(),
             namespaces: vec![None],
+            outbox: Default::default(),
         });
         Box::pin(packer_builder_operator::reconcile::reconcile(
             Arc::new(pb),
@@ -167,6 +168,7 @@ impl Sandbox {
             failures: Default::default(),
             build_policy: Default::default(),
             namespaces: vec![None],
+            outbox: Default::default(),
         });
         Box::pin(ami_refresh_operator::reconcile::reconcile(
             Arc::new(amr),

@@ -354,7 +354,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
     let timer = pb.spec.requeue_after();
 
     let mut requeue = timer;
-    let mut notification: Option<(String, Message)> = None;
+    let mut notifications: Vec<(String, Message)> = Vec::new();
     let last_recorded = status.history.first().map(|r| r.job_id.clone());
     // Nothing is being built: retention may look at the older AMIs.
     let settled = matches!(decision, Decision::UpToDate { .. } | Decision::Adopt { .. });
@@ -429,7 +429,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             if let Err(reason) = outcome {
                 msg = msg.reason(reason);
             }
-            notification = Some((format!("{}:{}", event.as_str(), job.job_id), msg));
+            notifications.push((format!("{}:{}", event.as_str(), job.job_id), msg));
         }
         Decision::Fail {
             job,
@@ -498,7 +498,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 )
                 .reason(reason)
                 .at(now);
-            notification = Some((format!("BuildFailed:{job}"), msg));
+            notifications.push((format!("BuildFailed:{job}"), msg));
             requeue = Duration::from_secs(30).min(timer);
         }
         Decision::Build { reason } => 'build: {
@@ -588,7 +588,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 )
                 .fact("Job", name)
                 .at(now);
-            notification = Some((
+            notifications.push((
                 format!("BuildStarted:{}", status.job_id.clone().unwrap_or_default()),
                 msg,
             ));
@@ -708,7 +708,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             )
             .reason(message)
             .at(now);
-            notification = Some((
+            notifications.push((
                 format!(
                     "BuildStalled:FailureLimitReached:{}:{}:{}",
                     generation.unwrap_or_default(),
@@ -731,7 +731,7 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             )
             .reason(message)
             .at(now);
-            notification = Some((
+            notifications.push((
                 format!(
                     "BuildStalled:NoBaseImage:{}",
                     generation.unwrap_or_default()
@@ -740,37 +740,14 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             ));
         }
     }
-    if let Some((key, message)) = notification {
-        let setup = opsy_notify::Setup {
-            client: ctx.client.clone(),
-            aws: ctx.aws.clone(),
-            slack_api: ctx.slack_api.clone(),
-            webhook_addresses: ctx.webhook_addresses,
-        };
-        let errors = setup
-            .send_once(
-                &namespace,
-                &pb.spec.region,
-                pb.spec.notifier.as_ref(),
-                &mut status.last_notified,
-                &key,
-                message,
-            )
-            .await;
-        let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        if let Some(message) =
-            conditions::record_delivery(&mut status.conditions, &key, &failures, now, generation)
-        {
-            event(
-                &ctx,
-                &pb,
-                EventType::Warning,
-                "NotificationFailed",
-                &message,
-            )
-            .await;
-        }
-    }
+    opsy_runtime::outbox::queue(
+        &mut status.outbox,
+        &mut status.last_notified,
+        &mut status.conditions,
+        notifications,
+        now,
+        generation,
+    );
     // A build ended in this reconcile: how long it took.
     if let Some(ended) = status.history.first()
         && Some(&ended.job_id) != last_recorded.as_ref()
@@ -882,7 +859,9 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         );
     }
     status.observed_generation = generation;
-    write_status(&ctx, &pb, &status).await?;
+    let requeue = opsy_runtime::outbox::sooner(requeue, &status.outbox, now);
+    let written = write_status(&ctx, &pb, &status).await?;
+    ctx.send_notifications(&written);
     ctx.failures.record_success(pb.as_ref());
     Ok(Action::requeue(requeue))
 }
@@ -1402,7 +1381,6 @@ pub(crate) async fn write_status(
     ctx: &Context,
     pb: &PackerBuilder,
     status: &PackerBuilderStatus,
-) -> Result<(), Error> {
-    opsy_runtime::patch_status(&ctx.client, pb, MANAGER, status).await?;
-    Ok(())
+) -> Result<PackerBuilder, Error> {
+    Ok(opsy_runtime::patch_status(&ctx.client, pb, MANAGER, status).await?)
 }

@@ -101,6 +101,7 @@ impl World {
             metrics: Arc::new(Metrics::new(calls)),
             build_policy: Default::default(),
             namespaces: vec![None],
+            outbox: Default::default(),
         })
     }
 

@@ -31,6 +31,8 @@ struct World {
     slack_api: String,
     /// Every AWS call of every (fresh) context, for the IAM check.
     calls: CallCounter,
+    /// Sends what reconciles queue, shared by every context of the test.
+    outbox: Arc<opsy_runtime::outbox::Outbox>,
 }
 
 fn pb_manifest(extra: serde_json::Value) -> PackerBuilder {
@@ -81,6 +83,7 @@ impl World {
         Self {
             ns,
             calls: CallCounter::default(),
+            outbox: Arc::default(),
             moto,
             fixture,
             client,
@@ -114,11 +117,16 @@ impl World {
             clock: Arc::new(move || now),
             poll_interval: Duration::from_secs(30),
             slack_api: self.slack_api.clone(),
-            webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
+            // Webhook tests post to a local server.
+            webhook_addresses: opsy_runtime::context::AddressPolicy {
+                loopback: true,
+                ..Default::default()
+            },
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
             namespaces: vec![None],
+            outbox: self.outbox.clone(),
         })
     }
 
@@ -142,6 +150,8 @@ impl World {
         reconcile(Arc::new(self.pb().await), self.context())
             .await
             .unwrap();
+        // What the reconcile queued has been sent (or has failed) before the test looks.
+        self.outbox.idle().await;
         self.invariants().await;
     }
 
@@ -1671,6 +1681,56 @@ async fn notifications_are_sent_once_per_transition_and_failures_do_not_block_bu
         "{}",
         texts[1]
     );
+}
+
+/// A webhook that takes a minute to answer does not hold up the reconcile that decided the
+/// notification: the build starts and the notification waits in `status.outbox`. (Sent inline,
+/// the reconcile waited out the 45-second delivery deadline first.)
+#[tokio::test]
+async fn a_slow_webhook_does_not_hold_up_the_reconcile() {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&hook)
+        .await;
+    let world = World::new(pb_manifest(serde_json::json!({
+        "notifier": {"webhooks": [{"secret": "hook", "allowPlainHttp": true}]},
+    })))
+    .await;
+    let url = hook.uri();
+    world.put_secret("hook", &[("url", url.as_str())]).await;
+    world.publish_base("base-al2023-v1").await;
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        reconcile(Arc::new(world.pb().await), world.context()),
+    )
+    .await
+    .expect("the reconcile returns before the webhook answers")
+    .unwrap();
+    assert_eq!(world.job_names().await.len(), 1, "the build started");
+    let status = world.status().await;
+    assert_eq!(
+        status
+            .outbox
+            .iter()
+            .map(|o| (o.event.as_str(), o.delivered.len()))
+            .collect::<Vec<_>>(),
+        [("BuildStarted", 0)],
+        "queued, not yet delivered"
+    );
+    // The sender has posted (and is waiting for the answer) while the reconcile is done.
+    for _ in 0..100 {
+        if !hook.received_requests().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hook.received_requests().await.unwrap().len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(45));
 }
 
 async fn sent(slack: &wiremock::MockServer) -> Vec<String> {
