@@ -33,13 +33,16 @@ pub fn error_policy(amr: Arc<AMIRefresher>, error: &Error, ctx: Arc<Context>) ->
     }
 }
 
-/// Runs the controller until a shutdown signal or the loss of the leader Lease; the process is
+/// Runs the controller until a shutdown signal (reconciles in flight finish) or the loss of the
+/// leader Lease (they are cancelled); the process is
 /// ready once the first cache sync is done.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, operator: &Operator, namespaces: &[String]) {
-    opsy_runtime::cli::in_each_scope(namespaces, |scope| {
-        run_in(ctx.clone(), concurrency, operator, scope)
-    })
-    .await;
+    // A lost Lease drops the controllers, and the reconciles in flight with them.
+    operator
+        .while_leading(opsy_runtime::cli::in_each_scope(namespaces, |scope| {
+            run_in(ctx.clone(), concurrency, operator, scope)
+        }))
+        .await;
 }
 
 async fn run_in(ctx: Arc<Context>, concurrency: u16, operator: &Operator, scope: Option<String>) {

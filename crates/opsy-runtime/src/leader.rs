@@ -150,6 +150,20 @@ impl Leadership {
         }
     }
 
+    /// Runs `work` while this replica leads: once the Lease is lost (or cannot be confirmed in
+    /// time), `work` is dropped where it stands — a reconcile waiting on a slow or unreachable
+    /// server goes no further — and `None` is returned. The fence already refuses its mutating
+    /// AWS calls; this ends the rest (API writes, notifications) too.
+    pub async fn while_leading<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            out = work => Some(out),
+            () = self.lost() => {
+                tracing::error!("lost the leader lease; cancelling the reconciles in flight");
+                None
+            }
+        }
+    }
+
     /// Gives the Lease up so a standby takes over at once instead of after it expires.
     pub async fn release(self) {
         let Self {

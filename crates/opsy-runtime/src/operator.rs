@@ -198,25 +198,28 @@ impl Operator {
         })
     }
 
-    /// Resolves on SIGTERM or Ctrl-C, or when this replica loses the leader Lease: the
-    /// controller then finishes the reconciles in flight and stops.
+    /// Resolves on SIGTERM or Ctrl-C: the controller then finishes the reconciles in flight
+    /// and stops.
     pub fn shutdown(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
         let (done, stopped) = oneshot::channel();
-        let lost = self.leadership.as_ref().map(Leadership::lost);
         tokio::spawn(async move {
-            match lost {
-                Some(lost) => {
-                    tokio::select! {
-                        () = signal() => {}
-                        () = lost => tracing::error!("lost the leader lease; stopping"),
-                    }
-                }
-                None => signal().await,
-            }
+            signal().await;
             let _ = done.send(());
         });
         async move {
             let _ = stopped.await;
+        }
+    }
+
+    /// Runs the controller `work` until it ends (after [`Self::shutdown`]) or, with leader
+    /// election, until this replica loses the Lease: then `work` is dropped at once, and the
+    /// reconciles in flight with it (see [`Leadership::while_leading`]).
+    pub async fn while_leading(&self, work: impl Future<Output = ()>) {
+        match &self.leadership {
+            Some(leadership) => {
+                let _ = leadership.while_leading(work).await;
+            }
+            None => work.await,
         }
     }
 

@@ -184,3 +184,71 @@ async fn a_leader_cut_off_from_the_api_server_gives_up_before_its_lease_can_expi
         gave_up.duration_since(cut)
     );
 }
+
+/// A reconcile in flight when its replica is cut off from the API server (waiting on a read
+/// that will not answer, a mutating AWS call next) is cancelled once the Lease cannot be
+/// confirmed, before a standby could take over: it never gets to the call. Without the
+/// cancellation it waits on the read for the client's timeout (minutes) and then goes on.
+#[tokio::test]
+async fn a_reconcile_in_flight_is_cancelled_when_the_lease_is_lost() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    let cp = ControlPlane::shared().unwrap();
+    let ns = cp.namespace("cancel").await.unwrap();
+    let partition = Partition::start(cp.address().unwrap()).await.unwrap();
+    let cut_off = cp.client_via(partition.address()).await.unwrap();
+    let timing = LeaseTiming {
+        duration_seconds: 6,
+        renew_before_seconds: 2,
+    };
+    let a = Leadership::acquire(cut_off.clone(), &ns.name, LEASE, "replica-a", timing)
+        .await
+        .unwrap();
+    let calls = opsy_aws::CallCounter::default();
+    calls.set_fence(a.fence());
+    let attempted = Arc::new(AtomicU32::new(0));
+    let reconcile = {
+        let (client, namespace, attempted) = (cut_off.clone(), ns.name.clone(), attempted.clone());
+        async move {
+            // The read the reconcile is waiting on when the network goes.
+            let _ = Api::<ConfigMap>::namespaced(client, &namespace)
+                .get_opt("anything")
+                .await;
+            attempted.fetch_add(1, Ordering::SeqCst);
+            let _ = calls
+                .track("ec2", "DeregisterImage", async {
+                    Ok::<_, opsy_aws::AwsError>(())
+                })
+                .await;
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    partition.cut();
+    let cut = jiff::Timestamp::now();
+    let out = tokio::time::timeout(Duration::from_secs(20), a.while_leading(reconcile))
+        .await
+        .expect("the reconcile was cancelled when the Lease could not be confirmed");
+    let cancelled = jiff::Timestamp::now();
+    assert!(out.is_none(), "the reconcile did not finish");
+    assert_eq!(
+        attempted.load(Ordering::SeqCst),
+        0,
+        "nothing after the read ran"
+    );
+    let lease = Api::<Lease>::namespaced(ns.client.clone(), &ns.name)
+        .get(LEASE)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let expires = lease.renew_time.unwrap().0 + jiff::SignedDuration::from_secs(6);
+    assert!(
+        cancelled < expires,
+        "cancelled at {cancelled}, {} after the cut; the Lease could expire at {expires}",
+        cancelled.duration_since(cut)
+    );
+}

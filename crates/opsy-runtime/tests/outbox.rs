@@ -307,15 +307,11 @@ async fn a_failed_destination_is_retried_alone_until_it_lands_or_its_attempts_ru
     let pb = world.api().get("al2023").await.unwrap();
     assert!(pb.status.as_ref().unwrap().outbox.is_empty());
     assert!(
-        world
-            .warnings()
-            .await
-            .iter()
-            .any(|w| {
-                w.starts_with(&format!(
+        world.warnings().await.iter().any(|w| {
+            w.starts_with(&format!(
             "NotificationDropped: notification BuildFailed:1 given up after {MAX_ATTEMPTS} attempts"
         ))
-            }),
+        }),
         "{:?}",
         world.warnings().await
     );
