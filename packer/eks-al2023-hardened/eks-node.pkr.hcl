@@ -81,8 +81,8 @@ source "amazon-ebs" "eks_node" {
   }
 
   # `opsy-packer-build = true` on everything the build creates: deploy/iam/packer-job.json lets
-  # the build launch, stop and terminate only instances and volumes so tagged, and deregister,
-  # delete or share only images and snapshots so tagged.
+  # the build launch, stop and terminate only instances and volumes so tagged, image and
+  # snapshot only those, and deregister or delete only images and snapshots so tagged.
   run_tags = {
     Name                = "packer-${var.name_prefix}"
     "opsy-packer-build" = "true"
@@ -93,10 +93,12 @@ source "amazon-ebs" "eks_node" {
   snapshot_tags = {
     "opsy-packer-build" = "true"
   }
-  # The operator adds its own tags (status, base-ami, build-id, …) after the build.
+  # The operator adds the contract's tags (status, base-ami, build-id, …) after the build; the
+  # build role may write none of them. `opsy-build-base-ami` lets the operator find this AMI
+  # should the Job be gone before it read the result.
   tags = {
-    "base-ami"          = var.ami_id
-    "opsy-packer-build" = "true"
+    "opsy-build-base-ami" = var.ami_id
+    "opsy-packer-build"   = "true"
   }
 }
 

@@ -34,10 +34,17 @@ ACCEPTED = {
         "spec.distribution.shareWith gives other accounts create-volume permission on the "
         "snapshots of the AMIs it shares: only snapshots tagged brought-to-you-by "
         "(marked at build completion or created tagged by CopyImage)",
-    ("packer-job.json", "PERMISSIONS_MANAGEMENT_ACTIONS", "ec2:modifysnapshotattribute,iam:passrole"):
-        "PassRole only for the build's instance profile role packer-ssm (to EC2); "
-        "ModifySnapshotAttribute (sharing with ami_users) only on snapshots tagged "
-        "opsy-packer-build=true",
+    ("packer-job.json", "PERMISSIONS_MANAGEMENT_ACTIONS", "iam:passrole"):
+        "PassRole only for the build's instance profile role packer-ssm (to EC2)",
+    # parliament wants one statement to name every resource type an action requires; these two
+    # are one grant split in two so that only the instance and volumes need the build's tag
+    # (the image and snapshots being created carry no tags yet).
+    ("packer-job.json", "RESOURCE_MISMATCH", "107"):
+        "TheImageAndSnapshotsTheBuildCreates: the new image and snapshots of CreateImage and "
+        "CreateSnapshot; their instance and volume are granted by the next statement",
+    ("packer-job.json", "RESOURCE_MISMATCH", "119"):
+        "OnlyFromTheBuildsOwnInstanceAndVolumes: CreateImage and CreateSnapshot only from an "
+        "instance or volume tagged opsy-packer-build=true (tagged at RunInstances only)",
     ("packer-job.json", "PRIVILEGE_ESCALATION", "CreateEC2WithExistingIP"):
         "the build launches its instance with the packer-ssm profile: RunInstances only tagged "
         "opsy-packer-build=true, PassRole only packer-ssm",

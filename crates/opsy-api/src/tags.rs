@@ -70,6 +70,12 @@ pub const BUILD_ID: &str = "build-id";
 /// The id of the Job that built the AMI (`status.jobID`).
 pub const JOB_ID: &str = "job-id";
 
+/// Written by the build (the Packer project's `tags`), not by the operator: the base the
+/// build started from. The operator adopts the AMI of a build whose Job is gone by it
+/// (`orphans`); the contract's own `base-ami` is the operator's to write, and the build role
+/// may not write any contract key (`deploy/iam/packer-job.json`, `NeverTheContractsTags`).
+pub const BUILD_BASE_AMI: &str = "opsy-build-base-ami";
+
 /// Every key the PackerBuilder operator writes on AMIs (besides the AMIRefreshers'
 /// `healthy-on/<cluster>`), sorted: its IAM policy allows tagging AMIs with these keys only
 /// (`deploy/iam/packer-builder-operator.json`, `TagAmisWithTheContractTagsOnly`).

@@ -104,3 +104,165 @@ fn the_builder_may_write_exactly_the_contract_tags() {
         "the policy's aws:TagKeys and the tag contract differ"
     );
 }
+
+/// The build role (`deploy/iam/packer-job.json`) runs code its author chose. What a Packer
+/// `amazon-ebs` build of the sample project asks of IAM is allowed; what a hostile build would
+/// use it for is not: snapshotting or imaging what it did not launch and sharing it out,
+/// writing the contract's tags on its own AMI (forging `brought-to-you-by`, `status=active`,
+/// a far-future `create-timestamp`, `healthy-on/…`), or tagging, deregistering or changing the
+/// operator's managed AMIs and their snapshots.
+mod build_role {
+    use std::collections::BTreeMap;
+
+    use opsy_testkit::iam::{Call, refuses};
+
+    const POLICY: &str = "packer-job";
+    const IMAGE: &str = "arn:aws:ec2:us-west-2::image/ami-0build";
+    const SNAPSHOT: &str = "arn:aws:ec2:us-west-2::snapshot/snap-0build";
+    const INSTANCE: &str = "arn:aws:ec2:us-west-2:111122223333:instance/i-0build";
+    const VOLUME: &str = "arn:aws:ec2:us-west-2:111122223333:volume/vol-0build";
+    const FOREIGN_VOLUME: &str = "arn:aws:ec2:us-west-2:111122223333:volume/vol-0prod";
+    const MANAGED: &str = "arn:aws:ec2:us-west-2::image/ami-0managed";
+    const MANAGED_SNAPSHOT: &str = "arn:aws:ec2:us-west-2::snapshot/snap-0managed";
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// `action` on `resources`, each carrying the tags given for it (none: untagged).
+    fn call(action: &str, resources: &[(&str, &[(&str, &str)])]) -> Call {
+        Call {
+            access_key: "AKIABUILD".into(),
+            role: None,
+            action: action.into(),
+            resources: resources.iter().map(|(r, _)| (*r).to_owned()).collect(),
+            request_tags: BTreeMap::new(),
+            resource_tags: resources
+                .iter()
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(r, t)| ((*r).to_owned(), tags(t)))
+                .collect(),
+            context: BTreeMap::new(),
+        }
+    }
+
+    fn tagging(resource: &str, on_it: &[(&str, &str)], writes: &[(&str, &str)]) -> Call {
+        Call {
+            request_tags: tags(writes),
+            ..call("ec2:CreateTags", &[(resource, on_it)])
+        }
+    }
+
+    const BUILD: &[(&str, &str)] = &[("opsy-packer-build", "true")];
+    const MANAGED_TAGS: &[(&str, &str)] = &[
+        ("brought-to-you-by", "opsy-the-ami-operator"),
+        ("status", "active"),
+        // A build that tagged a managed AMI as its own still may not touch it.
+        ("opsy-packer-build", "true"),
+    ];
+
+    #[test]
+    fn what_the_sample_build_asks_is_allowed() {
+        let launch = Call {
+            request_tags: tags(&[("Name", "packer-x"), ("opsy-packer-build", "true")]),
+            ..call(
+                "ec2:RunInstances",
+                &[
+                    (INSTANCE, &[]),
+                    (VOLUME, &[]),
+                    ("arn:aws:ec2:us-west-2::image/ami-0base", &[]),
+                ],
+            )
+        };
+        let tag_on_launch = Call {
+            context: BTreeMap::from([("ec2:CreateAction".to_owned(), "RunInstances".to_owned())]),
+            ..tagging(INSTANCE, &[], &[("opsy-packer-build", "true")])
+        };
+        let allowed = [
+            launch,
+            tag_on_launch,
+            call(
+                "ec2:CreateImage",
+                &[(INSTANCE, BUILD), (IMAGE, &[]), (SNAPSHOT, &[])],
+            ),
+            call("ec2:CreateSnapshot", &[(VOLUME, BUILD), (SNAPSHOT, &[])]),
+            tagging(
+                IMAGE,
+                &[],
+                &[
+                    ("opsy-build-base-ami", "ami-0base"),
+                    ("opsy-packer-build", "true"),
+                ],
+            ),
+            tagging(SNAPSHOT, &[], &[("opsy-packer-build", "true")]),
+            call("ec2:ModifyImageAttribute", &[(IMAGE, BUILD)]),
+            call("ec2:StopInstances", &[(INSTANCE, BUILD)]),
+            call("ec2:TerminateInstances", &[(INSTANCE, BUILD)]),
+            // force_deregister of an earlier build's AMI of the same name, on error cleanup.
+            call("ec2:DeregisterImage", &[(IMAGE, BUILD)]),
+            call("ec2:DeleteSnapshot", &[(SNAPSHOT, BUILD)]),
+        ];
+        for c in &allowed {
+            assert_eq!(refuses(POLICY, c).unwrap(), None, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_build_cannot_snapshot_what_it_did_not_launch_nor_share_a_snapshot() {
+        // The exfiltration sequence: snapshot a production volume, tag it as a build's, share it.
+        let snapshot = call(
+            "ec2:CreateSnapshot",
+            &[(FOREIGN_VOLUME, &[("Name", "prod-db")]), (SNAPSHOT, &[])],
+        );
+        assert!(refuses(POLICY, &snapshot).unwrap().is_some());
+        let image = call(
+            "ec2:CreateImage",
+            &[
+                (
+                    "arn:aws:ec2:us-west-2:111122223333:instance/i-0prod",
+                    &[("Name", "prod")],
+                ),
+                (IMAGE, &[]),
+            ],
+        );
+        assert!(refuses(POLICY, &image).unwrap().is_some());
+        // A volume cannot be made to look like the build's after its launch.
+        let retag = tagging(FOREIGN_VOLUME, &[], &[("opsy-packer-build", "true")]);
+        assert!(refuses(POLICY, &retag).unwrap().is_some());
+        // No snapshot is shared by the build, not even its own; nor are AMIs copied in.
+        for action in ["ec2:ModifySnapshotAttribute", "ec2:CopyImage"] {
+            let c = call(action, &[(SNAPSHOT, BUILD)]);
+            assert!(refuses(POLICY, &c).unwrap().is_some(), "{action}");
+        }
+    }
+
+    #[test]
+    fn a_build_cannot_forge_the_contract_on_its_own_ami() {
+        let mut keys: Vec<&str> = opsy_api::tags::CONTRACT_KEYS.to_vec();
+        keys.push("healthy-on/prod");
+        for key in keys {
+            let forged = tagging(IMAGE, BUILD, &[("opsy-packer-build", "true"), (key, "x")]);
+            assert!(
+                refuses(POLICY, &forged).unwrap().is_some(),
+                "the build may write {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_build_cannot_touch_a_managed_ami_or_its_snapshots() {
+        let touching = [
+            tagging(MANAGED, MANAGED_TAGS, &[("Name", "mine")]),
+            tagging(MANAGED_SNAPSHOT, MANAGED_TAGS, &[("Name", "mine")]),
+            call("ec2:DeregisterImage", &[(MANAGED, MANAGED_TAGS)]),
+            call("ec2:DeleteSnapshot", &[(MANAGED_SNAPSHOT, MANAGED_TAGS)]),
+            call("ec2:ModifyImageAttribute", &[(MANAGED, MANAGED_TAGS)]),
+        ];
+        for c in &touching {
+            assert!(refuses(POLICY, c).unwrap().is_some(), "{c:?}");
+        }
+    }
+}

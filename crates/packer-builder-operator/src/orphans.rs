@@ -4,8 +4,9 @@
 //! created since the Job started that no build claims (no contract tags) — and:
 //!
 //! - adopted (verified, tagged and recorded as the build's) when exactly one such AMI carries
-//!   `base-ami` = the base the build started from, as the Packer projects this operator runs
-//!   write it (`packer/`'s sample: `tags = { base-ami = var.ami_id }`);
+//!   `opsy-build-base-ami` = the base the build started from, as the Packer projects this
+//!   operator runs write it (`packer/`'s sample: `tags = { opsy-build-base-ami = var.ami_id }`;
+//!   `base-ami`, which projects wrote before the build role lost the contract's keys, too);
 //! - otherwise named, with every such AMI, in the failure the build is recorded as (its Warning
 //!   Event and `status.lastRunMessage`): never left unknown.
 
@@ -73,7 +74,7 @@ pub async fn look(
         .collect();
     let from_base: Vec<&&opsy_aws::Image> = unclaimed
         .iter()
-        .filter(|i| base.is_some() && i.tag(tags::BASE_AMI) == base)
+        .filter(|i| base.is_some() && built_from(i) == base)
         .collect();
     Ok(Found {
         adopt: match from_base[..] {
@@ -82,6 +83,14 @@ pub async fn look(
         },
         unclaimed: unclaimed.iter().map(|i| i.id.clone()).collect(),
     })
+}
+
+/// The base a build says its AMI was built from: `opsy-build-base-ami`, else the `base-ami`
+/// projects wrote before.
+fn built_from(image: &opsy_aws::Image) -> Option<&str> {
+    image
+        .tag(tags::BUILD_BASE_AMI)
+        .or_else(|| image.tag(tags::BASE_AMI))
 }
 
 /// `decision` again when it records the Job status says runs as gone (a failure without a

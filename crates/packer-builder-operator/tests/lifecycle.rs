@@ -2861,7 +2861,10 @@ async fn the_ami_of_a_build_whose_job_is_gone_is_adopted_or_named() {
         .fixture
         .register_image(
             "al2023-hardened-1",
-            &[("base-ami", base.as_str()), ("opsy-packer-build", "true")],
+            &[
+                ("opsy-build-base-ami", base.as_str()),
+                ("opsy-packer-build", "true"),
+            ],
         )
         .await
         .unwrap();
