@@ -518,7 +518,11 @@ async fn groups_roll_in_waves_to_the_target_and_status_tracks_each() {
     opsy_testkit::iam::check_calls("ami-refresh-operator", called, 8).unwrap();
     // … on the resources it acted on, with their tags and the tags it wrote (as the emulator
     // saw each request).
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 8).unwrap();
 }
 
@@ -677,7 +681,11 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
         selection.explain()
     );
     // Each call, on its resource, within the refresher's policy (the quarantine included).
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
@@ -914,7 +922,11 @@ async fn with_on_failure_rollback_the_groups_a_bad_ami_reached_go_back_to_what_t
         "a: forward, refused, with a new version; b: forward, back"
     );
     assert_eq!(refreshes, 2);
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 
@@ -1120,7 +1132,11 @@ async fn nodes_without_the_eks_labels_are_matched_by_instance_and_pass_the_gate_
     assert_eq!((health.ready, health.desired), (2, 2));
     // The nodes carried no EKS label: they were found through the groups' instances.
     assert!(node_images(&world, "a").await.is_empty());
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     assert!(
         calls
             .iter()
@@ -1430,7 +1446,11 @@ async fn an_alarm_entering_alarm_during_the_bake_trips_the_breaker() {
     let described = world.requests("DescribeAlarms");
     world.reconcile().await.unwrap();
     assert_eq!(world.requests("DescribeAlarms"), described);
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     assert!(
         calls
             .iter()
@@ -1615,7 +1635,11 @@ async fn a_complete_healthy_rollout_records_since_when_the_ami_is_healthy_on_thi
     world.reconcile().await.unwrap();
     world.reconcile().await.unwrap();
     assert_eq!(world.requests("CreateTags"), tagged);
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     assert!(calls.iter().any(|c| c.action == "ec2:CreateTags"));
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
@@ -2449,7 +2473,11 @@ async fn self_managed_groups_use_a_desired_configuration_and_roll_back_on_failur
     assert_eq!(world.requests("StartInstanceRefresh"), 2);
     assert_eq!(world.requests("UpdateAutoScalingGroup"), 0);
     // The policy allows each call on the Auto Scaling group and launch template it touched.
-    let calls = world.moto.operator_calls().unwrap();
+    // As the refresher of CLUSTER (EKS Pod Identity tags its session so).
+    let calls = opsy_testkit::iam::as_principal(
+        world.moto.operator_calls().unwrap(),
+        &[("eks-cluster-name", CLUSTER)],
+    );
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 4).unwrap();
 }
 

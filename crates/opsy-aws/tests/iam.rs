@@ -146,6 +146,7 @@ mod build_role {
                 .map(|(r, t)| ((*r).to_owned(), tags(t)))
                 .collect(),
             context: BTreeMap::new(),
+            principal_tags: BTreeMap::new(),
         }
     }
 

@@ -112,6 +112,48 @@ pub struct Call {
     /// Other condition keys, e.g. `ec2:LaunchTemplate`.
     #[serde(default)]
     pub context: BTreeMap<String, String>,
+    /// Tags of the principal that signed it (`aws:PrincipalTag/…`: the role's tags and its
+    /// session tags, e.g. EKS Pod Identity's `eks-cluster-name`). The emulator does not know
+    /// them; a test says whom it plays with [`as_principal`].
+    #[serde(default)]
+    pub principal_tags: BTreeMap<String, String>,
+}
+
+/// `calls` as made by a principal tagged `tags` (the values of `${aws:PrincipalTag/…}`).
+pub fn as_principal(mut calls: Vec<Call>, tags: &[(&str, &str)]) -> Vec<Call> {
+    for call in &mut calls {
+        call.principal_tags = tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+    calls
+}
+
+/// A condition value with its policy variables (`${aws:PrincipalTag/key}`) replaced from
+/// `call`; `None` when one has no value, which matches nothing (IAM User Guide, "IAM policy
+/// elements: Variables and tags": a variable with no value in the request context).
+fn substitute(value: &str, call: &Call) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}')? + start;
+        let variable = &rest[start + 2..end];
+        let tag = variable
+            .to_lowercase()
+            .strip_prefix("aws:principaltag/")
+            .map(str::to_owned)?;
+        let value = call
+            .principal_tags
+            .iter()
+            .find(|(k, _)| k.to_lowercase() == tag)?
+            .1;
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// `*` and `?` wildcards, as IAM matches actions (case-insensitive) and resources.
@@ -267,7 +309,11 @@ fn statement_matches(
         for (operator, keys) in conditions {
             for (key, wanted) in keys.as_object().into_iter().flatten() {
                 let present = context_values(call, resource, key);
-                if !condition_holds(operator, key, &strings(wanted), &present)? {
+                let wanted: Vec<String> = strings(wanted)
+                    .iter()
+                    .filter_map(|w| substitute(w, call))
+                    .collect();
+                if !condition_holds(operator, key, &wanted, &present)? {
                     return Ok(false);
                 }
             }
@@ -383,7 +429,47 @@ mod tests {
             request_tags: BTreeMap::new(),
             resource_tags: BTreeMap::new(),
             context: BTreeMap::new(),
+            principal_tags: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_refresher_writes_soak_evidence_only_for_its_own_cluster() {
+        let image = "arn:aws:ec2:us-west-2::image/ami-1";
+        let evidence = |cluster: &str| Call {
+            request_tags: BTreeMap::from([(
+                format!("healthy-on/{cluster}"),
+                "2026-12-04T00:00:00Z".to_owned(),
+            )]),
+            resource_tags: BTreeMap::from([(
+                image.to_owned(),
+                BTreeMap::from([(
+                    "brought-to-you-by".to_owned(),
+                    "opsy-the-ami-operator".to_owned(),
+                )]),
+            )]),
+            ..call("ec2:CreateTags", image)
+        };
+        let policy = "ami-refresh-operator";
+        let staging = |c: Call| {
+            as_principal(vec![c], &[("eks-cluster-name", "staging")])
+                .pop()
+                .unwrap()
+        };
+        assert_eq!(
+            refuses(policy, &staging(evidence("staging"))).unwrap(),
+            None
+        );
+        for other in ["prod", "staging-2", "*"] {
+            assert!(
+                refuses(policy, &staging(evidence(other)))
+                    .unwrap()
+                    .is_some(),
+                "a refresher of staging may vouch for {other}"
+            );
+        }
+        // A role with no cluster tag vouches for no cluster.
+        assert!(refuses(policy, &evidence("staging")).unwrap().is_some());
     }
 
     #[test]
