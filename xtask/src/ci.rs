@@ -52,6 +52,12 @@ pub fn run_all(root: &Path) -> anyhow::Result<()> {
         "workflow actions pinned by commit (.github/workflows)",
         || workflows_pinned(root),
     )?;
+    step("workflows: actionlint", || {
+        crate::lint_tools::workflows(root)
+    })?;
+    step("renovate.json: renovate-config-validator --strict", || {
+        crate::lint_tools::renovate_config(root)
+    })?;
     step("IAM policies: parliament (scripts/iam/lint.py)", || {
         moto::lint_iam(root)
     })?;

@@ -5,6 +5,7 @@ mod charts;
 mod ci;
 mod control_plane;
 mod crds;
+mod lint_tools;
 mod moto;
 mod promtool;
 
@@ -102,6 +103,7 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     moto::setup(root)?;
     control_plane::setup(root)?;
     promtool::setup(root)?;
+    lint_tools::setup(root)?;
     Ok(())
 }
 
