@@ -78,7 +78,9 @@ pub const BUILD_BASE_AMI: &str = "opsy-build-base-ami";
 
 /// Every key the PackerBuilder operator writes on AMIs (besides the AMIRefreshers'
 /// `healthy-on/<cluster>`), sorted: its IAM policy allows tagging AMIs with these keys only
-/// (`deploy/iam/packer-builder-operator.json`, `TagAmisWithTheContractTagsOnly`).
+/// (`deploy/iam/packer-builder-operator.json`, the `…WithTheContractTagsOnly` statements), and
+/// only on the build's AMI (tagged `opsy-packer-build=true` by the build), on AMIs already
+/// managed, and on copies as they are made.
 pub const CONTRACT_KEYS: [&str; 18] = [
     ARCHITECTURE,
     BASE_AMI,

@@ -267,3 +267,50 @@ mod build_role {
         }
     }
 }
+
+/// The builder operator writes the contract's tags only on the AMI a build registered (tagged
+/// `opsy-packer-build=true` by the build), on AMIs already managed, and on copies as they are
+/// made: never on an arbitrary AMI of the account, which would make it managed — deletable by
+/// retention and trusted by every AMIRefresher.
+#[test]
+fn the_builder_writes_the_contract_only_on_builds_managed_amis_and_copies() {
+    use std::collections::BTreeMap;
+
+    use opsy_testkit::iam::{Call, refuses};
+
+    let image = "arn:aws:ec2:us-west-2::image/ami-0x";
+    let tagging = |on_it: &[(&str, &str)], context: &[(&str, &str)]| Call {
+        access_key: "AKIAOPERATOR".into(),
+        role: None,
+        action: "ec2:CreateTags".into(),
+        resources: vec![image.into()],
+        request_tags: BTreeMap::from([
+            (
+                "brought-to-you-by".to_owned(),
+                "opsy-the-ami-operator".to_owned(),
+            ),
+            ("status".to_owned(), "active".to_owned()),
+        ]),
+        resource_tags: BTreeMap::from([(
+            image.to_owned(),
+            on_it
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )]),
+        context: context
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        principal_tags: BTreeMap::new(),
+    };
+    let policy = "packer-builder-operator";
+    let build = tagging(&[("opsy-packer-build", "true")], &[]);
+    let managed = tagging(&[("brought-to-you-by", "opsy-the-ami-operator")], &[]);
+    let copy = tagging(&[], &[("ec2:CreateAction", "CopyImage")]);
+    for allowed in [build, managed, copy] {
+        assert_eq!(refuses(policy, &allowed).unwrap(), None, "{allowed:?}");
+    }
+    let arbitrary = tagging(&[("Name", "someone-elses")], &[]);
+    assert!(refuses(policy, &arbitrary).unwrap().is_some());
+}

@@ -179,14 +179,15 @@ impl Sandbox {
         Ok(api.get(name).await?)
     }
 
-    /// Plays the kubelet: the build "produces" an AMI and the Job completes with Packer's
-    /// artifact line in the build container's termination message.
+    /// Plays the kubelet: the build "produces" an AMI (tagged as the sample Packer project tags
+    /// it) and the Job completes with Packer's artifact line in the build container's
+    /// termination message.
     async fn run_build(&mut self, job: &str) -> anyhow::Result<String> {
         self.builds += 1;
         let name = format!("opsy-al2023-hardened-{}", self.builds);
         let ami = self
             .fixture
-            .register_image(&name, &[])
+            .register_image(&name, &[("opsy-packer-build", "true")])
             .await
             .map_err(|e| anyhow::anyhow!("registering the built AMI: {e}"))?;
         kubelet::finish_build_job(

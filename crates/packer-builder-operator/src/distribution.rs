@@ -431,18 +431,27 @@ mod tests {
         );
         let policy: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let statement = policy["Statement"]
+        // The build's AMI, managed AMIs, copies as they are made: each with the same keys.
+        let statements: Vec<&serde_json::Value> = policy["Statement"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["Sid"] == "TagAmisWithTheContractTagsOnly")
-            .unwrap();
-        let keys: Vec<&str> = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_str().unwrap())
+            .filter(|s| {
+                s["Sid"]
+                    .as_str()
+                    .is_some_and(|sid| sid.ends_with("WithTheContractTagsOnly"))
+            })
             .collect();
-        assert_eq!(keys, tags::CONTRACT_KEYS);
+        assert_eq!(statements.len(), 3);
+        for statement in statements {
+            let keys: Vec<&str> =
+                statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_str().unwrap())
+                    .collect();
+            assert_eq!(keys, tags::CONTRACT_KEYS, "{}", statement["Sid"]);
+        }
     }
 }

@@ -253,8 +253,13 @@ impl World {
     }
 
     /// The build "produced" an AMI: registered in EC2 like Packer would.
+    /// The AMI a build registers, tagged as the sample Packer project tags it (the operator may
+    /// write the contract's tags only on an AMI so tagged).
     async fn build_image(&self, name: &str) -> String {
-        self.fixture.register_image(name, &[]).await.unwrap()
+        self.fixture
+            .register_image(name, &[("opsy-packer-build", "true")])
+            .await
+            .unwrap()
     }
 
     async fn image_tags(&self, id: &str) -> std::collections::BTreeMap<String, String> {
@@ -1972,7 +1977,11 @@ async fn build_once(world: &World, name: &str) -> String {
 async fn build_once_tagged(world: &World, name: &str, tags: &[(&str, &str)]) -> String {
     world.reconcile().await;
     let job = world.status().await.job_name.unwrap();
-    let built = world.fixture.register_image(name, tags).await.unwrap();
+    let tags: Vec<(&str, &str)> = [("opsy-packer-build", "true")]
+        .into_iter()
+        .chain(tags.iter().copied())
+        .collect();
+    let built = world.fixture.register_image(name, &tags).await.unwrap();
     world.finish_job(&job, 0, &artifact(&built)).await;
     world.reconcile().await;
     assert_eq!(world.status().await.active_image.unwrap().id, built);
@@ -2515,7 +2524,11 @@ async fn two_architectures_are_two_packer_builders_each_building_for_its_own() {
         assert!(args.contains(&format!("ami_id={base}")), "{args:?}");
         let image = world
             .fixture
-            .register_image_for(architecture, &format!("hardened-{architecture}"), &[])
+            .register_image_for(
+                architecture,
+                &format!("hardened-{architecture}"),
+                &[("opsy-packer-build", "true")],
+            )
             .await
             .unwrap();
         world.finish_job(&job_name, 0, &artifact(&image)).await;
@@ -2736,6 +2749,17 @@ async fn a_snapshot_the_build_did_not_make_is_never_marked_shared_or_deleted() {
         .await
         .unwrap()
         .image_id
+        .unwrap();
+    ec2.create_tags()
+        .resources(&built)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("opsy-packer-build")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
         .unwrap();
     world.finish_job(&job, 0, &artifact(&built)).await;
     world.reconcile().await;
