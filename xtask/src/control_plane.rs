@@ -125,20 +125,26 @@ pub fn cache_base() -> anyhow::Result<PathBuf> {
 }
 
 fn cache_key(modules: &Path) -> anyhow::Result<String> {
+    let hex = go_modules_digest(MODULES.iter().map(|m| modules.join(m.dir)))?;
+    Ok(format!("k8s-{KUBERNETES}_etcd-{ETCD}_helm-{HELM}_{hex}"))
+}
+
+/// A short digest of the `go.mod` and `go.sum` of each Go module directory: a cache named
+/// after it is built anew when a pin changes.
+pub fn go_modules_digest(dirs: impl IntoIterator<Item = PathBuf>) -> anyhow::Result<String> {
     let mut digest = Sha256::new();
-    for module in MODULES {
+    for dir in dirs {
         for file in ["go.mod", "go.sum"] {
-            let path = modules.join(module.dir).join(file);
+            let path = dir.join(file);
             digest.update(fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
         }
     }
-    let hex: String = digest
+    Ok(digest
         .finalize()
         .iter()
         .take(6)
         .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("k8s-{KUBERNETES}_etcd-{ETCD}_helm-{HELM}_{hex}"))
+        .collect())
 }
 
 fn build(modules: &Path, dir: &Path) -> anyhow::Result<()> {

@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use crate::run;
 
@@ -59,17 +58,7 @@ pub fn renovate_config(root: &Path) -> anyhow::Result<()> {
 
 fn actionlint(root: &Path) -> anyhow::Result<PathBuf> {
     let module = root.join("test/tools/actionlint");
-    let mut digest = Sha256::new();
-    for file in ["go.mod", "go.sum"] {
-        let path = module.join(file);
-        digest.update(fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
-    }
-    let hex: String = digest
-        .finalize()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::control_plane::go_modules_digest([module.clone()])?;
     let dir = crate::control_plane::cache_base()?.join(format!("actionlint-{hex}"));
     let binary = dir.join("actionlint");
     if !binary.is_file() {

@@ -60,35 +60,27 @@ pub trait Notifying:
     fn outbox(&self) -> &[OutgoingNotification];
 }
 
-impl Notifying for opsy_api::PackerBuilder {
-    fn notifier(&self) -> Option<&opsy_api::Notifier> {
-        self.spec.notifier.as_ref()
-    }
-    fn region(&self) -> &str {
-        &self.spec.region
-    }
-    fn cluster(&self) -> &str {
-        &self.spec.cluster_name
-    }
-    fn outbox(&self) -> &[OutgoingNotification] {
-        self.status.as_ref().map_or(&[], |s| &s.outbox)
-    }
+/// Both kinds keep their notifier, region and cluster in the same spec fields.
+macro_rules! notifying {
+    ($($kind:ty),*) => {$(
+        impl Notifying for $kind {
+            fn notifier(&self) -> Option<&opsy_api::Notifier> {
+                self.spec.notifier.as_ref()
+            }
+            fn region(&self) -> &str {
+                &self.spec.region
+            }
+            fn cluster(&self) -> &str {
+                &self.spec.cluster_name
+            }
+            fn outbox(&self) -> &[OutgoingNotification] {
+                self.status.as_ref().map_or(&[], |s| &s.outbox)
+            }
+        }
+    )*};
 }
 
-impl Notifying for opsy_api::AMIRefresher {
-    fn notifier(&self) -> Option<&opsy_api::Notifier> {
-        self.spec.notifier.as_ref()
-    }
-    fn region(&self) -> &str {
-        &self.spec.region
-    }
-    fn cluster(&self) -> &str {
-        &self.spec.cluster_name
-    }
-    fn outbox(&self) -> &[OutgoingNotification] {
-        self.status.as_ref().map_or(&[], |s| &s.outbox)
-    }
-}
+notifying!(opsy_api::PackerBuilder, opsy_api::AMIRefresher);
 
 /// The sending tasks of one operator: at most one per object at a time.
 #[derive(Debug, Default)]
