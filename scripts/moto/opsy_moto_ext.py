@@ -103,6 +103,8 @@ from urllib.parse import parse_qs
 OUTCOME_TAG = "opsy.test/outcome"
 # Node groups and Auto Scaling groups whose updates fail, set over HTTP (POST /opsy-ext/fail).
 FAILING: dict[str, str] = {}
+# The session tags of each assumed-role session, by the access key AssumeRole gave it.
+SESSION_TAGS: dict[str, dict[str, str]] = {}
 POLLS_TAG = "opsy.test/polls"
 DEFAULT_POLLS = 2
 
@@ -1422,9 +1424,27 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
                 resource_tags[arn] = {t["Key"]: t["Value"] for t in group.tags}
     elif service == "sts":
         # AssumeRole acts on the role (Service Authorization Reference, AWS STS: resource
-        # type role).
+        # type role). Session tags (`Tags.member.N`) are aws:RequestTag/… and need
+        # sts:TagSession on the role too (IAM User Guide, "Passing session tags in AWS STS":
+        # "Permissions required to add session tags").
         if action == "AssumeRole" and first("RoleArn"):
             resources = [first("RoleArn")]
+            n = 1
+            while f"Tags.member.{n}.Key" in params:
+                request_tags[params[f"Tags.member.{n}.Key"][0]] = (params.get(f"Tags.member.{n}.Value") or [""])[0]
+                n += 1
+            if request_tags:
+                implied.append(
+                    {
+                        "access_key": key,
+                        "role": role,
+                        "action": "sts:TagSession",
+                        "resources": list(resources),
+                        "request_tags": dict(request_tags),
+                        "resource_tags": {},
+                        "context": {},
+                    }
+                )
     elif service == "ssm":
         # Service Authorization Reference, AWS Systems Manager: GetParameter on resource type
         # parameter; AWS's public parameters have no account in their ARN.
@@ -1445,6 +1465,11 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
             resources = [f"arn:aws:cloudwatch:{region}:{account}:alarm:{n}" for n in names] or [
                 f"arn:aws:cloudwatch:{region}:{account}:alarm:*"
             ]
+    # The signer's session tags are its aws:PrincipalTag/… (IAM User Guide, "Passing session
+    # tags in AWS STS": session tags are principal tags of the session).
+    principal_tags = dict(SESSION_TAGS.get(key, {}))
+    for extra in implied:
+        extra["principal_tags"] = principal_tags
     return {
         "access_key": key,
         "role": role,
@@ -1453,6 +1478,7 @@ def describe_call(environ: dict[str, Any], action: str, params: dict[str, list[s
         "request_tags": request_tags,
         "resource_tags": resource_tags,
         "context": context,
+        "principal_tags": principal_tags,
         "implied": implied,
         "snapshots": implied_snapshots,
     }
@@ -1896,6 +1922,7 @@ class Middleware:
                     self.calls.clear()
                     self.mutations.clear()
                     FAILING.clear()
+                    SESSION_TAGS.clear()
             return self.app(environ, start_response)
 
         if path.startswith("/service/") and "/operation/" in path:
@@ -1936,6 +1963,20 @@ class Middleware:
             if mutation is not None:
                 mutation.update(status=int(rule["status"]), carried_out=False)
             return self._error(environ, start_response, rule)
+        if action == "AssumeRole" and call is not None and call.get("request_tags") and fate is None:
+            # Remember the new session's tags under the access key it is given.
+            assumed: dict[str, Any] = {}
+
+            def keep(status: str, headers: list, exc_info: Any = None) -> Any:  # type: ignore[type-arg]
+                assumed["status"] = status
+                return start_response(status, headers, exc_info)
+
+            body = b"".join(self.app(environ, keep))
+            found = re.search(rb"<AccessKeyId>([^<]+)</AccessKeyId>", body)
+            if found and str(assumed.get("status", "")).startswith("200"):
+                with self.lock:
+                    SESSION_TAGS[found.group(1).decode()] = dict(call["request_tags"])
+            return [body]
         if mutation is None and fate is None:
             return self.app(environ, start_response)
 

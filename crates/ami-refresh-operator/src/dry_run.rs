@@ -58,7 +58,7 @@ pub struct Report {
 pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Result<Report, Error> {
     let spec = &amr.spec;
     let owner = aws
-        .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
+        .region_as(&spec.region, crate::owner_role(amr).as_ref())
         .await;
     let aws = &aws.region(&spec.region).await;
     let selection = owner

@@ -41,3 +41,17 @@ impl Error {
         }
     }
 }
+
+/// The owner account's role `amr` reads and writes managed AMIs through
+/// (`spec.imageOwnerRoleArn`), assumed for its namespace and cluster; `None`: the operator's
+/// own account.
+pub fn owner_role(amr: &opsy_api::AMIRefresher) -> Option<opsy_aws::Assume> {
+    amr.spec
+        .image_owner_role_arn
+        .as_ref()
+        .map(|role_arn| opsy_aws::Assume {
+            role_arn: role_arn.clone(),
+            namespace: kube::ResourceExt::namespace(amr).unwrap_or_default(),
+            cluster: amr.spec.cluster_name.clone(),
+        })
+}

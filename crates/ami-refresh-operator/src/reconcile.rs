@@ -117,7 +117,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     // Where the managed AMIs, their tags and their soak evidence live.
     let owner = ctx
         .aws
-        .region_as(&spec.region, spec.image_owner_role_arn.as_deref())
+        .region_as(&spec.region, crate::owner_role(&amr).as_ref())
         .await;
     let mut status = amr.status.clone().unwrap_or_default();
     // Evidence decided earlier whose write failed is written again first.

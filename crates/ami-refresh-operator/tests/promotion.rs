@@ -451,7 +451,29 @@ async fn prod_takes_an_ami_only_after_its_soak_in_staging_inside_its_window_and_
     let calls = world.moto.calls_as(ROLE).unwrap();
     opsy_testkit::iam::check_resource_calls("ami-owner-access", &calls, 3).unwrap();
     let calls = world.moto.operator_calls().unwrap();
-    assert!(calls.iter().any(|c| c.action == "sts:AssumeRole"));
+    // Each refresher assumes the role in a session tagged with its namespace and cluster, which
+    // the role's trust policy can check and its permissions name: soak evidence through the
+    // role is for the session's own cluster only (checked above, call by call).
+    let sessions: std::collections::BTreeSet<(String, String)> = calls
+        .iter()
+        .filter(|c| c.action == "sts:AssumeRole")
+        .map(|c| {
+            (
+                c.request_tags["kubernetes-namespace"].clone(),
+                c.request_tags["eks-cluster-name"].clone(),
+            )
+        })
+        .collect();
+    let namespace = world.ns.name.clone();
+    assert_eq!(
+        sessions,
+        [
+            (namespace.clone(), "prod".to_owned()),
+            (namespace, "staging".to_owned()),
+        ]
+        .into(),
+    );
+    assert!(calls.iter().any(|c| c.action == "sts:TagSession"));
     opsy_testkit::iam::check_resource_calls("ami-refresh-operator", &calls, 5).unwrap();
 }
 

@@ -38,17 +38,19 @@ impl AwsClients {
         Self::from_config(region, &config, options, calls)
     }
 
-    /// Builds the clients for `region` acting as `role_arn`: credentials from STS
-    /// `AssumeRole` with the operator's own credentials, refreshed before they expire.
+    /// Builds the clients for `region` acting as `role.role_arn`: credentials from STS
+    /// `AssumeRole` with the operator's own credentials, refreshed before they expire, in a
+    /// session named after the namespace and tagged with it and the cluster ([`Assume`]).
     pub async fn assuming(
         region: &str,
-        role_arn: &str,
+        role: &Assume,
         options: &AwsOptions,
         calls: CallCounter,
     ) -> Self {
         let base = load_sdk_config(region, options).await;
-        let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
-            .session_name("opsy-ami-operator")
+        let provider = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
+            .session_name(role.session_name())
+            .tags(role.session_tags())
             .configure(&base)
             .build()
             .await;
@@ -117,7 +119,46 @@ pub struct ClientSet {
 }
 
 /// A region, and the role assumed there (`None`: the operator's own credentials).
-type Acting = (String, Option<String>);
+type Acting = (String, Option<Assume>);
+
+/// A role of another account (`spec.imageOwnerRoleArn`), assumed for one custom resource. The
+/// session is named `opsy-<namespace>` (in CloudTrail) and carries two session tags, named as
+/// EKS Pod Identity names its own: `kubernetes-namespace` and `eks-cluster-name`. So the role's
+/// trust policy can say which namespaces and clusters may assume it
+/// (`aws:RequestTag/kubernetes-namespace`), and its permissions can name them
+/// (`${aws:PrincipalTag/eks-cluster-name}`). Assuming with tags needs `sts:TagSession` too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Assume {
+    /// The role.
+    pub role_arn: String,
+    /// The namespace of the resource it is assumed for.
+    pub namespace: String,
+    /// The EKS cluster that resource manages.
+    pub cluster: String,
+}
+
+impl Assume {
+    /// STS session tag: the namespace.
+    pub const NAMESPACE_TAG: &str = "kubernetes-namespace";
+    /// STS session tag: the cluster.
+    pub const CLUSTER_TAG: &str = "eks-cluster-name";
+
+    /// `opsy-<namespace>`, within STS's 64 characters of `[\w+=,.@-]` (a namespace is a DNS
+    /// label, so only its length can be too much).
+    pub fn session_name(&self) -> String {
+        let mut name = format!("opsy-{}", self.namespace);
+        name.truncate(64);
+        name
+    }
+
+    /// The session tags.
+    pub fn session_tags(&self) -> [(&'static str, String); 2] {
+        [
+            (Self::NAMESPACE_TAG, self.namespace.clone()),
+            (Self::CLUSTER_TAG, self.cluster.clone()),
+        ]
+    }
+}
 
 impl ClientSet {
     /// An empty set; clients are built per region on first use.
@@ -139,15 +180,15 @@ impl ClientSet {
         self.region_as(region, None).await
     }
 
-    /// The clients of `region` acting as `role_arn` (another account's role), or the
-    /// operator's own when `role_arn` is `None`.
-    pub async fn region_as(&self, region: &str, role_arn: Option<&str>) -> Arc<AwsClients> {
+    /// The clients of `region` acting as `role` (another account's role), or the operator's
+    /// own when `role` is `None`.
+    pub async fn region_as(&self, region: &str, role: Option<&Assume>) -> Arc<AwsClients> {
         let mut clients = self.clients.lock().await;
-        let key = (region.to_owned(), role_arn.map(str::to_owned));
+        let key = (region.to_owned(), role.cloned());
         if let Some(existing) = clients.get(&key) {
             return existing.clone();
         }
-        let built = Arc::new(match role_arn {
+        let built = Arc::new(match role {
             None => AwsClients::new(region, &self.options, self.calls.clone()).await,
             Some(role) => {
                 AwsClients::assuming(region, role, &self.options, self.calls.clone()).await

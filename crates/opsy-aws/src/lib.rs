@@ -23,7 +23,7 @@ pub mod parameters;
 mod usage;
 
 pub use calls::CallCounter;
-pub use clients::{AwsClients, ClientSet};
+pub use clients::{Assume, AwsClients, ClientSet};
 pub use config::{AwsOptions, load_sdk_config};
 pub use error::AwsError;
 pub use images::{Image, ImageQuery};

@@ -450,26 +450,33 @@ mod tests {
             )]),
             ..call("ec2:CreateTags", image)
         };
-        let policy = "ami-refresh-operator";
         let staging = |c: Call| {
             as_principal(vec![c], &[("eks-cluster-name", "staging")])
                 .pop()
                 .unwrap()
         };
-        assert_eq!(
-            refuses(policy, &staging(evidence("staging"))).unwrap(),
-            None
-        );
-        for other in ["prod", "staging-2", "*"] {
+        // Its own role (the tag from EKS Pod Identity or the role), and the owner account's
+        // role (the tag from the session the refresher assumed it in).
+        for policy in ["ami-refresh-operator", "ami-owner-access"] {
+            assert_eq!(
+                refuses(policy, &staging(evidence("staging"))).unwrap(),
+                None,
+                "{policy}"
+            );
+            for other in ["prod", "staging-2", "*"] {
+                assert!(
+                    refuses(policy, &staging(evidence(other)))
+                        .unwrap()
+                        .is_some(),
+                    "{policy}: a refresher of staging may vouch for {other}"
+                );
+            }
+            // A principal with no cluster tag vouches for no cluster.
             assert!(
-                refuses(policy, &staging(evidence(other)))
-                    .unwrap()
-                    .is_some(),
-                "a refresher of staging may vouch for {other}"
+                refuses(policy, &evidence("staging")).unwrap().is_some(),
+                "{policy}"
             );
         }
-        // A role with no cluster tag vouches for no cluster.
-        assert!(refuses(policy, &evidence("staging")).unwrap().is_some());
     }
 
     #[test]
