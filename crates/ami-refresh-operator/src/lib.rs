@@ -16,6 +16,7 @@ pub mod plan;
 mod promotion;
 pub mod reconcile;
 mod start;
+pub mod transitions;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]

@@ -697,45 +697,18 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         // A halted rollout's Degraded condition says more than this.
         report_no_eligible(&ctx, &amr, &mut status, &message, !plan.halted, now).await;
     }
-    // Every transition of this reconcile, in the order they happened. A halt is notified when
-    // the rollout enters it (as its Warning event is), not while it lasts: groups in flight
-    // may finish after it. Awaiting approval comes last, so the next reconcile finds its key in
-    // `lastNotified` and does not queue it again.
     let target_id = targets.all().join(",");
-    let mut transitions = Vec::new();
-    if new_target && !plan.start.is_empty() {
-        transitions.push((
-            format!("RolloutStarted:{target_id}"),
-            NotifyEvent::RolloutStarted,
-        ));
-    }
-    if !finished.is_empty() {
-        transitions.push((
-            format!("NodeGroupUpdated:{target_id}:{}", finished.join(",")),
-            NotifyEvent::NodeGroupUpdated,
-        ));
-    }
-    if plan.halted {
-        if newly_halted {
-            transitions.push((
-                format!(
-                    "RolloutHalted:{target_id}:{}",
-                    generation.unwrap_or_default()
-                ),
-                NotifyEvent::RolloutHalted,
-            ));
-        }
-    } else if ready && !was_ready {
-        transitions.push((
-            format!("RolloutSucceeded:{target_id}"),
-            NotifyEvent::RolloutSucceeded,
-        ));
-    } else if plan.awaiting_approval && updating == 0 {
-        transitions.push((
-            format!("RolloutAwaitingApproval:{target_id}"),
-            NotifyEvent::RolloutAwaitingApproval,
-        ));
-    }
+    let transitions = crate::transitions::decide(&crate::transitions::Seen {
+        target: &target_id,
+        new_target,
+        starting: !plan.start.is_empty(),
+        finished: &finished,
+        halted: plan.halted,
+        newly_halted,
+        generation: generation.unwrap_or_default(),
+        became_ready: ready && !was_ready,
+        awaiting_approval: plan.awaiting_approval && updating == 0,
+    });
     let degraded =
         conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.message.clone());
     let notifications = transitions
