@@ -71,6 +71,10 @@ spec:
             - name: OPSY_ALLOWED_BUILD_IMAGES
               value: {{ join "," . | quote }}
             {{- end }}
+            {{- with ($values.builds).allowedRepositories }}
+            - name: OPSY_ALLOWED_BUILD_REPOSITORIES
+              value: {{ join "," . | quote }}
+            {{- end }}
             {{- if ($values.notifications).allowPrivateWebhooks }}
             - name: OPSY_ALLOW_PRIVATE_WEBHOOKS
               value: "true"

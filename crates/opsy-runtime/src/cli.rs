@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// or prefixes ending in `*`); empty: the default Packer and git-sync repositories.
     #[arg(long, env = "OPSY_ALLOWED_BUILD_IMAGES", value_delimiter = ',', num_args = 0..)]
     pub allowed_build_images: Vec<String>,
+    /// PackerBuilder operator: the repositories builds may clone (comma-separated URLs or
+    /// prefixes ending at a path boundary, e.g. `https://github.com/example-org/`); empty: any.
+    #[arg(long, env = "OPSY_ALLOWED_BUILD_REPOSITORIES", value_delimiter = ',', num_args = 0..)]
+    pub allowed_build_repositories: Vec<String>,
     /// Let webhooks reach private addresses (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// `fc00::/7`), for webhook receivers inside the VPC. Loopback and link-local addresses
     /// (the instance metadata service) stay refused.
@@ -49,19 +53,20 @@ pub struct RunArgs {
 impl RunArgs {
     /// The build policy these arguments set.
     pub fn build_policy(&self) -> crate::context::BuildPolicy {
-        let listed: Vec<String> = self
-            .allowed_build_images
-            .iter()
-            .map(|i| i.trim().to_owned())
-            .filter(|i| !i.is_empty())
-            .collect();
-        if listed.is_empty() {
-            crate::context::BuildPolicy::default()
-        } else {
-            crate::context::BuildPolicy {
-                allowed_images: listed,
-            }
+        let listed = |values: &[String]| -> Vec<String> {
+            values
+                .iter()
+                .map(|i| i.trim().to_owned())
+                .filter(|i| !i.is_empty())
+                .collect()
+        };
+        let mut policy = crate::context::BuildPolicy::default();
+        let images = listed(&self.allowed_build_images);
+        if !images.is_empty() {
+            policy.allowed_images = images;
         }
+        policy.allowed_repositories = listed(&self.allowed_build_repositories);
+        policy
     }
 }
 

@@ -54,6 +54,10 @@ pub struct BuildPolicy {
     /// Image repositories (`hashicorp/packer`: any tag or digest of it) or prefixes ending in
     /// `*` (`123456789012.dkr.ecr.us-west-2.amazonaws.com/packer/*`).
     pub allowed_images: Vec<String>,
+    /// Repositories builds may clone (`spec.builder.repoURL`): URLs or prefixes that end at a
+    /// path boundary (`https://github.com/example-org/` or `https://github.com/example-org`,
+    /// which `https://github.com/example-org-evil/…` does not match); empty: any.
+    pub allowed_repositories: Vec<String>,
 }
 
 impl Default for BuildPolicy {
@@ -64,6 +68,7 @@ impl Default for BuildPolicy {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            allowed_repositories: Vec::new(),
         }
     }
 }
@@ -95,6 +100,21 @@ pub fn image_repository(image: &str) -> String {
 }
 
 impl BuildPolicy {
+    /// Whether a build may clone `url`.
+    pub fn allows_repository(&self, url: &str) -> bool {
+        self.allowed_repositories.is_empty()
+            || self.allowed_repositories.iter().any(|allowed| {
+                let allowed = allowed.trim();
+                url.strip_prefix(allowed).is_some_and(|rest| {
+                    rest.is_empty()
+                        || allowed.ends_with('/')
+                        || allowed.ends_with(':')
+                        || rest.starts_with('/')
+                        || rest.starts_with(".git")
+                })
+            })
+    }
+
     /// Whether a build Job may run `image`.
     pub fn allows_image(&self, image: &str) -> bool {
         let repository = image_repository(image);
@@ -191,6 +211,7 @@ mod tests {
         }
         let ecr = BuildPolicy {
             allowed_images: vec!["123456789012.dkr.ecr.us-west-2.amazonaws.com/packer/*".into()],
+            ..BuildPolicy::default()
         };
         assert!(ecr.allows_image("123456789012.dkr.ecr.us-west-2.amazonaws.com/packer/al2023:7"));
         assert!(!ecr.allows_image("123456789012.dkr.ecr.us-west-2.amazonaws.com/other:7"));
@@ -198,5 +219,37 @@ mod tests {
             image_repository("localhost:5000/packer:1"),
             "localhost:5000/packer"
         );
+    }
+
+    #[test]
+    fn repositories_are_allowed_by_url_or_prefix_at_a_path_boundary() {
+        assert!(BuildPolicy::default().allows_repository("https://anything.example/r"));
+        let policy = BuildPolicy {
+            allowed_repositories: vec![
+                "https://github.com/example-org".into(),
+                "https://git.example.com/platform/".into(),
+                "git@github.com:example-org/eks-node-images".into(),
+            ],
+            ..BuildPolicy::default()
+        };
+        for url in [
+            "https://github.com/example-org",
+            "https://github.com/example-org/eks-node-images",
+            "https://github.com/example-org/eks-node-images.git",
+            "https://git.example.com/platform/images",
+            "git@github.com:example-org/eks-node-images",
+            "git@github.com:example-org/eks-node-images.git",
+        ] {
+            assert!(policy.allows_repository(url), "{url}");
+        }
+        for url in [
+            "https://github.com/example-org-evil/eks-node-images",
+            "https://github.com/attacker/example-org",
+            "https://git.example.com/platformer/images",
+            "git@github.com:example-org/eks-node-images-fork",
+            "http://github.com/example-org/eks-node-images",
+        ] {
+            assert!(!policy.allows_repository(url), "{url}");
+        }
     }
 }

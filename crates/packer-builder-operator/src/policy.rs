@@ -1,5 +1,6 @@
-//! Who may build what: the images a build Job runs must be allowed by the operator's install
-//! (`--allowed-build-images`), and the service account it runs as must allow this
+//! Who may build what: the repository a build clones and the images its Job runs must be
+//! allowed by the operator's install (`--allowed-build-repositories`,
+//! `--allowed-build-images`), and the service account it runs as must allow this
 //! PackerBuilder (annotation [`ALLOW_BUILDS`]). Whoever may create a PackerBuilder must not be
 //! able to run any image, or borrow any service account of the namespace (and its IAM role).
 
@@ -26,6 +27,19 @@ pub fn images(pb: &PackerBuilder, policy: &BuildPolicy) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `pb`'s repository is one builds may clone here; else why not, and how to allow it.
+pub fn repository(pb: &PackerBuilder, policy: &BuildPolicy) -> Result<(), String> {
+    let url = &pb.spec.builder.repo_url;
+    if policy.allows_repository(url) {
+        Ok(())
+    } else {
+        Err(format!(
+            "spec.builder.repoURL {url:?} is not a repository builds may clone here (allowed: {}); ask whoever installed the operator to add it to the chart's builds.allowedRepositories",
+            policy.allowed_repositories.join(", ")
+        ))
+    }
 }
 
 /// Whether the ServiceAccount `account` (or `None`: it does not exist) lets PackerBuilder
@@ -67,7 +81,7 @@ pub async fn check(
     policy: &BuildPolicy,
     namespace: &str,
 ) -> Result<Result<(), String>, kube::Error> {
-    if let Err(refused) = images(pb, policy) {
+    if let Err(refused) = repository(pb, policy).and_then(|()| images(pb, policy)) {
         return Ok(Err(refused));
     }
     let Some(name) = pb.spec.builder.job_service_account_name.as_deref() else {

@@ -1353,6 +1353,54 @@ async fn git_credentials_are_checked_before_the_job_and_reach_git_sync_as_git_sy
 }
 
 #[tokio::test]
+async fn a_build_clones_only_a_repository_the_install_allows() {
+    let world = World::new(pb_manifest(serde_json::json!({
+        "builder": {"repoURL": "https://github.com/example-org-evil/eks-node-images"},
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    let allowing = |repositories: &[&str]| {
+        let mut ctx = world.context();
+        Arc::get_mut(&mut ctx)
+            .unwrap()
+            .build_policy
+            .allowed_repositories = repositories.iter().map(|r| (*r).to_owned()).collect();
+        ctx
+    };
+    let only_ours = allowing(&["https://github.com/example-org/"]);
+    reconcile(Arc::new(world.pb().await), only_ours.clone())
+        .await
+        .unwrap();
+    assert!(world.job_names().await.is_empty(), "no Job");
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "BuildNotAllowed");
+    assert!(
+        degraded.message.contains(
+            "spec.builder.repoURL \"https://github.com/example-org-evil/eks-node-images\" is not a repository builds may clone here"
+        ) && degraded.message.contains("builds.allowedRepositories"),
+        "{}",
+        degraded.message
+    );
+    // The organisation's own repository builds.
+    world
+        .builders()
+        .patch(
+            "al2023-hardened",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"builder": {
+                "repoURL": "https://github.com/example-org/eks-node-images"
+            }}})),
+        )
+        .await
+        .unwrap();
+    reconcile(Arc::new(world.pb().await), only_ours)
+        .await
+        .unwrap();
+    assert_eq!(world.job_names().await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_build_runs_only_allowed_images_as_a_service_account_that_allows_it() {
     use k8s_openapi::api::core::v1::ServiceAccount;
     let world = World::new(pb_manifest(serde_json::json!({
