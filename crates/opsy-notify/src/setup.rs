@@ -11,8 +11,8 @@ use opsy_aws::ClientSet;
 use secrecy::SecretString;
 
 use crate::{
-    HttpSettings, Message, Notifier, Notifiers, NotifyError, SlackNotifier, SnsNotifier,
-    WebhookNotifier, sns::topic_region,
+    HttpSettings, Message, Notifier, NotifyError, SlackNotifier, SnsNotifier, WebhookNotifier,
+    sns::topic_region,
 };
 
 /// Longest all notifications of one transition may take together.
@@ -150,24 +150,6 @@ impl Setup {
             list.push((target, built.map(Notifier::Webhook)));
         }
         list
-    }
-
-    /// The destinations of `spec` that could be set up, and the reasons the others could not.
-    pub async fn notifiers(
-        &self,
-        namespace: &str,
-        region: &str,
-        spec: &opsy_api::Notifier,
-    ) -> (Notifiers, Vec<NotifyError>) {
-        let mut list = Vec::new();
-        let mut errors = Vec::new();
-        for (_, built) in self.destinations(namespace, region, spec).await {
-            match built {
-                Ok(n) => list.push(n),
-                Err(e) => errors.push(e),
-            }
-        }
-        (Notifiers::new(list), errors)
     }
 
     /// Sends `message` to each of `destinations` not named in `delivered`, within 45 seconds

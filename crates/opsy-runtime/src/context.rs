@@ -110,7 +110,7 @@ impl BuildPolicy {
                         || allowed.ends_with('/')
                         || allowed.ends_with(':')
                         || rest.starts_with('/')
-                        || rest.starts_with(".git")
+                        || rest == ".git"
                 })
             })
     }
@@ -247,6 +247,7 @@ mod tests {
             "https://github.com/attacker/example-org",
             "https://git.example.com/platformer/images",
             "git@github.com:example-org/eks-node-images-fork",
+            "git@github.com:example-org/eks-node-images.github.io",
             "http://github.com/example-org/eks-node-images",
         ] {
             assert!(!policy.allows_repository(url), "{url}");

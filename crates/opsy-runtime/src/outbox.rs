@@ -272,13 +272,14 @@ impl Sender {
 }
 
 /// Writes the outcome of `results` to the outbox of `object` (read again and retried when
-/// a reconcile wrote in between).
+/// a reconcile wrote in between; the conflict is returned when that happens three times).
 async fn record<K: Notifying>(
     api: &Api<K>,
     object: &K,
     results: &[(String, Attempt)],
 ) -> Result<(), kube::Error> {
     let mut current = object.clone();
+    let mut conflict = None;
     for _ in 0..3 {
         let mut queue: Vec<OutgoingNotification> = current.outbox().to_vec();
         for (key, attempt) in results {
@@ -317,11 +318,12 @@ async fn record<K: Notifying>(
                     Some(fresh) => current = fresh,
                     None => return Ok(()),
                 }
+                conflict = Some(e);
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    conflict.map_or(Ok(()), |e| Err(kube::Error::Api(e)))
 }
 
 /// Queues the notifications a reconcile decided (transition key and message, in the order they
