@@ -39,9 +39,10 @@ NAMESPACE = "opsy-system"
 BUILDER = "packer-builder-operator"
 REFRESHER = "ami-refresh-operator"
 UMBRELLA = "opsy-ami-operator"
+# The CRDs each operator's chart installs (the builder's: PackerBuilders and BuildClasses).
 CRD_FILES = {
-    BUILDER: "ami.refresh.ops_packerbuilders.yaml",
-    REFRESHER: "ami.refresh.ops_amirefreshers.yaml",
+    BUILDER: ["ami.refresh.ops_packerbuilders.yaml", "ami.refresh.ops_buildclasses.yaml"],
+    REFRESHER: ["ami.refresh.ops_amirefreshers.yaml"],
 }
 
 # What each install path must render: kind -> how many.
@@ -55,6 +56,11 @@ OPERATOR_OBJECTS = {
     "Deployment": 1,
     "Service": 1,
 }
+
+
+def operator_objects(operator: str) -> dict[str, int]:
+    """What the chart of `operator` renders: OPERATOR_OBJECTS with one CRD per CRD file."""
+    return OPERATOR_OBJECTS | {"CustomResourceDefinition": len(CRD_FILES[operator])}
 
 failures: list[str] = []
 
@@ -147,17 +153,18 @@ def validate_builtin(label: str, objects: list[dict]) -> None:
 
 
 def check_crd_matches_generated(label: str, objects: list[dict], operator: str) -> None:
-    generated = yaml.safe_load((ROOT / "deploy" / "crds" / CRD_FILES[operator]).read_text())
-    rendered = [o for o in objects if o["kind"] == "CustomResourceDefinition"
-                and o["metadata"]["name"] == generated["metadata"]["name"]]
-    if len(rendered) != 1:
-        fail(f"{label}: the chart does not render {generated['metadata']['name']}")
-        return
-    crd = copy.deepcopy(rendered[0])
-    crd["metadata"].pop("annotations", None)
-    crd["metadata"].pop("labels", None)
-    if crd != generated:
-        fail(f"{label}: the chart's CRD differs from deploy/crds/{CRD_FILES[operator]}; run `cargo xtask crds`")
+    for file in CRD_FILES[operator]:
+        generated = yaml.safe_load((ROOT / "deploy" / "crds" / file).read_text())
+        rendered = [o for o in objects if o["kind"] == "CustomResourceDefinition"
+                    and o["metadata"]["name"] == generated["metadata"]["name"]]
+        if len(rendered) != 1:
+            fail(f"{label}: the chart does not render {generated['metadata']['name']}")
+            continue
+        crd = copy.deepcopy(rendered[0])
+        crd["metadata"].pop("annotations", None)
+        crd["metadata"].pop("labels", None)
+        if crd != generated:
+            fail(f"{label}: the chart's CRD differs from deploy/crds/{file}; run `cargo xtask crds`")
 
 
 def check_rbac(label: str, objects: list[dict]) -> None:
@@ -177,7 +184,7 @@ def check_operator_chart(workdir: Path, operator: str) -> list[dict]:
     chart = assemble(operator, workdir)
     lint(chart)
     objects = render(chart)
-    expect_kinds("default values", objects, OPERATOR_OBJECTS)
+    expect_kinds("default values", objects, operator_objects(operator))
     validate_builtin("default values", objects)
     check_crd_matches_generated("default values", objects, operator)
     check_rbac("default values", objects)
@@ -277,13 +284,14 @@ def check_umbrella(workdir: Path, builder: list[dict], refresher: list[dict]) ->
     chart = assemble(UMBRELLA, workdir)
     lint(chart)
     both = render(chart)
-    expect_kinds("both operators", both, {k: 2 * n for k, n in OPERATOR_OBJECTS.items()})
+    expect_kinds("both operators", both, {k: operator_objects(BUILDER)[k] + operator_objects(REFRESHER)[k]
+                                          for k in OPERATOR_OBJECTS})
     validate_builtin("both operators", both)
     check_rbac("both operators", both)
     only_builder = render(chart, {REFRESHER: {"enabled": False}})
-    expect_kinds("builder only", only_builder, OPERATOR_OBJECTS)
+    expect_kinds("builder only", only_builder, operator_objects(BUILDER))
     only_refresher = render(chart, {BUILDER: {"enabled": False}})
-    expect_kinds("refresher only", only_refresher, OPERATOR_OBJECTS)
+    expect_kinds("refresher only", only_refresher, operator_objects(REFRESHER))
     names = lambda objs: sorted((o["kind"], o["metadata"]["name"]) for o in objs)  # noqa: E731
     crd_names = lambda objs: sorted(o["metadata"]["name"] for o in objs if o["kind"] == "CustomResourceDefinition")  # noqa: E731
     if crd_names(only_builder) != crd_names(builder) or crd_names(only_refresher) != crd_names(refresher):
@@ -305,8 +313,9 @@ def check_namespaced(chart: Path) -> list[dict]:
         if o["kind"] == "ClusterRole":
             resources = {r for rule in o["rules"] for r in rule.get("resources", [])}
             # Beside its CRD, only what the refresher reads across the cluster: nodes (health
-            # gate), and budgets and pods in any namespace (the drain pre-flight), read-only.
-            cluster_wide = {"nodes", "poddisruptionbudgets", "pods"}
+            # gate), and budgets and pods in any namespace (the drain pre-flight), and the
+            # builder's BuildClasses (cluster-scoped), read-only.
+            cluster_wide = {"nodes", "poddisruptionbudgets", "pods", "buildclasses"}
             verbs = {v for rule in o["rules"] if set(rule.get("resources", [])) & cluster_wide
                      for v in rule["verbs"]}
             if resources - cluster_wide != {"customresourcedefinitions"} or verbs - {"list"}:
@@ -323,7 +332,7 @@ def check_namespaced(chart: Path) -> list[dict]:
         if not any("secrets" in r.get("resources", []) for r in role["rules"]):
             fail(f"namespaced: Role {role['metadata']['name']} cannot read Secrets in {WATCHED}")
     expect_refused(chart, {BUILDER: {"watchNamespaces": ["Not A Namespace"]}}, "an invalid namespace")
-    print(f"  ok   namespaced: Roles in {WATCHED} only, ClusterRoles read their CRD only")
+    print(f"  ok   namespaced: Roles in {WATCHED} only, ClusterRoles read their CRD and cluster-scoped reads only")
     return objects
 
 

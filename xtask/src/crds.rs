@@ -12,8 +12,17 @@ const CRD_DIRS: &[&str] = &["deploy/crds"];
 /// The chart that installs each kind's CRD.
 fn chart(kind: Kind) -> &'static str {
     match kind {
-        Kind::PackerBuilder => "packer-builder-operator",
+        Kind::PackerBuilder | Kind::BuildClass => "packer-builder-operator",
         Kind::AMIRefresher => "ami-refresh-operator",
+    }
+}
+
+/// The chart template of each kind's CRD: `crd.yaml` for the kind the chart's operator
+/// reconciles, `crd-<plural>.yaml` for the others it installs.
+fn template_name(kind: Kind) -> String {
+    match kind {
+        Kind::PackerBuilder | Kind::AMIRefresher => "crd.yaml".to_owned(),
+        Kind::BuildClass => "crd-buildclasses.yaml".to_owned(),
     }
 }
 
@@ -30,7 +39,8 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
         let path = root
             .join("charts")
             .join(chart(kind))
-            .join("templates/crd.yaml");
+            .join("templates")
+            .join(template_name(kind));
         wanted.push((path, template));
     }
     let mut stale = Vec::new();

@@ -75,6 +75,10 @@ spec:
             - name: OPSY_ALLOWED_BUILD_REPOSITORIES
               value: {{ join "," . | quote }}
             {{- end }}
+            {{- if ($values.builds).requireClass }}
+            - name: OPSY_REQUIRE_BUILD_CLASS
+              value: "true"
+            {{- end }}
             {{- if ($values.notifications).allowPrivateWebhooks }}
             - name: OPSY_ALLOW_PRIVATE_WEBHOOKS
               value: "true"

@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{AMIRefresher, PackerBuilder};
+use crate::{AMIRefresher, BuildClass, PackerBuilder};
 
 /// Which CRD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,17 +12,20 @@ pub enum Kind {
     PackerBuilder,
     /// `amirefreshers.ami.refresh.ops`
     AMIRefresher,
+    /// `buildclasses.ami.refresh.ops` (cluster-scoped)
+    BuildClass,
 }
 
 impl Kind {
-    /// Both kinds.
-    pub const ALL: [Kind; 2] = [Kind::PackerBuilder, Kind::AMIRefresher];
+    /// Every kind.
+    pub const ALL: [Kind; 3] = [Kind::PackerBuilder, Kind::AMIRefresher, Kind::BuildClass];
 
     /// The generated CRD.
     pub fn crd(self) -> CustomResourceDefinition {
         match self {
             Kind::PackerBuilder => PackerBuilder::crd(),
             Kind::AMIRefresher => AMIRefresher::crd(),
+            Kind::BuildClass => BuildClass::crd(),
         }
     }
 
@@ -35,6 +38,7 @@ impl Kind {
         match self {
             Kind::PackerBuilder => "packerbuilders",
             Kind::AMIRefresher => "amirefreshers",
+            Kind::BuildClass => "buildclasses",
         }
     }
 

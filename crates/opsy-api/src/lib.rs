@@ -4,6 +4,9 @@
 //! - [`PackerBuilder`] (`pb`): builds an AMI with Packer whenever no valid derived AMI exists.
 //! - [`AMIRefresher`] (`amr`): rolls the newest active, unexpired AMI out to node groups.
 //!
+//! And one cluster-scoped kind, owned by the platform team:
+//! - [`BuildClass`]: what the builds of some namespaces may clone, run, run as and mount.
+//!
 //! Field names follow the project this one replaces, so its manifests apply unchanged. The CRD
 //! YAML under `deploy/crds/` is generated from these types (`cargo xtask crds`).
 
@@ -12,6 +15,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod ami_refresher;
+pub mod build_class;
 pub mod common;
 pub mod conditions;
 pub mod crd;
@@ -23,6 +27,7 @@ pub mod tags;
 pub mod windows;
 
 pub use ami_refresher::{AMIRefresher, AMIRefresherSpec, AMIRefresherStatus};
+pub use build_class::{BuildClass, BuildClassSpec};
 pub use common::{
     AmiFilter, ImageRef, Notifier, SlackNotifier, SnsNotifier, WebhookFormat, WebhookNotifier,
 };

@@ -131,6 +131,13 @@ pub struct PackerBuilderSpec {
     #[serde(default)]
     pub git_sync: GitSync,
 
+    /// The cluster-scoped BuildClass that says what this PackerBuilder's builds may clone, run,
+    /// run as and mount. Not set: the BuildClass marked `ami.refresh.ops/is-default-class`, or,
+    /// when there is none, what the operator's install allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub build_class_name: Option<String>,
+
     /// The Packer project and how to run it.
     pub builder: Builder,
 

@@ -68,6 +68,12 @@ fn names_scope_and_versions() {
         Some("amirefreshers.ami.refresh.ops")
     );
     assert_eq!(amr.spec.names.short_names, Some(vec!["amr".to_owned()]));
+    let class = Kind::BuildClass.crd();
+    assert_eq!(
+        class.metadata.name.as_deref(),
+        Some("buildclasses.ami.refresh.ops")
+    );
+    assert_eq!(class.spec.scope, "Cluster");
     for crd in [pb, amr] {
         assert_eq!(crd.spec.versions.len(), 1);
         let version = &crd.spec.versions[0];
@@ -194,7 +200,11 @@ fn printer_columns_point_at_schema_fields() {
                     node = node.get("items").expect("array");
                 }
             }
-            let ty = node.get("type").and_then(Value::as_str).unwrap_or_default();
+            let mut ty = node.get("type").and_then(Value::as_str).unwrap_or_default();
+            // A list of strings prints as one string column (`[team-a team-b]`).
+            if ty == "array" && node.pointer("/items/type") == Some(&Value::from("string")) {
+                ty = "string";
+            }
             let expected = match column.type_.as_str() {
                 "integer" => "integer",
                 _ => "string",

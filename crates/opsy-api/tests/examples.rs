@@ -12,7 +12,7 @@ use std::{
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use opsy_api::{AMIRefresher, PackerBuilder};
+use opsy_api::{AMIRefresher, BuildClass, PackerBuilder};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -39,6 +39,7 @@ fn crd_for(object: &Value) -> CustomResourceDefinition {
     match object["kind"].as_str() {
         Some("PackerBuilder") => PackerBuilder::crd(),
         Some("AMIRefresher") => AMIRefresher::crd(),
+        Some("BuildClass") => BuildClass::crd(),
         other => panic!("unexpected kind {other:?}"),
     }
 }
@@ -81,6 +82,10 @@ fn every_example_is_accepted_and_round_trips_through_the_rust_types() {
         let typed: Value = match object["kind"].as_str() {
             Some("PackerBuilder") => serde_json::to_value(
                 serde_json::from_value::<PackerBuilder>(object.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            ),
+            Some("BuildClass") => serde_json::to_value(
+                serde_json::from_value::<BuildClass>(object.clone())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
             ),
             _ => serde_json::to_value(

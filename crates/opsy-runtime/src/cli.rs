@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// prefixes ending at a path boundary, e.g. `https://github.com/example-org/`); empty: any.
     #[arg(long, env = "OPSY_ALLOWED_BUILD_REPOSITORIES", value_delimiter = ',', num_args = 0..)]
     pub allowed_build_repositories: Vec<String>,
+    /// PackerBuilder operator: refuse builds of a PackerBuilder that names no BuildClass
+    /// (`spec.buildClassName`) when no BuildClass is marked default
+    /// (`ami.refresh.ops/is-default-class: "true"`). Off: the install's lists act as the default
+    /// class.
+    #[arg(long, env = "OPSY_REQUIRE_BUILD_CLASS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_build_class: bool,
     /// Let webhooks reach private addresses (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// `fc00::/7`), for webhook receivers inside the VPC. Loopback and link-local addresses
     /// (the instance metadata service) stay refused.
@@ -66,6 +72,7 @@ impl RunArgs {
             policy.allowed_images = images;
         }
         policy.allowed_repositories = listed(&self.allowed_build_repositories);
+        policy.require_class = self.require_build_class;
         policy
     }
 }

@@ -58,6 +58,9 @@ pub struct BuildPolicy {
     /// path boundary (`https://github.com/example-org/` or `https://github.com/example-org`,
     /// which `https://github.com/example-org-evil/…` does not match); empty: any.
     pub allowed_repositories: Vec<String>,
+    /// Refuse builds of a PackerBuilder that names no BuildClass when none is marked default
+    /// (`--require-build-class`); else the install's lists are the default class.
+    pub require_class: bool,
 }
 
 impl Default for BuildPolicy {
@@ -69,6 +72,7 @@ impl Default for BuildPolicy {
                 .map(|s| (*s).to_owned())
                 .collect(),
             allowed_repositories: Vec::new(),
+            require_class: false,
         }
     }
 }
@@ -99,32 +103,45 @@ pub fn image_repository(image: &str) -> String {
     short.to_owned()
 }
 
+/// Whether the allowed repository `allowed` (a URL, or a prefix that ends at a path boundary;
+/// `*`: any) admits `url`.
+pub fn repository_matches(allowed: &str, url: &str) -> bool {
+    let allowed = allowed.trim();
+    allowed == "*"
+        || url.strip_prefix(allowed).is_some_and(|rest| {
+            rest.is_empty()
+                || allowed.ends_with('/')
+                || allowed.ends_with(':')
+                || rest.starts_with('/')
+                || rest == ".git"
+        })
+}
+
+/// Whether the allowed image `allowed` (a repository: any tag or digest of it; a prefix ending
+/// in `*`) admits `image`.
+pub fn image_matches(allowed: &str, image: &str) -> bool {
+    let allowed = allowed.trim();
+    match allowed.strip_suffix('*') {
+        Some(prefix) => image.starts_with(prefix) || image_repository(image).starts_with(prefix),
+        None => image_repository(allowed) == image_repository(image),
+    }
+}
+
 impl BuildPolicy {
     /// Whether a build may clone `url`.
     pub fn allows_repository(&self, url: &str) -> bool {
         self.allowed_repositories.is_empty()
-            || self.allowed_repositories.iter().any(|allowed| {
-                let allowed = allowed.trim();
-                url.strip_prefix(allowed).is_some_and(|rest| {
-                    rest.is_empty()
-                        || allowed.ends_with('/')
-                        || allowed.ends_with(':')
-                        || rest.starts_with('/')
-                        || rest == ".git"
-                })
-            })
+            || self
+                .allowed_repositories
+                .iter()
+                .any(|allowed| repository_matches(allowed, url))
     }
 
     /// Whether a build Job may run `image`.
     pub fn allows_image(&self, image: &str) -> bool {
-        let repository = image_repository(image);
-        self.allowed_images.iter().any(|allowed| {
-            let allowed = allowed.trim();
-            match allowed.strip_suffix('*') {
-                Some(prefix) => image.starts_with(prefix) || repository.starts_with(prefix),
-                None => image_repository(allowed) == repository,
-            }
-        })
+        self.allowed_images
+            .iter()
+            .any(|allowed| image_matches(allowed, image))
     }
 }
 

@@ -41,7 +41,12 @@ async fn main() -> anyhow::Result<()> {
             .context("no command")?,
     };
     match command {
-        Command::Crd => cli::print(&Kind::PackerBuilder.yaml().context("serialising the CRD")?)?,
+        Command::Crd => {
+            // The PackerBuilder CRD and the BuildClass CRD it reads.
+            let mut yaml = Kind::PackerBuilder.yaml().context("serialising the CRD")?;
+            yaml.push_str(&Kind::BuildClass.yaml().context("serialising the CRD")?);
+            cli::print(&yaml)?;
+        }
         Command::Plan(args) => {
             let object: opsy_api::PackerBuilder = cli::read_resource(&args, "PackerBuilder")?;
             let aws = cli::aws(args.aws_endpoint_url.clone());

@@ -503,24 +503,24 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         }
         Decision::Build { reason } => 'build: {
             // Who may build what, then the Secrets the build names.
-            let accounts = Api::namespaced(ctx.client.clone(), &namespace);
             let secrets = Api::namespaced(ctx.client.clone(), &namespace);
-            let checked = match policy::check(&accounts, &pb, &ctx.build_policy, &namespace).await?
-            {
-                Err(refused) => Err(("BuildNotAllowed", refused)),
-                Ok(()) => credentials::check(&secrets, &pb.spec, &namespace)
-                    .await?
-                    .map_err(|missing| ("SecretMissing", missing)),
-            };
-            let git_auth = match checked {
-                Ok(auth) => auth,
+            let checked =
+                match policy::check(&ctx.client, &pb, &ctx.build_policy, &namespace).await? {
+                    Err(refused) => Err(("BuildNotAllowed", refused)),
+                    Ok(class) => credentials::check(&secrets, &pb.spec, &namespace)
+                        .await?
+                        .map(|auth| (auth, class))
+                        .map_err(|missing| ("SecretMissing", missing)),
+                };
+            let (git_auth, class) = match checked {
+                Ok(checked) => checked,
                 Err((code, why)) => {
                     let message = format!(
                         "a build is needed ({}) but cannot start: {why}",
                         reason.describe()
                     );
                     stalled(&ctx, &pb, &mut status, code, &message, now).await;
-                    // Neither Secrets nor ServiceAccounts are watched: look again soon.
+                    // Neither Secrets, ServiceAccounts nor BuildClasses are watched: look again soon.
                     requeue = requeue.min(SECRET_RECHECK);
                     break 'build;
                 }
@@ -554,7 +554,10 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
             };
             let name = job_name(&pb, &id);
             match jobs
-                .create(&PostParams::default(), &build_job(&pb, &request))
+                .create(
+                    &PostParams::default(),
+                    &build_job(&policy::placed(&pb, class.as_ref()), &request),
+                )
                 .await
             {
                 Ok(_) => {}

@@ -1400,6 +1400,165 @@ async fn a_build_clones_only_a_repository_the_install_allows() {
     assert_eq!(world.job_names().await.len(), 1);
 }
 
+/// A BuildClass (cluster-scoped, the platform team's) binds the PackerBuilders that name it:
+/// a namespace it does not list, a Secret it does not list, or a class that does not exist
+/// start no Job, with a condition naming the rule; the class's placement reaches the Job. The
+/// default class is left to the unit tests: marking one default here would bind every
+/// PackerBuilder of this binary's other tests.
+#[tokio::test]
+async fn a_build_class_binds_the_builders_that_name_it() {
+    use opsy_api::BuildClass;
+    let world = World::new(pb_manifest(serde_json::json!({
+        "builder": {
+            "repoURL": "https://github.com/example-org/eks-node-images",
+            "secretVariables": [{"name": "vault_token", "secret": "vault", "key": "token"}],
+        },
+    })))
+    .await;
+    world.publish_base("base-al2023-v1").await;
+    world
+        .put_secret("vault", &[("token", "s3cret-token")])
+        .await;
+    let classes: Api<BuildClass> = Api::all(world.client.clone());
+    let name = format!("{}-builds", world.ns.name);
+    let class = |spec: serde_json::Value| -> BuildClass {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ami.refresh.ops/v1alpha1",
+            "kind": "BuildClass",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let refused = || async {
+        let status = world.status().await;
+        let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+        (degraded.reason.clone(), degraded.message.clone())
+    };
+    let name_class = |class: &str| {
+        let builders = world.builders();
+        let patch = serde_json::json!({"spec": {"buildClassName": class}});
+        async move {
+            builders
+                .patch(
+                    "al2023-hardened",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // The API server refuses a class whose namespaces are not names, or mix * with names.
+    for (namespaces, wanted) in [
+        (
+            serde_json::json!(["Team A"]),
+            "spec.namespaces[0]: Invalid value",
+        ),
+        (
+            serde_json::json!(["*", "team-b"]),
+            "namespaces: * means every namespace; list it alone",
+        ),
+    ] {
+        let err = classes
+            .create(
+                &PostParams::default(),
+                &class(serde_json::json!({ "namespaces": namespaces })),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(wanted), "{err}");
+    }
+
+    // A class that does not exist.
+    name_class(&name).await;
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = refused().await;
+    assert_eq!(reason, "BuildNotAllowed");
+    assert!(
+        message.contains(&format!(
+            "BuildClass {name:?} (spec.buildClassName) does not exist"
+        )),
+        "{message}"
+    );
+
+    // A class for another namespace.
+    classes
+        .create(
+            &PostParams::default(),
+            &class(serde_json::json!({"namespaces": ["team-b"]})),
+        )
+        .await
+        .unwrap();
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = refused().await;
+    assert_eq!(reason, "BuildNotAllowed");
+    assert!(
+        message.contains(&format!(
+            "namespace {} is not allowed by BuildClass {name} (its spec.namespaces)",
+            world.ns.name
+        )),
+        "{message}"
+    );
+
+    // This namespace, but not the Secret the build would mount.
+    let replace = |spec: serde_json::Value| {
+        let classes = classes.clone();
+        let mut wanted = class(spec);
+        let name = name.clone();
+        async move {
+            let current = classes.get(&name).await.unwrap();
+            wanted.metadata.resource_version = current.metadata.resource_version;
+            classes
+                .replace(&name, &PostParams::default(), &wanted)
+                .await
+                .unwrap();
+        }
+    };
+    replace(serde_json::json!({
+        "namespaces": [world.ns.name],
+        "secrets": ["git-credentials"],
+        "job": {"nodeSelector": {"pool": "builds"}},
+    }))
+    .await;
+    world.reconcile().await;
+    assert!(world.job_names().await.is_empty());
+    let (reason, message) = refused().await;
+    assert_eq!(reason, "BuildNotAllowed");
+    assert!(
+        message.contains(&format!(
+            "Secret \"vault\" (spec.builder.secretVariables[0].secret) is not allowed by BuildClass {name} (its spec.secrets)"
+        )),
+        "{message}"
+    );
+
+    // Allowed: the build starts, placed where the class says.
+    replace(serde_json::json!({
+        "namespaces": [world.ns.name],
+        "secrets": ["vault"],
+        "job": {"nodeSelector": {"pool": "builds"}},
+    }))
+    .await;
+    world.reconcile().await;
+    let job = world
+        .jobs()
+        .get(&world.status().await.job_name.unwrap())
+        .await
+        .unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.node_selector
+            .unwrap_or_default()
+            .get("pool")
+            .map(String::as_str),
+        Some("builds")
+    );
+    classes.delete(&name, &Default::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_build_runs_only_allowed_images_as_a_service_account_that_allows_it() {
     use k8s_openapi::api::core::v1::ServiceAccount;
