@@ -82,7 +82,9 @@ source "amazon-ebs" "eks_node" {
 
   # `opsy-packer-build = true` on everything the build creates: deploy/iam/packer-job.json lets
   # the build launch, stop and terminate only instances and volumes so tagged, image and
-  # snapshot only those, and deregister or delete only images and snapshots so tagged.
+  # snapshot only those, and deregister or delete only images and snapshots so tagged. Packer
+  # also tags its temporary key pair and security group with run_tags when it creates them:
+  # the build may create them only so tagged, and open or delete no other group or key pair.
   run_tags = {
     Name                = "packer-${var.name_prefix}"
     "opsy-packer-build" = "true"

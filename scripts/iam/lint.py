@@ -18,7 +18,8 @@ from parliament import analyze_policy_string, enhance_finding, override_config
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "deploy" / "iam"
 
-# (file, issue, what identifies it in the finding's location) -> why it is accepted.
+# (file, issue, what identifies it in the finding's location: its type, its actions, or the Sid
+# of the statement it points at) -> why it is accepted.
 ACCEPTED = {
     ("ami-refresh-operator.json", "PERMISSIONS_MANAGEMENT_ACTIONS", "iam:passrole"):
         "iam:PassRole lets self-managed groups' instances start with their node role: limited to "
@@ -39,23 +40,34 @@ ACCEPTED = {
     # parliament wants one statement to name every resource type an action requires; these two
     # are one grant split in two so that only the instance and volumes need the build's tag
     # (the image and snapshots being created carry no tags yet).
-    ("packer-job.json", "RESOURCE_MISMATCH", "107"):
-        "TheImageAndSnapshotsTheBuildCreates: the new image and snapshots of CreateImage and "
-        "CreateSnapshot; their instance and volume are granted by the next statement",
-    ("packer-job.json", "RESOURCE_MISMATCH", "119"):
-        "OnlyFromTheBuildsOwnInstanceAndVolumes: CreateImage and CreateSnapshot only from an "
-        "instance or volume tagged opsy-packer-build=true (tagged at RunInstances only)",
+    ("packer-job.json", "RESOURCE_MISMATCH", "TheImageAndSnapshotsTheBuildCreates"):
+        "the new image and snapshots of CreateImage and CreateSnapshot; their instance and "
+        "volume are granted by OnlyFromTheBuildsOwnInstanceAndVolumes",
+    ("packer-job.json", "RESOURCE_MISMATCH", "OnlyFromTheBuildsOwnInstanceAndVolumes"):
+        "CreateImage and CreateSnapshot only from an instance or volume tagged "
+        "opsy-packer-build=true (tagged at RunInstances only)",
+    ("packer-job.json", "RESOURCE_MISMATCH", "TemporarySecurityGroupInAnyVpc"):
+        "CreateSecurityGroup's VPC; the new group itself is granted only tagged "
+        "opsy-packer-build=true at creation (TemporaryKeyPairAndSecurityGroupTaggedAsABuild)",
     ("packer-job.json", "PRIVILEGE_ESCALATION", "CreateEC2WithExistingIP"):
         "the build launches its instance with the packer-ssm profile: RunInstances only tagged "
         "opsy-packer-build=true, PassRole only packer-ssm",
 }
 
 
+def statement_sid(path: Path, line: int) -> str:
+    """The Sid of the statement whose opening brace is on `line` (1-based), or the line."""
+    for text in path.read_text().splitlines()[line - 1:line + 2]:
+        if '"Sid"' in text:
+            return text.split(":", 1)[1].strip().strip('",')
+    return str(line)
+
+
 def key(path: Path, finding) -> tuple[str, str, str]:
     location = finding.location
-    what = location.get("type") or ",".join(sorted(location.get("actions", []))) or str(
-        location.get("line", "")
-    )
+    what = location.get("type") or ",".join(sorted(location.get("actions", [])))
+    if not what and "line" in location:
+        what = statement_sid(path, int(location["line"]))
     return (path.name, finding.issue, what)
 
 

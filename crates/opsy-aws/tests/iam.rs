@@ -122,6 +122,10 @@ mod build_role {
     const INSTANCE: &str = "arn:aws:ec2:us-west-2:111122223333:instance/i-0build";
     const VOLUME: &str = "arn:aws:ec2:us-west-2:111122223333:volume/vol-0build";
     const FOREIGN_VOLUME: &str = "arn:aws:ec2:us-west-2:111122223333:volume/vol-0prod";
+    const VPC: &str = "arn:aws:ec2:us-west-2:111122223333:vpc/vpc-0main";
+    const GROUP: &str = "arn:aws:ec2:us-west-2:111122223333:security-group/sg-0build";
+    const FOREIGN_GROUP: &str = "arn:aws:ec2:us-west-2:111122223333:security-group/sg-0prod";
+    const KEY_PAIR: &str = "arn:aws:ec2:us-west-2:111122223333:key-pair/key-0build";
     const MANAGED: &str = "arn:aws:ec2:us-west-2::image/ami-0managed";
     const MANAGED_SNAPSHOT: &str = "arn:aws:ec2:us-west-2::snapshot/snap-0managed";
 
@@ -205,6 +209,32 @@ mod build_role {
             // force_deregister of an earlier build's AMI of the same name, on error cleanup.
             call("ec2:DeregisterImage", &[(IMAGE, BUILD)]),
             call("ec2:DeleteSnapshot", &[(SNAPSHOT, BUILD)]),
+            // The temporary key pair and security group, tagged with run_tags at creation.
+            Call {
+                request_tags: tags(BUILD),
+                ..call("ec2:CreateSecurityGroup", &[(VPC, &[]), (GROUP, &[])])
+            },
+            Call {
+                context: BTreeMap::from([(
+                    "ec2:CreateAction".to_owned(),
+                    "CreateSecurityGroup".to_owned(),
+                )]),
+                ..tagging(GROUP, &[], BUILD)
+            },
+            Call {
+                request_tags: tags(BUILD),
+                ..call("ec2:CreateKeyPair", &[(KEY_PAIR, &[])])
+            },
+            Call {
+                context: BTreeMap::from([(
+                    "ec2:CreateAction".to_owned(),
+                    "CreateKeyPair".to_owned(),
+                )]),
+                ..tagging(KEY_PAIR, &[], BUILD)
+            },
+            call("ec2:AuthorizeSecurityGroupIngress", &[(GROUP, BUILD)]),
+            call("ec2:DeleteSecurityGroup", &[(GROUP, BUILD)]),
+            call("ec2:DeleteKeyPair", &[(KEY_PAIR, BUILD)]),
         ];
         for c in &allowed {
             assert_eq!(refuses(POLICY, c).unwrap(), None, "{c:?}");
@@ -250,6 +280,27 @@ mod build_role {
                 refuses(POLICY, &forged).unwrap().is_some(),
                 "the build may write {key}"
             );
+        }
+    }
+
+    #[test]
+    fn a_build_opens_and_removes_only_its_own_security_group_and_key_pair() {
+        let denied = [
+            // Open production's group to the world, or delete it.
+            call(
+                "ec2:AuthorizeSecurityGroupIngress",
+                &[(FOREIGN_GROUP, &[("Name", "prod-db")])],
+            ),
+            call("ec2:DeleteSecurityGroup", &[(FOREIGN_GROUP, &[])]),
+            call("ec2:DeleteKeyPair", &[(KEY_PAIR, &[])]),
+            // Make it look like the build's: only at creation.
+            tagging(FOREIGN_GROUP, &[], BUILD),
+            // A group or key pair not tagged as the build's at creation.
+            call("ec2:CreateSecurityGroup", &[(VPC, &[]), (GROUP, &[])]),
+            call("ec2:CreateKeyPair", &[(KEY_PAIR, &[])]),
+        ];
+        for c in &denied {
+            assert!(refuses(POLICY, c).unwrap().is_some(), "allowed: {c:?}");
         }
     }
 
