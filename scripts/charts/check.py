@@ -39,10 +39,10 @@ NAMESPACE = "opsy-system"
 BUILDER = "packer-builder-operator"
 REFRESHER = "ami-refresh-operator"
 UMBRELLA = "opsy-ami-operator"
-# The CRDs each operator's chart installs (the builder's: PackerBuilders and BuildClasses).
+# The CRDs each operator's chart installs (its kind and the cluster-scoped class it reads).
 CRD_FILES = {
     BUILDER: ["ami.refresh.ops_packerbuilders.yaml", "ami.refresh.ops_buildclasses.yaml"],
-    REFRESHER: ["ami.refresh.ops_amirefreshers.yaml"],
+    REFRESHER: ["ami.refresh.ops_amirefreshers.yaml", "ami.refresh.ops_refresherclasses.yaml"],
 }
 
 # What each install path must render: kind -> how many.
@@ -314,8 +314,8 @@ def check_namespaced(chart: Path) -> list[dict]:
             resources = {r for rule in o["rules"] for r in rule.get("resources", [])}
             # Beside its CRD, only what the refresher reads across the cluster: nodes (health
             # gate), and budgets and pods in any namespace (the drain pre-flight), and the
-            # builder's BuildClasses (cluster-scoped), read-only.
-            cluster_wide = {"nodes", "poddisruptionbudgets", "pods", "buildclasses"}
+            # operators' classes (cluster-scoped), read-only.
+            cluster_wide = {"nodes", "poddisruptionbudgets", "pods", "buildclasses", "refresherclasses"}
             verbs = {v for rule in o["rules"] if set(rule.get("resources", [])) & cluster_wide
                      for v in rule["verbs"]}
             if resources - cluster_wide != {"customresourcedefinitions"} or verbs - {"list"}:

@@ -13,7 +13,7 @@ const CRD_DIRS: &[&str] = &["deploy/crds"];
 fn chart(kind: Kind) -> &'static str {
     match kind {
         Kind::PackerBuilder | Kind::BuildClass => "packer-builder-operator",
-        Kind::AMIRefresher => "ami-refresh-operator",
+        Kind::AMIRefresher | Kind::RefresherClass => "ami-refresh-operator",
     }
 }
 
@@ -23,6 +23,7 @@ fn template_name(kind: Kind) -> String {
     match kind {
         Kind::PackerBuilder | Kind::AMIRefresher => "crd.yaml".to_owned(),
         Kind::BuildClass => "crd-buildclasses.yaml".to_owned(),
+        Kind::RefresherClass => "crd-refresherclasses.yaml".to_owned(),
     }
 }
 

@@ -75,8 +75,8 @@ spec:
             - name: OPSY_ALLOWED_BUILD_REPOSITORIES
               value: {{ join "," . | quote }}
             {{- end }}
-            {{- if ($values.builds).requireClass }}
-            - name: OPSY_REQUIRE_BUILD_CLASS
+            {{- if or ($values.builds).requireClass ($values.rollouts).requireClass }}
+            - name: OPSY_REQUIRE_CLASS
               value: "true"
             {{- end }}
             {{- if ($values.notifications).allowPrivateWebhooks }}

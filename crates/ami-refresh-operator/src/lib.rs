@@ -16,6 +16,7 @@ pub mod plan;
 mod promotion;
 pub mod reconcile;
 mod start;
+pub mod tenancy;
 pub mod transitions;
 
 /// Why a reconcile failed.
@@ -30,6 +31,9 @@ pub enum Error {
     /// The object has no namespace (AMIRefreshers are namespaced).
     #[error("the AMIRefresher has no namespace")]
     MissingNamespace,
+    /// Its RefresherClass does not allow it (the message names the rule and the fix).
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 impl Error {
@@ -39,6 +43,7 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Aws(e) => e.category(),
             Error::MissingNamespace => "invalid_object",
+            Error::NotAllowed(_) => "not_allowed",
         }
     }
 }

@@ -41,7 +41,12 @@ async fn main() -> anyhow::Result<()> {
             .context("no command")?,
     };
     match command {
-        Command::Crd => cli::print(&Kind::AMIRefresher.yaml().context("serialising the CRD")?)?,
+        Command::Crd => {
+            // The AMIRefresher CRD and the RefresherClass CRD it reads.
+            let mut yaml = Kind::AMIRefresher.yaml().context("serialising the CRD")?;
+            yaml.push_str(&Kind::RefresherClass.yaml().context("serialising the CRD")?);
+            cli::print(&yaml)?;
+        }
         Command::Plan(args) => {
             let object: opsy_api::AMIRefresher = cli::read_resource(&args, "AMIRefresher")?;
             let aws = cli::aws(args.aws_endpoint_url.clone());
@@ -51,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let crd = Kind::AMIRefresher.crd().metadata.name.unwrap_or_default();
             let operator = Operator::start(&args, MANAGER, &crd).await?;
-            let ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
+            let mut ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
+            if let Some(ctx) = Arc::get_mut(&mut ctx) {
+                ctx.require_class = args.require_class;
+            }
             controller::run(ctx, args.concurrency, &operator, &args.watch_namespaces).await;
             operator.stop().await?;
         }

@@ -70,6 +70,7 @@ pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Acti
             }
         };
         let reason = match error {
+            Error::NotAllowed(_) => "RolloutNotAllowed",
             Error::Aws(AwsError::NotFound { .. }) => "ClusterNotFound",
             Error::Aws(AwsError::AccessDenied { .. }) => "AwsAccessDenied",
             _ => "ReconcileError",
@@ -109,6 +110,10 @@ pub async fn reconcile(amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Acti
 
 async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Result<Action, Error> {
     amr.namespace().ok_or(Error::MissingNamespace)?;
+    // Its RefresherClass allows its cluster and owner role, before any AWS call.
+    crate::tenancy::check(&ctx.client, &amr, ctx.require_class)
+        .await?
+        .map_err(Error::NotAllowed)?;
     // `amr` is replaced by what each status write returns; the spec is the one read.
     let spec = &amr.spec.clone();
     let now = (ctx.clock)();

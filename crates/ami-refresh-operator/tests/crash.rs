@@ -184,6 +184,7 @@ impl World {
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(calls)),
             build_policy: Default::default(),
+            require_class: false,
             namespaces: vec![None],
             outbox: Default::default(),
         })

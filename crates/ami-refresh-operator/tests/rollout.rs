@@ -136,6 +136,7 @@ impl World {
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
+            require_class: false,
             namespaces: vec![None],
             outbox: self.outbox.clone(),
         })
@@ -1966,6 +1967,79 @@ async fn a_group_on_a_public_ami_aws_deprecated_since_is_still_refreshed() {
         .await;
     world.settle(10).await;
     assert_eq!(world.phases().await, map(&[("on-old-public", Succeeded)]));
+}
+
+/// A RefresherClass (cluster-scoped, the platform team's) pins the clusters its namespaces'
+/// AMIRefreshers roll out to: one naming a class that does not allow its cluster makes no AWS
+/// call, and says which rule refuses it; once the class allows the cluster, it rolls out. (The
+/// default class is left to the unit tests: marking one default here would bind every other
+/// test of this binary.)
+#[tokio::test]
+async fn a_refresher_class_pins_the_clusters_a_namespace_may_roll_out_to() {
+    use opsy_api::RefresherClass;
+    let world = World::new().await;
+    let target = world.active_ami("hardened-1").await;
+    world.managed_groups(&["a"]).await;
+    let classes: Api<RefresherClass> = Api::all(world.client.clone());
+    let name = format!("{}-rollouts", world.ns.name);
+    let class = |clusters: &[&str]| -> RefresherClass {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ami.refresh.ops/v1alpha1",
+            "kind": "RefresherClass",
+            "metadata": {"name": name},
+            "spec": {"namespaces": [world.ns.name], "clusters": clusters},
+        }))
+        .unwrap()
+    };
+    classes
+        .create(&PostParams::default(), &class(&["team-b-prod"]))
+        .await
+        .unwrap();
+    world
+        .apply(manifest(
+            serde_json::json!({"ami": target, "refresherClassName": name}),
+        ))
+        .await;
+    let calls_before: u64 = world.calls.snapshot().values().sum();
+    let err = world.reconcile().await.unwrap_err();
+    assert!(
+        matches!(err, ami_refresh_operator::Error::NotAllowed(_)),
+        "{err}"
+    );
+    assert_eq!(
+        world.calls.snapshot().values().sum::<u64>(),
+        calls_before,
+        "no AWS call"
+    );
+    let status = world.status().await;
+    let degraded = opsy_api::conditions::find(&status.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "RolloutNotAllowed");
+    assert!(
+        degraded.message.contains(&format!(
+            "cluster \"{CLUSTER}\" (spec.clusterName) is not allowed by RefresherClass {name} (its spec.clusters)"
+        )),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        world
+            .events()
+            .await
+            .contains(&"RolloutNotAllowed".to_owned())
+    );
+    assert!(status.node_groups.is_empty());
+
+    // The platform team adds the cluster: the rollout starts.
+    let mut allowing = class(&[CLUSTER]);
+    allowing.metadata.resource_version =
+        classes.get(&name).await.unwrap().metadata.resource_version;
+    classes
+        .replace(&name, &PostParams::default(), &allowing)
+        .await
+        .unwrap();
+    world.reconcile().await.unwrap();
+    assert_eq!(world.phases().await, map(&[("a", Updating)]));
+    classes.delete(&name, &Default::default()).await.unwrap();
 }
 
 #[tokio::test]

@@ -162,6 +162,14 @@ pub struct AMIRefresherSpec {
     #[schemars(regex(pattern = ROLE_ARN_PATTERN))]
     pub image_owner_role_arn: Option<String>,
 
+    /// The cluster-scoped RefresherClass that says which clusters and owner-access roles this
+    /// AMIRefresher may use. Not set: the RefresherClass marked
+    /// `ami.refresh.ops/is-default-class`, or, when there is none, what the operator's install
+    /// allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub refresher_class_name: Option<String>,
+
     /// When node groups may start updating. Outside every window no group starts; a group
     /// already updating when a window closes is followed to its end. Empty: any time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

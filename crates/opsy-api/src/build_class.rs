@@ -12,8 +12,15 @@ use k8s_openapi::api::core::v1::Toleration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// Marks the BuildClass PackerBuilders without `spec.buildClassName` get (`"true"`).
-pub const DEFAULT_CLASS_ANNOTATION: &str = "ami.refresh.ops/is-default-class";
+use crate::classes::{Class, ClassKind};
+pub use crate::classes::{DEFAULT_CLASS_ANNOTATION, lists};
+
+/// How PackerBuilders name a BuildClass.
+pub const BUILD_CLASS: ClassKind = ClassKind {
+    kind: "BuildClass",
+    field: "spec.buildClassName",
+    require_value: "builds.requireClass",
+};
 
 /// What the build Jobs of PackerBuilders using this class may use. A list that is left out
 /// adds no limit beyond the operator's install (`builds.allowedRepositories`,
@@ -104,23 +111,8 @@ impl JobPlacement {
     }
 }
 
-/// Whether `list` (a class's list; `None`: left out) allows `name`.
-pub fn lists(list: Option<&[String]>, name: &str) -> bool {
-    list.is_none_or(|list| list.iter().any(|entry| entry == "*" || entry == name))
-}
-
-impl BuildClass {
-    /// Whether it is marked the default class.
-    pub fn is_default(&self) -> bool {
-        self.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-            .is_some_and(|v| v == "true")
-    }
-
-    /// Whether PackerBuilders of `namespace` may use it.
-    pub fn admits(&self, namespace: &str) -> bool {
-        lists(Some(&self.spec.namespaces), namespace)
+impl Class for BuildClass {
+    fn namespaces(&self) -> &[String] {
+        &self.spec.namespaces
     }
 }

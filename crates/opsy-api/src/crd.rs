@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{AMIRefresher, BuildClass, PackerBuilder};
+use crate::{AMIRefresher, BuildClass, PackerBuilder, RefresherClass};
 
 /// Which CRD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,11 +14,18 @@ pub enum Kind {
     AMIRefresher,
     /// `buildclasses.ami.refresh.ops` (cluster-scoped)
     BuildClass,
+    /// `refresherclasses.ami.refresh.ops` (cluster-scoped)
+    RefresherClass,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::PackerBuilder, Kind::AMIRefresher, Kind::BuildClass];
+    pub const ALL: [Kind; 4] = [
+        Kind::PackerBuilder,
+        Kind::AMIRefresher,
+        Kind::BuildClass,
+        Kind::RefresherClass,
+    ];
 
     /// The generated CRD.
     pub fn crd(self) -> CustomResourceDefinition {
@@ -26,6 +33,7 @@ impl Kind {
             Kind::PackerBuilder => PackerBuilder::crd(),
             Kind::AMIRefresher => AMIRefresher::crd(),
             Kind::BuildClass => BuildClass::crd(),
+            Kind::RefresherClass => RefresherClass::crd(),
         }
     }
 
@@ -39,6 +47,7 @@ impl Kind {
             Kind::PackerBuilder => "packerbuilders",
             Kind::AMIRefresher => "amirefreshers",
             Kind::BuildClass => "buildclasses",
+            Kind::RefresherClass => "refresherclasses",
         }
     }
 

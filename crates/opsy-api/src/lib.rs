@@ -4,8 +4,10 @@
 //! - [`PackerBuilder`] (`pb`): builds an AMI with Packer whenever no valid derived AMI exists.
 //! - [`AMIRefresher`] (`amr`): rolls the newest active, unexpired AMI out to node groups.
 //!
-//! And one cluster-scoped kind, owned by the platform team:
+//! And two cluster-scoped kinds, owned by the platform team:
 //! - [`BuildClass`]: what the builds of some namespaces may clone, run, run as and mount.
+//! - [`RefresherClass`]: which clusters and owner-access roles the refreshers of some
+//!   namespaces may use.
 //!
 //! Field names follow the project this one replaces, so its manifests apply unchanged. The CRD
 //! YAML under `deploy/crds/` is generated from these types (`cargo xtask crds`).
@@ -16,6 +18,7 @@
 
 pub mod ami_refresher;
 pub mod build_class;
+pub mod classes;
 pub mod common;
 pub mod conditions;
 pub mod crd;
@@ -23,6 +26,7 @@ pub mod duration;
 pub mod kubernetes;
 pub mod lanes;
 pub mod packer_builder;
+pub mod refresher_class;
 pub mod tags;
 pub mod windows;
 
@@ -33,6 +37,7 @@ pub use common::{
 };
 pub use duration::Duration;
 pub use packer_builder::{PackerBuilder, PackerBuilderSpec, PackerBuilderStatus};
+pub use refresher_class::{RefresherClass, RefresherClassSpec};
 
 /// API group of both kinds.
 pub const GROUP: &str = "ami.refresh.ops";

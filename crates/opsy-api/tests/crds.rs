@@ -74,6 +74,12 @@ fn names_scope_and_versions() {
         Some("buildclasses.ami.refresh.ops")
     );
     assert_eq!(class.spec.scope, "Cluster");
+    let refresher_class = Kind::RefresherClass.crd();
+    assert_eq!(
+        refresher_class.metadata.name.as_deref(),
+        Some("refresherclasses.ami.refresh.ops")
+    );
+    assert_eq!(refresher_class.spec.scope, "Cluster");
     for crd in [pb, amr] {
         assert_eq!(crd.spec.versions.len(), 1);
         let version = &crd.spec.versions[0];

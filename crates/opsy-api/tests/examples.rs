@@ -12,7 +12,7 @@ use std::{
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use opsy_api::{AMIRefresher, BuildClass, PackerBuilder};
+use opsy_api::{AMIRefresher, BuildClass, PackerBuilder, RefresherClass};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -40,6 +40,7 @@ fn crd_for(object: &Value) -> CustomResourceDefinition {
         Some("PackerBuilder") => PackerBuilder::crd(),
         Some("AMIRefresher") => AMIRefresher::crd(),
         Some("BuildClass") => BuildClass::crd(),
+        Some("RefresherClass") => RefresherClass::crd(),
         other => panic!("unexpected kind {other:?}"),
     }
 }
@@ -86,6 +87,10 @@ fn every_example_is_accepted_and_round_trips_through_the_rust_types() {
             ),
             Some("BuildClass") => serde_json::to_value(
                 serde_json::from_value::<BuildClass>(object.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            ),
+            Some("RefresherClass") => serde_json::to_value(
+                serde_json::from_value::<RefresherClass>(object.clone())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
             ),
             _ => serde_json::to_value(

@@ -43,12 +43,12 @@ pub struct RunArgs {
     /// prefixes ending at a path boundary, e.g. `https://github.com/example-org/`); empty: any.
     #[arg(long, env = "OPSY_ALLOWED_BUILD_REPOSITORIES", value_delimiter = ',', num_args = 0..)]
     pub allowed_build_repositories: Vec<String>,
-    /// PackerBuilder operator: refuse builds of a PackerBuilder that names no BuildClass
-    /// (`spec.buildClassName`) when no BuildClass is marked default
-    /// (`ami.refresh.ops/is-default-class: "true"`). Off: the install's lists act as the default
-    /// class.
-    #[arg(long, env = "OPSY_REQUIRE_BUILD_CLASS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub require_build_class: bool,
+    /// Refuse a PackerBuilder that names no BuildClass (`spec.buildClassName`), or an
+    /// AMIRefresher that names no RefresherClass (`spec.refresherClassName`), when no class of
+    /// that kind is marked default (`ami.refresh.ops/is-default-class: "true"`). Off: the
+    /// install's own limits act as the default class.
+    #[arg(long, env = "OPSY_REQUIRE_CLASS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_class: bool,
     /// Let webhooks reach private addresses (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// `fc00::/7`), for webhook receivers inside the VPC. Loopback and link-local addresses
     /// (the instance metadata service) stay refused.
@@ -72,7 +72,6 @@ impl RunArgs {
             policy.allowed_images = images;
         }
         policy.allowed_repositories = listed(&self.allowed_build_repositories);
-        policy.require_class = self.require_build_class;
         policy
     }
 }

@@ -40,6 +40,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What build Jobs may run (PackerBuilder operator).
     pub build_policy: BuildPolicy,
+    /// Refuse an object that names no class (BuildClass, RefresherClass) when none is marked
+    /// default (`--require-class`); else the install's own limits are the default class.
+    pub require_class: bool,
     /// The namespaces the operator watches (`[None]`: every namespace), for what it reads
     /// besides its own objects (the PackerBuilder operator: AMIRefreshers using its AMIs).
     pub namespaces: Vec<Option<String>>,
@@ -58,9 +61,6 @@ pub struct BuildPolicy {
     /// path boundary (`https://github.com/example-org/` or `https://github.com/example-org`,
     /// which `https://github.com/example-org-evil/…` does not match); empty: any.
     pub allowed_repositories: Vec<String>,
-    /// Refuse builds of a PackerBuilder that names no BuildClass when none is marked default
-    /// (`--require-build-class`); else the install's lists are the default class.
-    pub require_class: bool,
 }
 
 impl Default for BuildPolicy {
@@ -72,7 +72,6 @@ impl Default for BuildPolicy {
                 .map(|s| (*s).to_owned())
                 .collect(),
             allowed_repositories: Vec::new(),
-            require_class: false,
         }
     }
 }
@@ -178,6 +177,7 @@ impl Context {
             failures: Failures::default(),
             metrics,
             build_policy: BuildPolicy::default(),
+            require_class: false,
             namespaces: vec![None],
             outbox: Arc::default(),
         })

@@ -3,6 +3,7 @@
 //! Deployment ([`operator`]: metrics and health endpoints, leader election, shutdown).
 
 pub mod admin;
+pub mod classes;
 pub mod cli;
 pub mod context;
 pub mod fleet;

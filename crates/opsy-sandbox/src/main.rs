@@ -124,6 +124,7 @@ impl Sandbox {
             webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
             failures: Default::default(),
             build_policy: Default::default(),
+            require_class: false,
             namespaces: vec![None],
             outbox: Default::default(),
         });
@@ -167,6 +168,7 @@ impl Sandbox {
             webhook_addresses: opsy_runtime::context::AddressPolicy::default(),
             failures: Default::default(),
             build_policy: Default::default(),
+            require_class: false,
             namespaces: vec![None],
             outbox: Default::default(),
         });

@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
             let mut ctx = operator.context(MANAGER, Arc::new(jiff::Timestamp::now));
             if let Some(ctx) = Arc::get_mut(&mut ctx) {
                 ctx.build_policy = args.build_policy();
+                ctx.require_class = args.require_class;
                 ctx.namespaces = cli::watch_scopes(&args.watch_namespaces);
             }
             controller::run(ctx, args.concurrency, &operator, &args.watch_namespaces).await;

@@ -7,10 +7,11 @@
 //! borrow any service account or Secret of the namespace (and its IAM role).
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{Api, ResourceExt};
 use opsy_api::{
     BuildClass, PackerBuilder,
-    build_class::{DEFAULT_CLASS_ANNOTATION, lists},
+    build_class::BUILD_CLASS,
+    classes::{Class, choose, lists, refusal},
 };
 use opsy_runtime::context::{BuildPolicy, image_matches, repository_matches};
 
@@ -85,36 +86,14 @@ pub fn service_account_allows(
 pub fn class<'a>(
     classes: &'a [BuildClass],
     pb: &PackerBuilder,
-    policy: &BuildPolicy,
+    require: bool,
 ) -> Result<Option<&'a BuildClass>, String> {
-    if let Some(name) = pb.spec.build_class_name.as_deref() {
-        return classes
-            .iter()
-            .find(|c| c.name_any() == name)
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "BuildClass {name:?} (spec.buildClassName) does not exist; name one the platform team made for this namespace (kubectl get buildclasses)"
-                )
-            });
-    }
-    let defaults: Vec<&BuildClass> = classes.iter().filter(|c| c.is_default()).collect();
-    match defaults.as_slice() {
-        [class] => Ok(Some(class)),
-        [] if policy.require_class => Err(format!(
-            "spec.buildClassName is not set and no BuildClass is marked {DEFAULT_CLASS_ANNOTATION}=\"true\"; this install requires one (builds.requireClass): name a BuildClass in spec.buildClassName"
-        )),
-        [] => Ok(None),
-        several => Err(format!(
-            "spec.buildClassName is not set and {} BuildClasses are marked {DEFAULT_CLASS_ANNOTATION}=\"true\" ({}): name one in spec.buildClassName, or have the platform team mark only one",
-            several.len(),
-            several
-                .iter()
-                .map(|c| c.name_any())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    choose(
+        BUILD_CLASS,
+        classes,
+        pb.spec.build_class_name.as_deref(),
+        require,
+    )
 }
 
 /// The Secrets `pb`'s build Job mounts, with the field that names each.
@@ -140,11 +119,7 @@ fn mounted_secrets(pb: &PackerBuilder) -> Vec<(String, &str)> {
 /// breaks, named by the class's field, and the fix.
 pub fn class_allows(class: &BuildClass, pb: &PackerBuilder, namespace: &str) -> Result<(), String> {
     let name = class.name_any();
-    let refused = |what: String, field: &str| {
-        format!(
-            "{what} is not allowed by BuildClass {name} (its spec.{field}); use a class that allows it (spec.buildClassName) or ask the platform team to add it"
-        )
-    };
+    let refused = |what: String, field: &str| refusal(BUILD_CLASS.kind, &name, &what, field);
     if !class.admits(namespace) {
         return Err(refused(format!("namespace {namespace}"), "namespaces"));
     }
@@ -203,31 +178,20 @@ pub fn placed(pb: &PackerBuilder, class: Option<&BuildClass>) -> PackerBuilder {
     pb
 }
 
-/// Every BuildClass of the cluster; none when the BuildClass CRD is not installed.
-async fn classes(client: &kube::Client) -> Result<Vec<BuildClass>, kube::Error> {
-    match Api::<BuildClass>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) => Ok(list.items),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Checks `pb`'s class, repository, images, service account and Secrets; on success the class
 /// it builds under (outer error: an API call failed).
 pub async fn check(
     client: &kube::Client,
     pb: &PackerBuilder,
     policy: &BuildPolicy,
+    require_class: bool,
     namespace: &str,
 ) -> Result<Result<Option<BuildClass>, String>, kube::Error> {
     if let Err(refused) = repository(pb, policy).and_then(|()| images(pb, policy)) {
         return Ok(Err(refused));
     }
-    let classes = classes(client).await?;
-    let class = match class(&classes, pb, policy) {
+    let classes = opsy_runtime::classes::list(client).await?;
+    let class = match class(&classes, pb, require_class) {
         Ok(class) => class,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -313,7 +277,7 @@ mod tests {
         .unwrap();
         if default {
             class.metadata.annotations = Some(BTreeMap::from([(
-                DEFAULT_CLASS_ANNOTATION.to_owned(),
+                opsy_api::classes::DEFAULT_CLASS_ANNOTATION.to_owned(),
                 "true".to_owned(),
             )]));
         }
@@ -349,10 +313,10 @@ mod tests {
             build_class("team-a", false, any.clone()),
             build_class("standard", true, any.clone()),
         ];
-        let install = BuildPolicy::default();
+        let install = false;
         let named = builder(serde_json::json!({"buildClassName": "team-a"}));
-        let pick = |classes: &[BuildClass], pb: &PackerBuilder, policy: &BuildPolicy| {
-            class(classes, pb, policy).map(|c| c.map(ResourceExt::name_any))
+        let pick = |classes: &[BuildClass], pb: &PackerBuilder, require: &bool| {
+            class(classes, pb, *require).map(|c| c.map(ResourceExt::name_any))
         };
         assert_eq!(pick(&classes, &named, &install), Ok(Some("team-a".into())));
         let unnamed = builder(serde_json::json!({}));
@@ -363,10 +327,7 @@ mod tests {
         // No default: the install's lists, unless the install requires a class.
         assert_eq!(pick(&classes[..1], &unnamed, &install), Ok(None));
         assert_eq!(pick(&[], &unnamed, &install), Ok(None));
-        let strict = BuildPolicy {
-            require_class: true,
-            ..BuildPolicy::default()
-        };
+        let strict = true;
         let err = pick(&classes[..1], &unnamed, &strict).unwrap_err();
         assert!(err.contains("builds.requireClass"), "{err}");
         // A named class that does not exist, and two defaults, are refused by name.

@@ -504,14 +504,21 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
         Decision::Build { reason } => 'build: {
             // Who may build what, then the Secrets the build names.
             let secrets = Api::namespaced(ctx.client.clone(), &namespace);
-            let checked =
-                match policy::check(&ctx.client, &pb, &ctx.build_policy, &namespace).await? {
-                    Err(refused) => Err(("BuildNotAllowed", refused)),
-                    Ok(class) => credentials::check(&secrets, &pb.spec, &namespace)
-                        .await?
-                        .map(|auth| (auth, class))
-                        .map_err(|missing| ("SecretMissing", missing)),
-                };
+            let checked = match policy::check(
+                &ctx.client,
+                &pb,
+                &ctx.build_policy,
+                ctx.require_class,
+                &namespace,
+            )
+            .await?
+            {
+                Err(refused) => Err(("BuildNotAllowed", refused)),
+                Ok(class) => credentials::check(&secrets, &pb.spec, &namespace)
+                    .await?
+                    .map(|auth| (auth, class))
+                    .map_err(|missing| ("SecretMissing", missing)),
+            };
             let (git_auth, class) = match checked {
                 Ok(checked) => checked,
                 Err((code, why)) => {

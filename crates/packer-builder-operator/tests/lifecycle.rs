@@ -125,6 +125,7 @@ impl World {
             failures: Default::default(),
             metrics: Arc::new(Metrics::new(self.calls.clone())),
             build_policy: Default::default(),
+            require_class: false,
             namespaces: vec![None],
             outbox: self.outbox.clone(),
         })
