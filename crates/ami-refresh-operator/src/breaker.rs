@@ -115,23 +115,23 @@ async fn write_quarantine(
 }
 
 /// The soak evidence: the rollout of `image` (a managed AMI) to this cluster is complete and
-/// healthy, recorded on it as `healthy-on/<cluster>` = `now`, once (an AMI that carries the tag
+/// healthy, recorded on it as `key` (`healthy-on/<account>/<cluster>`) = `now`, once (an AMI that carries the tag
 /// keeps its first time). A write that fails is returned as evidence still to be written.
 pub(crate) async fn record_healthy(
     ctx: &Context,
     amr: &AMIRefresher,
     aws: &AwsClients,
+    key: &str,
     image: &opsy_aws::Image,
     now: Timestamp,
 ) -> Option<PendingEvidence> {
-    let key = tags::healthy_on(&amr.spec.cluster_name);
     if image.tag(tags::BROUGHT_TO_YOU_BY) != Some(tags::BROUGHT_TO_YOU_BY_VALUE)
-        || image.tag(&key).is_some()
+        || image.tag(key).is_some()
     {
         return None;
     }
     let since = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let tags = std::collections::BTreeMap::from([(key.clone(), since.clone())]);
+    let tags = std::collections::BTreeMap::from([(key.to_owned(), since.clone())]);
     match aws.tag_image(&image.id, &tags).await {
         Ok(()) => None,
         Err(e) => {
@@ -157,6 +157,7 @@ pub(crate) async fn write_pending(
     ctx: &Context,
     amr: &AMIRefresher,
     aws: &AwsClients,
+    key: &str,
     pending: Vec<PendingEvidence>,
     now: Timestamp,
 ) -> Vec<PendingEvidence> {
@@ -167,8 +168,7 @@ pub(crate) async fn write_pending(
                 .await
                 .map(|_| ()),
             EvidenceKind::HealthyOn => {
-                let key = tags::healthy_on(&amr.spec.cluster_name);
-                let tags = std::collections::BTreeMap::from([(key, item.value.clone())]);
+                let tags = std::collections::BTreeMap::from([(key.to_owned(), item.value.clone())]);
                 aws.tag_image(&item.image, &tags).await
             }
         };
@@ -178,11 +178,7 @@ pub(crate) async fn write_pending(
                     EvidenceKind::Quarantine => {
                         format!("quarantined {}: {}", item.image, item.value)
                     }
-                    EvidenceKind::HealthyOn => format!(
-                        "recorded {} on {}",
-                        tags::healthy_on(&amr.spec.cluster_name),
-                        item.image
-                    ),
+                    EvidenceKind::HealthyOn => format!("recorded {key} on {}", item.image),
                 };
                 let note = format!("{what} (after an earlier attempt failed: {})", item.error);
                 event(ctx, amr, EventType::Normal, "EvidenceRecorded", &note).await;

@@ -57,12 +57,18 @@ pub struct Report {
 /// Builds the report for `amr` at `now`.
 pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Result<Report, Error> {
     let spec = &amr.spec;
+    let own = aws.region(&spec.region).await;
+    let cluster = own.cluster(&spec.cluster_name).await?;
+    let account = cluster.as_ref().and_then(|c| c.account.clone());
     let owner = aws
-        .region_as(&spec.region, crate::owner_role(amr).as_ref())
+        .region_as(
+            &spec.region,
+            crate::owner_role(amr, account.as_deref()).as_ref(),
+        )
         .await;
-    let aws = &aws.region(&spec.region).await;
+    let aws = &own;
     let selection = owner
-        .select_target_for_cluster(aws, spec, now)
+        .select_target_for_cluster(spec, cluster.as_ref(), now)
         .await?
         .selection;
     let status = amr.status.clone().unwrap_or_default();
@@ -253,7 +259,7 @@ pub async fn report(aws: &ClientSet, amr: &AMIRefresher, now: Timestamp) -> Resu
         )
     };
     // Soak evidence comes only from groups that move to a target through the health gate.
-    let key = opsy_api::tags::healthy_on(&spec.cluster_name);
+    let key = crate::evidence_key(&spec.cluster_name, account.as_deref());
     let unproven: Vec<&str> = targets
         .all()
         .into_iter()

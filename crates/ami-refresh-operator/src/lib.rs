@@ -49,9 +49,9 @@ impl Error {
 }
 
 /// The owner account's role `amr` reads and writes managed AMIs through
-/// (`spec.imageOwnerRoleArn`), assumed for its namespace and cluster; `None`: the operator's
-/// own account.
-pub fn owner_role(amr: &opsy_api::AMIRefresher) -> Option<opsy_aws::Assume> {
+/// (`spec.imageOwnerRoleArn`), assumed for its namespace, its cluster and that cluster's
+/// `account`; `None`: the operator's own account.
+pub fn owner_role(amr: &opsy_api::AMIRefresher, account: Option<&str>) -> Option<opsy_aws::Assume> {
     amr.spec
         .image_owner_role_arn
         .as_ref()
@@ -59,5 +59,15 @@ pub fn owner_role(amr: &opsy_api::AMIRefresher) -> Option<opsy_aws::Assume> {
             role_arn: role_arn.clone(),
             namespace: kube::ResourceExt::namespace(amr).unwrap_or_default(),
             cluster: amr.spec.cluster_name.clone(),
+            account: account.map(str::to_owned),
         })
+}
+
+/// The soak-evidence tag key of `cluster` in `account`: `healthy-on/<account>/<cluster>`, or
+/// the older `healthy-on/<cluster>` when the account is not known.
+pub fn evidence_key(cluster: &str, account: Option<&str>) -> String {
+    match account {
+        Some(account) => opsy_api::tags::healthy_on(account, cluster),
+        None => opsy_api::tags::healthy_on_any_account(cluster),
+    }
 }

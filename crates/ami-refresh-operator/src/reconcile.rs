@@ -119,16 +119,24 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let now = (ctx.clock)();
     let generation = amr.meta().generation;
     let aws = ctx.aws.region(&spec.region).await;
+    // The cluster: its version, and its account (which its soak evidence names).
+    let cluster = aws.cluster(&spec.cluster_name).await?;
+    let account = cluster.as_ref().and_then(|c| c.account.clone());
+    let evidence = crate::evidence_key(&spec.cluster_name, account.as_deref());
     // Where the managed AMIs, their tags and their soak evidence live.
     let owner = ctx
         .aws
-        .region_as(&spec.region, crate::owner_role(&amr).as_ref())
+        .region_as(
+            &spec.region,
+            crate::owner_role(&amr, account.as_deref()).as_ref(),
+        )
         .await;
     let mut status = amr.status.clone().unwrap_or_default();
     // Evidence decided earlier whose write failed is written again first.
     if !status.pending_evidence.is_empty() {
         let pending = std::mem::take(&mut status.pending_evidence);
-        status.pending_evidence = breaker::write_pending(&ctx, &amr, &owner, pending, now).await;
+        status.pending_evidence =
+            breaker::write_pending(&ctx, &amr, &owner, &evidence, pending, now).await;
     }
     let spec_changed =
         status.observed_generation.is_some() && status.observed_generation != generation;
@@ -154,7 +162,9 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     }
 
     // 1. Target.
-    let found = owner.select_target_for_cluster(&aws, spec, now).await?;
+    let found = owner
+        .select_target_for_cluster(spec, cluster.as_ref(), now)
+        .await?;
     status.kubernetes_version = found.control_plane.clone();
     status.base_parameter = found
         .parameter
@@ -587,7 +597,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         } else {
             format!(
                 "; no soak evidence ({}) for {}: no node group of the cluster moved to it through the health gate",
-                opsy_api::tags::healthy_on(&amr.spec.cluster_name),
+                evidence,
                 unproven.join(", ")
             )
         };
@@ -621,16 +631,15 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
                 };
                 if proven(&chosen.image.id) {
                     if let Some(pending) =
-                        breaker::record_healthy(&ctx, &amr, &owner, &chosen.image, now).await
+                        breaker::record_healthy(&ctx, &amr, &owner, &evidence, &chosen.image, now)
+                            .await
                     {
                         breaker::remember(&mut status.pending_evidence, pending);
                     }
                 } else {
                     let note = format!(
                         "no soak evidence recorded for {} ({}): no node group of cluster {} moved to it through the health gate (excluded, skipped or already on it)",
-                        chosen.image.id,
-                        opsy_api::tags::healthy_on(&amr.spec.cluster_name),
-                        amr.spec.cluster_name
+                        chosen.image.id, evidence, amr.spec.cluster_name
                     );
                     event(&ctx, &amr, EventType::Normal, "NoSoakEvidence", &note).await;
                 }

@@ -237,10 +237,13 @@ impl World {
     /// Whether the target carries this cluster's soak evidence.
     async fn healthy_on(&self) -> bool {
         let facts = self.moto.facts().unwrap();
-        facts
-            .images
-            .iter()
-            .any(|i| i.id == self.target && i.tags.contains_key(&format!("healthy-on/{CLUSTER}")))
+        facts.images.iter().any(|i| {
+            i.id == self.target
+                && i.tags.contains_key(&format!(
+                    "healthy-on/{}/{CLUSTER}",
+                    opsy_testkit::ACCOUNT_ID
+                ))
+        })
     }
 
     /// What must hold at the end of the scenario beyond the invariants.

@@ -349,7 +349,10 @@ async fn prod_takes_an_ami_only_after_its_soak_in_staging_inside_its_window_and_
         BTreeMap::from([("s1".to_owned(), NodeGroupPhase::Succeeded)])
     );
     assert_eq!(
-        world.owner_tags(&first).await.get("healthy-on/staging"),
+        world
+            .owner_tags(&first)
+            .await
+            .get(&format!("healthy-on/{}/staging", opsy_testkit::ACCOUNT_ID)),
         Some(&staging_done.to_string())
     );
 

@@ -404,6 +404,11 @@ impl World {
 
 use NodeGroupPhase::*;
 
+/// This cluster's soak-evidence key: `healthy-on/<the emulator's account>/<cluster>`.
+fn evidence_key() -> String {
+    format!("healthy-on/{}/{CLUSTER}", opsy_testkit::ACCOUNT_ID)
+}
+
 fn map(entries: &[(&str, NodeGroupPhase)]) -> BTreeMap<String, NodeGroupPhase> {
     entries.iter().map(|(n, p)| (n.to_string(), *p)).collect()
 }
@@ -669,6 +674,7 @@ async fn a_bad_ami_whose_nodes_never_become_ready_fails_its_group_halts_the_roll
                 accept_from: &[],
                 promotion: None,
                 kubernetes_version: None,
+                account: None,
             },
             Duration::from_secs(30 * 86_400),
             Timestamp::now(),
@@ -1620,7 +1626,7 @@ async fn a_complete_healthy_rollout_records_since_when_the_ami_is_healthy_on_thi
     let aws = world.context().aws.region(REGION).await;
     aws.forget_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
         .await;
-    let tag = |image: &opsy_aws::Image| image.tag("healthy-on/prod-east").map(str::to_owned);
+    let tag = |image: &opsy_aws::Image| image.tag(&evidence_key()).map(str::to_owned);
     let image = aws
         .describe_images(&opsy_aws::ImageQuery::default().ids([target.as_str()]))
         .await
@@ -3125,7 +3131,8 @@ async fn a_cluster_whose_groups_never_ran_the_ami_records_no_soak_evidence() {
     );
     assert!(
         ready.message.ends_with(&format!(
-            "; no soak evidence (healthy-on/prod-east) for {target}: no node group of the cluster moved to it through the health gate"
+            "; no soak evidence ({}) for {target}: no node group of the cluster moved to it through the health gate",
+            evidence_key()
         )),
         "{ready:?}"
     );
@@ -3151,7 +3158,7 @@ async fn a_cluster_whose_groups_never_ran_the_ami_records_no_soak_evidence() {
         .unwrap()[0]
         .clone();
     assert_eq!(
-        image.tag("healthy-on/prod-east"),
+        image.tag(&evidence_key()),
         None,
         "no evidence without nodes"
     );

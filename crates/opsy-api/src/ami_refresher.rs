@@ -213,6 +213,12 @@ pub struct SoakOn {
     /// The cluster (its `spec.clusterName`) whose AMIRefresher records the evidence.
     #[schemars(length(min = 1, max = 100), regex(pattern = CLUSTER_NAME_PATTERN))]
     pub cluster_name: String,
+    /// The AWS account of that cluster, when it is not this AMIRefresher's cluster's account
+    /// (evidence names the account: a cluster of the same name in another account does not
+    /// vouch for an AMI here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9]{12}$"))]
+    pub account: Option<String>,
     /// How long the AMI must have been healthy there, e.g. `72h`.
     pub duration: Duration,
 }

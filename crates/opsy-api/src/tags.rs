@@ -32,14 +32,41 @@ pub const STATUS_DEPRECATED: &str = "deprecated";
 pub const STATUS_QUARANTINED: &str = "quarantined";
 /// Why the AMI was quarantined: the node group and the evidence (at most 256 characters).
 pub const QUARANTINE_REASON: &str = "quarantine-reason";
-/// Soak evidence: `healthy-on/<cluster>` holds since when (RFC 3339) a rollout of the AMI to
-/// that cluster was complete and healthy (every group on it, those the rollout moved through
-/// the health gate). A quarantine marks the AMI as a whole (`status=quarantined`).
+/// Soak evidence: `healthy-on/<account>/<cluster>` holds since when (RFC 3339) a rollout of
+/// the AMI to that cluster of that AWS account was complete and healthy (every group on it,
+/// those the rollout moved through the health gate). The account keeps two clusters of the
+/// same name in two accounts that share AMIs from vouching for each other. The older form
+/// `healthy-on/<cluster>` is still read. A quarantine marks the AMI as a whole
+/// (`status=quarantined`).
 pub const HEALTHY_ON_PREFIX: &str = "healthy-on/";
 
-/// The soak-evidence tag key of `cluster`.
-pub fn healthy_on(cluster: &str) -> String {
+/// The soak-evidence tag key of `cluster` in `account`.
+pub fn healthy_on(account: &str, cluster: &str) -> String {
+    format!("{HEALTHY_ON_PREFIX}{account}/{cluster}")
+}
+
+/// The older soak-evidence tag key of `cluster`, which does not name the account; read, never
+/// written.
+pub fn healthy_on_any_account(cluster: &str) -> String {
     format!("{HEALTHY_ON_PREFIX}{cluster}")
+}
+
+/// The account (`None`: the older form) and cluster a soak-evidence key names; `None` when
+/// `key` is not one.
+pub fn parse_healthy_on(key: &str) -> Option<(Option<&str>, &str)> {
+    let rest = key.strip_prefix(HEALTHY_ON_PREFIX)?;
+    Some(match rest.split_once('/') {
+        Some((account, cluster)) => (Some(account), cluster),
+        None => (None, rest),
+    })
+}
+
+/// The account id in an ARN (`arn:aws:eks:us-west-2:111122223333:cluster/prod` →
+/// `111122223333`); `None` when it names none.
+pub fn account_of_arn(arn: &str) -> Option<&str> {
+    arn.split(':')
+        .nth(4)
+        .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// When the AMI was built, RFC 3339. Adoption never resets it.

@@ -122,11 +122,13 @@ pub struct ClientSet {
 type Acting = (String, Option<Assume>);
 
 /// A role of another account (`spec.imageOwnerRoleArn`), assumed for one custom resource. The
-/// session is named `opsy-<namespace>` (in CloudTrail) and carries two session tags, named as
-/// EKS Pod Identity names its own: `kubernetes-namespace` and `eks-cluster-name`. So the role's
-/// trust policy can say which namespaces and clusters may assume it
-/// (`aws:RequestTag/kubernetes-namespace`), and its permissions can name them
-/// (`${aws:PrincipalTag/eks-cluster-name}`). Assuming with tags needs `sts:TagSession` too.
+/// session is named `opsy-<namespace>` (in CloudTrail) and carries session tags, the first two
+/// named as EKS Pod Identity names its own: `kubernetes-namespace`, `eks-cluster-name` and
+/// `eks-cluster-account`. So the role's trust policy can say which namespaces and clusters may
+/// assume it (`aws:RequestTag/kubernetes-namespace`) and that the account is the caller's
+/// (`aws:RequestTag/eks-cluster-account` = `${aws:PrincipalAccount}`), and its permissions can
+/// name them (`${aws:PrincipalTag/eks-cluster-name}`). Assuming with tags needs
+/// `sts:TagSession` too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Assume {
     /// The role.
@@ -135,6 +137,8 @@ pub struct Assume {
     pub namespace: String,
     /// The EKS cluster that resource manages.
     pub cluster: String,
+    /// That cluster's AWS account, when known (the account its soak evidence names).
+    pub account: Option<String>,
 }
 
 impl Assume {
@@ -142,6 +146,8 @@ impl Assume {
     pub const NAMESPACE_TAG: &str = "kubernetes-namespace";
     /// STS session tag: the cluster.
     pub const CLUSTER_TAG: &str = "eks-cluster-name";
+    /// STS session tag: the cluster's account.
+    pub const ACCOUNT_TAG: &str = "eks-cluster-account";
 
     /// `opsy-<namespace>`, within STS's 64 characters of `[\w+=,.@-]` (a namespace is a DNS
     /// label, so only its length can be too much).
@@ -151,12 +157,16 @@ impl Assume {
         name
     }
 
-    /// The session tags.
-    pub fn session_tags(&self) -> [(&'static str, String); 2] {
-        [
+    /// The session tags (the account's when it is known).
+    pub fn session_tags(&self) -> Vec<(&'static str, String)> {
+        let mut tags = vec![
             (Self::NAMESPACE_TAG, self.namespace.clone()),
             (Self::CLUSTER_TAG, self.cluster.clone()),
-        ]
+        ];
+        if let Some(account) = &self.account {
+            tags.push((Self::ACCOUNT_TAG, account.clone()));
+        }
+        tags
     }
 }
 

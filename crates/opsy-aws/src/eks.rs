@@ -143,13 +143,34 @@ impl std::fmt::Display for MaxUnavailable {
     }
 }
 
+/// What EKS DescribeCluster says of a cluster that the operators use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// The Kubernetes version (`major.minor`) of its control plane.
+    pub version: Option<String>,
+    /// The AWS account it is in (from its ARN): the account its soak evidence names.
+    pub account: Option<String>,
+}
+
 impl AwsClients {
     /// The Kubernetes version (`major.minor`) of the cluster's control plane (EKS
     /// DescribeCluster); `None` when the cluster does not exist.
     pub async fn cluster_version(&self, cluster: &str) -> Result<Option<String>, AwsError> {
+        Ok(self.cluster(cluster).await?.and_then(|c| c.version))
+    }
+
+    /// The cluster's version and account (EKS DescribeCluster); `None` when it does not exist.
+    pub async fn cluster(&self, cluster: &str) -> Result<Option<ClusterInfo>, AwsError> {
         let request = self.eks.describe_cluster().name(cluster);
         match self.call("eks", "DescribeCluster", request.send()).await {
-            Ok(answer) => Ok(answer.cluster.and_then(|c| c.version)),
+            Ok(answer) => Ok(answer.cluster.map(|c| ClusterInfo {
+                account: c
+                    .arn
+                    .as_deref()
+                    .and_then(opsy_api::tags::account_of_arn)
+                    .map(str::to_owned),
+                version: c.version,
+            })),
             Err(AwsError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }

@@ -7,7 +7,7 @@ use aws_sdk_ec2::{primitives::DateTime, types::Tag};
 use jiff::{SignedDuration, Timestamp};
 use opsy_api::{
     AmiFilter,
-    ami_refresher::{AcceptFrom, Promotion},
+    ami_refresher::{AcceptFrom, Promotion, SoakOn},
     kubernetes::{KUBELET_MAX_MINORS_BEHIND, MinorVersion, Skew},
     lanes::Architecture,
     tags,
@@ -93,7 +93,7 @@ pub enum Hold {
         cluster: String,
         /// The gate's duration as written.
         duration: String,
-        /// Since when it is healthy there (its `healthy-on/<cluster>` tag), if it is.
+        /// Since when it is healthy there (its `healthy-on/<account>/<cluster>` tag), if it is.
         since: Option<Timestamp>,
         /// When every soak gate is passed, if the evidence is there for all of them.
         opens: Option<Timestamp>,
@@ -209,6 +209,8 @@ pub struct Scope<'a> {
     /// The control plane's Kubernetes version, when known: candidates outside the node skew
     /// it supports are refused.
     pub kubernetes_version: Option<MinorVersion>,
+    /// The cluster's AWS account, when known: the account of `soakOn` clusters that name none.
+    pub account: Option<&'a str>,
 }
 
 impl<'a> Scope<'a> {
@@ -219,7 +221,27 @@ impl<'a> Scope<'a> {
             accept_from: &spec.accept_from,
             promotion: spec.promotion.as_ref(),
             kubernetes_version: None,
+            account: None,
         }
+    }
+
+    /// The soak evidence of `candidate` on the cluster of `soak`: its
+    /// `healthy-on/<account>/<cluster>` tag (the account `soak` names, else this cluster's),
+    /// else the older `healthy-on/<cluster>`.
+    fn evidence<'c>(&self, candidate: &'c Candidate, soak: &SoakOn) -> Option<&'c str> {
+        soak.account
+            .as_deref()
+            .or(self.account)
+            .and_then(|account| {
+                candidate
+                    .image
+                    .tag(&tags::healthy_on(account, &soak.cluster_name))
+            })
+            .or_else(|| {
+                candidate
+                    .image
+                    .tag(&tags::healthy_on_any_account(&soak.cluster_name))
+            })
     }
 
     /// Which promotion gate holds `candidate` back at `now`, if one does: `never`, then `pin`
@@ -259,9 +281,8 @@ impl<'a> Scope<'a> {
             .soak_on
             .iter()
             .map(|soak| {
-                let since = candidate
-                    .image
-                    .tag(&tags::healthy_on(&soak.cluster_name))
+                let since = self
+                    .evidence(candidate, soak)
                     .and_then(|t| t.parse::<Timestamp>().ok());
                 let opens = since.and_then(|s| after(s, &soak.duration));
                 (soak.cluster_name.as_str(), &soak.duration, since, opens)
@@ -599,6 +620,8 @@ pub struct ClusterTarget {
     pub selection: Selection,
     /// The control plane's Kubernetes version, if the cluster was found.
     pub control_plane: Option<String>,
+    /// The cluster's AWS account, if the cluster was found.
+    pub account: Option<String>,
     /// `spec.amiParameter` with the version filled in.
     pub parameter_name: Option<String>,
     /// The parameter as read; `None` when it does not exist (or none is set).
@@ -726,27 +749,32 @@ impl AwsClients {
         ))
     }
 
-    /// The AMIRefresher's target for its cluster: the control plane's version is read (EKS
-    /// DescribeCluster, with `cluster`'s clients: the cluster's account), fills
-    /// `${KUBERNETES_VERSION}` in the filters, and refuses candidates outside the node skew it
-    /// supports; then [`AwsClients::select_target`] (with these, the owner account's clients).
-    /// Returns the selection and the control plane's version, if the cluster was found.
+    /// The AMIRefresher's target for its cluster, given what EKS DescribeCluster said of it
+    /// (`info`, read with the cluster's account's clients; `None`: it does not exist): the
+    /// control plane's version fills `${KUBERNETES_VERSION}` in the filters and refuses
+    /// candidates outside the node skew it supports, and the cluster's account is the one
+    /// soak evidence is looked up for; then [`AwsClients::select_target`] (with these, the
+    /// owner account's clients). Returns the selection, the control plane's version and the
+    /// account, if the cluster was found.
     pub async fn select_target_for_cluster(
         &self,
-        cluster: &AwsClients,
         spec: &opsy_api::AMIRefresherSpec,
+        info: Option<&crate::eks::ClusterInfo>,
         now: Timestamp,
     ) -> Result<ClusterTarget, AwsError> {
-        let version = cluster.cluster_version(&spec.cluster_name).await?;
+        let version = info.and_then(|i| i.version.clone());
+        let account = info.and_then(|i| i.account.as_deref());
         let filled = match (&spec.ami_filters, &version) {
             (Some(filters), Some(v)) => Some(opsy_api::kubernetes::fill_filters(filters, v)),
             (filters, _) => filters.clone(),
         };
         let mut scope = Scope::of(spec);
         scope.kubernetes_version = version.as_deref().and_then(MinorVersion::parse);
+        scope.account = account;
         let expires_in = spec.effective_expires_in().as_std();
         let mut target = ClusterTarget {
             control_plane: version.clone(),
+            account: account.map(str::to_owned),
             ..ClusterTarget::default()
         };
         target.selection = match (&spec.ami, &spec.ami_parameter) {
@@ -923,6 +951,47 @@ mod tests {
 
     fn now() -> Timestamp {
         "2024-11-20T00:00:00Z".parse().unwrap()
+    }
+
+    /// A soak gate is passed only by evidence from the cluster of its account: this cluster's
+    /// unless the gate names another; a cluster of the same name in another account does not
+    /// vouch. The older key without an account is still read.
+    #[test]
+    fn soak_evidence_counts_only_from_the_account_of_the_gate() {
+        let promotion: Promotion = serde_json::from_value(serde_json::json!({
+            "soakOn": [{"clusterName": "staging", "duration": "72h"}]
+        }))
+        .unwrap();
+        let elsewhere: Promotion = serde_json::from_value(serde_json::json!({
+            "soakOn": [{"clusterName": "staging", "duration": "72h", "account": "210987654321"}]
+        }))
+        .unwrap();
+        let scope = |promotion| Scope {
+            cluster_name: "prod",
+            accept_from: &[],
+            promotion: Some(promotion),
+            kubernetes_version: None,
+            account: Some("123456789012"),
+        };
+        let soaked = "2024-11-10T00:00:00Z";
+        let held = |promotion, key: &str| {
+            let candidate = Candidate::judge(
+                image(
+                    "a",
+                    "2024-11-09T00:00:00Z",
+                    &[("status", "active"), (key, soaked)],
+                ),
+                30 * DAY,
+                now(),
+            );
+            scope(promotion).holds(&candidate, now()).is_some()
+        };
+        assert!(!held(&promotion, "healthy-on/123456789012/staging"));
+        assert!(held(&promotion, "healthy-on/999988887777/staging"));
+        assert!(held(&promotion, "healthy-on/123456789012/staging-2"));
+        assert!(!held(&promotion, "healthy-on/staging"), "the older form");
+        assert!(!held(&elsewhere, "healthy-on/210987654321/staging"));
+        assert!(held(&elsewhere, "healthy-on/123456789012/staging"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn scope() -> Scope<'static> {
         accept_from: &[],
         promotion: None,
         kubernetes_version: None,
+        account: None,
     }
 }
 
@@ -564,6 +565,7 @@ async fn another_clusters_ami_is_passed_over_unless_accepted() {
             accept_from: accept,
             promotion: None,
             kubernetes_version: None,
+            account: None,
         };
         let selection = aws
             .select_target(None, Some(&filters), scope, DAY, now)
@@ -628,7 +630,11 @@ async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
     };
     let every = spec("amazon-eks-node-al2023-x86_64-standard-*");
     let found = aws
-        .select_target_for_cluster(&aws, &every, now())
+        .select_target_for_cluster(
+            &every,
+            aws.cluster(&every.cluster_name).await.unwrap().as_ref(),
+            now(),
+        )
         .await
         .unwrap();
     let (selection, version) = (found.selection, found.control_plane);
@@ -658,7 +664,11 @@ async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
     // Once the control plane is on 1.31, its AMI is the target.
     fixture.upgrade_cluster("versions", "1.31").await.unwrap();
     let selection = aws
-        .select_target_for_cluster(&aws, &every, now())
+        .select_target_for_cluster(
+            &every,
+            aws.cluster(&every.cluster_name).await.unwrap().as_ref(),
+            now(),
+        )
         .await
         .unwrap()
         .selection;
@@ -667,7 +677,11 @@ async fn no_ami_newer_than_the_control_plane_or_too_old_for_it_is_a_target() {
     // Filters that name the cluster's version see only that minor's AMIs.
     let current = spec("amazon-eks-node-al2023-x86_64-standard-${KUBERNETES_VERSION}-*");
     let selection = aws
-        .select_target_for_cluster(&aws, &current, now())
+        .select_target_for_cluster(
+            &current,
+            aws.cluster(&current.cluster_name).await.unwrap().as_ref(),
+            now(),
+        )
         .await
         .unwrap()
         .selection;
@@ -695,7 +709,11 @@ async fn an_ssm_parameter_names_the_base_of_a_refreshers_candidates() {
     .unwrap();
     let name = "/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/x86_64/standard/recommended/image_id";
     let found = aws
-        .select_target_for_cluster(&aws, &spec, now())
+        .select_target_for_cluster(
+            &spec,
+            aws.cluster(&spec.cluster_name).await.unwrap().as_ref(),
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(found.parameter_name.as_deref(), Some(name));
@@ -721,7 +739,11 @@ async fn an_ssm_parameter_names_the_base_of_a_refreshers_candidates() {
     .await
     .unwrap();
     let found = aws
-        .select_target_for_cluster(&aws, &spec, now())
+        .select_target_for_cluster(
+            &spec,
+            aws.cluster(&spec.cluster_name).await.unwrap().as_ref(),
+            now(),
+        )
         .await
         .unwrap();
     let parameter = found.parameter.unwrap();

@@ -369,7 +369,8 @@ async fn promotion(
     let image = aws
         .describe_images(&ImageQuery::default().ids([ami]))
         .await?;
-    let evidence = tags::healthy_on(staging);
+    let account = aws.cluster(staging).await?.and_then(|c| c.account);
+    let evidence = ami_refresh_operator::evidence_key(staging, account.as_deref());
     detail(&format!(
         "{ami} carries {evidence}={} (written when {staging}'s rollout was complete and healthy)",
         image
@@ -426,7 +427,8 @@ async fn promotion(
     let image = aws
         .describe_images(&ImageQuery::default().ids([ami]))
         .await?;
-    let evidence = tags::healthy_on(PROD_CLUSTER);
+    let account = aws.cluster(PROD_CLUSTER).await?.and_then(|c| c.account);
+    let evidence = ami_refresh_operator::evidence_key(PROD_CLUSTER, account.as_deref());
     detail(&format!(
         "promoted: {ami} now also carries {evidence}={}",
         image

@@ -33,7 +33,7 @@ fn the_sandbox_runs_every_step_and_exits_cleanly() {
         "(SoakOn): healthy on ibeify-gitops since",
         "soaking 72h; promotable",
         "prod-b       Managed     Succeeded",
-        "now also carries healthy-on/ibeify-prod=",
+        "now also carries healthy-on/123456789012/ibeify-prod=",
     ] {
         assert!(
             stdout.contains(expected),

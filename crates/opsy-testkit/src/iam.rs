@@ -130,7 +130,8 @@ pub fn as_principal(mut calls: Vec<Call>, tags: &[(&str, &str)]) -> Vec<Call> {
     calls
 }
 
-/// A condition value with its policy variables (`${aws:PrincipalTag/key}`) replaced from
+/// A condition value with its policy variables (`${aws:PrincipalTag/key}`,
+/// `${aws:PrincipalAccount}`) replaced from
 /// `call`; `None` when one has no value, which matches nothing (IAM User Guide, "IAM policy
 /// elements: Variables and tags": a variable with no value in the request context).
 fn substitute(value: &str, call: &Call) -> Option<String> {
@@ -139,17 +140,24 @@ fn substitute(value: &str, call: &Call) -> Option<String> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}')? + start;
-        let variable = &rest[start + 2..end];
-        let tag = variable
-            .to_lowercase()
-            .strip_prefix("aws:principaltag/")
-            .map(str::to_owned)?;
-        let value = call
-            .principal_tags
-            .iter()
-            .find(|(k, _)| k.to_lowercase() == tag)?
-            .1;
-        out.push_str(value);
+        let variable = rest[start + 2..end].to_lowercase();
+        if variable == "aws:principalaccount" {
+            // The assumed role's account; the emulator's own account for its own keys.
+            let account = call
+                .role
+                .as_deref()
+                .and_then(opsy_api::tags::account_of_arn)
+                .unwrap_or(crate::ACCOUNT_ID);
+            out.push_str(account);
+        } else {
+            let tag = variable.strip_prefix("aws:principaltag/")?;
+            let value = call
+                .principal_tags
+                .iter()
+                .find(|(k, _)| k.to_lowercase() == tag)?
+                .1;
+            out.push_str(value);
+        }
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
@@ -434,13 +442,10 @@ mod tests {
     }
 
     #[test]
-    fn a_refresher_writes_soak_evidence_only_for_its_own_cluster() {
+    fn a_refresher_writes_soak_evidence_only_for_its_own_cluster_and_account() {
         let image = "arn:aws:ec2:us-west-2::image/ami-1";
-        let evidence = |cluster: &str| Call {
-            request_tags: BTreeMap::from([(
-                format!("healthy-on/{cluster}"),
-                "2026-12-04T00:00:00Z".to_owned(),
-            )]),
+        let evidence = |key: &str| Call {
+            request_tags: BTreeMap::from([(key.to_owned(), "2026-12-04T00:00:00Z".to_owned())]),
             resource_tags: BTreeMap::from([(
                 image.to_owned(),
                 BTreeMap::from([(
@@ -450,30 +455,61 @@ mod tests {
             )]),
             ..call("ec2:CreateTags", image)
         };
-        let staging = |c: Call| {
+        let own = crate::ACCOUNT_ID;
+        let cluster_account = "111122223333";
+        // Its own role, in the cluster's account (the cluster tag from EKS Pod Identity or
+        // the role); and the owner account's role, in the session the refresher assumed it in
+        // (the cluster and its account from the session's tags).
+        let as_refresher = |c: Call| {
             as_principal(vec![c], &[("eks-cluster-name", "staging")])
                 .pop()
                 .unwrap()
         };
-        // Its own role (the tag from EKS Pod Identity or the role), and the owner account's
-        // role (the tag from the session the refresher assumed it in).
-        for policy in ["ami-refresh-operator", "ami-owner-access"] {
+        let as_session = |c: Call| Call {
+            role: Some("arn:aws:iam::444455556666:role/opsy-ami-owner-access".into()),
+            ..as_principal(
+                vec![c],
+                &[
+                    ("eks-cluster-name", "staging"),
+                    ("eks-cluster-account", cluster_account),
+                ],
+            )
+            .pop()
+            .unwrap()
+        };
+        for (policy, principal, account) in [
+            (
+                "ami-refresh-operator",
+                &as_refresher as &dyn Fn(Call) -> Call,
+                own,
+            ),
+            ("ami-owner-access", &as_session, cluster_account),
+        ] {
+            let key = format!("healthy-on/{account}/staging");
             assert_eq!(
-                refuses(policy, &staging(evidence("staging"))).unwrap(),
+                refuses(policy, &principal(evidence(&key))).unwrap(),
                 None,
                 "{policy}"
             );
-            for other in ["prod", "staging-2", "*"] {
+            for other in [
+                format!("healthy-on/{account}/prod"),
+                format!("healthy-on/{account}/staging-2"),
+                format!("healthy-on/{account}/*"),
+                // Another account's cluster of the same name, and the form without account.
+                "healthy-on/444455556666/staging".to_owned(),
+                "healthy-on/999988887777/staging".to_owned(),
+                "healthy-on/staging".to_owned(),
+            ] {
                 assert!(
-                    refuses(policy, &staging(evidence(other)))
+                    refuses(policy, &principal(evidence(&other)))
                         .unwrap()
                         .is_some(),
-                    "{policy}: a refresher of staging may vouch for {other}"
+                    "{policy}: a refresher of staging in {account} may write {other}"
                 );
             }
             // A principal with no cluster tag vouches for no cluster.
             assert!(
-                refuses(policy, &evidence("staging")).unwrap().is_some(),
+                refuses(policy, &evidence(&key)).unwrap().is_some(),
                 "{policy}"
             );
         }

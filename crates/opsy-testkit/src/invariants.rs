@@ -9,7 +9,7 @@
 //!    moved the group elsewhere, is fine;
 //! 3. no AMI goes back to `active` after it was `deprecated` or `quarantined`;
 //! 4. every AMI a build produced ends tagged with the contract, or is named in a Warning Event;
-//! 5. no `healthy-on/<cluster>` evidence for an AMI without a group of that cluster having
+//! 5. no `healthy-on/<account>/<cluster>` evidence for an AMI without a group of that cluster having
 //!    passed the health gate on it (its `NodeGroupHealthy` Event), nor while a group of the
 //!    cluster that AWS moved to the AMI has no such verdict;
 //! 6. no snapshot deleted that was not a snapshot of a managed AMI the operator deregistered
@@ -365,7 +365,7 @@ fn orphans(
         .collect()
 }
 
-/// 5. No `healthy-on/<cluster>` without a group of the cluster healthy on the AMI, nor while a
+/// 5. No `healthy-on/<account>/<cluster>` (or `healthy-on/<cluster>`) without a group of the cluster healthy on the AMI, nor while a
 ///    group of the cluster that AWS moved to the AMI has no health verdict on it.
 fn evidence(facts: &Facts, mutations: &[crate::moto::Mutation], events: &[Event]) -> Vec<String> {
     let mut out = Vec::new();
@@ -381,12 +381,11 @@ fn evidence(facts: &Facts, mutations: &[crate::moto::Mutation], events: &[Event]
         .iter()
         .filter(|m| m.action == "ec2:CreateTags" && m.done())
     {
-        for key in m
+        for (key, cluster) in m
             .request_tags
             .keys()
-            .filter(|k| k.starts_with("healthy-on/"))
+            .filter_map(|k| Some((k, opsy_api::tags::parse_healthy_on(k)?.1)))
         {
-            let cluster = key.trim_start_matches("healthy-on/");
             for image in images_of(m) {
                 if !named_in(events, "Normal", Some("NodeGroupHealthy"), image) {
                     out.push(format!(

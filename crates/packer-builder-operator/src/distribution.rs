@@ -397,6 +397,7 @@ mod tests {
                 ("status", "active"),
                 ("base-ami", "ami-base-west"),
                 ("healthy-on/staging", "2026-11-01T00:00:00Z"),
+                ("healthy-on/111122223333/staging", "2026-11-01T00:00:00Z"),
                 ("opsy-packer-build", "true"),
                 ("Name", "packer-al2023"),
             ]
@@ -418,7 +419,7 @@ mod tests {
             Some("us-west-2")
         );
         assert_eq!(tags.get("cluster-name").map(String::as_str), Some("prod"));
-        assert!(!tags.contains_key("healthy-on/staging"));
+        assert!(!tags.keys().any(|k| k.starts_with("healthy-on/")));
         assert!(!tags.contains_key("opsy-packer-build") && !tags.contains_key("Name"));
         assert!(client_token("ami-0123456789abcdef0", "ap-southeast-4").len() <= 64);
     }

@@ -2338,6 +2338,7 @@ async fn copies_in_another_region_are_shared_follow_their_source_and_fall_under_
                 accept_from: &[],
                 promotion: None,
                 kubernetes_version: None,
+                account: None,
             },
             Duration::from_secs(30 * 86_400),
             world.now,
