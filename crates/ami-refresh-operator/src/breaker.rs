@@ -17,7 +17,7 @@ use opsy_aws::{AwsClients, AwsError, autoscaling::RefreshSettings};
 use crate::{
     Error,
     plan::{Group, GroupImage},
-    reconcile::{Context, VERSION_DESCRIPTION, event},
+    report::{Context, VERSION_DESCRIPTION, event},
     start::{force, refresh_settings},
 };
 

@@ -18,7 +18,7 @@ use crate::{
     health::{AlarmView, Subject, Verdict, judge, on_target, with_alarms, with_pods},
     observe::{ManagedInstances, nodes_of, pods_on},
     plan::Group,
-    reconcile::{Context, event},
+    report::{Context, event},
     start::start_version_update,
 };
 

@@ -15,6 +15,7 @@ pub mod observe;
 pub mod plan;
 mod promotion;
 pub mod reconcile;
+mod report;
 mod start;
 pub mod tenancy;
 pub mod transitions;

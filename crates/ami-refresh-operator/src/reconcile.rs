@@ -22,6 +22,7 @@ use opsy_api::{
 use opsy_aws::AwsError;
 use opsy_notify::{Event as NotifyEvent, Message, ResourceRef};
 
+pub use crate::report::MANAGER;
 use crate::{
     Error, breaker,
     follow::{self, Against, implicates_image, poll, verify},
@@ -29,13 +30,9 @@ use crate::{
     observe::{Blocker, disruption_blockers, observe_groups, refuse_latest_followers},
     plan::{Group, nodes_on_target, plan},
     promotion,
+    report::{event, set, write_status},
     start::start,
 };
-
-/// Field manager of every write.
-pub const MANAGER: &str = "ami-refresh-operator";
-/// Marks launch template versions this operator created.
-pub(crate) const VERSION_DESCRIPTION: &str = "ami-refresh-operator";
 
 pub use opsy_runtime::context::{Clock, Context};
 
@@ -118,19 +115,12 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
     let spec = &amr.spec.clone();
     let now = (ctx.clock)();
     let generation = amr.meta().generation;
-    let aws = ctx.aws.region(&spec.region).await;
-    // The cluster: its version, and its account (which its soak evidence names).
-    let cluster = aws.cluster(&spec.cluster_name).await?;
-    let account = cluster.as_ref().and_then(|c| c.account.clone());
-    let evidence = crate::evidence_key(&spec.cluster_name, account.as_deref());
-    // Where the managed AMIs, their tags and their soak evidence live.
-    let owner = ctx
-        .aws
-        .region_as(
-            &spec.region,
-            crate::owner_role(&amr, account.as_deref()).as_ref(),
-        )
-        .await;
+    let Acting {
+        aws,
+        cluster,
+        evidence,
+        owner,
+    } = acting(&ctx, &amr).await?;
     let mut status = amr.status.clone().unwrap_or_default();
     // Evidence decided earlier whose write failed is written again first.
     if !status.pending_evidence.is_empty() {
@@ -144,22 +134,7 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
         .effective_controller_timer()
         .as_std()
         .max(opsy_api::packer_builder::MIN_CONTROLLER_TIMER);
-    let field = if spec.expires_in.is_some() {
-        "spec.expiresIn"
-    } else {
-        "spec.timeOuts.expiresIn"
-    };
-    let warnings: Vec<(&str, String)> = spec
-        .effective_expires_in()
-        .short_expiry_warning(field)
-        .map(|m| ("ShortExpiresIn", m))
-        .into_iter()
-        .collect();
-    if let Some(message) =
-        conditions::record_config_warnings(&mut status.conditions, &warnings, now, generation)
-    {
-        event(&ctx, &amr, EventType::Warning, "ShortExpiresIn", &message).await;
-    }
+    warn_of_short_expiry(&ctx, &amr, &mut status, now).await;
 
     // 1. Target.
     let found = owner
@@ -791,6 +766,61 @@ async fn reconcile_inner(mut amr: Arc<AMIRefresher>, ctx: Arc<Context>) -> Resul
 }
 
 /// `timer`, or less when `wake` comes sooner.
+/// Where an AMIRefresher acts.
+struct Acting {
+    /// The clients of the cluster's account (the operator's own).
+    aws: Arc<opsy_aws::AwsClients>,
+    /// What EKS says of the cluster (`None`: it does not exist).
+    cluster: Option<opsy_aws::eks::ClusterInfo>,
+    /// The key of its soak evidence: `healthy-on/<the cluster's account>/<cluster>`.
+    evidence: String,
+    /// The clients of the account that owns the managed AMIs, their tags and their evidence.
+    owner: Arc<opsy_aws::AwsClients>,
+}
+
+/// Reads where `amr` acts: its cluster (EKS DescribeCluster, for its version and account), and
+/// the owner account's role, assumed for that cluster and account.
+async fn acting(ctx: &Context, amr: &AMIRefresher) -> Result<Acting, Error> {
+    let spec = &amr.spec;
+    let aws = ctx.aws.region(&spec.region).await;
+    let cluster = aws.cluster(&spec.cluster_name).await?;
+    let account = cluster.as_ref().and_then(|c| c.account.clone());
+    let owner_role = crate::owner_role(amr, account.as_deref());
+    Ok(Acting {
+        evidence: crate::evidence_key(&spec.cluster_name, account.as_deref()),
+        owner: ctx.aws.region_as(&spec.region, owner_role.as_ref()).await,
+        aws,
+        cluster,
+    })
+}
+
+/// A `ShortExpiresIn` warning in status (and an Event when it appears or changes).
+async fn warn_of_short_expiry(
+    ctx: &Context,
+    amr: &AMIRefresher,
+    status: &mut AMIRefresherStatus,
+    now: Timestamp,
+) {
+    let spec = &amr.spec;
+    let field = if spec.expires_in.is_some() {
+        "spec.expiresIn"
+    } else {
+        "spec.timeOuts.expiresIn"
+    };
+    let warnings: Vec<(&str, String)> = spec
+        .effective_expires_in()
+        .short_expiry_warning(field)
+        .map(|m| ("ShortExpiresIn", m))
+        .into_iter()
+        .collect();
+    let generation = amr.meta().generation;
+    if let Some(message) =
+        conditions::record_config_warnings(&mut status.conditions, &warnings, now, generation)
+    {
+        event(ctx, amr, EventType::Warning, "ShortExpiresIn", &message).await;
+    }
+}
+
 fn until(
     timer: std::time::Duration,
     wake: Option<Timestamp>,
@@ -934,43 +964,4 @@ fn upsert_entry(status: &mut AMIRefresherStatus, entry: &NodeGroupStatus) {
             groups.sort_by(|a, b| a.name.cmp(&b.name));
         }
     }
-}
-
-fn set(
-    status: &mut AMIRefresherStatus,
-    type_: &str,
-    on: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-    generation: Option<i64>,
-) {
-    conditions::upsert(
-        &mut status.conditions,
-        type_,
-        on,
-        reason,
-        message,
-        now,
-        generation,
-    );
-}
-
-pub(crate) async fn event(
-    ctx: &Context,
-    amr: &AMIRefresher,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    ctx.metrics.transition(reason);
-    opsy_runtime::publish_event(&ctx.recorder, amr, type_, reason, note).await;
-}
-
-async fn write_status(
-    ctx: &Context,
-    amr: &AMIRefresher,
-    status: &AMIRefresherStatus,
-) -> Result<AMIRefresher, Error> {
-    Ok(opsy_runtime::patch_status(&ctx.client, amr, MANAGER, status).await?)
 }

@@ -18,7 +18,7 @@ use opsy_aws::{
 use crate::{
     Error,
     plan::{Group, GroupImage},
-    reconcile::{Context, VERSION_DESCRIPTION, event},
+    report::{Context, VERSION_DESCRIPTION, event},
 };
 
 /// The launch template version this operator made for `target` from `from`, if there is one

@@ -92,7 +92,7 @@ pub async fn report(
 ) -> Result<Report, AwsError> {
     let aws = &*clients.region(&pb.spec.region).await;
     let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
-    let base = crate::reconcile::resolve_base(aws, pb).await?.image;
+    let base = crate::base::resolve_base(aws, pb).await?.image;
     let identity = BuildIdentity::of(pb);
     let managed = aws
         .managed_images(&identity, pb.spec.time_outs.expires_in.as_std(), now)
@@ -139,7 +139,7 @@ pub async fn report(
             Some(display(&plan(
                 &pb.spec.builder,
                 base_vars.as_ref(),
-                crate::reconcile::single_architecture(pb),
+                crate::base::single_architecture(pb),
             ))),
         ),
         Decision::Adopt { image } => (

@@ -22,7 +22,7 @@ use opsy_api::{
 
 use crate::{
     Error,
-    reconcile::{Context, MANAGER, event, set, write_status},
+    report::{Context, MANAGER, event, set, write_status},
 };
 
 /// The name of the PackerBuilder that builds `parent`'s AMI for `architecture`.

@@ -6,6 +6,7 @@
 //! build reports ([`artifact`]) and what to do next ([`decide`]).
 
 pub mod artifact;
+pub mod base;
 pub mod commands;
 pub mod controller;
 pub mod credentials;
@@ -20,6 +21,7 @@ pub mod orphans;
 pub mod policy;
 pub mod quarantines;
 pub mod reconcile;
+pub mod report;
 pub mod retention;
 pub mod state;
 

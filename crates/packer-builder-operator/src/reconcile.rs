@@ -28,23 +28,25 @@ use opsy_aws::{
     managed::{BuildFacts, BuildIdentity, Selection},
 };
 
-use opsy_notify::{Event as NotifyEvent, Message};
+use opsy_notify::Message;
 
+pub use crate::report::MANAGER;
 use crate::{
     Error, artifact,
+    base::{Base, resolve_base, single_architecture},
     commands::{BaseVars, display, plan},
     credentials,
     decide::{Decision, Observed, OpenJob, decide},
     job::{JobRequest, build_job, job_id, job_name, owned_by},
-    notify, policy,
+    notify::{self, Transition},
+    policy,
+    report::{event, set, set_ready, stalled, write_status},
     state::observe,
 };
 
 /// Held by every PackerBuilder until its last reconcile has tagged what its builds produced.
 pub const FINALIZER: &str = "ami.refresh.ops/built-images";
 
-/// Field manager of every write.
-pub const MANAGER: &str = "packer-builder-operator";
 /// How many builds `status.history` keeps.
 const HISTORY: usize = 10;
 /// How soon a build that waits for a missing Secret or a ServiceAccount's permission looks
@@ -410,26 +412,20 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 requeue = Duration::from_secs(1);
                 break 'complete;
             };
-            let event = if outcome.is_ok() {
+            if outcome.is_ok() {
                 // Copies, sharing and retention follow at once, from a fresh look at the AMIs.
                 requeue = Duration::from_secs(1);
-                NotifyEvent::BuildSucceeded
-            } else {
-                NotifyEvent::BuildFailed
-            };
-            let mut msg = notify::message(
-                &pb,
-                event,
-                status.last_run_message.clone().unwrap_or_default(),
-            )
-            .fact("Base AMI", job.base_ami.clone().unwrap_or_default())
-            .fact("Built AMI", image.clone())
-            .fact("Job", job.name.clone())
-            .at(now);
-            if let Err(reason) = outcome {
-                msg = msg.reason(reason);
             }
-            notifications.push((format!("{}:{}", event.as_str(), job.job_id), msg));
+            let summary = status.last_run_message.clone().unwrap_or_default();
+            let transition = Transition::Completed {
+                job_id: &job.job_id,
+                job_name: &job.name,
+                base_ami: job.base_ami.as_deref().unwrap_or_default(),
+                image: &image,
+                summary: &summary,
+                failure: outcome.as_ref().err().map(String::as_str),
+            };
+            notifications.push(notify::notification(&pb, &transition, now));
         }
         Decision::Fail {
             job,
@@ -483,22 +479,13 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             );
             event(&ctx, &pb, EventType::Warning, "BuildFailed", &message).await;
-            let msg = notify::message(&pb, NotifyEvent::BuildFailed, format!("Build {job} failed"))
-                .fact(
-                    "Base AMI",
-                    status.last_run_base_image_id.clone().unwrap_or_default(),
-                )
-                .fact("Job", job.clone())
-                .fact(
-                    "Failed builds",
-                    format!(
-                        "{} of {}",
-                        status.failed_job_count, pb.spec.max_failed_builds
-                    ),
-                )
-                .reason(reason)
-                .at(now);
-            notifications.push((format!("BuildFailed:{job}"), msg));
+            let transition = Transition::Failed {
+                job: &job,
+                base_ami: status.last_run_base_image_id.as_deref().unwrap_or_default(),
+                failed: (status.failed_job_count, pb.spec.max_failed_builds),
+                reason: &reason,
+            };
+            notifications.push(notify::notification(&pb, &transition, now));
             requeue = Duration::from_secs(30).min(timer);
         }
         Decision::Build { reason } => 'build: {
@@ -591,17 +578,13 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             );
             event(&ctx, &pb, EventType::Normal, "BuildStarted", &message).await;
-            let msg = notify::message(&pb, NotifyEvent::BuildStarted, message)
-                .fact(
-                    "Base AMI",
-                    status.last_run_base_image_id.clone().unwrap_or_default(),
-                )
-                .fact("Job", name)
-                .at(now);
-            notifications.push((
-                format!("BuildStarted:{}", status.job_id.clone().unwrap_or_default()),
-                msg,
-            ));
+            let transition = Transition::Started {
+                job_id: status.job_id.as_deref().unwrap_or_default(),
+                job_name: &name,
+                base_ami: status.last_run_base_image_id.as_deref().unwrap_or_default(),
+                summary: &message,
+            };
+            notifications.push(notify::notification(&pb, &transition, now));
             requeue = ctx.poll_interval;
         }
         Decision::Adopt { image } => {
@@ -711,22 +694,13 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                 opsy_api::packer_builder::RETRY_ANNOTATION
             );
             stalled(&ctx, &pb, &mut status, "FailureLimitReached", &message, now).await;
-            let msg = notify::message(
-                &pb,
-                NotifyEvent::BuildStalled,
-                "Builds stopped after repeated failures",
-            )
-            .reason(message)
-            .at(now);
-            notifications.push((
-                format!(
-                    "BuildStalled:FailureLimitReached:{}:{}:{}",
-                    generation.unwrap_or_default(),
-                    status.retried.as_deref().unwrap_or_default(),
-                    status.last_run_base_image_id.as_deref().unwrap_or_default()
-                ),
-                msg,
-            ));
+            let transition = Transition::FailureLimit {
+                generation: generation.unwrap_or_default(),
+                retried: status.retried.as_deref().unwrap_or_default(),
+                base_ami: status.last_run_base_image_id.as_deref().unwrap_or_default(),
+                reason: &message,
+            };
+            notifications.push(notify::notification(&pb, &transition, now));
         }
         Decision::NoBaseImage => {
             let message = missing_base.clone().unwrap_or_else(|| {
@@ -734,20 +708,11 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
                     .to_owned()
             });
             stalled(&ctx, &pb, &mut status, "NoBaseImage", &message, now).await;
-            let msg = notify::message(
-                &pb,
-                NotifyEvent::BuildStalled,
-                "No base AMI matches the filters",
-            )
-            .reason(message)
-            .at(now);
-            notifications.push((
-                format!(
-                    "BuildStalled:NoBaseImage:{}",
-                    generation.unwrap_or_default()
-                ),
-                msg,
-            ));
+            let transition = Transition::NoBaseImage {
+                generation: generation.unwrap_or_default(),
+                reason: &message,
+            };
+            notifications.push(notify::notification(&pb, &transition, now));
         }
     }
     opsy_runtime::outbox::queue(
@@ -874,134 +839,6 @@ async fn reconcile_inner(pb: Arc<PackerBuilder>, ctx: Arc<Context>) -> Result<Ac
     ctx.send_notifications(&written);
     ctx.failures.record_success(pb.as_ref());
     Ok(Action::requeue(requeue))
-}
-
-/// The base AMI, found with `spec.amiFilters`.
-#[derive(Debug)]
-pub(crate) struct Base {
-    /// The newest available match.
-    pub image: Option<opsy_aws::Image>,
-    /// The cluster's Kubernetes version, read when the filters use the placeholder.
-    pub control_plane: Option<String>,
-    /// Whether the filters or the parameter use `${KUBERNETES_VERSION}`.
-    pub placeholder: bool,
-    /// `spec.amiParameter` with the version filled in, and the parameter as read (`None`:
-    /// it does not exist).
-    pub parameter: Option<(String, Option<opsy_aws::parameters::Parameter>)>,
-}
-
-impl Base {
-    /// Why no base was found, when a parameter or the cluster explains it.
-    pub fn missing(&self, pb: &PackerBuilder) -> Option<String> {
-        if self.placeholder && self.control_plane.is_none() {
-            return Some(format!(
-                "spec.amiFilters or spec.amiParameter use {}, but EKS cluster {} (spec.clusterName) was not found in {}: its Kubernetes version cannot be read",
-                opsy_api::kubernetes::VERSION_PLACEHOLDER,
-                pb.spec.cluster_name,
-                pb.spec.region
-            ));
-        }
-        match &self.parameter {
-            Some((name, None)) => Some(format!(
-                "SSM parameter {name} (spec.amiParameter) does not exist in {}",
-                pb.spec.region
-            )),
-            Some((name, Some(p))) if self.image.is_none() => Some(format!(
-                "SSM parameter {name} (version {}) names {}, which is not an available image{}",
-                p.version,
-                p.value,
-                if pb.spec.ami_filters.is_some() {
-                    " matching spec.amiFilters"
-                } else {
-                    ""
-                }
-            )),
-            _ => None,
-        }
-    }
-
-    /// `status.baseParameter`.
-    pub fn parameter_ref(&self) -> Option<opsy_api::common::ParameterRef> {
-        let (_, Some(p)) = self.parameter.as_ref()? else {
-            return None;
-        };
-        Some(opsy_api::common::ParameterRef {
-            name: p.name.clone(),
-            version: p.version,
-            image_id: p.value.clone(),
-        })
-    }
-}
-
-/// Finds the base AMI; when the filters use `${KUBERNETES_VERSION}`, with the cluster's
-/// version filled in (none when the cluster is not found).
-pub(crate) async fn resolve_base(
-    aws: &opsy_aws::AwsClients,
-    pb: &PackerBuilder,
-) -> Result<Base, opsy_aws::AwsError> {
-    use opsy_api::kubernetes::{VERSION_PLACEHOLDER, fill_filters, filters_use_placeholder};
-    let filters = pb.spec.ami_filters.as_deref().filter(|f| !f.is_empty());
-    let parameter = pb.spec.ami_parameter.as_deref();
-    let placeholder = filters.is_some_and(filters_use_placeholder)
-        || parameter.is_some_and(|p| p.contains(VERSION_PLACEHOLDER));
-    let control_plane = if placeholder {
-        aws.cluster_version(&pb.spec.cluster_name).await?
-    } else {
-        None
-    };
-    if placeholder && control_plane.is_none() {
-        return Ok(Base {
-            image: None,
-            control_plane,
-            placeholder,
-            parameter: None,
-        });
-    }
-    let filled = match (filters, &control_plane) {
-        (Some(filters), Some(version)) => Some(fill_filters(filters, version)),
-        (filters, _) => filters.map(<[_]>::to_vec),
-    };
-    // Built for one architecture: the base must be of it.
-    let architecture = single_architecture(pb);
-    let filled = match (filled, architecture) {
-        (Some(filters), Some(arch)) => Some(opsy_api::lanes::filters_for(&filters, arch)),
-        (None, Some(arch)) if parameter.is_some() => Some(opsy_api::lanes::filters_for(&[], arch)),
-        (filled, _) => filled,
-    };
-    let (image, parameter) = match parameter {
-        Some(name) => {
-            let name = match &control_plane {
-                Some(version) => name.replace(VERSION_PLACEHOLDER, version),
-                None => name.to_owned(),
-            };
-            let name = match architecture {
-                Some(arch) => {
-                    name.replace(opsy_api::lanes::ARCHITECTURE_PLACEHOLDER, arch.as_str())
-                }
-                None => name,
-            };
-            let (read, image) = aws.parameter_image(&name, filled.as_deref()).await?;
-            (image, Some((name, read)))
-        }
-        None => match &filled {
-            Some(filters) => (aws.resolve_base_image(filters).await?, None),
-            None => (None, None),
-        },
-    };
-    Ok(Base {
-        image,
-        control_plane,
-        placeholder,
-        parameter,
-    })
-}
-
-/// The one architecture this PackerBuilder builds for (`spec.architectures` with one entry).
-pub(crate) fn single_architecture(pb: &PackerBuilder) -> Option<opsy_api::lanes::Architecture> {
-    match pb.spec.architectures.as_slice() {
-        [one] => Some(*one),
-        _ => None,
-    }
 }
 
 fn image_ref(candidate: &opsy_aws::managed::Candidate) -> ImageRef {
@@ -1275,122 +1112,4 @@ fn record(status: &mut PackerBuilderStatus, entry: BuildRecord) {
     }
     status.history.insert(0, entry);
     status.history.truncate(HISTORY);
-}
-
-async fn stalled(
-    ctx: &Context,
-    pb: &PackerBuilder,
-    status: &mut PackerBuilderStatus,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) {
-    let generation = pb.meta().generation;
-    let was = conditions::find(&status.conditions, conditions::DEGRADED).map(|c| c.reason.clone());
-    set(
-        status,
-        conditions::READY,
-        false,
-        reason,
-        message,
-        now,
-        generation,
-    );
-    set(
-        status,
-        conditions::PROGRESSING,
-        false,
-        reason,
-        message,
-        now,
-        generation,
-    );
-    set(
-        status,
-        conditions::DEGRADED,
-        true,
-        reason,
-        message,
-        now,
-        generation,
-    );
-    status.last_run_message = Some(message.to_owned());
-    // One Warning per transition, not one per reconcile.
-    if was.as_deref() != Some(reason) {
-        event(ctx, pb, EventType::Warning, reason, message).await;
-    }
-}
-
-fn set_ready(
-    status: &mut PackerBuilderStatus,
-    message: &str,
-    now: Timestamp,
-    generation: Option<i64>,
-) {
-    set(
-        status,
-        conditions::READY,
-        true,
-        "AmiActive",
-        message,
-        now,
-        generation,
-    );
-    set(
-        status,
-        conditions::PROGRESSING,
-        false,
-        "Idle",
-        message,
-        now,
-        generation,
-    );
-    set(
-        status,
-        conditions::DEGRADED,
-        false,
-        "AmiActive",
-        message,
-        now,
-        generation,
-    );
-}
-
-pub(crate) fn set(
-    status: &mut PackerBuilderStatus,
-    type_: &str,
-    on: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-    generation: Option<i64>,
-) {
-    conditions::upsert(
-        &mut status.conditions,
-        type_,
-        on,
-        reason,
-        message,
-        now,
-        generation,
-    );
-}
-
-pub(crate) async fn event(
-    ctx: &Context,
-    pb: &PackerBuilder,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    ctx.metrics.transition(reason);
-    opsy_runtime::publish_event(&ctx.recorder, pb, type_, reason, note).await;
-}
-
-pub(crate) async fn write_status(
-    ctx: &Context,
-    pb: &PackerBuilder,
-    status: &PackerBuilderStatus,
-) -> Result<PackerBuilder, Error> {
-    Ok(opsy_runtime::patch_status(&ctx.client, pb, MANAGER, status).await?)
 }
