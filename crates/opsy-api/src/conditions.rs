@@ -85,45 +85,6 @@ pub fn upsert(
     )
 }
 
-/// A status with conditions.
-pub trait WithConditions {
-    /// Its conditions.
-    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
-}
-
-impl WithConditions for crate::PackerBuilderStatus {
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-}
-
-impl WithConditions for crate::AMIRefresherStatus {
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-}
-
-/// [`upsert`] on `status`'s conditions, for reconciles that only care that it is set.
-pub fn set_on<S: WithConditions>(
-    status: &mut S,
-    type_: &str,
-    on: bool,
-    reason: &str,
-    message: &str,
-    now: jiff::Timestamp,
-    generation: Option<i64>,
-) {
-    upsert(
-        status.conditions_mut(),
-        type_,
-        on,
-        reason,
-        message,
-        now,
-        generation,
-    );
-}
-
 /// Sets [`CONFIG_WARNING`] from `warnings` (the reason and message of each), or clears it if
 /// it was ever set. Returns the message when the warning is new or changed, for a Warning
 /// event (so a steady warning gives one Event, not one per reconcile).

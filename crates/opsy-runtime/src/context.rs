@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use jiff::Timestamp;
 use kube::{
     Client,
-    runtime::events::{EventType, Recorder, Reporter},
+    runtime::events::{Recorder, Reporter},
 };
 use opsy_aws::ClientSet;
 
@@ -153,15 +153,6 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Publishes an Event about `object`, counted in the metrics as a transition `reason`.
-    pub async fn event<K>(&self, object: &K, type_: EventType, reason: &str, note: &str)
-    where
-        K: kube::Resource<DynamicType = ()>,
-    {
-        self.metrics.transition(reason);
-        crate::publish_event(&self.recorder, object, type_, reason, note).await;
-    }
-
     /// The context of the controller `manager` (the name its Events are reported under; the
     /// pod name, when set, tells replicas apart).
     pub fn new(

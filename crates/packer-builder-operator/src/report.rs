@@ -7,7 +7,6 @@ use opsy_api::{PackerBuilder, PackerBuilderStatus, conditions};
 
 use crate::Error;
 
-pub use opsy_api::conditions::set_on as set;
 pub use opsy_runtime::context::Context;
 
 /// Field manager of every write.
@@ -92,6 +91,26 @@ pub(crate) fn set_ready(
     );
 }
 
+pub(crate) fn set(
+    status: &mut PackerBuilderStatus,
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    conditions::upsert(
+        &mut status.conditions,
+        type_,
+        on,
+        reason,
+        message,
+        now,
+        generation,
+    );
+}
+
 pub(crate) async fn event(
     ctx: &Context,
     pb: &PackerBuilder,
@@ -99,7 +118,8 @@ pub(crate) async fn event(
     reason: &str,
     note: &str,
 ) {
-    ctx.event(pb, type_, reason, note).await;
+    ctx.metrics.transition(reason);
+    opsy_runtime::publish_event(&ctx.recorder, pb, type_, reason, note).await;
 }
 
 pub(crate) async fn write_status(
